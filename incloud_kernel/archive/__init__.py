@@ -1,0 +1,1 @@
+"""The scan archive: metadata model, BIDS storage, permissions, verification, backup and export."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the archive schema (the first revision creates everything)."""

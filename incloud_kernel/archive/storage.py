@@ -1,0 +1,110 @@
+"""Files under the archive root: BIDS-safe relative paths and crash-safe atomic writes with SHA-256.
+
+A write is: temp file in the target folder, fsync, atomic rename, fsync of the folder. Only then may the
+caller record the file's row in the database (in one transaction); ``archive.integrity`` sweeps what a crash
+between the two leaves behind. Never writes outside the root, never follows a name with ``..``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterable
+
+from incloud_kernel.errors import StorageError, ValidationError
+
+#: Prefix of in-flight temp files; the sweeper removes any it finds.
+TMP_PREFIX = ".incloud-tmp-"
+CHUNK = 1 << 20
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_label(value: str, what: str = "label") -> str:
+    """A BIDS entity label: letters and digits only (no ``-``, ``_``, ``/``, dots or spaces)."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise ValidationError(f"{what} must be letters and digits only (BIDS-safe), got {value!r}")
+    return value
+
+
+def safe_relpath(relpath: str | PurePosixPath) -> PurePosixPath:
+    """Validate a path relative to the archive root: no absolute paths, no ``..``, BIDS-safe parts."""
+    text = str(relpath)
+    if not text or text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text) or "\\" in text:
+        raise ValidationError(f"archive paths must be relative, got {text!r}")
+    path = PurePosixPath(text)
+    for part in path.parts:
+        if part in ("..", ".") or not _PATH_PART.match(part):
+            raise ValidationError(f"unsafe archive path component {part!r} in {text!r}")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chunks(source: bytes | Path | BinaryIO) -> Iterable[bytes]:
+    if isinstance(source, bytes):
+        yield source
+    elif isinstance(source, Path):
+        with open(source, "rb") as fh:
+            yield from iter(lambda: fh.read(CHUNK), b"")
+    else:
+        yield from iter(lambda: source.read(CHUNK), b"")
+
+
+def atomic_write(root: Path, relpath: str | PurePosixPath, source: bytes | Path | BinaryIO,
+                 *, overwrite: bool = False) -> tuple[str, int]:
+    """Write ``source`` to ``root/relpath`` atomically; return (sha256 hex, size in bytes).
+
+    Readers see either no file or the whole file, never a part. Raises StorageError when the root cannot be
+    written (permissions, full disk) and ValidationError for unsafe paths or an existing file.
+    """
+    rel = safe_relpath(relpath)
+    target = root / rel
+    if target.exists() and not overwrite:
+        raise ValidationError(f"archive file already exists: {rel}")
+    digest, size = hashlib.sha256(), 0
+    tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{target.name}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            for chunk in _chunks(source):
+                fh.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {rel} under {root}: {exc.strerror or type(exc).__name__}") from None
+    return digest.hexdigest(), size
+
+
+def ensure_dataset(root: Path, name: str = "INCloud archive") -> None:
+    """Make ``root`` a BIDS dataset: ``dataset_description.json``, ``participants.tsv`` and ``.bidsignore``."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "dataset_description.json").exists():
+        description = {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw",
+                       "GeneratedBy": [{"Name": "INCloud"}]}
+        atomic_write(root, "dataset_description.json", json.dumps(description, indent=2).encode())
+    if not (root / "participants.tsv").exists():
+        atomic_write(root, "participants.tsv", b"participant_id\n")
+    if not (root / ".bidsignore").exists():
+        (root / ".bidsignore").write_text(f"{TMP_PREFIX}*\n")

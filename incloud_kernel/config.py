@@ -1,0 +1,281 @@
+"""The one INCloud configuration object: a site TOML file plus ``INCLOUD_*`` environment overrides.
+
+Every setting of every component is declared here, in a section dataclass, so that ``incloud config show``
+can print all effective values and where each came from. It must never hold a patient-identifying value.
+
+Precedence (last wins): built-in default < site file < environment variable.
+- The site file is ``$INCLOUD_CONFIG`` if set, else ``$INCLOUD_HOME/incloud.toml`` if it exists.
+- A setting ``key`` of section ``[section]`` is overridden by ``INCLOUD_<SECTION>_<KEY>`` (upper case),
+  e.g. ``INCLOUD_DATABASE_URL`` or ``INCLOUD_STORAGE_ARCHIVE_ROOT``.
+- With no file and no variables, an embedded site lives under ``$INCLOUD_HOME`` (default: the user's data
+  directory): SQLite database, archive root, spool, quarantine and backup root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+
+from incloud_kernel.errors import ConfigError
+
+ENV_PREFIX = "INCLOUD_"
+
+
+def default_home() -> Path:
+    """The embedded site's data directory when ``$INCLOUD_HOME`` is not set."""
+    return Path(platformdirs.user_data_dir("incloud", appauthor=False))
+
+
+@dataclass
+class SiteSection:
+    """Who this site is."""
+
+    name: str = "INCloud embedded site"
+    #: Secret key for keyed HMACs (UIDs, pseudonyms, date shifts). Empty: generated once into $INCLOUD_HOME.
+    key_file: str = ""
+
+
+@dataclass
+class DatabaseSection:
+    """Where metadata lives. Empty ``url``: SQLite file ``$INCLOUD_HOME/incloud.sqlite``."""
+
+    url: str = ""
+    #: Seconds to wait for the database before giving up with a one-line error.
+    connect_timeout: int = 5
+
+
+@dataclass
+class StorageSection:
+    """Filesystem roots. Empty values default to folders under ``$INCLOUD_HOME``."""
+
+    archive_root: str = ""
+    spool: str = ""
+    quarantine: str = ""
+    backup_root: str = ""
+
+
+@dataclass
+class DicomSection:
+    """The DICOM edge (Orthanc) that ``incloud serve dicom`` configures and supervises."""
+
+    ae_title: str = "INCLOUD"
+    port: int = 11112
+    #: Calling AE titles allowed to associate; empty list: any.
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    http_port: int = 8042
+    #: Empty: embedded SQLite index; else a PostgreSQL URL for Orthanc's PostgreSQL index plugin.
+    index_database_url: str = ""
+
+
+@dataclass
+class DeidSection:
+    """De-identification defaults (DICOM PS3.15 Basic Profile plus these options)."""
+
+    options: list[str] = field(
+        default_factory=lambda: [
+            "retain_long_modified_dates",
+            "retain_patient_characteristics",
+            "retain_device_identity",
+            "retain_safe_private",
+        ]
+    )
+    #: Pass instances that may carry burned-in text (otherwise quarantined).
+    allow_burned_in: bool = False
+
+
+@dataclass
+class DefaceSection:
+    """Refacing defaults."""
+
+    #: Registration-quality score below which a series is quarantined for review.
+    min_registration_score: float = 0.5
+    threads: int = 1
+
+
+@dataclass
+class ComputeSection:
+    """Where pipelines run: ``local`` (Dask LocalCluster) or ``slurm`` (dask-jobqueue SLURMCluster)."""
+
+    backend: str = "local"
+    workers: int = 2
+    slurm_queue: str = "debug"
+    slurm_memory: str = "1GB"
+    slurm_walltime: str = "00:30:00"
+
+
+@dataclass
+class HubSection:
+    """JupyterHub and its services."""
+
+    #: ``embedded`` (local process spawner) or ``cluster`` (batchspawner SlurmSpawner behind ProfilesSpawner).
+    mode: str = "embedded"
+    bind_url: str = "http://127.0.0.1:8000"
+    api_port: int = 8890
+    #: Python environment workstations run in (must be readable by every user).
+    workstation_venv: str = "/opt/incloud/venv"
+    idle_timeout: int = 3600
+    allow_named_servers: bool = True
+    admin_users: list[str] = field(default_factory=lambda: ["admin"])
+
+
+SECTIONS: dict[str, type] = {
+    "site": SiteSection,
+    "database": DatabaseSection,
+    "storage": StorageSection,
+    "dicom": DicomSection,
+    "deid": DeidSection,
+    "deface": DefaceSection,
+    "compute": ComputeSection,
+    "hub": HubSection,
+}
+
+
+@dataclass
+class Config:
+    """Effective configuration; ``sources`` maps ``section.key`` to where its value came from."""
+
+    home: Path
+    file: Path | None
+    site: SiteSection
+    database: DatabaseSection
+    storage: StorageSection
+    dicom: DicomSection
+    deid: DeidSection
+    deface: DefaceSection
+    compute: ComputeSection
+    hub: HubSection
+    sources: dict[str, str] = field(default_factory=dict)
+
+    # Derived locations: one place decides the embedded defaults.
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.home / 'incloud.sqlite'}"
+
+    def _root(self, value: str, default: str) -> Path:
+        return Path(value).expanduser() if value else self.home / default
+
+    @property
+    def archive_root(self) -> Path:
+        return self._root(self.storage.archive_root, "archive")
+
+    @property
+    def spool(self) -> Path:
+        return self._root(self.storage.spool, "spool")
+
+    @property
+    def quarantine(self) -> Path:
+        return self._root(self.storage.quarantine, "quarantine")
+
+    @property
+    def backup_root(self) -> Path:
+        return self._root(self.storage.backup_root, "backup")
+
+    def effective(self) -> list[tuple[str, Any, str]]:
+        """Every setting as (name, value, source), derived paths included."""
+        rows: list[tuple[str, Any, str]] = [("home", str(self.home), self.sources.get("home", "default"))]
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                key = f"{name}.{f.name}"
+                rows.append((key, getattr(section, f.name), self.sources.get(key, "default")))
+        for derived in ("database_url", "archive_root", "spool", "quarantine", "backup_root"):
+            rows.append((f"(effective) {derived}", str(getattr(self, derived)), "derived"))
+        return rows
+
+
+def _coerce(value: str, annotation: Any, name: str) -> Any:
+    """Turn an environment string into the field's type; lists are JSON or comma-separated."""
+    kind = typing.get_origin(annotation) or annotation
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is list:
+            value = value.strip()
+            if value.startswith("["):
+                return list(json.loads(value))
+            return [v.strip() for v in value.split(",") if v.strip()]
+    except (ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
+    return value
+
+
+def _build_section(name: str, cls: type, from_file: Mapping[str, Any], env: Mapping[str, str],
+                   file: Path | None, sources: dict[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(from_file) - known
+    if unknown:
+        raise ConfigError(f"{file}: unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for key in known:
+        if key in from_file:
+            values[key] = from_file[key]
+            sources[f"{name}.{key}"] = f"file {file}"
+        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
+        if env_name in env:
+            values[key] = _coerce(env[env_name], hints[key], env_name)
+            sources[f"{name}.{key}"] = f"env {env_name}"
+    return cls(**values)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the effective configuration. Raises ConfigError (one line) on a bad file or value."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    home = Path(env["INCLOUD_HOME"]).expanduser() if env.get("INCLOUD_HOME") else default_home()
+    if env.get("INCLOUD_HOME"):
+        sources["home"] = "env INCLOUD_HOME"
+    file: Path | None = None
+    if path is not None:
+        file = Path(path)
+    elif env.get("INCLOUD_CONFIG"):
+        file = Path(env["INCLOUD_CONFIG"])
+    elif (home / "incloud.toml").is_file():
+        file = home / "incloud.toml"
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        if "home" in data:
+            home = Path(str(data.pop("home"))).expanduser()
+            sources["home"] = f"file {file}"
+            if env.get("INCLOUD_HOME"):
+                home = Path(env["INCLOUD_HOME"]).expanduser()
+                sources["home"] = "env INCLOUD_HOME"
+    unknown_sections = set(data) - set(SECTIONS)
+    if unknown_sections:
+        raise ConfigError(f"{file}: unknown section(s): {', '.join(sorted(unknown_sections))}")
+    sections = {
+        name: _build_section(name, cls, data.get(name, {}), env, file, sources) for name, cls in SECTIONS.items()
+    }
+    return Config(home=home, file=file, sources=sources, **sections)
+
+
+_cached: Config | None = None
+
+
+def get_config(reload: bool = False) -> Config:
+    """The process-wide configuration, read once (``reload=True`` re-reads file and environment)."""
+    global _cached
+    if _cached is None or reload:
+        _cached = load_config()
+    return _cached

@@ -1,0 +1,62 @@
+# Install steps shared by scripts/start.sh (README command A) and scripts/test.sh (command B).
+# Each step is idempotent and fast when already done, so both commands work on a fresh Debian machine
+# and on one that ran them before. Sourced, not executed.
+
+INCLOUD_PREFIX=${INCLOUD_PREFIX:-/opt/incloud}
+INCLOUD_VENV=${INCLOUD_VENV:-$INCLOUD_PREFIX/venv}
+INCLOUD_NODE=${INCLOUD_NODE:-$INCLOUD_PREFIX/node}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+log() { printf '[incloud] %s\n' "$*" >&2; }
+die() { printf '[incloud] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# ensure_apt PKG...: install the Debian packages that are missing (apt-get update once per run).
+ensure_apt() {
+  local missing=() p
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  if [ -z "${_INCLOUD_APT_UPDATED:-}" ]; then as_root apt-get update -q >/dev/null; _INCLOUD_APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install failed for: ${missing[*]}"
+}
+
+# The venv is built with /usr/bin/python3 so that Slurm jobs of other users can execute it.
+ensure_venv() {
+  ensure_apt python3 python3-venv python3-dev build-essential
+  local stamp="$INCLOUD_VENV/.incloud-stamp" want
+  want=$(cat "$REPO/constraints.txt" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
+  if [ ! -x "$INCLOUD_VENV/bin/python" ]; then
+    log "creating venv $INCLOUD_VENV (/usr/bin/python3)"
+    as_root mkdir -p "$(dirname "$INCLOUD_VENV")"
+    /usr/bin/python3 -m venv "$INCLOUD_VENV" || die "cannot create venv at $INCLOUD_VENV"
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python dependencies (pinned by constraints.txt)"
+    "$INCLOUD_VENV/bin/pip" install -q -U pip wheel setuptools 2>&1 | grep -v '^WARNING: Location' || true
+    "$INCLOUD_VENV/bin/pip" install -q -c "$REPO/constraints.txt" -e "$REPO[hub,test]" 2>&1 \
+      | grep -v '^WARNING: Location' || true
+    "$INCLOUD_VENV/bin/python" -c 'import incloud_kernel' || die "Python dependencies did not install"
+    echo "$want" > "$stamp"
+  fi
+  # An editable install points at one checkout: re-point it when this checkout is a different one.
+  if [ "$("$INCLOUD_VENV/bin/python" -c 'import incloud_kernel,os;print(os.path.dirname(os.path.dirname(incloud_kernel.__file__)))' 2>/dev/null)" != "$REPO" ]; then
+    "$INCLOUD_VENV/bin/pip" install -q --no-deps -e "$REPO" 2>&1 | grep -v '^WARNING: Location' || true
+  fi
+  chmod -R a+rX "$INCLOUD_VENV" 2>/dev/null || true
+}
+
+# Node tools from npm: the BIDS validator and JupyterHub's proxy.
+ensure_node_tools() {
+  ensure_apt nodejs npm
+  if [ ! -x "$INCLOUD_NODE/node_modules/.bin/bids-validator" ] || [ ! -x "$INCLOUD_NODE/node_modules/.bin/configurable-http-proxy" ]; then
+    log "installing npm tools (bids-validator, configurable-http-proxy)"
+    mkdir -p "$INCLOUD_NODE"
+    npm install --silent --no-fund --no-audit --prefix "$INCLOUD_NODE" bids-validator@1.15.0 configurable-http-proxy@5.3.0 \
+      >/dev/null 2>&1 || die "npm install failed"
+  fi
+  chmod -R a+rX "$INCLOUD_NODE" 2>/dev/null || true
+  export PATH="$INCLOUD_NODE/node_modules/.bin:$PATH"
+}
