@@ -21,11 +21,16 @@ from incloud_kernel.errors import IncloudError
 COMMANDS: dict[str, str] = {
     "init": "incloud_kernel.cli.site:init",
     "config": "incloud_kernel.cli.site:config",
-    "projects": "incloud_kernel.archive.cli:projects",
-    "grant": "incloud_kernel.archive.cli:grant",
-    "archive": "incloud_kernel.archive.cli:archive",
-    "export": "incloud_kernel.archive.cli:export",
-    "db": "incloud_kernel.archive.cli:db",
+    "projects": "incloud_kernel.cli.projects:projects",
+    "grant": "incloud_kernel.cli.projects:grant",
+    "archive": "incloud_kernel.cli.archive:archive",
+    "export": "incloud_kernel.cli.archive:export",
+    "synth": "incloud_kernel.cli.synth:synth",
+    "deid": "incloud_kernel.cli.deid:deid",
+    "deface": "incloud_kernel.cli.deface:deface",
+    "serve": "incloud_kernel.cli.serve:serve",
+    "ingest": "incloud_kernel.cli.ingest:ingest",
+    "hub": "incloud_kernel.cli.hub:hub",
 }
 
 
@@ -42,7 +47,13 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
             module_name, attr = self.lazy[name].split(":")
-            return getattr(importlib.import_module(module_name), attr)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == module_name:  # a component not present in this build
+                    return None
+                raise
+            return getattr(module, attr)
         return super().get_command(ctx, name)
 
 
