@@ -41,9 +41,13 @@ ensure_venv() {
     "$INCLOUD_VENV/bin/python" -c 'import incloud_kernel' || die "Python dependencies did not install"
     echo "$want" > "$stamp"
   fi
-  # An editable install points at one checkout: re-point it when this checkout is a different one.
-  if [ "$("$INCLOUD_VENV/bin/python" -c 'import incloud_kernel,os;print(os.path.dirname(os.path.dirname(incloud_kernel.__file__)))' 2>/dev/null)" != "$REPO" ]; then
+  # A regular (not editable) install of this checkout: workstations and Slurm jobs of other users import
+  # the same code from the world-readable venv, wherever this checkout lives. INCLOUD_DEV=1: editable.
+  if [ "${INCLOUD_DEV:-0}" = 1 ]; then
     "$INCLOUD_VENV/bin/pip" install -q --no-deps -e "$REPO" 2>&1 | grep -v '^WARNING: Location' || true
+  else
+    "$INCLOUD_VENV/bin/pip" install -q --no-deps --no-build-isolation "$REPO" 2>&1 | grep -v '^WARNING: Location' || true
+    rm -rf "$REPO/build"
   fi
   chmod -R a+rX "$INCLOUD_VENV" 2>/dev/null || true
 }
