@@ -72,6 +72,25 @@ class DicomSection:
     http_port: int = 8042
     #: Empty: embedded SQLite index; else a PostgreSQL URL for Orthanc's PostgreSQL index plugin.
     index_database_url: str = ""
+    #: Orthanc executable and the folder holding its plugins (Debian's layout by default).
+    orthanc_binary: str = "Orthanc"
+    plugins_dir: str = "/usr/share/orthanc/plugins"
+    #: Seconds without a new instance after which Orthanc calls a study stable (the ingest trigger).
+    stable_age: int = 60
+    #: Transfer syntaxes accepted for C-STORE (Orthanc wildcards); the default covers the DICOM standard's,
+    #: JPEG 2000 and JPEG-LS included.
+    accepted_transfer_syntaxes: list[str] = field(default_factory=lambda: ["1.2.840.10008.1.*"])
+    #: Reject associations whose called AE title is not ``ae_title`` (off when a routing rule uses called_aet).
+    check_called_aet: bool = True
+    dicomweb: bool = True
+    #: Load the Modality Worklists plugin on a folder under the spool (the reservation issue fills it).
+    worklist: bool = True
+    dicom_threads: int = 4
+    #: Study -> project rules, first match wins; each a table with ``project`` and one or more of
+    #: ``calling_aet``, ``called_aet``, ``accession_number``, ``attribute`` + ``value`` (DICOM keyword, exact
+    #: or ``*`` glob). No match: the ``unassigned_project`` inbox.
+    routing: list[dict[str, Any]] = field(default_factory=list)
+    unassigned_project: str = "unassigned"
 
 
 @dataclass
@@ -125,6 +144,30 @@ class HubSection:
     admin_users: list[str] = field(default_factory=lambda: ["admin"])
 
 
+@dataclass
+class IngestSection:
+    """The ingest chain: Orthanc change feed -> de-identify -> reface -> dcm2niix -> BIDS -> archive."""
+
+    #: Seconds between polls of Orthanc's change feed when idle.
+    poll_interval: float = 1.0
+    #: Every this many polls, also sweep Orthanc for stable studies the feed may have missed (Orthanc restart).
+    sweep_every: int = 30
+    #: Extra dcm2niix arguments after the fixed ``-b y -ba n -z y``.
+    dcm2niix_args: list[str] = field(default_factory=list)
+    #: Reface anatomical series (T1w, T2w, FLAIR) before archiving.
+    reface: bool = True
+    #: BIDS naming rules (heudiconv-style heuristics as data), first match wins; empty: built-in defaults for
+    #: T1w, T2w, FLAIR, bold and dwi. Each a table: ``datatype``, ``suffix``, optional ``entities`` table and
+    #: match keys ``series_description`` / ``protocol_name`` (regular expressions, case-insensitive),
+    #: ``image_type`` (all listed values present), ``min_volumes`` / ``max_volumes``, ``min_tr`` / ``max_tr``
+    #: (seconds), ``has_bvals``.
+    bids_rules: list[dict[str, Any]] = field(default_factory=list)
+    #: Series no rule names: ``skip`` (logged, kept out of the archive) or ``quarantine`` the whole study.
+    unmatched: str = "skip"
+    #: Command run after each archive commit with the new archive-relative paths as arguments; empty: none.
+    backup_command: str = ""
+
+
 SECTIONS: dict[str, type] = {
     "site": SiteSection,
     "database": DatabaseSection,
@@ -134,6 +177,7 @@ SECTIONS: dict[str, type] = {
     "deface": DefaceSection,
     "compute": ComputeSection,
     "hub": HubSection,
+    "ingest": IngestSection,
 }
 
 
@@ -151,6 +195,7 @@ class Config:
     deface: DefaceSection
     compute: ComputeSection
     hub: HubSection
+    ingest: IngestSection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.
