@@ -1,0 +1,483 @@
+"""Adding to the archive: participants, sessions, series, derivatives and their files, under BIDS names.
+
+Every write checks the actor's role through ``permissions`` first and validates every label before anything
+is stored. Files go to disk first (``storage.atomic_write``: temp file, fsync, rename), then their rows
+(SHA-256, size) are committed in one transaction; a crash between the two leaves only orphan files that the
+sweeper (``archive.integrity``) removes or adopts, never a row without its file. ``participants.tsv`` in the
+archive root is rewritten (atomically, under a lock) after each commit that added participants.
+This module must never write outside the archive root, never overwrite a recorded file, and never put a
+patient-identifying value in a name, an audit event or an error message.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import re
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DB
+
+from incloud_kernel.archive import permissions
+from incloud_kernel.archive.models import (
+    DataFile,
+    Derivative,
+    FileKind,
+    Participant,
+    Project,
+    QCStatus,
+    Series,
+    Session,
+)
+from incloud_kernel.archive.permissions import Action, Actor
+from incloud_kernel.archive.projects import audit
+from incloud_kernel.archive.storage import atomic_write, check_label, ensure_dataset, safe_relpath
+from incloud_kernel.db import session_factory
+from incloud_kernel.errors import IncloudError, StorageError, ValidationError
+
+#: BIDS datatypes (BIDS 1.9 folder names) a raw series may be filed under.
+DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf", "pet", "meg", "eeg", "ieeg", "beh", "micr",
+                       "nirs", "motion"})
+#: BIDS entities in the order they appear in a file name (after sub and ses).
+ENTITY_ORDER = ("task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt",
+                "part", "proc", "hemi", "space", "split", "recording", "chunk", "seg", "res", "den", "label",
+                "desc")
+_EXTENSION = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+]{0,31}$")
+_MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
+
+#: Pseudonymous research attributes a participant may carry, with their validators (see ``add_participant``).
+SEX = frozenset({"M", "F", "O"})
+HANDEDNESS = frozenset({"R", "L", "A"})
+PARTICIPANT_COLUMNS = ("sex", "birth_year", "handedness", "education_years", "diagnosis", "first_episode",
+                       "medication", "follow_up")
+_LOCK_NAME = ".incloud-participants.lock"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transactions that keep participants.tsv in sync
+# --------------------------------------------------------------------------------------------------------------
+
+def _after_commit(session: DB) -> None:
+    if session.info.pop("participants_dirty", False) and session.info.get("archive_root") is not None:
+        root = Path(session.info["archive_root"])
+        with session_factory(session.get_bind())() as reader:
+            write_participants_tsv(reader, root)
+
+
+@contextmanager
+def transaction(site: Any) -> Iterator[DB]:
+    """A session on ``site`` that commits on success (rolls back on error) and then syncs participants.tsv.
+
+    Use this (rather than ``db.transaction``) for ``add_participant`` so the archive root's participants.tsv
+    follows the database. ``site`` is an ``incloud_kernel.site.Site``.
+    """
+    session = session_factory(site.engine)()
+    session.info["archive_root"] = str(site.archive_root)
+    event.listen(session, "after_commit", _after_commit)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _tsv_value(value: Any) -> str:
+    if value is None or value == []:
+        return "n/a"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def participants_tsv(db: DB) -> bytes:
+    """The archive's participants.tsv (every project's participants, ordered by label) as bytes."""
+    lines = ["\t".join(("participant_id",) + PARTICIPANT_COLUMNS)]
+    page = 1
+    while True:
+        batch = permissions.list_participants(db, permissions.SYSTEM, page=page, page_size=permissions.MAX_PAGE_SIZE)
+        for p in batch:
+            lines.append("\t".join([f"sub-{p.label}"] + [_tsv_value(getattr(p, c)) for c in PARTICIPANT_COLUMNS]))
+        if not batch.has_more:
+            break
+        page += 1
+    head, rows = lines[0], sorted(lines[1:])
+    return ("\n".join([head, *rows]) + "\n").encode()
+
+
+def write_participants_tsv(db: DB, root: Path) -> None:
+    """Rewrite ``root/participants.tsv`` from the database, atomically and under an exclusive lock, so two
+    writers cannot leave an older snapshot last. Raises StorageError when the root cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / _LOCK_NAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            db.rollback()  # read a snapshot taken after the lock, not before
+            atomic_write(root, "participants.tsv", participants_tsv(db), overwrite=True)
+    except OSError as exc:
+        raise StorageError(f"cannot update participants.tsv under {root}: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Participants, sessions, series, derivatives
+# --------------------------------------------------------------------------------------------------------------
+
+def _check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(attributes) - set(PARTICIPANT_COLUMNS)
+    if unknown:
+        raise ValidationError(f"unknown participant attribute(s): {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(PARTICIPANT_COLUMNS)}")
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if value is None:
+            out[key] = [] if key == "diagnosis" else (False if key == "follow_up" else None)
+            continue
+        if key == "sex" and value not in SEX:
+            raise ValidationError(f"sex must be one of {', '.join(sorted(SEX))}")
+        elif key == "handedness" and value not in HANDEDNESS:
+            raise ValidationError(f"handedness must be one of {', '.join(sorted(HANDEDNESS))}")
+        elif key == "birth_year" and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1850 <= value <= 2200):
+            raise ValidationError("birth_year must be a whole year between 1850 and 2200")
+        elif key == "education_years" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                           or not math.isfinite(value) or not 0 <= value <= 40):
+            raise ValidationError("education_years must be a number of years between 0 and 40")
+        elif key == "diagnosis":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9.:+ -]{0,63}$", v) for v in value):
+                raise ValidationError("diagnosis must be a list of category codes (letters, digits, .:+- space)")
+            value = list(value)
+        elif key in ("first_episode", "follow_up") and not isinstance(value, bool):
+            raise ValidationError(f"{key} must be true or false")
+        elif key == "medication" and (not isinstance(value, str) or len(value) > 256
+                                      or any(ord(c) < 32 for c in value)):
+            raise ValidationError("medication must be one line of at most 256 characters")
+        out[key] = value
+    return out
+
+
+def add_participant(db: DB, actor: Actor, project: int | str | Project, label: str,
+                    **attributes: Any) -> Participant:
+    """Add a participant (BIDS ``sub-<label>``) to a project; needs ``write`` (member or owner).
+
+    ``attributes`` are pseudonymous research attributes only: sex (M/F/O), birth_year, handedness (R/L/A),
+    education_years, diagnosis (list of category codes), first_episode, medication, follow_up.
+    Labels are unique across the archive (one BIDS dataset). Raises ValidationError for a bad or taken label
+    or attribute; nothing is stored then. In ``records.transaction(site)``, participants.tsv follows.
+    """
+    row = permissions.require(db, actor, project, Action.write)
+    check_label(label, "participant label")
+    values = _check_attributes(attributes)
+    if db.scalar(select(Participant.id).where(Participant.label == label)) is not None:
+        raise ValidationError(f"participant label {label} is already taken in this archive")
+    participant = Participant(label=label, project_id=row.id, **values)
+    db.add(participant)
+    try:
+        db.flush()
+    except IntegrityError:
+        raise ValidationError(f"participant label {label} is already taken in this archive") from None
+    audit(db, actor, "participant.add", "participant", participant.id, project=row.code,
+          fields=sorted(values))
+    db.info["participants_dirty"] = True
+    return participant
+
+
+def update_participant(db: DB, actor: Actor, participant: int | str | Participant, **attributes: Any) -> Participant:
+    """Change research attributes of a participant; needs ``write``. Audited by field name, never value."""
+    row = permissions.get_participant(db, actor, participant, Action.write)
+    for key, value in _check_attributes(attributes).items():
+        setattr(row, key, value)
+    db.flush()
+    audit(db, actor, "participant.update", "participant", row.id, fields=sorted(attributes))
+    db.info["participants_dirty"] = True
+    return row
+
+
+def add_session(db: DB, actor: Actor, participant: int | str | Participant, label: str, *,
+                scan_date: date | str | None = None, age_at_scan: float | None = None,
+                scanner: str | None = None) -> Session:
+    """Add a visit (BIDS ``ses-<label>``) to a participant; needs ``write``.
+
+    ``age_at_scan`` in years; ``scanner`` a free-text site/scanner name (no person's name). Raises
+    ValidationError for a bad label, a label the participant already has, or bad values.
+    """
+    owner = permissions.get_participant(db, actor, participant, Action.write)
+    check_label(label, "session label")
+    if isinstance(scan_date, str):
+        try:
+            scan_date = date.fromisoformat(scan_date)
+        except ValueError:
+            raise ValidationError("scan_date must be a date (YYYY-MM-DD)") from None
+    if age_at_scan is not None and (isinstance(age_at_scan, bool) or not isinstance(age_at_scan, (int, float))
+                                    or not 0 <= age_at_scan <= 150):
+        raise ValidationError("age_at_scan must be a number of years between 0 and 150")
+    if scanner is not None and (not isinstance(scanner, str) or len(scanner) > 256
+                                or any(ord(c) < 32 for c in scanner)):
+        raise ValidationError("scanner must be one line of at most 256 characters")
+    if db.scalar(select(Session.id).where(Session.participant_id == owner.id, Session.label == label)):
+        raise ValidationError(f"participant {owner.label} already has session {label}")
+    session = Session(participant_id=owner.id, project_id=owner.project_id, label=label, scan_date=scan_date,
+                      age_at_scan=age_at_scan, scanner=scanner)
+    db.add(session)
+    db.flush()
+    audit(db, actor, "session.add", "session", session.id, participant=owner.id)
+    return session
+
+
+def _check_entities(entities: Mapping[str, Any] | None) -> dict[str, str]:
+    entities = dict(entities or {})
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValidationError(f"unknown BIDS entit(y/ies): {', '.join(sorted(unknown))}")
+    out: dict[str, str] = {}
+    for key in ENTITY_ORDER:
+        if key in entities and entities[key] is not None:
+            value = entities[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValidationError(f"BIDS entity {key} must be a label or a number")
+            out[key] = check_label(str(value), f"BIDS entity {key}")
+    return out
+
+
+def _check_json(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    params = dict(params or {})
+    if not all(isinstance(k, str) for k in params):
+        raise ValidationError("scan parameter names must be text")
+    try:
+        json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationError("scan parameters must be JSON values (numbers, text, lists)") from None
+    return params
+
+
+def add_series(db: DB, actor: Actor, session: int | Session, datatype: str, suffix: str,
+               entities: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None, *,
+               modality: str = "MR", protocol_name: str | None = None, series_uid: str | None = None,
+               qc_status: str = QCStatus.pending.value) -> Series:
+    """Add an acquisition to a session, named in BIDS; needs ``write``.
+
+    ``entities`` maps BIDS entity keys (task, acq, run, echo, ...) to labels; ``params`` holds scan
+    parameters as JSON (RepetitionTime and EchoTime in seconds, FlipAngle in degrees, VoxelSize in mm,
+    Matrix, NumberOfSlices, Manufacturer, ManufacturersModelName, MagneticFieldStrength in tesla).
+    ``series_uid`` must be the de-identified SeriesInstanceUID. Raises ValidationError for an unknown
+    datatype, entity or QC status, an unsafe label, or a BIDS name another series of the session already has.
+    """
+    ses = permissions.get_session(db, actor, session, Action.write)
+    if datatype not in DATATYPES:
+        raise ValidationError(f"unknown BIDS datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
+    check_label(suffix, "BIDS suffix")
+    if not isinstance(modality, str) or not _MODALITY.match(modality):
+        raise ValidationError("modality must be a DICOM modality code (upper-case letters and digits)")
+    if qc_status not in {q.value for q in QCStatus}:
+        raise ValidationError(f"qc_status must be one of {', '.join(q.value for q in QCStatus)}")
+    if series_uid is not None and not re.match(r"^[0-9]+(\.[0-9]+)*$", series_uid or ""):
+        raise ValidationError("series_uid must be a DICOM UID (digits and dots)")
+    clean_entities = _check_entities(entities)
+    clean_params = _check_json(params)
+    if protocol_name is not None:
+        protocol_name = str(protocol_name).replace("\n", " ")[:256]
+    series = Series(session_id=ses.id, project_id=ses.project_id, modality=modality, datatype=datatype,
+                    suffix=suffix, entities=clean_entities, params=clean_params, protocol_name=protocol_name,
+                    series_uid=series_uid, qc_status=qc_status)
+    stem = bids_stem_for(ses.participant.label, ses.label, datatype, suffix, clean_entities)
+    for other in db.scalars(select(Series).where(Series.session_id == ses.id, Series.datatype == datatype,
+                                                 Series.suffix == suffix)):
+        if bids_stem(other) == stem:
+            raise ValidationError(f"session already has a series named {PurePosixPath(stem).name}; "
+                                  "add an entity such as run to tell them apart")
+    db.add(series)
+    try:
+        db.flush()
+    except IntegrityError:
+        raise ValidationError("a series with this series_uid is already archived") from None
+    audit(db, actor, "series.add", "series", series.id, session=ses.id, datatype=datatype, suffix=suffix)
+    return series
+
+
+def set_qc_status(db: DB, actor: Actor, series: int | str | Series, status: str) -> Series:
+    """Record a QC decision (pending, pass, fail) for a series; needs ``write``."""
+    row = permissions.get_series(db, actor, series, Action.write)
+    if status not in {q.value for q in QCStatus}:
+        raise ValidationError(f"qc_status must be one of {', '.join(q.value for q in QCStatus)}")
+    previous, row.qc_status = row.qc_status, status
+    db.flush()
+    audit(db, actor, "series.qc", "series", row.id, status=status, previous=previous)
+    return row
+
+
+def add_derivative(db: DB, actor: Actor, session: int | Session, pipeline: str, version: str,
+                   inputs: Iterable[int | str] = ()) -> Derivative:
+    """Register the outputs of one pipeline version for one session; needs ``write``.
+
+    Files go under ``derivatives/<pipeline>-<version>/sub-<label>/ses-<label>/``. ``inputs`` are the ids of
+    the series (or files) it read. Raises ValidationError for an unsafe pipeline name or version.
+    """
+    ses = permissions.get_session(db, actor, session, Action.write)
+    check_label(pipeline, "pipeline name")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ValidationError("pipeline version must be letters, digits, dots or + (at most 32)")
+    derivative = Derivative(session_id=ses.id, project_id=ses.project_id, pipeline=pipeline, version=version,
+                            inputs=[i if isinstance(i, int) else str(i) for i in inputs])
+    db.add(derivative)
+    db.flush()
+    audit(db, actor, "derivative.add", "derivative", derivative.id, session=ses.id, pipeline=pipeline,
+          version=version)
+    return derivative
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BIDS names and files
+# --------------------------------------------------------------------------------------------------------------
+
+def bids_stem_for(participant: str, session: str, datatype: str, suffix: str,
+                  entities: Mapping[str, str]) -> str:
+    """``sub-<p>/ses-<s>/<datatype>/sub-<p>_ses-<s>[_<key>-<value>...]_<suffix>`` (no extension)."""
+    parts = [f"sub-{participant}", f"ses-{session}"]
+    parts += [f"{key}-{entities[key]}" for key in ENTITY_ORDER if key in entities]
+    return f"sub-{participant}/ses-{session}/{datatype}/{'_'.join(parts)}_{suffix}"
+
+
+def bids_stem(series: Series) -> str:
+    """The BIDS path stem (relative to the archive root, no extension) of a series' files."""
+    ses = series.session
+    return bids_stem_for(ses.participant.label, ses.label, series.datatype, series.suffix, series.entities or {})
+
+
+def derivative_folder(derivative: Derivative, participant: str, session: str) -> str:
+    return f"derivatives/{derivative.pipeline}-{derivative.version}/sub-{participant}/ses-{session}"
+
+
+def series_relpath(series: Series, extension: str) -> str:
+    """Where a series' file with ``extension`` (``nii.gz``, ``json``, ``bval``...) lives in the archive."""
+    ext = extension[1:] if extension.startswith(".") else extension
+    if not _EXTENSION.match(ext):
+        raise ValidationError(f"file extension must be lower-case letters and digits separated by dots, "
+                              f"got {extension!r}")
+    return str(safe_relpath(f"{bids_stem(series)}.{ext}"))
+
+
+def derivative_relpath(derivative: Derivative, relname: str) -> str:
+    """Where a derivative file lives: ``relname`` (e.g. ``anat/desc-brain_mask.nii.gz``) under the session
+    folder of its pipeline; the file name gets the ``sub-<p>_ses-<s>_`` prefix if it lacks it."""
+    ses = derivative_session(derivative)
+    rel = safe_relpath(relname)
+    prefix = f"sub-{ses.participant.label}_ses-{ses.label}_"
+    name = rel.name if rel.name.startswith(prefix) else prefix + rel.name
+    return str(safe_relpath(PurePosixPath(derivative_folder(derivative, ses.participant.label, ses.label))
+                            / rel.parent / name))
+
+
+def derivative_session(derivative: Derivative) -> Session:
+    from sqlalchemy.orm import object_session
+
+    db = object_session(derivative)
+    assert db is not None, "derivative must be attached to a session"
+    ses = db.get(Session, derivative.session_id)
+    assert ses is not None
+    return ses
+
+
+Source = bytes | Path | BinaryIO
+
+
+def add_files(site: Any, actor: Actor, target: Series | Derivative | int, files: Mapping[str, Source], *,
+              derivative: bool | None = None) -> list[DataFile]:
+    """Write files of a series (or derivative) into the archive and record them, all or nothing.
+
+    ``files`` maps, for a series, an extension (``nii.gz``, ``json``...) and, for a derivative, a path under
+    its session folder (``anat/desc-brain_mask.nii.gz``) to the content (bytes, a Path, or a binary file).
+    An int ``target`` is a series id unless ``derivative=True``. Needs ``write`` on the project.
+
+    Order: every path is validated and checked free (database and disk) first; each file is written with
+    ``atomic_write``; then all rows (SHA-256, bytes) and one audit event are committed in one transaction.
+    If a write or the commit fails, the files this call wrote are removed again and the error is raised
+    (StorageError for a full or unwritable root, ValidationError for a bad or taken name); a crash leaves
+    at worst orphan files for the sweeper. Returns the new DataFile rows (detached).
+    """
+    if not files:
+        raise ValidationError("add_files needs at least one file")
+    root: Path = site.archive_root
+    with session_factory(site.engine)() as db:
+        is_derivative = isinstance(target, Derivative) or (derivative is True and isinstance(target, int))
+        if is_derivative:
+            owner: Series | Derivative = permissions.get_derivative(db, actor, target, Action.write)  # type: ignore[arg-type]
+            relpaths = {key: derivative_relpath(owner, key) for key in files}  # type: ignore[arg-type]
+            kind = FileKind.derivative.value
+        else:
+            owner = permissions.get_series(db, actor, target, Action.write)  # type: ignore[arg-type]
+            relpaths = {key: series_relpath(owner, key) for key in files}
+            kind = FileKind.raw.value
+        if len(set(relpaths.values())) != len(relpaths):
+            raise ValidationError("two of the files given map to the same archive path")
+        taken = db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(list(relpaths.values())))).first()
+        if taken is not None:
+            raise ValidationError(f"archive file already recorded: {taken}")
+        project_id, owner_id = owner.project_id, owner.id
+    if not (root / "dataset_description.json").exists():
+        ensure_dataset(root)
+    written: list[tuple[str, str, int]] = []
+    try:
+        for key, relpath in relpaths.items():
+            digest, size = atomic_write(root, relpath, files[key])
+            written.append((relpath, digest, size))
+        with session_factory(site.engine)() as db:
+            rows = [DataFile(relpath=relpath, project_id=project_id, sha256=digest, size=size, kind=kind,
+                             series_id=None if is_derivative else owner_id,
+                             derivative_id=owner_id if is_derivative else None)
+                    for relpath, digest, size in written]
+            db.add_all(rows)
+            db.flush()
+            audit(db, actor, "files.add", "derivative" if is_derivative else "series", owner_id,
+                  files=[r.id for r in rows], bytes=sum(r.size for r in rows))
+            try:
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                raise ValidationError("archive file already recorded by a concurrent writer") from None
+            return rows
+    except BaseException as exc:
+        _remove_unrecorded(site, root, [relpath for relpath, _, _ in written])
+        if isinstance(exc, (IncloudError, KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write under {root}: {exc.strerror or type(exc).__name__}") from None
+        raise
+
+
+def _remove_unrecorded(site: Any, root: Path, relpaths: list[str]) -> None:
+    """Undo this call's writes, but never remove a file that a row (a concurrent writer's) now records."""
+    if not relpaths:
+        return
+    try:
+        with session_factory(site.engine)() as db:
+            recorded = set(db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(relpaths))))
+    except Exception:  # noqa: BLE001 - database gone: leave the files to the sweeper
+        return
+    for relpath in relpaths:
+        if relpath not in recorded:
+            try:
+                (root / relpath).unlink(missing_ok=True)
+            except OSError:
+                pass  # the sweeper removes it
+
+
+__all__ = [
+    "DATATYPES", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
+    "write_participants_tsv", "add_participant", "update_participant", "add_session", "add_series",
+    "set_qc_status", "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
+    "add_files",
+]
