@@ -19,7 +19,8 @@ from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
-from sqlalchemy import event, select
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import event, false, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
@@ -458,6 +459,61 @@ def add_files(site: Any, actor: Actor, target: Series | Derivative | int, files:
         raise
 
 
+Removable = Participant | Session | Series | Derivative | DataFile
+_GETTERS = {Participant: permissions.get_participant, Session: permissions.get_session,
+            Series: permissions.get_series, Derivative: permissions.get_derivative, DataFile: permissions.get_file}
+
+
+def _files_under(db: DB, target: Removable) -> list[str]:
+    """Relative paths of every file recorded under ``target`` (a participant, session, series...)."""
+    if isinstance(target, DataFile):
+        return [target.relpath]
+    if isinstance(target, Series):
+        series_ids: Any = select(Series.id).where(Series.id == target.id)
+        derivative_ids: Any = select(Derivative.id).where(false())
+    elif isinstance(target, Derivative):
+        series_ids = select(Series.id).where(false())
+        derivative_ids = select(Derivative.id).where(Derivative.id == target.id)
+    else:
+        session_ids = (select(Session.id).where(Session.id == target.id) if isinstance(target, Session)
+                       else select(Session.id).where(Session.participant_id == target.id))
+        series_ids = select(Series.id).where(Series.session_id.in_(session_ids))
+        derivative_ids = select(Derivative.id).where(Derivative.session_id.in_(session_ids))
+    return list(db.scalars(select(DataFile.relpath).where(
+        (DataFile.series_id.in_(series_ids)) | (DataFile.derivative_id.in_(derivative_ids)))))
+
+
+def remove(site: Any, actor: Actor, target: Removable) -> int:
+    """Delete a participant, session, series, derivative or file with everything under it; needs ``manage``
+    (project owner or site admin). Returns how many files were removed.
+
+    Rows go first, in one transaction with an audit event; then the files are unlinked. A crash between
+    the two leaves files no row records, which the sweeper removes; never a row without its file.
+    """
+    model = type(target)
+    if model not in _GETTERS:
+        raise ValidationError(f"cannot remove a {model.__name__}")
+    root: Path = site.archive_root
+    with transaction(site) as db:
+        row = _GETTERS[model](db, actor, target.id, Action.manage)  # type: ignore[operator]
+        relpaths = _files_under(db, row)
+        audit(db, actor, f"{model.__tablename__}.remove", model.__tablename__, row.id, files=len(relpaths))
+        db.execute(sql_delete(model).where(model.id == row.id))
+        if model is Participant:
+            db.info["participants_dirty"] = True
+    for relpath in relpaths:
+        path = root / relpath
+        try:
+            path.unlink(missing_ok=True)
+            for parent in path.parents:  # drop folders the removal emptied, never the root itself
+                if parent == root or root not in parent.parents:
+                    break
+                parent.rmdir()
+        except OSError:
+            continue  # folder not empty (or already gone): done with this file
+    return len(relpaths)
+
+
 def _remove_unrecorded(site: Any, root: Path, relpaths: list[str]) -> None:
     """Undo this call's writes, but never remove a file that a row (a concurrent writer's) now records."""
     if not relpaths:
@@ -479,5 +535,5 @@ __all__ = [
     "DATATYPES", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
     "write_participants_tsv", "add_participant", "update_participant", "add_session", "add_series",
     "set_qc_status", "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
-    "add_files",
+    "add_files", "remove",
 ]
