@@ -1,0 +1,344 @@
+"""The ingest chain for one study, one idempotent job: de-identify -> dcm2niix -> BIDS name -> reface ->
+archive (files atomically written with checksums, rows committed) -> backup hook -> series ready for QC.
+
+Identified DICOM never enters the archive: it is read in memory, de-identified by ``incloud_kernel.deid`` and
+only the de-identified instances are written (to a private work folder and the de-identified series cache under
+the spool). Re-running a job stores nothing new; instances that arrive later for an archived series are merged
+in the cache and the series is reconverted. Any failure raises ``ChainFailure`` (step + one-line reason) and
+leaves the archive without the failed series. Never log or raise with a header value.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import nibabel as nib
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import delete, select
+
+from incloud_kernel.archive import records
+from incloud_kernel.archive.models import DataFile, Participant, Project, Series, Session
+from incloud_kernel.archive.permissions import SYSTEM, Actor
+from incloud_kernel.archive.projects import audit, create_project
+from incloud_kernel.errors import IncloudError
+from incloud_kernel.ingest.convert import ConversionError, convert_series
+from incloud_kernel.ingest.naming import BidsName, SeriesFacts, classify
+from incloud_kernel.site import Site
+
+log = logging.getLogger(__name__)
+
+#: Media Storage Directory (DICOMDIR) SOP class: an index, not an image.
+DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+ARCHIVED_MARKER = "archived.json"
+
+
+class ChainFailure(IncloudError):
+    """A step of the chain failed; ``step`` names it. The study goes to quarantine, never half into the archive."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.reason = " ".join(str(message).split())
+
+
+@dataclass
+class SeriesOutcome:
+    """What happened to one series (internal ids and BIDS names only)."""
+
+    series_uid: str
+    status: str  # archived | merged | unchanged | skipped
+    series_id: int | None = None
+    relpaths: list[str] = field(default_factory=list)
+    name: str = ""
+
+
+@dataclass
+class StudyOutcome:
+    project: str
+    participant: str
+    session: str
+    series: list[SeriesOutcome] = field(default_factory=list)
+
+    @property
+    def stored_anything(self) -> bool:
+        return any(s.status in ("archived", "merged") for s in self.series)
+
+
+def _clean_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def read_instances(paths: Iterable[Path]) -> list[tuple[Path, Dataset]]:
+    """Every DICOM instance among ``paths`` (DICOMDIR indexes and non-DICOM files are passed over)."""
+    found: list[tuple[Path, Dataset]] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError, KeyError):
+            continue
+        sop = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
+        if sop == DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
+            continue
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            continue
+        found.append((path, ds))
+    return found
+
+
+def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
+    return prefix + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:n]
+
+
+class IngestChain:
+    """Runs the chain for studies of a site; one instance per worker (holds the deid context and rules)."""
+
+    def __init__(self, site: Site, *, actor: Actor = SYSTEM) -> None:
+        self.site = site
+        self.config = site.config
+        self.actor = actor
+        self.key = site.secret_key()
+        self.cache_root = self.config.spool / "ingest" / "deid-cache"
+        self.work_root = self.config.spool / "ingest" / "work"
+        self._deid_context: Any = None
+
+    # ---------------------------------------------------------------- steps with other components
+    def _deidentify(self, ds: Dataset) -> Dataset:
+        """PS3.15 de-identification with the site profile (``incloud_kernel.deid``)."""
+        try:
+            from incloud_kernel.deid import DeidContext, DeidError, deidentify
+        except ImportError:
+            raise ChainFailure("deidentify", "the de-identification component is not installed") from None
+        if self._deid_context is None:
+            self._deid_context = DeidContext.from_site(self.site) if hasattr(DeidContext, "from_site") else \
+                DeidContext(key=self.key, options=list(self.config.deid.options))
+        try:
+            return deidentify(ds, self._deid_context)
+        except DeidError as exc:
+            raise ChainFailure("deidentify", str(exc)) from None
+
+    def _reface(self, nifti: Path) -> None:
+        """Replace the face of an anatomical image in place (``incloud_kernel.deface``)."""
+        try:
+            from incloud_kernel import deface
+        except ImportError:
+            raise ChainFailure("reface", "the refacing component is not installed") from None
+        try:
+            image = nib.load(str(nifti))
+            refaced = deface.reface(image)  # type: ignore[attr-defined]
+            result = refaced[0] if isinstance(refaced, tuple) else refaced
+            nib.save(result, str(nifti))
+        except IncloudError as exc:
+            raise ChainFailure("reface", str(exc)) from None
+
+    # ---------------------------------------------------------------- the job
+    def run_files(self, paths: Iterable[Path], project: str, *, job_id: str) -> list[StudyOutcome]:
+        """Ingest every study found among ``paths`` into ``project``; raises ChainFailure on the first failure."""
+        instances = read_instances(paths)
+        if not instances:
+            raise ChainFailure("read", "no DICOM instances found")
+        by_study: dict[str, list[tuple[Path, Dataset]]] = {}
+        for path, ds in instances:
+            by_study.setdefault(str(ds.StudyInstanceUID), []).append((path, ds))
+        return [self.run_study(items, project, job_id=job_id) for items in by_study.values()]
+
+    def run_study(self, items: list[tuple[Path, Dataset]], project: str, *, job_id: str) -> StudyOutcome:
+        work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._ensure(self.work_root)))
+        try:
+            return self._run_study(items, project, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _ensure(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        return path
+
+    def _run_study(self, items: list[tuple[Path, Dataset]], project: str, work: Path) -> StudyOutcome:
+        # 1. de-identify every instance; keep what naming rules need from the original, in memory only.
+        series_files: dict[str, dict[str, Path]] = {}
+        facts_src: dict[str, Dataset] = {}
+        first_deid: Dataset | None = None
+        for _path, ds in items:
+            clean = self._deidentify(ds)
+            first_deid = first_deid or clean
+            suid, iuid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
+            if not re.match(r"^[0-9.]+$", suid) or not re.match(r"^[0-9.]+$", iuid):
+                raise ChainFailure("deidentify", "de-identified UIDs are not valid DICOM UIDs")
+            folder = self._ensure(work / "deid" / suid)
+            target = folder / f"{iuid}.dcm"
+            clean.save_as(target, enforce_file_format=True)
+            series_files.setdefault(suid, {})[iuid] = target
+            facts_src.setdefault(suid, ds)
+        assert first_deid is not None
+        participant = self._participant_label(first_deid)
+        session = _label("s", self.key, "session:" + str(first_deid.StudyInstanceUID), 8)
+        outcome = StudyOutcome(project=project, participant=participant, session=session)
+        # 2. per series: merge into the de-identified cache, convert, name, reface, archive.
+        for suid in sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0)):
+            outcome.series.append(self._run_series(suid, series_files[suid], facts_src[suid], outcome, work))
+        return outcome
+
+    def _participant_label(self, clean: Dataset) -> str:
+        pid = re.sub(r"[^A-Za-z0-9]", "", str(clean.get("PatientID", "") or ""))
+        if pid and len(pid) <= 64:
+            return pid
+        return _label("p", self.key, "participant:" + str(clean.StudyInstanceUID))
+
+    def _run_series(self, suid: str, files: dict[str, Path], original: Dataset, study: StudyOutcome,
+                    work: Path) -> SeriesOutcome:
+        cache = self._ensure(self.cache_root / suid)
+        marker = cache / ARCHIVED_MARKER
+        archived_uids: set[str] = set(json.loads(marker.read_text())) if marker.exists() else set()
+        for iuid, path in files.items():
+            dest = cache / f"{iuid}.dcm"
+            if not dest.exists():
+                tmp = cache / f".{iuid}.tmp"
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, dest)
+        cached = {p.stem for p in cache.glob("*.dcm")}
+        existing = self._existing_series(suid)
+        if existing is not None and existing[1] and cached <= archived_uids:
+            return SeriesOutcome(suid, "unchanged", existing[0])
+        # Convert everything cached for the series (a merge reconverts with the late instances).
+        out = work / "nii" / suid
+        try:
+            converted = convert_series(cache, out, list(self.config.ingest.dcm2niix_args))
+        except ConversionError as exc:
+            raise ChainFailure("convert", str(exc)) from None
+        image = nib.load(str(converted.nifti))
+        volumes = int(image.shape[3]) if len(image.shape) > 3 else 1
+        sidecar = json.loads(converted.sidecar.read_text())
+        facts = SeriesFacts(
+            series_description=_clean_text(original.get("SeriesDescription")),
+            protocol_name=_clean_text(original.get("ProtocolName")),
+            image_type=tuple(str(v) for v in (original.get("ImageType") or [])),
+            volumes=volumes,
+            repetition_time=sidecar.get("RepetitionTime"),
+            has_bvals=converted.bval is not None,
+        )
+        name = classify(facts, list(self.config.ingest.bids_rules))
+        if name is None:
+            if self.config.ingest.unmatched == "quarantine":
+                raise ChainFailure("name", "a series matches no BIDS naming rule")
+            log.info("series skipped: no BIDS naming rule matches (series kept out of the archive)")
+            return SeriesOutcome(suid, "skipped")
+        if name.anatomical and self.config.ingest.reface:
+            self._reface(converted.nifti)
+        if name.datatype == "func" and "TaskName" not in sidecar:
+            sidecar["TaskName"] = name.entities.get("task", "rest")
+        payload: dict[str, Any] = {"nii.gz": converted.nifti,
+                                   "json": json.dumps(sidecar, indent=2, sort_keys=True).encode()}
+        if name.datatype == "dwi" and converted.bval and converted.bvec:
+            payload["bval"], payload["bvec"] = converted.bval, converted.bvec
+        params = {k: sidecar[k] for k in ("RepetitionTime", "EchoTime", "FlipAngle", "MagneticFieldStrength",
+                                           "Manufacturer", "ManufacturersModelName") if k in sidecar}
+        params["Matrix"] = [int(x) for x in image.shape[:3]]
+        params["VoxelSize"] = [float(x) for x in image.header.get_zooms()[:3]]
+        params["Volumes"] = volumes
+        params["Instances"] = len(cached)
+        outcome = self._archive(suid, name, params, payload, study, original, existing)
+        self._backup(outcome.relpaths)
+        tmp = cache / f".{ARCHIVED_MARKER}.tmp"
+        tmp.write_text(json.dumps(sorted(cached)))
+        os.replace(tmp, marker)
+        return outcome
+
+    # ---------------------------------------------------------------- archive
+    def _existing_series(self, suid: str) -> tuple[int, bool] | None:
+        with records.transaction(self.site) as db:
+            row = db.scalar(select(Series).where(Series.series_uid == suid))
+            if row is None:
+                return None
+            has_files = db.scalar(select(DataFile.id).where(DataFile.series_id == row.id).limit(1)) is not None
+            return row.id, has_files
+
+    def _archive(self, suid: str, name: BidsName, params: dict[str, Any], payload: dict[str, Any],
+                 study: StudyOutcome, original: Dataset, existing: tuple[int, bool] | None) -> SeriesOutcome:
+        status = "archived"
+        with records.transaction(self.site) as db:
+            project = db.scalar(select(Project).where(Project.code == study.project))
+            if project is None:
+                if study.project != self.config.dicom.unassigned_project:
+                    raise ChainFailure("archive", f"project {study.project} does not exist")
+                project = create_project(db, self.actor, study.project, "Unassigned inbox",
+                                         "Studies no routing rule assigned; a coordinator moves them.")
+            participant = db.scalar(select(Participant).where(Participant.label == study.participant))
+            if participant is None:
+                participant = records.add_participant(db, self.actor, project, study.participant)
+            elif participant.project_id != project.id:
+                raise ChainFailure("archive", "participant already belongs to another project")
+            session = db.scalar(select(Session).where(Session.participant_id == participant.id,
+                                                      Session.label == study.session))
+            if session is None:
+                session = records.add_session(db, self.actor, participant, study.session)
+            if existing is None:
+                entities = dict(name.entities)
+                series = self._add_series_with_run(db, session, name, entities, params, suid, original)
+            else:
+                series = db.get(Series, existing[0])
+                assert series is not None
+                if existing[1]:  # merge: drop the old files' rows, reconvert below
+                    old = list(db.scalars(select(DataFile.relpath).where(DataFile.series_id == series.id)))
+                    db.execute(delete(DataFile).where(DataFile.series_id == series.id))
+                    series.params = params
+                    audit(db, self.actor, "series.reconvert", "series", series.id, files=len(old))
+                    status = "merged"
+                    for rel in old:
+                        (self.site.archive_root / rel).unlink(missing_ok=True)
+            series_id = series.id
+            stem = records.bids_stem(series)
+            targets = [records.series_relpath(series, ext) for ext in payload]
+            recorded = set(db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(targets))))
+        for rel in targets:  # files a crash left on disk without their rows: the re-run replaces them
+            if rel not in recorded:
+                (self.site.archive_root / rel).unlink(missing_ok=True)
+        rows = records.add_files(self.site, self.actor, series_id, payload)
+        with records.transaction(self.site) as db:
+            audit(db, self.actor, "series.ready_for_qc", "series", series_id)
+        return SeriesOutcome(suid, status, series_id, [r.relpath for r in rows], Path(stem).name)
+
+    def _add_series_with_run(self, db: Any, session: Session, name: BidsName, entities: dict[str, str],
+                             params: dict[str, Any], suid: str, original: Dataset) -> Series:
+        """Add the series; a second series with the same BIDS name in the session gets ``run-2``, ``run-3``..."""
+        same = [s for s in db.scalars(select(Series).where(Series.session_id == session.id,
+                                                           Series.datatype == name.datatype,
+                                                           Series.suffix == name.suffix))
+                if {k: v for k, v in (s.entities or {}).items() if k != "run"} == entities]
+        if same:
+            entities = {**entities, "run": str(len(same) + 1)}
+        modality = str(original.get("Modality", "MR") or "MR")
+        modality = modality if re.match(r"^[A-Z0-9]{1,16}$", modality) else "MR"
+        return records.add_series(db, self.actor, session, name.datatype, name.suffix, entities, params,
+                                  modality=modality, series_uid=suid)
+
+    def _backup(self, relpaths: list[str]) -> None:
+        """Run the site's backup hook with the new archive-relative paths; a failing hook is logged, not fatal."""
+        command = self.config.ingest.backup_command.strip()
+        if not command or not relpaths:
+            return
+        try:
+            result = subprocess.run([*shlex.split(command), *relpaths], cwd=self.site.archive_root,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+            if result.returncode != 0:
+                log.warning("backup hook exited with status %d", result.returncode)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("backup hook failed: %s", type(exc).__name__)

@@ -1,0 +1,247 @@
+"""The durable hand-off: follow Orthanc's change feed (StableStudy) from a persisted cursor, run the chain for
+each stable study, and delete from Orthanc exactly the instances taken, only after the archive committed (or the
+study was quarantined).
+
+The cursor is a file written atomically (temp, fsync, rename) after each change is fully handled, so a restart
+(even after SIGKILL) resumes at the first unhandled change; the chain is idempotent, so a change handled twice
+stores nothing new. A sweep of stable studies catches what a restarted Orthanc no longer announces. One worker
+per site (a lock file). Never logs a header value; logs name job ids and Orthanc resource ids only.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from incloud_kernel.dicom.orthanc_client import OrthancClient, OrthancUnavailable
+from incloud_kernel.dicom.routing import route_study
+from incloud_kernel.errors import IncloudError
+from incloud_kernel.ingest.chain import ChainFailure, IngestChain
+from incloud_kernel.ingest.quarantine import quarantine_study
+from incloud_kernel.site import Site
+
+log = logging.getLogger(__name__)
+
+
+class WorkerBusy(IncloudError):
+    """Another ingest worker already runs for this site."""
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class IngestPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, site: Site) -> IngestPaths:
+        return cls(site.config.spool / "ingest")
+
+    @property
+    def cursor(self) -> Path:
+        return self.root / "cursor.json"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "worker.lock"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+
+class Cursor:
+    """The last change sequence number fully handled, persisted atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int:
+        try:
+            return int(json.loads(self.path.read_text())["last"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def save(self, seq: int) -> None:
+        _atomic_json(self.path, {"last": seq, "at": time.time()})
+
+
+class Journal:
+    """One small JSON file per job: state (running, archived, unchanged, quarantined), counts, reason."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def write(self, job_id: str, **fields: Any) -> None:
+        path = self.folder / f"{job_id}.json"
+        data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                data = {}
+        data.update(fields, job_id=job_id, updated=time.time())
+        _atomic_json(path, data)
+
+    def all(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+
+class IngestWorker:
+    """Follows the feed of one Orthanc and ingests its stable studies."""
+
+    def __init__(self, site: Site, client: OrthancClient | None = None) -> None:
+        self.site = site
+        self.config = site.config
+        self.client = client or OrthancClient.for_site(site.config)
+        self.paths = IngestPaths.of(site)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.paths.root, 0o700)
+        self.cursor = Cursor(self.paths.cursor)
+        self.journal = Journal(self.paths.jobs)
+        self.chain = IngestChain(site)
+        self._lock_fh: Any = None
+        self.stop_event = threading.Event()
+
+    def acquire(self) -> None:
+        self._lock_fh = open(self.paths.lock, "a+")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WorkerBusy(f"another ingest worker holds {self.paths.lock}") from None
+
+    # ------------------------------------------------------------------ one study
+    def handle_study(self, study_id: str) -> str:
+        """Ingest one Orthanc study; returns the job state. Deletes only the instances it took."""
+        instance_ids = self.client.study_instances(study_id)
+        if not instance_ids:
+            return "gone"
+        job_id = f"job-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.journal.write(job_id, state="running", orthanc_study=study_id, instances=len(instance_ids),
+                           started=time.time())
+        download = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._private(self.paths.downloads)))
+        try:
+            files: list[Path] = []
+            taken: list[str] = []
+            for i, instance_id in enumerate(instance_ids):
+                target = download / f"{i:06d}.dcm"
+                if self.client.download_instance(instance_id, target):
+                    files.append(target)
+                    taken.append(instance_id)
+            if not files:
+                self.journal.write(job_id, state="gone")
+                return "gone"
+            calling = self.client.instance_metadata(taken[0], "RemoteAET")
+            called = self.client.instance_metadata(taken[0], "CalledAET")
+            first = pydicom.dcmread(files[0], stop_before_pixels=True)
+            route = route_study(list(self.config.dicom.routing), self.config.dicom.unassigned_project,
+                                calling_aet=calling, called_aet=called, dataset=first)
+            del first
+            self.journal.write(job_id, project=route.project, routed_by_rule=route.rule)
+            try:
+                outcomes = self.chain.run_files(files, route.project, job_id=job_id)
+            except ChainFailure as exc:
+                quarantine_study(self.config.quarantine, job_id, files, reason=exc.reason, step=exc.step,
+                                 source=f"orthanc:{study_id}")
+                self.client.delete_instances(taken)
+                self.journal.write(job_id, state="quarantined", step=exc.step, reason=exc.reason,
+                                   finished=time.time())
+                log.warning("job %s quarantined at step %s", job_id, exc.step)
+                return "quarantined"
+            self.client.delete_instances(taken)  # only after the archive committed
+            stored = any(o.stored_anything for o in outcomes)
+            state = "archived" if stored else "unchanged"
+            self.journal.write(job_id, state=state, finished=time.time(),
+                               series=[{"series_id": s.series_id, "status": s.status, "name": s.name}
+                                       for o in outcomes for s in o.series])
+            log.info("job %s %s: %d instance(s), %d series", job_id, state, len(taken),
+                     sum(len(o.series) for o in outcomes))
+            return state
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
+
+    def _private(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        return path
+
+    # ------------------------------------------------------------------ the feed
+    def poll_once(self) -> int:
+        """Handle every change after the cursor; returns the number of studies handled."""
+        handled = 0
+        since = self.cursor.load()
+        while not self.stop_event.is_set():
+            changes, last, done = self.client.changes(since)
+            for change in changes:
+                if change.change_type == "StableStudy":
+                    self.handle_study(change.resource_id)
+                    handled += 1
+                self.cursor.save(change.seq)
+                since = change.seq
+                if self.stop_event.is_set():
+                    return handled
+            if not changes:
+                if last > since:
+                    self.cursor.save(last)
+                    since = last
+            if done:
+                break
+        return handled
+
+    def sweep(self) -> int:
+        """Ingest stable studies the feed did not announce (e.g. Orthanc restarted before they became stable)."""
+        handled = 0
+        for study_id in list(self.client.iter_stable_studies()):
+            if self.stop_event.is_set():
+                break
+            self.handle_study(study_id)
+            handled += 1
+        return handled
+
+    def run_forever(self) -> None:
+        """Poll until ``stop_event`` is set; Orthanc being down is waited out, not fatal."""
+        self.acquire()
+        polls = 0
+        while not self.stop_event.is_set():
+            try:
+                if polls % max(1, self.config.ingest.sweep_every) == 0:
+                    self.sweep()
+                self.poll_once()
+            except OrthancUnavailable as exc:
+                log.warning("%s; retrying", exc)
+            polls += 1
+            self.stop_event.wait(self.config.ingest.poll_interval)
