@@ -1,0 +1,270 @@
+"""The actions of Table E.1-1 (D, Z, X, K, C, U and the combined ones) and the walk that applies them.
+
+``plan_for(options)`` resolves, once per option set, one single action per tag. ``apply`` walks a dataset and
+every sequence item at every depth and builds a new dataset; it never decodes pixel data and never logs or
+raises with a header value.
+
+Combined actions and the IOD Type. Table E.1-1 says e.g. "X/Z: X unless Z is required to maintain IOD
+conformance (Type 2)". We do not look up the IOD (no machine-readable module tables ship in our packages), so
+the Type is unknown and we take the strictest Type (1) for it: X/Z -> Z, X/D, Z/D and X/Z/D -> D, X/Z/U* -> U.
+This is also the strictest *confidentiality* reading there is without breaking the instance: a dummy is a fixed
+value and a U is a keyed-HMAC UID, so neither carries anything from the source, and the output stays a valid
+instance whatever Type the attribute has. One refinement: an element that is present but empty in the source
+is evidently not Type 1 there, and stays empty (Z).
+
+Beyond the table (safety nets, stricter than the standard requires):
+- a PN element the table does not list is treated as D; a UI element the table does not list is mapped (U)
+  unless it is a registered UID of the standard or a ``...ClassUID``;
+- inside a sequence whose action is D (e.g. Content Sequence), free-text values the table does not list
+  (Text Value...) become dummies; inside one whose action is C (Clean Structured Content) they are cleaned.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.datadict import keyword_for_tag
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from incloud_kernel.deid.dates import shift_da, shift_dt
+from incloud_kernel.deid.options import OPTIONS, SAFE_PRIVATE_INDEX
+from incloud_kernel.deid.table import load_table, repeating_match
+from incloud_kernel.deid.uids import is_well_known
+
+#: Combined action -> single action under the strictest Type (1), see the module docstring.
+COMBINED_UNDER_TYPE_1 = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
+
+TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+#: Code items (Code Value, Coding Scheme Designator/Version, Code Meaning...) are coded concepts, not identity.
+CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080105, 0x00080106, 0x00080107,
+                       0x00080119, 0x00080120, 0x0040A040, 0x0040A010})
+DUMMY_TEXT = "ANONYMOUS"
+DUMMIES: dict[str, object] = {
+    "AE": "ANON", "AS": "000Y", "CS": "ANONYMOUS", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
+    "DS": "0", "IS": "0", "LO": DUMMY_TEXT, "SH": DUMMY_TEXT, "LT": DUMMY_TEXT, "ST": DUMMY_TEXT,
+    "UT": DUMMY_TEXT, "UC": DUMMY_TEXT, "PN": DUMMY_TEXT, "UR": "", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0,
+    "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": None,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One action per standard tag, plus the rules for repeating groups and private attributes."""
+
+    options: tuple[str, ...]
+    tags: dict[int, str]
+    repeating: tuple[tuple[str, str], ...]
+    private: str  # "X" (basic) or "C" (Retain Safe Private: keep the allow-list)
+
+
+@lru_cache(maxsize=64)
+def plan_for(options: tuple[str, ...]) -> Plan:
+    """Resolve the basic profile overlaid by the chosen options (in ``OPTIONS`` order, later wins)."""
+    table = load_table()
+    basic = table.rule_sets["basic_profile"]
+    tags = dict(basic.tags)
+    repeating = dict(basic.repeating)
+    private = basic.private or "X"
+    for name in OPTIONS:
+        if name not in options:
+            continue
+        column = table.rule_sets[OPTIONS[name].table_key]
+        tags.update(column.tags)
+        repeating.update(column.repeating)
+        if column.private:
+            private = column.private
+    resolved = {t: COMBINED_UNDER_TYPE_1.get(a, a) for t, a in tags.items()}
+    rep = tuple((p, COMBINED_UNDER_TYPE_1.get(a, a)) for p, a in repeating.items())
+    return Plan(options=options, tags=resolved, repeating=rep, private=private)
+
+
+@dataclass
+class WalkState:
+    """What one dataset's walk needs and records. ``changes`` maps action -> names of attributes (no values)."""
+
+    plan: Plan
+    map_uid: Callable[[str], str]
+    date_offset: int | None  # days, when dates are shifted (Retain ... Modified Dates)
+    scrub: Callable[[str], str]
+    changes: dict[str, set[str]] = field(default_factory=dict)
+
+    def note(self, action: str, tag: int) -> None:
+        self.changes.setdefault(action, set()).add(keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+
+
+def _values(value: object) -> list:
+    if isinstance(value, (list, MultiValue)):
+        return list(value)
+    return [value]
+
+
+def _empty(elem: DataElement) -> DataElement:
+    if elem.VR == "SQ":
+        return DataElement(elem.tag, "SQ", Sequence([]))
+    return DataElement(elem.tag, elem.VR, None)
+
+
+def _is_empty(elem: DataElement) -> bool:
+    value = elem.value
+    return value is None or value == "" or value == b"" or (isinstance(value, (list, MultiValue, Sequence)) and len(value) == 0)
+
+
+def _dummy(elem: DataElement, st: WalkState) -> DataElement:
+    vr = elem.VR
+    if vr == "UI":
+        return _map_uids(elem, st)
+    if vr in DUMMIES and DUMMIES[vr] is not None:
+        return DataElement(elem.tag, vr, DUMMIES[vr])
+    return DataElement(elem.tag, vr, b"" if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") else None)
+
+
+def _map_uids(elem: DataElement, st: WalkState) -> DataElement:
+    if elem.value is None or elem.value == "":
+        return DataElement(elem.tag, "UI", elem.value)
+    mapped = [st.map_uid(v) for v in _values(elem.value)]
+    return DataElement(elem.tag, "UI", mapped if len(mapped) > 1 else mapped[0])
+
+
+def _clean(elem: DataElement, st: WalkState, depth: int) -> DataElement | None:
+    """C: replace with values of similar meaning that carry no identity (shift dates, scrub text...)."""
+    vr = elem.VR
+    if vr in ("DA", "DT"):
+        if st.date_offset is None:
+            return _dummy(elem, st)
+        shift = shift_da if vr == "DA" else shift_dt
+        out = []
+        for v in _values(elem.value):
+            if v in (None, ""):
+                continue
+            s = shift(str(v), st.date_offset)
+            if s is None:
+                return None  # not a full date: cannot shift faithfully, so remove
+            out.append(s)
+        return DataElement(elem.tag, vr, out if len(out) > 1 else (out[0] if out else None))
+    if vr == "TM":
+        return elem if st.date_offset is not None else _dummy(elem, st)
+    if vr == "PN":
+        return _dummy(elem, st)
+    if vr == "UI":
+        return _map_uids(elem, st)
+    if vr == "SQ":
+        return DataElement(elem.tag, "SQ", Sequence([apply(i, st, depth + 1, "C") for i in elem.value]))
+    if vr in TEXT_VRS or vr == "CS":
+        vals = [st.scrub(str(v)) if v is not None else v for v in _values(elem.value)]
+        return DataElement(elem.tag, vr, vals if len(vals) > 1 else vals[0])
+    return elem
+
+
+def _private_keep(src: Dataset, tag: int, st: WalkState) -> bool:
+    if st.plan.private != "C":
+        return False
+    group, element = tag >> 16, tag & 0xFFFF
+    if element < 0x1000:
+        return False  # creators are decided after their block's elements
+    creator = src.get((group << 16) | (element >> 8))
+    if creator is None or not isinstance(creator.value, str):
+        return False
+    return (creator.value.strip().upper(), group, element & 0xFF) in SAFE_PRIVATE_INDEX
+
+
+def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dataset:
+    """Return a new dataset holding ``src`` with the plan applied at this level and in every sequence item.
+
+    ``context`` is the action of the enclosing sequence ("D" or "C" for content that must be replaced or
+    cleaned). Element conversion errors from pydicom propagate (the caller reports their type only).
+    """
+    plan = st.plan
+    out = Dataset()
+    kept_private_blocks: set[tuple[int, int]] = set()
+    creators: list[DataElement] = []
+    for elem in src:
+        tag = int(elem.tag)
+        group = tag >> 16
+        if group & 1:  # private
+            if (tag & 0xFFFF) < 0x0100 and (tag & 0xFFFF) >= 0x0010:
+                creators.append(elem)
+                continue
+            if _private_keep(src, tag, st):
+                out.add(elem)
+                kept_private_blocks.add((group, (tag & 0xFFFF) >> 8))
+                st.note("K", tag)
+            else:
+                st.note("X", tag)
+            continue
+        action = plan.tags.get(tag)
+        if action is None and (group >> 8) in (0x50, 0x60):
+            for pattern, act in plan.repeating:
+                if repeating_match(pattern, tag):
+                    action = act
+                    break
+        vr = elem.VR
+        if action is None:  # not in the table: keep, with the safety nets of the module docstring
+            if vr == "SQ":
+                out.add(DataElement(tag, "SQ", Sequence([apply(i, st, depth + 1, context) for i in elem.value])))
+            elif vr == "UI":
+                kw = keyword_for_tag(tag)
+                if kw.endswith("ClassUID") or kw == "TransferSyntaxUID" or _is_empty(elem) or \
+                        all(is_well_known(v) for v in _values(elem.value)):
+                    out.add(elem)
+                else:
+                    out.add(_map_uids(elem, st))
+                    st.note("U", tag)
+            elif vr == "PN" and not _is_empty(elem):
+                out.add(_dummy(elem, st))
+                st.note("D", tag)
+            elif context and vr in TEXT_VRS and tag not in CODE_TAGS and not _is_empty(elem):
+                out.add(_dummy(elem, st) if context == "D" else _clean(elem, st, depth))
+                st.note(context, tag)
+            else:
+                out.add(elem)
+            continue
+        if action == "K":
+            if vr == "SQ":
+                out.add(DataElement(tag, "SQ", Sequence([apply(i, st, depth + 1, context) for i in elem.value])))
+            else:
+                out.add(elem)
+            continue
+        st.note(action, tag)
+        if action == "X":
+            continue
+        if action == "Z" or _is_empty(elem):
+            out.add(_empty(elem))
+        elif action == "D":
+            if vr == "SQ":
+                out.add(DataElement(tag, "SQ", Sequence([apply(i, st, depth + 1, "D") for i in elem.value])))
+            else:
+                out.add(_dummy(elem, st))
+        elif action == "U":
+            if vr == "SQ":
+                out.add(DataElement(tag, "SQ", Sequence([apply(i, st, depth + 1, context) for i in elem.value])))
+            elif vr == "UI":
+                out.add(_map_uids(elem, st))
+            else:
+                out.add(_dummy(elem, st))
+        elif action == "C":
+            cleaned = _clean(elem, st, depth)
+            if cleaned is not None:
+                out.add(cleaned)
+        else:  # an action code we do not know: the safe thing is to remove
+            continue
+    for creator in creators:
+        group, block = creator.tag >> 16, creator.tag & 0xFF
+        if (group, block) in kept_private_blocks:
+            out.add(creator)
+        else:
+            st.note("X", int(creator.tag))
+    return out
+
+
+def make_scrubber(tokens: set[str]) -> Callable[[str], str]:
+    """A function that removes every identity token (case-insensitive) from a text value."""
+    words = sorted((t for t in tokens if len(t) >= 3), key=len, reverse=True)
+    if not words:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
+    return lambda text: pattern.sub("", text).strip()

@@ -1,0 +1,269 @@
+"""Batch de-identification over files, folders, DICOMDIR files and zip archives, in N processes.
+
+Output tree: ``OUT/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
+Every file that cannot be passed goes to the quarantine root with its original bytes and a reason file; the
+batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
+and pydicom's warnings, which can quote values, are silenced in workers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from incloud_kernel.deid.context import DeidContext
+from incloud_kernel.deid.deidentify import deidentify_with_record
+from incloud_kernel.deid.errors import DeidError
+
+#: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
+DEFER_SIZE = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input: a file path, or a member of a zip archive (``member`` set)."""
+
+    path: str
+    member: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}!{self.member}" if self.member else self.path
+
+
+@dataclass
+class Result:
+    job: Job
+    status: str  # "done" | "quarantined" | "failed"
+    output: str | None = None
+    reason: str | None = None
+    record: dict | None = None
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.done + self.quarantined + self.failed
+
+
+def _is_dicomdir(path: Path) -> bool:
+    return path.name.upper() == "DICOMDIR"
+
+
+def _dicomdir_files(path: Path) -> Iterator[Path]:
+    """Files referenced by a DICOMDIR (value-free: only Referenced File IDs are read)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs = pydicom.fileset.FileSet(pydicom.dcmread(path))
+        for instance in fs:
+            yield Path(instance.path)
+    except Exception:  # noqa: BLE001 - a broken DICOMDIR: its folder is walked instead
+        yield from (p for p in sorted(path.parent.rglob("*")) if p.is_file() and not _is_dicomdir(p))
+
+
+def enumerate_jobs(sources: list[str | Path]) -> list[Job]:
+    """Expand sources: folders are walked (DICOMDIR files there are themselves inputs, to be quarantined),
+    a DICOMDIR given directly stands for the files it references, a .zip for its members."""
+    jobs: list[Job] = []
+    seen: set[str] = set()
+
+    def add(job: Job) -> None:
+        if job.label not in seen:
+            seen.add(job.label)
+            jobs.append(job)
+
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file():
+                    add(_zip_or_file(f, jobs, add))
+        elif _is_dicomdir(p) and p.is_file():
+            for f in _dicomdir_files(p):
+                add(Job(str(f)))
+        elif p.is_file():
+            add(_zip_or_file(p, jobs, add))
+        else:
+            raise DeidError(f"source not found: {p}", reason="no-source")
+    return [j for j in jobs if j is not None]
+
+
+def _zip_or_file(f: Path, jobs: list[Job], add: Callable[[Job], None]) -> Job:
+    if f.suffix.lower() == ".zip" and zipfile.is_zipfile(f):
+        with zipfile.ZipFile(f) as zf:
+            members = [m for m in zf.namelist() if not m.endswith("/")]
+        for m in members[:-1]:
+            add(Job(str(f), m))
+        return Job(str(f), members[-1]) if members else Job(str(f))
+    return Job(str(f))
+
+
+# --- worker side -------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(context: DeidContext, out_root: str, quarantine_root: str) -> None:
+    warnings.simplefilter("ignore")  # pydicom warnings can quote header values
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root))
+
+
+def _read_bytes(job: Job) -> bytes:
+    if job.member is None:
+        return Path(job.path).read_bytes()
+    with zipfile.ZipFile(job.path) as zf:
+        return zf.read(job.member)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_gzip(job: Job) -> bool:
+    with open(job.path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
+
+
+def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
+    """Expected Pixel Data length for uncompressed transfer syntaxes (None when not applicable)."""
+    ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else None
+    if ts is None or not ts or ts.is_compressed:
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if str(ds.get("PhotometricInterpretation", "")).strip() in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+        spp = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    return (rows * cols * spp * frames * bits + 7) // 8
+
+
+def _read(job: Job) -> pydicom.FileDataset:
+    """Parse one input or raise DeidError with a value-free reason."""
+    if job.member is None and os.path.getsize(job.path) == 0:
+        raise DeidError("empty file", reason="empty-file")
+    try:
+        if job.member is None and not _is_gzip(job):
+            ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE)
+        else:
+            data = _read_bytes(job)
+            if data[:2] == GZIP_MAGIC:  # e.g. nibabel's *.dcm.gz test files; the quarantine keeps the .gz
+                data = gzip.decompress(data)
+            ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        raise DeidError("not a DICOM Part 10 file (no preamble and DICM prefix)", reason="not-part10") from None
+    except (EOFError, OSError, gzip.BadGzipFile):
+        raise DeidError("truncated or unreadable file", reason="truncated") from None
+    except Exception as exc:  # noqa: BLE001 - type only: pydicom messages can hold values
+        raise DeidError(f"unreadable DICOM ({type(exc).__name__})", reason=f"unreadable:{type(exc).__name__}") from None
+    if "PixelData" in ds:
+        expected = _native_pixel_length(ds)
+        try:
+            actual = len(ds["PixelData"].value or b"")  # read once (deferred elements are read here)
+        except Exception as exc:  # noqa: BLE001
+            raise DeidError("pixel data unreadable", reason=f"truncated:{type(exc).__name__}") from None
+        if expected is not None and actual < expected:
+            raise DeidError("pixel data shorter than Rows x Columns x frames says: truncated file", reason="truncated")
+    return ds
+
+
+def _quarantine(job: Job, reason: str, root: Path) -> str:
+    """Copy the original bytes and write ``<name>.reason.txt``; returns the quarantine file path."""
+    digest = hashlib.sha256(job.label.encode("utf-8", "replace")).hexdigest()[:16]
+    folder = root / time.strftime("%Y%m%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{digest}.bin"
+    if job.member is None:
+        shutil.copyfile(job.path, target)
+    else:
+        target.write_bytes(_read_bytes(job))
+    # The quarantine is identified data (original bytes), so naming the source path here is allowed.
+    (folder / f"{digest}.reason.txt").write_text(f"source: {job.label}\nreason: {reason}\n")
+    return str(target)
+
+
+def process(job: Job) -> Result:
+    """De-identify one input inside a worker (or the parent when jobs=1)."""
+    ctx: DeidContext = _WORKER["context"]
+    try:
+        try:
+            ds = _read(job)
+            new, record = deidentify_with_record(ds, ctx)
+            rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
+            target = _WORKER["out"] / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            new.save_as(buf, enforce_file_format=True)
+            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, target)
+            return Result(job, "done", output=str(rel), record=dataclasses.asdict(record))
+        except DeidError as exc:
+            reason = exc.reason
+        except Exception as exc:  # noqa: BLE001 - type only, never the text
+            reason = f"error:{type(exc).__name__}"
+        _quarantine(job, reason, _WORKER["quarantine"])
+        return Result(job, "quarantined", reason=reason)
+    except Exception as exc:  # noqa: BLE001 - even quarantine failed (disk full...): report, keep going
+        return Result(job, "failed", reason=f"quarantine-failed:{type(exc).__name__}")
+
+
+def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_root: Path, *,
+              n_jobs: int = 1, on_result: Callable[[Result], None] | None = None) -> Summary:
+    """Process ``jobs`` with ``n_jobs`` processes; ``on_result`` is called in this process for each file."""
+    summary = Summary()
+    start = time.perf_counter()
+    out_root.mkdir(parents=True, exist_ok=True)
+    quarantine_root.mkdir(parents=True, exist_ok=True)
+    initargs = (context, str(out_root), str(quarantine_root))
+
+    def handle(result: Result) -> None:
+        if result.status == "done":
+            summary.done += 1
+        else:
+            setattr(summary, result.status, getattr(summary, result.status) + 1)
+            summary.reasons[result.reason or "?"] = summary.reasons.get(result.reason or "?", 0) + 1
+        if on_result:
+            on_result(result)
+
+    if n_jobs <= 1:
+        saved = dict(_WORKER)
+        with warnings.catch_warnings():
+            _init_worker(*initargs)
+            for job in jobs:
+                handle(process(job))
+        _WORKER.clear()
+        _WORKER.update(saved)
+    else:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(n_jobs, initializer=_init_worker, initargs=initargs) as pool:
+            chunk = max(1, min(64, len(jobs) // (n_jobs * 8) or 1))
+            for result in pool.imap_unordered(process, jobs, chunksize=chunk):
+                handle(result)
+    summary.seconds = time.perf_counter() - start
+    return summary
