@@ -44,15 +44,23 @@ def audit(db: DB, actor: Actor, action: str, object_type: str, object_id: Any, *
 
 def check_principal(name: str, what: str = "user name") -> str:
     """A user or group name: letters, digits and ``._@+-``, starting with a letter or digit, max 128."""
-    if not isinstance(name, str) or not _PRINCIPAL.match(name):
+    if not isinstance(name, str) or not _PRINCIPAL.fullmatch(name):
         raise ValidationError(f"{what} must be 1-128 letters, digits or ._@+- (starting with a letter or digit), "
                               f"got {name!r}")
     return name
 
 
+def check_bids_label(value: str, what: str = "label") -> str:
+    """``storage.check_label`` made strict: also refuses a trailing newline, which ``$`` lets through."""
+    check_label(value, what)
+    if not (value.isascii() and value.isalnum()):
+        raise ValidationError(f"{what} must be letters and digits only (BIDS-safe)")
+    return value
+
+
 def check_code(code: str) -> str:
     """A project code: BIDS-safe (letters and digits only), at most 64 characters."""
-    check_label(code, "project code")
+    check_bids_label(code, "project code")
     if len(code) > MAX_CODE:
         raise ValidationError(f"project code must be at most {MAX_CODE} characters")
     return code
@@ -224,7 +232,7 @@ def list_group_members(db: DB, actor: Actor, group: str | None = None) -> list[t
 
 
 __all__ = [
-    "audit", "check_principal", "check_code", "check_role", "create_project", "grant", "revoke",
+    "audit", "check_bids_label", "check_principal", "check_code", "check_role", "create_project", "grant", "revoke",
     "add_site_admin", "remove_site_admin", "list_site_admins", "add_group_member", "remove_group_member",
     "list_group_members",
 ]

@@ -37,7 +37,8 @@ from incloud_kernel.archive.models import (
 )
 from incloud_kernel.archive.permissions import Action, Actor
 from incloud_kernel.archive.projects import audit
-from incloud_kernel.archive.storage import atomic_write, check_label, ensure_dataset, safe_relpath
+from incloud_kernel.archive.projects import check_bids_label as check_label
+from incloud_kernel.archive.storage import atomic_write, ensure_dataset, safe_relpath
 from incloud_kernel.db import session_factory
 from incloud_kernel.errors import IncloudError, StorageError, ValidationError
 
@@ -49,6 +50,7 @@ ENTITY_ORDER = ("task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod",
                 "part", "proc", "hemi", "space", "split", "recording", "chunk", "seg", "res", "den", "label",
                 "desc")
 _EXTENSION = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)*$")
+_RELNAME = re.compile(r"[A-Za-z0-9._+/-]{1,512}")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+]{0,31}$")
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 
@@ -159,7 +161,7 @@ def _check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, (list, tuple)) or not all(
-                    isinstance(v, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9.:+ -]{0,63}$", v) for v in value):
+                    isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:+ -]{0,63}", v) for v in value):
                 raise ValidationError("diagnosis must be a list of category codes (letters, digits, .:+- space)")
             value = list(value)
         elif key in ("first_episode", "follow_up") and not isinstance(value, bool):
@@ -281,11 +283,11 @@ def add_series(db: DB, actor: Actor, session: int | Session, datatype: str, suff
     if datatype not in DATATYPES:
         raise ValidationError(f"unknown BIDS datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
     check_label(suffix, "BIDS suffix")
-    if not isinstance(modality, str) or not _MODALITY.match(modality):
+    if not isinstance(modality, str) or not _MODALITY.fullmatch(modality):
         raise ValidationError("modality must be a DICOM modality code (upper-case letters and digits)")
     if qc_status not in {q.value for q in QCStatus}:
         raise ValidationError(f"qc_status must be one of {', '.join(q.value for q in QCStatus)}")
-    if series_uid is not None and not re.match(r"^[0-9]+(\.[0-9]+)*$", series_uid or ""):
+    if series_uid is not None and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", series_uid or ""):
         raise ValidationError("series_uid must be a DICOM UID (digits and dots)")
     clean_entities = _check_entities(entities)
     clean_params = _check_json(params)
@@ -329,7 +331,7 @@ def add_derivative(db: DB, actor: Actor, session: int | Session, pipeline: str, 
     """
     ses = permissions.get_session(db, actor, session, Action.write)
     check_label(pipeline, "pipeline name")
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise ValidationError("pipeline version must be letters, digits, dots or + (at most 32)")
     derivative = Derivative(session_id=ses.id, project_id=ses.project_id, pipeline=pipeline, version=version,
                             inputs=[i if isinstance(i, int) else str(i) for i in inputs])
@@ -365,7 +367,7 @@ def derivative_folder(derivative: Derivative, participant: str, session: str) ->
 def series_relpath(series: Series, extension: str) -> str:
     """Where a series' file with ``extension`` (``nii.gz``, ``json``, ``bval``...) lives in the archive."""
     ext = extension[1:] if extension.startswith(".") else extension
-    if not _EXTENSION.match(ext):
+    if not _EXTENSION.fullmatch(ext):
         raise ValidationError(f"file extension must be lower-case letters and digits separated by dots, "
                               f"got {extension!r}")
     return str(safe_relpath(f"{bids_stem(series)}.{ext}"))
@@ -375,6 +377,8 @@ def derivative_relpath(derivative: Derivative, relname: str) -> str:
     """Where a derivative file lives: ``relname`` (e.g. ``anat/desc-brain_mask.nii.gz``) under the session
     folder of its pipeline; the file name gets the ``sub-<p>_ses-<s>_`` prefix if it lacks it."""
     ses = derivative_session(derivative)
+    if not isinstance(relname, str) or not _RELNAME.fullmatch(relname):
+        raise ValidationError(f"derivative file names must be letters, digits and ._+-/ only, got {relname!r}")
     rel = safe_relpath(relname)
     prefix = f"sub-{ses.participant.label}_ses-{ses.label}_"
     name = rel.name if rel.name.startswith(prefix) else prefix + rel.name
