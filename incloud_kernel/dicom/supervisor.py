@@ -112,7 +112,12 @@ class OrthancSupervisor:
 
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
-        self.start()
+        try:
+            self.start()
+        except OrthancStartError:
+            # A configuration error exits at once with a status; a signal (someone killed it) is retried.
+            if self.process is None or (self.process.returncode or 0) >= 0:
+                raise
         if on_ready:
             on_ready()
         backoff, started = 0.5, time.monotonic()
