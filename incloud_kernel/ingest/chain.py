@@ -77,6 +77,20 @@ class StudyOutcome:
         return any(s.status in ("archived", "merged") for s in self.series)
 
 
+@dataclass
+class _Prepared:
+    """A converted, named (and refaced) series waiting to be archived."""
+
+    suid: str
+    name: BidsName
+    params: dict[str, Any]
+    payload: dict[str, Any]
+    original: Dataset
+    existing: tuple[int, bool] | None
+    cache: Path
+    cached: set[str]
+
+
 def _clean_text(value: Any) -> str:
     if value is None:
         return ""
@@ -128,26 +142,27 @@ class IngestChain:
         except ImportError:
             raise ChainFailure("deidentify", "the de-identification component is not installed") from None
         if self._deid_context is None:
-            self._deid_context = DeidContext.from_site(self.site) if hasattr(DeidContext, "from_site") else \
-                DeidContext(key=self.key, options=list(self.config.deid.options))
+            self._deid_context = DeidContext.for_site(self.site)
         try:
             return deidentify(ds, self._deid_context)
         except DeidError as exc:
             raise ChainFailure("deidentify", str(exc)) from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A malformed element: name the error type only (its message could hold a value).
+            raise ChainFailure("deidentify", f"malformed instance ({type(exc).__name__})") from None
 
     def _reface(self, nifti: Path) -> None:
         """Replace the face of an anatomical image in place (``incloud_kernel.deface``)."""
         try:
-            from incloud_kernel import deface
+            from incloud_kernel.deface.reface import reface_image  # type: ignore[import-not-found]
         except ImportError:
             raise ChainFailure("reface", "the refacing component is not installed") from None
         try:
-            image = nib.load(str(nifti))
-            refaced = deface.reface(image)  # type: ignore[attr-defined]
-            result = refaced[0] if isinstance(refaced, tuple) else refaced
-            nib.save(result, str(nifti))
+            result = reface_image(nib.load(str(nifti)))
         except IncloudError as exc:
             raise ChainFailure("reface", str(exc)) from None
+        image = result[0] if isinstance(result, tuple) else getattr(result, "image", result)
+        nib.save(image, str(nifti))
 
     # ---------------------------------------------------------------- the job
     def run_files(self, paths: Iterable[Path], project: str, *, job_id: str) -> list[StudyOutcome]:
@@ -192,9 +207,23 @@ class IngestChain:
         participant = self._participant_label(first_deid)
         session = _label("s", self.key, "session:" + str(first_deid.StudyInstanceUID), 8)
         outcome = StudyOutcome(project=project, participant=participant, session=session)
-        # 2. per series: merge into the de-identified cache, convert, name, reface, archive.
+        # 2. per series: merge into the de-identified cache, convert, name, reface -- all before archiving,
+        #    so that a failing series keeps the whole study out of the archive.
+        prepared: list[_Prepared | SeriesOutcome] = []
         for suid in sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0)):
-            outcome.series.append(self._run_series(suid, series_files[suid], facts_src[suid], outcome, work))
+            prepared.append(self._prepare_series(suid, series_files[suid], facts_src[suid], work))
+        # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
+        for item in prepared:
+            if isinstance(item, SeriesOutcome):
+                outcome.series.append(item)
+                continue
+            result = self._archive(item.suid, item.name, item.params, item.payload, outcome, item.original,
+                                   item.existing)
+            self._backup(result.relpaths)
+            tmp = item.cache / f".{ARCHIVED_MARKER}.tmp"
+            tmp.write_text(json.dumps(sorted(item.cached)))
+            os.replace(tmp, item.cache / ARCHIVED_MARKER)
+            outcome.series.append(result)
         return outcome
 
     def _participant_label(self, clean: Dataset) -> str:
@@ -203,8 +232,8 @@ class IngestChain:
             return pid
         return _label("p", self.key, "participant:" + str(clean.StudyInstanceUID))
 
-    def _run_series(self, suid: str, files: dict[str, Path], original: Dataset, study: StudyOutcome,
-                    work: Path) -> SeriesOutcome:
+    def _prepare_series(self, suid: str, files: dict[str, Path], original: Dataset,
+                        work: Path) -> _Prepared | SeriesOutcome:
         cache = self._ensure(self.cache_root / suid)
         marker = cache / ARCHIVED_MARKER
         archived_uids: set[str] = set(json.loads(marker.read_text())) if marker.exists() else set()
@@ -255,12 +284,7 @@ class IngestChain:
         params["VoxelSize"] = [float(x) for x in image.header.get_zooms()[:3]]
         params["Volumes"] = volumes
         params["Instances"] = len(cached)
-        outcome = self._archive(suid, name, params, payload, study, original, existing)
-        self._backup(outcome.relpaths)
-        tmp = cache / f".{ARCHIVED_MARKER}.tmp"
-        tmp.write_text(json.dumps(sorted(cached)))
-        os.replace(tmp, marker)
-        return outcome
+        return _Prepared(suid, name, params, payload, original, existing, cache, cached)
 
     # ---------------------------------------------------------------- archive
     def _existing_series(self, suid: str) -> tuple[int, bool] | None:

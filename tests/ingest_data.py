@@ -1,0 +1,80 @@
+"""Small identified MR studies for ingest tests: T1w, BOLD and DWI series as classic MR Image Storage files.
+
+Used only when the synthetic cohort generator (``incloud_kernel.synth.make_study``) is not available; the values
+are invented (no real person) but look identifying, so the leak checker has something to find.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "HOSP123456", "PatientBirthDate": "19800101",
+           "PatientSex": "F", "InstitutionName": "Saint Example Hospital", "ReferringPhysicianName": "House^Greg",
+           "AccessionNumber": "ACC778899", "StudyID": "S4242"}
+
+
+def _slice(study: dict, series_uid: str, number: int, description: str, z: int, nz: int, volume: int,
+           pixels: np.ndarray, tr: float, extra: dict) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    sop = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    for k, v in {**PATIENT, **study}.items():
+        setattr(ds, k, v)
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop
+    ds.Modality, ds.Manufacturer = "MR", "SIEMENS"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, number, description
+    ds.ProtocolName = description
+    ds.FrameOfReferenceUID = study["FrameOfReferenceUID"]
+    ds.InstanceNumber = volume * nz + z + 1
+    ds.AcquisitionNumber = volume + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.ImagePositionPatient = [-32.0, -32.0, float(z * 4)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [4, 4], 4
+    ds.RepetitionTime, ds.EchoTime, ds.FlipAngle, ds.MagneticFieldStrength = tr * 1000, 30, 90, 3
+    ds.AcquisitionTime = f"1000{volume % 60:02d}.000000"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int = 4) -> dict[str, list[Path]]:
+    """Write a T1w, a BOLD and a DWI series under ``out``; returns series description -> files."""
+    rng = np.random.default_rng(seed)
+    study = {"StudyInstanceUID": generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
+             "FrameOfReferenceUID": generate_uid()}
+    yy, xx = np.mgrid[:16, :16]
+    head = ((yy - 8) ** 2 + (xx - 8) ** 2 < 40).astype(float)
+    written: dict[str, list[Path]] = {}
+    specs = [("t1_mprage", 1, 1, 2.3, {}), ("bold_rest", 2, bold_volumes, 2.0, {}),
+             ("dwi_b1000", 3, 4, 6.0, {})]
+    for description, number, volumes, tr, _ in specs:
+        series_uid = generate_uid()
+        folder = out / description
+        folder.mkdir(parents=True, exist_ok=True)
+        for v in range(volumes):
+            extra: dict = {}
+            if description.startswith("dwi"):
+                b = 0 if v == 0 else 1000
+                extra = {"DiffusionBValue": b,
+                         "DiffusionGradientOrientation": [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]][v]}
+            if volumes > 1:
+                extra["TemporalPositionIdentifier"] = v + 1
+                extra["NumberOfTemporalPositions"] = volumes
+            for z in range(nz):
+                pixels = 500 * head + rng.integers(0, 50, size=head.shape)
+                ds = _slice(study, series_uid, number, description, z, nz, v, pixels, tr, extra)
+                path = folder / f"{v:03d}_{z:03d}.dcm"
+                ds.save_as(path, enforce_file_format=True)
+                written.setdefault(description, []).append(path)
+    return written

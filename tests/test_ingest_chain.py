@@ -1,0 +1,143 @@
+"""The ingest chain on a folder (``incloud ingest PATH --project P``, no network): de-identified, converted,
+named in BIDS, archived once, merged on late instances, quarantined on failure."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+from sqlalchemy import func, select
+
+from conftest import missing
+from incloud_kernel.archive.models import DataFile, Series
+from incloud_kernel.archive.permissions import SYSTEM
+from incloud_kernel.archive.projects import create_project
+from incloud_kernel.db import transaction
+from incloud_kernel.site import Site
+from ingest_data import PATIENT, make_small_study
+
+INCLOUD = str(Path(sys.executable).with_name("incloud"))
+BIDS_VALIDATOR = Path("/opt/incloud/node/node_modules/.bin/bids-validator")
+
+
+def run_ingest(env: dict[str, str], path: Path, project: str = "P1", **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INCLOUD, "ingest", str(path), "--project", project], capture_output=True, text=True,
+                          env=dict(os.environ, **env, **extra), timeout=600)
+
+
+@pytest.fixture
+def ready(site: Site, site_env: dict[str, str]) -> tuple[Site, dict[str, str]]:
+    with transaction(site.engine) as db:
+        create_project(db, SYSTEM, "P1", "Test project")
+    env = dict(site_env, INCLOUD_INGEST_REFACE="false")
+    return site, env
+
+
+def series_rows(site: Site) -> list[Series]:
+    with transaction(site.engine) as db:
+        return list(db.scalars(select(Series).order_by(Series.id)))
+
+
+def file_count(site: Site) -> int:
+    with transaction(site.engine) as db:
+        return int(db.scalar(select(func.count(DataFile.id))))
+
+
+def check_bids(root: Path) -> None:
+    if not BIDS_VALIDATOR.exists():
+        missing("bids-validator not installed (scripts/test.sh installs it)")
+    result = subprocess.run([str(BIDS_VALIDATOR), "--json", "--ignoreNiftiHeaders", str(root)],
+                            capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout)
+    errors = report["issues"]["errors"]
+    assert not errors, [e["key"] for e in errors]
+
+
+def test_folder_is_archived_as_valid_deidentified_bids(ready, tmp_path: Path) -> None:
+    site, env = ready
+    make_small_study(tmp_path / "src")
+    result = run_ingest(env, tmp_path / "src")
+    assert result.returncode == 0, result.stderr
+    rows = series_rows(site)
+    assert sorted((r.datatype, r.suffix) for r in rows) == [("anat", "T1w"), ("dwi", "dwi"), ("func", "bold")]
+    assert all(r.qc_status == "pending" for r in rows)
+    root = site.archive_root
+    check_bids(root)
+    dwi = next(root.rglob("*_dwi.nii.gz"))
+    assert dwi.with_name(dwi.name.replace(".nii.gz", ".bval")).exists()
+    assert nib.load(str(next(root.rglob("*_bold.nii.gz")))).shape[3] == 4
+    # No identifying value anywhere in the archive (sidecars included) nor in the de-identified cache.
+    text = b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".gz"))
+    for value in PATIENT.values():
+        for token in value.replace("^", " ").split():
+            if len(token) >= 4:
+                assert token.encode() not in text
+    from incloud_kernel.deid.verify import verify
+
+    cache = site.config.spool / "ingest" / "deid-cache"
+    report = verify([cache], [tmp_path / "src"])
+    assert report.outputs == 8 + 4 * 8 + 4 * 8 and report.identities > 0
+    assert report.leaks == []
+    assert not list(root.rglob("*.dcm"))  # identified (or any) DICOM never enters the archive
+
+
+def test_resending_a_study_stores_nothing_new(ready, tmp_path: Path) -> None:
+    site, env = ready
+    make_small_study(tmp_path / "src")
+    assert run_ingest(env, tmp_path / "src").returncode == 0
+    before = (len(series_rows(site)), file_count(site))
+    again = run_ingest(env, tmp_path / "src")
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout
+    assert (len(series_rows(site)), file_count(site)) == before
+
+
+def test_late_instances_are_merged_and_the_series_reconverted(ready, tmp_path: Path) -> None:
+    site, env = ready
+    files = make_small_study(tmp_path / "src", bold_volumes=4)
+    early, late = tmp_path / "early", tmp_path / "late"
+    for path in files["bold_rest"]:
+        volume = int(path.name.split("_")[0])
+        dest = (late if volume == 3 else early) / path.name
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copy(path, dest)
+    assert run_ingest(env, early).returncode == 0
+    (first,) = series_rows(site)
+    assert first.params["Volumes"] == 3
+    merged = run_ingest(env, late)
+    assert merged.returncode == 0, merged.stderr
+    assert "merged" in merged.stdout
+    (after,) = series_rows(site)
+    assert after.id == first.id and after.params["Volumes"] == 4
+    assert nib.load(str(next(site.archive_root.rglob("*_bold.nii.gz")))).shape[3] == 4
+    assert file_count(site) == 2
+
+
+def test_a_failing_series_quarantines_the_whole_study(ready, tmp_path: Path) -> None:
+    site, env = ready
+    make_small_study(tmp_path / "src")
+    rules = json.dumps([{"datatype": "anat", "suffix": "T1w", "series_description": "mprage"}])
+    result = run_ingest(env, tmp_path / "src", INCLOUD_INGEST_BIDS_RULES=rules, INCLOUD_INGEST_UNMATCHED="quarantine")
+    assert result.returncode != 0
+    assert "quarantined at step name" in result.stderr and "Traceback" not in result.stderr
+    assert series_rows(site) == [] and file_count(site) == 0
+    reasons = list(site.config.quarantine.glob("*/reason.json"))
+    assert len(reasons) == 1 and json.loads(reasons[0].read_text())["step"] == "name"
+    status = subprocess.run([INCLOUD, "ingest", "status"], capture_output=True, text=True,
+                            env=dict(os.environ, **env), timeout=60)
+    assert "step name" in status.stdout
+    for value in PATIENT.values():
+        assert value not in result.stderr + status.stdout
+
+
+def test_zip_and_dicomdir_inputs(ready, tmp_path: Path) -> None:
+    site, env = ready
+    make_small_study(tmp_path / "src")
+    archive = shutil.make_archive(str(tmp_path / "study"), "zip", tmp_path / "src")
+    assert run_ingest(env, Path(archive)).returncode == 0
+    assert len(series_rows(site)) == 3
