@@ -124,6 +124,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _discard(tmp: Path) -> None:
+    """Remove a temp file if possible; on a read-only or vanished folder there is nothing more to do."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def copy_verified(source: Path, dest_root: Path, rel: str, expected_sha256: str | None,
                   on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Copy ``source`` to ``dest_root/rel`` atomically, renaming into place only if its SHA-256 matches.
@@ -149,12 +157,12 @@ def copy_verified(source: Path, dest_root: Path, rel: str, expected_sha256: str 
             out.flush()
             os.fsync(out.fileno())
         if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise ChecksumMismatch(f"copy of {rel} does not match its recorded SHA-256; nothing was replaced")
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise StorageError(f"cannot copy {rel} into {dest_root}: {exc.strerror or type(exc).__name__}") from None
     return digest.hexdigest(), size
 
