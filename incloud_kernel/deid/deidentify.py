@@ -12,6 +12,7 @@ import pydicom.uid
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
@@ -56,7 +57,7 @@ def _identity_tokens(ds: Dataset, plan_tags: dict[int, str]) -> set[str]:
                 continue
             if elem.VR != "PN" and plan_tags.get(int(elem.tag)) in (None, "K", "C", "U"):
                 continue
-            values = elem.value if isinstance(elem.value, (list, tuple)) or hasattr(elem.value, "__iter__") and not isinstance(elem.value, str) else [elem.value]
+            values = list(elem.value) if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
             for v in values:
                 text = str(v or "").strip()
                 if not text:
@@ -115,7 +116,7 @@ def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDatas
 
     def scrub(text: str) -> str:
         if not tokens_cache:
-            tokens_cache.append(make_scrubber(_identity_tokens(ds, plan.tags) | {pseudonym} - {pseudonym}))
+            tokens_cache.append(make_scrubber(_identity_tokens(ds, plan.tags)))
         return tokens_cache[0](text)
 
     state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub)

@@ -56,6 +56,8 @@ class SafePrivate:
     element: int  # low byte of the element number (the block offset, 0x00..0xFF)
     name: str
     why: str
+    #: A cleaning function bytes -> bytes | None (None: drop the element), for values with free-form slack.
+    clean: str = ""
 
 
 SAFE_PRIVATE: tuple[SafePrivate, ...] = (
@@ -63,14 +65,16 @@ SAFE_PRIVATE: tuple[SafePrivate, ...] = (
     # MosaicRefAcqTimes (slice timing), NumberOfImagesInMosaic (mosaic unpacking), SliceNormalVector and
     # PhaseEncodingDirectionPositive. It is a binary table of acquisition parameters, no patient fields.
     SafePrivate("SIEMENS CSA HEADER", 0x0029, 0x08, "CSA Image Header Type", "tells readers how to parse 0029,xx10"),
-    SafePrivate("SIEMENS CSA HEADER", 0x0029, 0x09, "CSA Image Header Version", "tells readers how to parse 0029,xx10"),
     SafePrivate("SIEMENS CSA HEADER", 0x0029, 0x10, "CSA Image Header Info",
-                "diffusion b-value/gradient, slice timing (MosaicRefAcqTimes), mosaic layout; acquisition only"),
+                "diffusion b-value/gradient, slice timing (MosaicRefAcqTimes), mosaic layout; acquisition only",
+                clean="csa2"),
+    # The header versions (0019,xx09), (0029,xx09) are NOT kept: seen holding the acquisition date.
+    # 0029,xx10 is kept *cleaned* (deid/csa.py): its fixed-size name buffers carry memory slack that has been
+    # seen to hold the station name.
     # The CSA *Series* header (0029,xx20) is deliberately NOT kept: its MrPhoenixProtocol holds free text
     # typed at the console (protocol and sequence names) and reference-image UIDs; dcm2niix does not need it
     # for geometry, bvals/bvecs or slice timing (it falls back to the image header).
     SafePrivate("SIEMENS MR HEADER", 0x0019, 0x08, "CSA Image Header Type", "parse hint, fixed string"),
-    SafePrivate("SIEMENS MR HEADER", 0x0019, 0x09, "CSA Image Header Version", "parse hint, fixed string"),
     SafePrivate("SIEMENS MR HEADER", 0x0019, 0x0A, "NumberOfImagesInMosaic", "mosaic unpacking (number of slices)"),
     SafePrivate("SIEMENS MR HEADER", 0x0019, 0x0B, "SliceMeasurementDuration", "slice timing"),
     SafePrivate("SIEMENS MR HEADER", 0x0019, 0x0C, "B_value", "diffusion b-value (bval)"),

@@ -31,6 +31,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from incloud_kernel.deid.csa import clean_csa2
 from incloud_kernel.deid.dates import shift_da, shift_dt
 from incloud_kernel.deid.options import OPTIONS, SAFE_PRIVATE_INDEX
 from incloud_kernel.deid.table import load_table, repeating_match
@@ -160,16 +161,24 @@ def _clean(elem: DataElement, st: WalkState, depth: int) -> DataElement | None:
     return elem
 
 
-def _private_keep(src: Dataset, tag: int, st: WalkState) -> bool:
+def _private_keep(src: Dataset, elem: DataElement, st: WalkState) -> DataElement | None:
+    """The element to keep under Retain Safe Private (cleaned if its entry says so), else None."""
     if st.plan.private != "C":
-        return False
+        return None
+    tag = int(elem.tag)
     group, element = tag >> 16, tag & 0xFFFF
     if element < 0x1000:
-        return False  # creators are decided after their block's elements
+        return None  # creators are decided after their block's elements
     creator = src.get((group << 16) | (element >> 8))
     if creator is None or not isinstance(creator.value, str):
-        return False
-    return (creator.value.strip().upper(), group, element & 0xFF) in SAFE_PRIVATE_INDEX
+        return None
+    entry = SAFE_PRIVATE_INDEX.get((creator.value.strip().upper(), group, element & 0xFF))
+    if entry is None:
+        return None
+    if entry.clean == "csa2":
+        cleaned = clean_csa2(bytes(elem.value or b""))
+        return None if cleaned is None else DataElement(tag, elem.VR, cleaned)
+    return elem
 
 
 def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dataset:
@@ -189,8 +198,9 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
             if (tag & 0xFFFF) < 0x0100 and (tag & 0xFFFF) >= 0x0010:
                 creators.append(elem)
                 continue
-            if _private_keep(src, tag, st):
-                out.add(elem)
+            keep = _private_keep(src, elem, st)
+            if keep is not None:
+                out.add(keep)
                 kept_private_blocks.add((group, (tag & 0xFFFF) >> 8))
                 st.note("K", tag)
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -226,7 +227,21 @@ def check_output(path: Path, ds: Dataset, identities: Identities, label: str,
 
 
 def verify(outputs: Iterable[str | Path], sources: Iterable[str | Path]) -> VerifyReport:
-    """Search every output file for every identifying value of every source file (see the module docstring)."""
+    """Search every output file for every identifying value of every source file (see the module docstring).
+
+    pydicom's warnings (which quote header values) are silenced while it runs.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("pydicom").level
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+        try:
+            return _verify(outputs, sources)
+        finally:
+            logging.getLogger("pydicom").setLevel(level)
+
+
+def _verify(outputs: Iterable[str | Path], sources: Iterable[str | Path]) -> VerifyReport:
     report = VerifyReport()
     cands: list[Candidate] = []
     for job in enumerate_jobs(list(sources)):
