@@ -24,7 +24,7 @@ _PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 def check_label(value: str, what: str = "label") -> str:
     """A BIDS entity label: letters and digits only (no ``-``, ``_``, ``/``, dots or spaces)."""
-    if not isinstance(value, str) or not _LABEL.match(value):
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
         raise ValidationError(f"{what} must be letters and digits only (BIDS-safe), got {value!r}")
     return value
 
@@ -36,7 +36,7 @@ def safe_relpath(relpath: str | PurePosixPath) -> PurePosixPath:
         raise ValidationError(f"archive paths must be relative, got {text!r}")
     path = PurePosixPath(text)
     for part in path.parts:
-        if part in ("..", ".") or not _PATH_PART.match(part):
+        if part in ("..", ".") or not _PATH_PART.fullmatch(part):
             raise ValidationError(f"unsafe archive path component {part!r} in {text!r}")
     return path
 
