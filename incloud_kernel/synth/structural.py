@@ -1,0 +1,59 @@
+"""T1-weighted 3D (MPRAGE-like) volumes of a synthetic participant, with the site's scanner effects.
+
+The participant's head is pulled from the template head through their transform chain onto a sagittal
+1 mm (``small``: 2 mm) grid, then the site's contrast curve, bias field and Rician noise are applied.
+Returns SimpleITK images in scanner LPS space; never writes files.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from incloud_kernel.synth.anatomy import load_templates
+from incloud_kernel.synth.deform import Participant, grid, resample
+from incloud_kernel.synth.sites import Site
+
+#: Sagittal slab: columns run anterior->posterior (+y), rows head->foot (-z), slices right->left... (-x is
+#: right-handed with these two; DICOM only needs the two in-plane axes).
+SAGITTAL = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+#: Axial: columns right->left (+x), rows anterior->posterior (+y), slices foot->head (+z).
+AXIAL = np.eye(3)
+
+#: MPRAGE-like field of view (mm): 240 (A-P) x 240 (S-I) x 176 (R-L).
+T1_FOV = (240.0, 240.0, 176.0)
+
+
+def t1_grid(participant: Participant, voxel_mm: float) -> sitk.Image:
+    """The sagittal T1 grid centred on the participant's brain."""
+    size = tuple(int(round(f / voxel_mm)) for f in T1_FOV)
+    return grid(size, (voxel_mm,) * 3, SAGITTAL, participant.brain_center())
+
+
+def apply_site(img: np.ndarray, site: Site, rng: np.random.Generator, scale: float = 3000.0) -> np.ndarray:
+    """Contrast curve, bias field and Rician noise on a template-intensity array (numpy z, y, x).
+
+    Intensities are normalised by the template's white-matter level (~430) before the curve; ``scale`` is the
+    stored value of that level. Returns uint16 values in 0..4095.
+    """
+    norm = np.clip(img / 430.0, 0.0, None)
+    curved = norm ** site.gamma
+    biased = curved * site.bias_field(img.shape[::-1]).transpose(2, 1, 0)
+    sigma = site.noise
+    noisy = np.sqrt((biased + rng.normal(0.0, sigma, img.shape)) ** 2 + rng.normal(0.0, sigma, img.shape) ** 2)
+    return np.clip(noisy * scale, 0, 4095).astype(np.uint16)
+
+
+def render_t1(participant: Participant, site: Site, voxel_mm: float, rng: np.random.Generator) -> sitk.Image:
+    """The participant's T1w volume as a uint16 SimpleITK image on ``t1_grid``."""
+    ref = t1_grid(participant, voxel_mm)
+    t = load_templates()
+    head = resample(t.head, ref, participant.fast_chain(ref))
+    out = sitk.GetImageFromArray(apply_site(head, site, rng))
+    out.CopyInformation(ref)
+    return out
+
+
+def region_fractions(participant: Participant, ref: sitk.Image, region: str, with_effects: bool = True) -> np.ndarray:
+    """Fraction (0-1) of ``region`` in each voxel of ``ref`` (numpy z, y, x)."""
+    t = load_templates()
+    return resample(t.region(region), ref, participant.fast_chain(ref, with_effects=with_effects, to_mni=True))
