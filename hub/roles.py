@@ -1,0 +1,61 @@
+"""INCloud roles as JupyterHub roles and the ``custom:incloud:*`` scopes the INCloud API checks.
+
+Each INCloud role is a JupyterHub group of the same name; a JupyterHub role of the same name grants that group
+its scopes. Project membership (which projects a user sees) is NOT decided here: that is the archive's
+permission layer. Scopes only say which kinds of API call a user may make at all. Never grant a custom scope
+to everybody by default.
+"""
+from __future__ import annotations
+
+API_SERVICE = "incloud-api"
+
+#: Custom scopes (JupyterHub 3+ ``c.JupyterHub.custom_scopes``); the API names the one each route needs.
+CUSTOM_SCOPES: dict[str, dict[str, str]] = {
+    "custom:incloud:read": {"description": "List and read archive metadata of projects you are a member of."},
+    "custom:incloud:files": {"description": "Download archived files of projects you are a member of."},
+    "custom:incloud:write": {"description": "Add participants, sessions, series and files to your projects."},
+    "custom:incloud:qc": {"description": "Pass or fail scans in quality control."},
+    "custom:incloud:upload": {"description": "Send de-identified scans from a clinic."},
+    "custom:incloud:reports": {"description": "Read computer-aided diagnosis reports."},
+    "custom:incloud:registry": {"description": "Register participants and see identities (registrar only)."},
+    "custom:incloud:admin": {"description": "Manage projects, grants and users of the INCloud archive."},
+}
+
+#: What every INCloud role needs besides its custom scopes: to reach the API service at all.
+_BASE = [f"access:services!service={API_SERVICE}"]
+
+#: INCloud role (= JupyterHub group) -> custom scopes.
+ROLE_SCOPES: dict[str, list[str]] = {
+    "researcher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:write"],
+    "qc_reviewer": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:qc"],
+    "clinician": ["custom:incloud:upload", "custom:incloud:reports"],
+    "registrar": ["custom:incloud:read", "custom:incloud:registry"],
+    "admin": sorted(CUSTOM_SCOPES),
+}
+
+#: Scopes of the idle culler service (from jupyterhub-idle-culler's documentation), and nothing more.
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def load_roles(admin_group: str = "admin") -> list[dict]:
+    """``c.JupyterHub.load_roles``: one role per INCloud role, bound to the group of the same name, plus the
+    built-in hub ``admin`` role for the admin group and the culler's role."""
+    roles = [
+        {"name": name, "description": f"INCloud {name}", "scopes": _BASE + scopes, "groups": [name]}
+        for name, scopes in ROLE_SCOPES.items() if name != "admin"
+    ]
+    roles.append({"name": "incloud-admin", "description": "INCloud site administration",
+                  "scopes": _BASE + ROLE_SCOPES["admin"], "groups": [admin_group]})
+    roles.append({"name": "admin", "groups": [admin_group]})
+    roles.append({"name": "idle-culler", "description": "Stop idle workstations", "scopes": CULLER_SCOPES,
+                  "services": ["idle-culler"]})
+    return roles
+
+
+def workstation_token_scopes() -> list[str]:
+    """Scopes asked for the workstation's ``$JUPYTERHUB_API_TOKEN``; the hub grants the subset the user holds.
+
+    The first two are JupyterHub's default ``server`` role; the rest let ``incloud_kernel.connect()`` call the
+    API with exactly the user's INCloud permissions.
+    """
+    return ["users:activity!user", "access:servers!server", *_BASE, *sorted(CUSTOM_SCOPES)]

@@ -1,0 +1,1 @@
+"""The INCloud API: a JupyterHub-managed tornado service over the archive (see ``app``)."""

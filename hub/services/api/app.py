@@ -1,0 +1,340 @@
+"""The INCloud API as a hub-managed service: JSON over projects, participants, sessions, series and files.
+
+Every request is identified by the hub (``HubOAuth``: a token header or the service's OAuth cookie), must hold
+``access:services!service=incloud-api`` and the route's ``custom:incloud:*`` scope, and then sees exactly what
+``incloud_kernel.archive.permissions`` lets that user see: this module never filters rows itself and never
+answers a route without an identified user (401) or with a missing scope (403). It must never log a token, and
+never put a patient-identifying value into an error message.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Awaitable, Callable
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import text
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+
+from incloud_kernel.archive import permissions
+from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.config import Config, get_config
+from incloud_kernel.db import session_factory
+from incloud_kernel.errors import DatabaseError, IncloudError, NotFound, PermissionDenied, ValidationError
+from incloud_kernel.site import Site
+
+from hub.roles import API_SERVICE
+
+log = logging.getLogger("incloud.api")
+
+#: Query arguments every listing takes; all others are filters handed to the permission layer.
+PAGING = ("project", "page", "page_size")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def row_to_dict(row: Any) -> dict[str, Any]:
+    """All mapped columns of a row (models hold no identifying values by design)."""
+    return {attr.key: _jsonable(getattr(row, attr.key)) for attr in sa_inspect(row).mapper.column_attrs}
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Identifies the caller with the hub in ``prepare`` and refuses (401/403, JSON) before any handler runs."""
+
+    #: Custom scope the route needs on top of access to the service; None: access alone (health, me).
+    scope: str | None = None
+
+    def initialize(self, api: Api) -> None:
+        self.api = api
+        self.hub_auth = api.hub_auth
+
+    def get_current_user(self) -> dict[str, Any] | None:  # set in prepare; never the blocking lookup
+        return getattr(self, "_incloud_user", None)
+
+    def get_login_url(self) -> str:
+        raise web.HTTPError(401)
+
+    async def prepare(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        except web.HTTPError as exc:  # the hub itself is unreachable
+            raise web.HTTPError(503, reason="hub unreachable") from exc
+        if not model:
+            raise web.HTTPError(401, reason="no valid hub token or session (missing, expired or revoked)")
+        if not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
+            raise web.HTTPError(403, reason=f"token may not use the {API_SERVICE} service")
+        if self.scope and self.scope not in set(model.get("scopes", [])):
+            raise web.HTTPError(403, reason=f"token lacks scope {self.scope}")
+        self._incloud_user = model
+
+    def actor_groups(self) -> list[str]:
+        return list(self.current_user.get("groups") or [])  # type: ignore[union-attr]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def send(self, data: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=_jsonable))
+
+    async def in_db(self, work: Callable[[Any, Actor], Any]) -> Any:
+        """Run ``work(db, actor)`` in a worker thread, turning domain errors into HTTP statuses."""
+        user = self.current_user["name"]  # type: ignore[index]
+        groups = self.actor_groups()
+
+        def run() -> Any:
+            with session_factory(self.api.site.engine)() as db:
+                actor = Actor.resolve(db, user, extra_groups=groups)
+                return work(db, actor)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+        except ValidationError as exc:
+            raise web.HTTPError(400, str(exc), reason="invalid request") from None
+        except NotFound as exc:
+            raise web.HTTPError(404, str(exc), reason="not found") from None
+        except PermissionDenied as exc:
+            raise web.HTTPError(403, str(exc), reason="forbidden") from None
+        except DatabaseError as exc:
+            raise web.HTTPError(503, str(exc), reason="database unavailable") from None
+        except IncloudError as exc:
+            raise web.HTTPError(500, str(exc), reason="error") from None
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        ok = await self.in_db(lambda db, actor: db.execute(text("SELECT 1")).scalar() == 1)
+        self.send({"status": "ok" if ok else "degraded", "service": API_SERVICE})
+
+
+class MeHandler(BaseHandler):
+    async def get(self) -> None:
+        user = self.current_user
+        scopes = sorted(s for s in user.get("scopes", []) if s.startswith("custom:incloud:"))  # type: ignore
+        self.send({"name": user["name"], "kind": user.get("kind", "user"),  # type: ignore[index]
+                   "groups": sorted(user.get("groups") or []), "scopes": scopes})  # type: ignore[union-attr]
+
+
+def _int_arg(handler: web.RequestHandler, name: str, default: int) -> int:
+    raw = handler.get_query_argument(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise web.HTTPError(400, f"{name} must be an integer", reason="invalid request") from None
+
+
+class ListHandler(BaseHandler):
+    """One page of a permission-filtered listing; filters are query arguments (repeat one for "any of")."""
+
+    scope = "custom:incloud:read"
+    lister: Callable[..., permissions.Page[Any]]
+
+    def initialize(self, api: Api, lister: Callable[..., Any]) -> None:  # type: ignore[override]
+        super().initialize(api)
+        self.lister = lister
+
+    async def get(self) -> None:
+        page = _int_arg(self, "page", 1)
+        page_size = _int_arg(self, "page_size", 50)
+        project = self.get_query_argument("project", None)
+        filters: dict[str, Any] = {}
+        for name in self.request.query_arguments:
+            if name in PAGING:
+                continue
+            values = self.get_query_arguments(name)
+            filters[name] = values[0] if len(values) == 1 else values
+
+        def work(db: Any, actor: Actor) -> dict[str, Any]:
+            result = self.lister(db, actor, project=project, page=page, page_size=page_size, **filters)
+            return {"items": [row_to_dict(r) for r in result.items], "page": result.page,
+                    "page_size": result.page_size, "has_more": result.has_more}
+
+        self.send(await self.in_db(work))
+
+
+class ProjectHandler(BaseHandler):
+    scope = "custom:incloud:read"
+
+    async def get(self, code: str) -> None:
+        self.send(await self.in_db(lambda db, actor: row_to_dict(permissions.require(db, actor, code, "read"))))
+
+
+class FileContentHandler(BaseHandler):
+    """The bytes of one archived file the caller may read (streamed in 1 MiB chunks)."""
+
+    scope = "custom:incloud:files"
+
+    async def get(self, file_id: str) -> None:
+        def work(db: Any, actor: Actor) -> tuple[str, int, str]:
+            row = permissions.get_file(db, actor, int(file_id))
+            return row.relpath, row.size, row.sha256
+
+        relpath, size, sha = await self.in_db(work)
+        path = self.api.site.archive_root / relpath
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            raise web.HTTPError(404, f"file #{file_id} is recorded but missing from the archive root",
+                                reason="not found") from None
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(size))
+        self.set_header("X-Incloud-Sha256", sha)
+        with fh:
+            while chunk := fh.read(1 << 20):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+class OpenApiHandler(BaseHandler):
+    async def get(self) -> None:
+        self.send(openapi(self.api.prefix))
+
+
+class IndexHandler(BaseHandler):
+    """The service's landing page: the route list (browsers without a session are sent to the hub login)."""
+
+    async def prepare(self) -> None:
+        if "text/html" in self.request.headers.get("Accept", "") and not self.hub_auth.get_token(self):
+            # The one redirect: a browser starts the service's OAuth handshake with the hub. No data is sent.
+            self.redirect(self.get_oauth_login_url())
+            return
+        await super().prepare()
+
+    def get_oauth_login_url(self) -> str:
+        return HubOAuthenticated.get_login_url(self)
+
+    async def get(self) -> None:
+        self.send({"service": API_SERVICE, "openapi": url_path_join(self.api.prefix, "openapi.json")})
+
+
+class CallbackHandler(HubOAuthCallbackHandler):
+    """Completes the OAuth handshake; without a code it answers 403 (it never serves data)."""
+
+    def initialize(self, api: Api) -> None:
+        self.hub_auth = api.hub_auth
+
+    async def get(self) -> None:
+        if not self.get_argument("code", "") or not self.get_argument("state", ""):
+            raise web.HTTPError(403, "OAuth callback without a code")
+        await super().get()
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: path under the service prefix, handler, scope and description (for OpenAPI)."""
+
+    path: str
+    handler: type
+    summary: str
+    kwargs: Callable[[Any], dict[str, Any]] | None = None
+
+
+def _lister(fn: Callable[..., Any]) -> Callable[[Any], dict[str, Any]]:
+    return lambda api: {"api": api, "lister": fn}
+
+
+ROUTES: list[Route] = [
+    Route("", IndexHandler, "Service index"),
+    Route("health", HealthHandler, "Health of the service and its database"),
+    Route("openapi.json", OpenApiHandler, "This OpenAPI description"),
+    Route("api/me", MeHandler, "Who the token belongs to, its groups and INCloud scopes"),
+    Route("api/projects", ListHandler, "Projects you may read", _lister(permissions.list_projects)),
+    Route(r"api/projects/([A-Za-z0-9]+)", ProjectHandler, "One project by code"),
+    Route("api/participants", ListHandler, "Participants of your projects",
+          _lister(permissions.list_participants)),
+    Route("api/sessions", ListHandler, "Sessions of your projects", _lister(permissions.list_sessions)),
+    Route("api/series", ListHandler, "Series of your projects (filters: modality, datatype, suffix, ...)",
+          _lister(permissions.list_series)),
+    Route("api/files", ListHandler, "Files of your projects", _lister(permissions.list_files)),
+    Route(r"api/files/([0-9]+)/content", FileContentHandler, "Bytes of one file"),
+    Route("oauth_callback", CallbackHandler, "OAuth handshake with the hub"),
+]
+
+
+def openapi(prefix: str) -> dict[str, Any]:
+    """OpenAPI 3.1 description built from ``ROUTES`` (so it cannot drift from the route table)."""
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}")
+        scope = getattr(route.handler, "scope", None)
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "security": [{"hubToken": [s for s in (f"access:services!service={API_SERVICE}", scope) if s]}],
+            "responses": {"200": {"description": "OK"}, "401": {"description": "no valid token"},
+                          "403": {"description": "missing scope or role"}},
+        }
+        if route.handler is ListHandler:
+            op["parameters"] = [
+                {"name": "project", "in": "query", "schema": {"type": "string"}},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "page_size", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": permissions.MAX_PAGE_SIZE}},
+            ]
+        paths[path] = {"get": op}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "INCloud API", "version": "1"},
+        "servers": [{"url": prefix}],
+        "paths": paths,
+        "components": {"securitySchemes": {"hubToken": {
+            "type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "'token <JupyterHub API token>' (or the service's OAuth session cookie)"}}},
+    }
+
+
+class Api:
+    """The service's state: the site (database, archive root), the hub auth client and the URL prefix."""
+
+    def __init__(self, site: Site, hub_auth: HubOAuth, prefix: str) -> None:
+        self.site = site
+        self.hub_auth = hub_auth
+        self.prefix = prefix
+
+
+def make_app(cfg: Config | None = None, hub_auth: HubOAuth | None = None) -> web.Application:
+    """The tornado application; ``JUPYTERHUB_*`` variables (set by the hub) configure ``HubOAuth``."""
+    cfg = cfg or get_config()
+    site = Site.open(cfg)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{API_SERVICE}/")
+    hub_auth = hub_auth or HubOAuth(cache_max_age=cfg.hub.token_cache_seconds)
+    api = Api(site, hub_auth, prefix)
+    handlers = []
+    for route in ROUTES:
+        kwargs = route.kwargs(api) if route.kwargs else {"api": api}
+        handlers.append((url_path_join(prefix, route.path), route.handler, kwargs))
+    return web.Application(handlers, cookie_secret=os.urandom(32), xsrf_cookies=False)
+
+
+def main() -> None:
+    """Serve on the URL the hub gives (``JUPYTERHUB_SERVICE_URL``); exits with one line on a bad site."""
+    from urllib.parse import urlparse
+
+    logging.basicConfig(level=logging.INFO, format="[incloud-api %(levelname)s] %(message)s")
+    try:
+        app = make_app()
+    except IncloudError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
+    server = HTTPServer(app, xheaders=True)
+    server.listen(url.port or 80, url.hostname or "127.0.0.1")
+    log.info("INCloud API listening on %s", url.geturl())
+    IOLoop.current().start()

@@ -1,0 +1,75 @@
+"""``incloud hub start|config|path``: run INCloud's JupyterHub from the site config and show its settings.
+
+The hub's code lives in the ``hub`` package beside ``incloud_kernel``; this module only locates its config file
+(it never imports ``hub``, so the one-way dependency holds) and runs ``jupyterhub`` on it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from incloud_kernel.config import get_config
+from incloud_kernel.errors import ConfigError
+
+
+def config_file() -> Path:
+    """Path of hub/jupyterhub_config.py (found without importing the hub package)."""
+    spec = importlib.util.find_spec("hub")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the hub package is not installed beside incloud_kernel (pip install -e '.[hub]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / "jupyterhub_config.py"
+    if not path.is_file():
+        raise ConfigError(f"hub configuration not found at {path}")
+    return path
+
+
+@click.group()
+def hub() -> None:
+    """The workstation hub (JupyterHub, the INCloud API service, Slurm workstations)."""
+
+
+@hub.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(as_json: bool) -> None:
+    """Print the hub settings of the site config (mode, URLs, authenticator, profiles)."""
+    cfg = get_config()
+    data = {f"hub.{k}": v for k, v in vars(cfg.hub).items() if k != "shared_password"}
+    data["config file"] = str(config_file())
+    data["API URL for workstations"] = cfg.hub.bind_url.rstrip("/") + "/services/incloud-api/"
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        click.echo(f"{key:<28} {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@hub.command("path")
+def path() -> None:
+    """Print the path of jupyterhub_config.py (for `jupyterhub -f`)."""
+    click.echo(str(config_file()))
+
+
+@hub.command("start")
+@click.option("--debug", is_flag=True, help="JupyterHub debug logging.")
+def start(debug: bool) -> None:
+    """Run the hub in the foreground (Ctrl-C stops it, its proxy, services and local workstations)."""
+    cfg = get_config()
+    if cfg.hub.mode not in ("embedded", "cluster", "docker"):
+        raise ConfigError(f"hub.mode must be embedded, cluster or docker, got {cfg.hub.mode!r}")
+    exe = Path(sys.executable).with_name("jupyterhub")
+    if not exe.exists():
+        raise ConfigError("jupyterhub is not installed in this environment (pip install -e '.[hub]')")
+    state = Path(cfg.hub.state_dir).expanduser() if cfg.hub.state_dir else cfg.home / "hub"
+    state.mkdir(parents=True, exist_ok=True)
+    click.echo(f"INCloud hub ({cfg.hub.mode} mode) at {cfg.hub.bind_url}")
+    if cfg.hub.authenticator == "native":
+        click.echo(f"  sign up at {cfg.hub.bind_url.rstrip('/')}/hub/signup; admins "
+                   f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize")
+    args = [str(exe), "-f", str(config_file())] + (["--debug"] if debug else [])
+    os.chdir(state)
+    os.execv(args[0], args)

@@ -1,0 +1,213 @@
+"""``incloud_kernel.connect()``: the INCloud API with the user's own hub token, results as pandas DataFrames.
+
+Inside a hub workstation the hub puts ``JUPYTERHUB_API_TOKEN`` and ``INCLOUD_API_URL`` into the environment,
+so ``connect()`` needs no arguments. Elsewhere (a laptop, an SSH session) it takes ``INCLOUD_API_URL`` and
+``INCLOUD_API_TOKEN`` from the environment or ``url``/``token`` from a TOML file (``INCLOUD_CLIENT_CONFIG`` or
+``~/.config/incloud/client.toml``). It never holds database credentials, never prints or logs the token, and
+turns every refusal into one ``ApiError`` line (expired or revoked token, another user's token, a missing scope).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import requests
+
+from incloud_kernel.errors import IncloudError, NotFound, PermissionDenied, ValidationError
+
+
+class ApiError(IncloudError):
+    """The INCloud API could not be reached or refused the request."""
+
+
+class TokenError(ApiError):
+    """The token is missing, expired, revoked, or belongs to somebody else."""
+
+    exit_code = 3
+
+
+class ScopeError(ApiError, PermissionDenied):
+    """The token is valid but lacks the ``custom:incloud:*`` scope the call needs."""
+
+
+def _config_file() -> Path:
+    explicit = os.environ.get("INCLOUD_CLIENT_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "incloud" / "client.toml"
+
+
+def resolve_credentials(url: str | None = None, token: str | None = None,
+                        env: Mapping[str, str] | None = None) -> tuple[str, str, str]:
+    """(url, token, where from): arguments, then environment, then the client config file.
+
+    Raises TokenError (no token) or ApiError (no URL) with what to set.
+    """
+    env = os.environ if env is None else env
+    source = "arguments"
+    url = url or env.get("INCLOUD_API_URL")
+    token = token or env.get("INCLOUD_API_TOKEN") or env.get("JUPYTERHUB_API_TOKEN")
+    if url and token:
+        source = "workstation" if env.get("JUPYTERHUB_API_TOKEN") == token else "environment"
+    if not (url and token):
+        path = Path(env["INCLOUD_CLIENT_CONFIG"]).expanduser() if env.get("INCLOUD_CLIENT_CONFIG") \
+            else _config_file()
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text())
+            except (tomllib.TOMLDecodeError, OSError) as exc:
+                raise ApiError(f"client config {path} is unreadable: {type(exc).__name__}") from None
+            url = url or data.get("url")
+            token = token or data.get("token")
+            source = f"file {path}"
+    if not token:
+        raise TokenError("no API token: set INCLOUD_API_TOKEN (create one at <hub>/hub/token) "
+                         "or run inside a hub workstation")
+    if not url:
+        raise ApiError("no API URL: set INCLOUD_API_URL (e.g. https://hub.example.org/services/incloud-api/)")
+    return url.rstrip("/") + "/", token, source
+
+
+class Client:
+    """A session with the INCloud API as one user. Listing methods return every page as one DataFrame."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, source: str = "arguments") -> None:
+        self.url = url.rstrip("/") + "/"
+        self.source = source
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.headers["Authorization"] = f"token {token}"
+        self.user: dict[str, Any] = {}
+
+    def __repr__(self) -> str:  # never the token
+        return f"<incloud Client user={self.user.get('name')!r} url={self.url!r}>"
+
+    # -- transport ---------------------------------------------------------------------------------------------
+    def _get(self, path: str, params: Mapping[str, Any] | None = None, stream: bool = False) -> requests.Response:
+        try:
+            r = self._http.get(self.url + path, params=params, timeout=self.timeout, stream=stream)
+        except requests.RequestException as exc:
+            raise ApiError(f"cannot reach the INCloud API at {self.url}: {type(exc).__name__}") from None
+        if r.status_code < 400:
+            return r
+        try:
+            message = str(r.json().get("message") or r.reason)
+        except ValueError:
+            message = r.reason or f"HTTP {r.status_code}"
+        message = " ".join(message.split())
+        if r.status_code == 401:
+            raise TokenError("the API refused the token (expired, revoked or unknown): in a workstation, restart "
+                             "it; elsewhere create a new token at <hub>/hub/token")
+        if r.status_code == 403 and "lacks scope" in message:
+            scope = message.rsplit(" ", 1)[-1]
+            raise ScopeError(f"your token lacks scope {scope}: ask an administrator for the INCloud role "
+                             "that grants it")
+        if r.status_code == 403 and "may not use" in message:
+            raise ScopeError("your token may not use the INCloud API service: ask an administrator for an "
+                             "INCloud role (researcher, qc_reviewer, clinician, registrar)")
+        if r.status_code == 403:
+            raise PermissionDenied(message)
+        if r.status_code == 404:
+            raise NotFound(message)
+        if r.status_code == 400:
+            raise ValidationError(message)
+        raise ApiError(f"the INCloud API answered {r.status_code}: {message}")
+
+    def _json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self._get(path, params).json()
+
+    def whoami(self) -> dict[str, Any]:
+        """The token's user: name, groups and INCloud scopes."""
+        self.user = self._json("api/me")
+        return self.user
+
+    def pages(self, kind: str, *, project: str | None = None, page_size: int = 500,
+              **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every row of a listing (``projects``, ``participants``, ``sessions``, ``series``, ``files``)."""
+        params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+        if project is not None:
+            params["project"] = project
+        page = 1
+        while True:
+            data = self._json(f"api/{kind}", {**params, "page": page, "page_size": page_size})
+            yield from data["items"]
+            if not data["has_more"]:
+                return
+            page += 1
+
+    def _frame(self, kind: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        return pd.DataFrame(list(self.pages(kind, **kwargs)))
+
+    # -- listings as DataFrames --------------------------------------------------------------------------------
+    def projects(self, **filters: Any):  # type: ignore[no-untyped-def]
+        """Projects you may read (DataFrame: id, code, name, description, created_at)."""
+        return self._frame("projects", **filters)
+
+    def participants(self, project: str | None = None, **filters: Any):  # type: ignore[no-untyped-def]
+        """Participants of your projects (pseudonymous attributes only)."""
+        return self._frame("participants", project=project, **filters)
+
+    def sessions(self, project: str | None = None, **filters: Any):  # type: ignore[no-untyped-def]
+        return self._frame("sessions", project=project, **filters)
+
+    def series(self, project: str | None = None, modality: str | None = None,
+               **filters: Any):  # type: ignore[no-untyped-def]
+        """Series of your projects; filters: modality, datatype, suffix, qc_status, session, participant."""
+        return self._frame("series", project=project, modality=modality, **filters)
+
+    def files(self, project: str | None = None, **filters: Any):  # type: ignore[no-untyped-def]
+        """Archived files (relpath, sha256, size in bytes) of your projects; filters: series, session, kind."""
+        return self._frame("files", project=project, **filters)
+
+    # -- file access -------------------------------------------------------------------------------------------
+    def read_file(self, file_id: int) -> bytes:
+        """The bytes of one file you may read, checked against its recorded SHA-256."""
+        r = self._get(f"api/files/{int(file_id)}/content")
+        data = r.content
+        expected = r.headers.get("X-Incloud-Sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise ApiError(f"file #{file_id} arrived corrupted (SHA-256 mismatch)")
+        return data
+
+    def download(self, file_id: int, dest: str | Path) -> Path:
+        """Write one file to ``dest`` (a folder keeps the archive's file name); returns the path written."""
+        r = self._get(f"api/files/{int(file_id)}/content", stream=True)
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / f"file-{int(file_id)}"
+        digest = hashlib.sha256()
+        tmp = dest.with_name(dest.name + ".part")
+        with open(tmp, "wb") as fh:
+            for chunk in r.iter_content(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+        expected = r.headers.get("X-Incloud-Sha256")
+        if expected and digest.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(f"file #{file_id} arrived corrupted (SHA-256 mismatch)")
+        tmp.replace(dest)
+        return dest
+
+
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> Client:
+    """A client for the INCloud API, checked at once (one round trip to ``api/me``).
+
+    Raises TokenError for a refused token or a token of another user than the workstation's
+    (``JUPYTERHUB_USER``), ScopeError for a token without access to the API, ApiError when unreachable.
+    """
+    url, token, source = resolve_credentials(url, token)
+    client = Client(url, token, timeout=timeout, source=source)
+    me = client.whoami()
+    expected = os.environ.get("JUPYTERHUB_USER")
+    if expected and source == "workstation" and me.get("name") != expected:
+        raise TokenError(f"the token belongs to another user than this workstation's ({expected})")
+    if expected and source != "workstation" and me.get("name") != expected:
+        raise TokenError(f"the token in use belongs to user {me.get('name')}, not to {expected} who runs this "
+                         "workstation; unset INCLOUD_API_TOKEN to use your own")
+    return client

@@ -1,0 +1,234 @@
+"""The workstation hub end to end: PostgreSQL, munge, slurmctld, slurmd, JupyterHub with configurable-http-proxy
+and the INCloud API service; users sign up and log in through the real forms, workstations are Slurm jobs
+running as those users, and code in their kernels calls ``incloud_kernel.connect()``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import missing, require_tool
+
+pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
+
+LIST_CODE = """
+import json, os, pwd, incloud_kernel
+c = incloud_kernel.connect()
+frame = c.series()
+print(json.dumps({"whoami": c.user["name"], "unix": pwd.getpwuid(os.getuid()).pw_name,
+                  "rows": len(frame), "suffixes": sorted(frame["suffix"]) if len(frame) else []}))
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:
+    from services.hubstack import HubStack
+
+    if os.geteuid() != 0:
+        missing("the Slurm hub test needs root (useradd, munge, slurmd)")
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch", "useradd", "runuser"):
+        require_tool(tool)
+    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL")
+    if not base:
+        missing("INCLOUD_TEST_POSTGRES_URL not set (run the suite through scripts/test.sh)")
+    from hub.spawners import proxy_command
+
+    if not shutil.which(proxy_command()):
+        missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
+    # Slurm daemons and the users' jobs must traverse this folder: not under pytest's private 0700 tmp.
+    work = Path(tempfile.mkdtemp(prefix="incloud-hub-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
+    s = HubStack(work, base)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def alice(stack):  # type: ignore[no-untyped-def]
+    user = stack.add_user("alice")
+    stack.grant(user.name, "P1", "member")
+    return user
+
+
+@pytest.fixture(scope="module")
+def bob(stack):  # type: ignore[no-untyped-def]
+    return stack.add_user("bob")  # a researcher without any project membership
+
+
+def _logged_in_with_workstation(stack, user):  # type: ignore[no-untyped-def]
+    if not user.logged_in:
+        user.log_in()
+    assert user.logged_in, "the login form did not log the user in"
+    if user.token is None:
+        user.token = user.new_token(expires_in=3600)
+    state = stack.hub("GET", f"/users/{user.name}").json()
+    if "" not in state.get("servers", {}) or not state["servers"][""].get("ready"):
+        result = stack.spawn(user, "small")
+        assert result["ready"], f"workstation did not start: {result['message']}"
+    return user
+
+
+def _run(stack, user, code: str) -> dict:  # type: ignore[no-untyped-def]
+    from services.kernels import run_code
+
+    out = run_code(stack.url, f"/user/{user.name}/", user.token, code)
+    assert not out.error, out.error + out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_login_spawn_on_slurm_and_list_series_from_a_kernel(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    _logged_in_with_workstation(stack, alice)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%u %T"], capture_output=True, text=True, timeout=10,
+                          env={**os.environ, "SLURM_CONF": stack.env["SLURM_CONF"]}).stdout.split("\n")
+    assert f"{alice.name} RUNNING" in jobs, "the workstation is not a running Slurm job of the user"
+    result = _run(stack, alice, LIST_CODE)
+    assert result == {"whoami": alice.name, "unix": alice.name, "rows": 2, "suffixes": ["T1w", "bold"]}
+
+
+def test_second_user_without_membership_gets_nothing(stack, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    _logged_in_with_workstation(stack, bob)
+    result = _run(stack, bob, LIST_CODE)
+    assert result == {"whoami": bob.name, "unix": bob.name, "rows": 0, "suffixes": []}
+    out = _run(stack, bob, "import json, incloud_kernel\ntry:\n    incloud_kernel.connect().series(project='P1')\n"
+                           "except Exception as e:\n    print(json.dumps({'error': type(e).__name__, 'msg': str(e)}))")
+    assert out == {"error": "NotFound", "msg": "project P1 not found"}
+
+
+def test_another_users_token_in_a_workstation_is_refused(stack, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    _logged_in_with_workstation(stack, alice)
+    bob_token = bob.token or bob.new_token(expires_in=600) if bob.logged_in else None
+    if bob_token is None:
+        bob.log_in()
+        bob_token = bob.new_token(expires_in=600)
+    code = ("import json, os, incloud_kernel\nos.environ['INCLOUD_API_TOKEN'] = %r\n"
+            "try:\n    incloud_kernel.connect()\nexcept Exception as e:\n"
+            "    print(json.dumps({'error': type(e).__name__, 'msg': str(e)}))\n"
+            "finally:\n    del os.environ['INCLOUD_API_TOKEN']" % bob_token)
+    out = _run(stack, alice, code)
+    assert out["error"] == "TokenError"
+    assert f"belongs to user {bob.name}, not to {alice.name}" in out["msg"]
+
+
+def test_file_access_through_the_api(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.client import connect
+
+    alice.token = alice.token or alice.new_token(expires_in=3600)
+    client = connect(stack.api_url, alice.token)
+    files = client.files(project="P1")
+    assert list(files["id"]) == stack.file_ids
+    assert client.read_file(stack.file_ids[0]) == b'{"RepetitionTime": 2.3}'
+
+
+def _concrete(path: str) -> str:
+    return path.replace(r"([A-Za-z0-9]+)", "P1").replace(r"([0-9]+)", "1")
+
+
+def test_every_api_route_refuses_without_a_valid_token(stack) -> None:  # type: ignore[no-untyped-def]
+    from hub.services.api.app import ROUTES
+
+    assert len(ROUTES) >= 10
+    for route in ROUTES:
+        url = stack.api_url + _concrete(route.path)
+        for headers in ({}, {"Authorization": "token not-a-real-token"}):
+            r = requests.get(url, headers=headers, timeout=15, allow_redirects=False)
+            assert r.status_code in (401, 403), f"GET /{route.path} answered {r.status_code} with {headers}"
+            if route.path != "oauth_callback":
+                assert r.headers["Content-Type"].startswith("application/json")
+                assert "items" not in r.json()
+    # A browser without a session is sent to the hub's login, with no data in the answer.
+    r = requests.get(stack.api_url, headers={"Accept": "text/html"}, timeout=15, allow_redirects=False)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["Location"]
+
+
+def test_openapi_and_health_with_a_token(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    alice.token = alice.token or alice.new_token(expires_in=3600)
+    h = {"Authorization": f"token {alice.token}"}
+    spec = requests.get(stack.api_url + "openapi.json", headers=h, timeout=15).json()
+    assert spec["openapi"].startswith("3.") and "/api/series" in spec["paths"]
+    assert requests.get(stack.api_url + "health", headers=h, timeout=15).json()["status"] == "ok"
+
+
+def test_expired_and_revoked_tokens_get_one_clear_line(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.client import TokenError, connect
+
+    if not alice.logged_in:
+        alice.log_in()
+    short = alice.new_token(expires_in=1)
+    time.sleep(2.5)
+    with pytest.raises(TokenError, match="expired, revoked or unknown"):
+        connect(stack.api_url, short)
+    revoked = alice.new_token(expires_in=600)
+    assert connect(stack.api_url, revoked).user["name"] == alice.name
+    tokens = alice.hub_api("GET", f"/users/{alice.name}/tokens").json()["api_tokens"]
+    newest = max(tokens, key=lambda t: t["created"])
+    assert alice.hub_api("DELETE", f"/users/{alice.name}/tokens/{newest['id']}").status_code == 204
+    with pytest.raises(TokenError) as info:
+        connect(stack.api_url, revoked)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_scopes_are_named(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.client import ScopeError, connect
+
+    if not alice.logged_in:
+        alice.log_in()
+    narrow = alice.new_token(expires_in=600, scopes=["access:services!service=incloud-api"])
+    client = connect(stack.api_url, narrow)
+    with pytest.raises(ScopeError, match="lacks scope custom:incloud:read"):
+        client.series()
+    dave = stack.add_user("dave", system=False, groups=())  # a hub user with no INCloud role
+    dave.log_in()
+    with pytest.raises(ScopeError, match="may not use the INCloud API"):
+        connect(stack.api_url, dave.new_token(expires_in=600))
+
+
+def test_job_dying_before_its_server_starts_fails_the_spawn_clearly(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    if not alice.logged_in:
+        alice.log_in()
+    result = stack.spawn(alice, "broken", server="dies", timeout=90)
+    assert not result["ready"]
+    assert re.search(r"workstation job \d+ ended before its server started", result["message"]), result
+
+
+def test_user_without_system_account_gets_a_clear_message(stack) -> None:  # type: ignore[no-untyped-def]
+    carol = stack.add_user("carol", system=False)
+    carol.log_in()
+    result = stack.spawn(carol, "small", timeout=60)
+    assert not result["ready"]
+    assert f"user {carol.name} has no system account on the cluster" in result["message"]
+
+
+def test_slurm_controller_down_fails_the_spawn_without_hanging(stack, alice) -> None:  # type: ignore[no-untyped-def]
+    from services.hubstack import slurm
+
+    if not alice.logged_in:
+        alice.log_in()
+    stack.stop_server(alice)  # cancel the running job while the controller is still up
+    pid_file = stack.slurm_dir / "slurmctld.pid"
+    os.kill(int(pid_file.read_text()), 15)
+    try:
+        from services.hubstack import wait_for
+
+        wait_for(lambda: subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20,
+                                        env={**os.environ, "SLURM_CONF": stack.env["SLURM_CONF"]}
+                                        ).stdout.count("DOWN"), 30, "slurmctld to stop")
+        t0 = time.monotonic()
+        result = stack.spawn(alice, "small", timeout=90)
+        assert not result["ready"]
+        assert "Slurm refused the workstation job" in result["message"], result
+        assert time.monotonic() - t0 < 90
+    finally:
+        slurm("start", stack.slurm_dir)
