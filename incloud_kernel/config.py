@@ -148,6 +148,38 @@ class HubSection:
 class IngestSection:
     """The ingest chain: Orthanc change feed -> de-identify -> reface -> dcm2niix -> BIDS -> archive."""
 
+    #: Where the hub's internal API listens (workstations and services call it); proxy API port beside it.
+    hub_bind_url: str = "http://127.0.0.1:8081"
+    proxy_api_port: int = 8001
+    #: Hub runtime folder (cookie secret, proxy token, logs). Empty: ``$INCLOUD_HOME/hub``.
+    state_dir: str = ""
+    #: The hub's own database (users, tokens). Empty: SQLite in ``state_dir``; production: a PostgreSQL URL.
+    db_url: str = ""
+    #: ``native`` (sign-up + admin approval), ``shared`` (demo password), ``ldap`` or ``oauth`` (docs/hub.md).
+    authenticator: str = "native"
+    #: Demo-only shared password for ``authenticator = "shared"`` (at least 8 characters).
+    shared_password: str = ""
+    #: Workstation sizes offered in cluster mode: name, display_name, cores, memory (Slurm units), walltime.
+    profiles: list[dict] = field(default_factory=lambda: [
+        {"name": "small", "display_name": "Small: 1 core, 2 GB, 8 h", "cores": 1, "memory": "2G",
+         "walltime": "08:00:00"},
+        {"name": "medium", "display_name": "Medium: 2 cores, 8 GB, 8 h", "cores": 2, "memory": "8G",
+         "walltime": "08:00:00"},
+        {"name": "large", "display_name": "Large: 4 cores, 16 GB, 24 h", "cores": 4, "memory": "16G",
+         "walltime": "24:00:00"},
+    ])
+    slurm_partition: str = "debug"
+    #: How the hub submits jobs as the user (batchspawner's ``exec_prefix``); ``sudo -E -u {username}`` also works.
+    exec_prefix: str = "runuser -u {username} --"
+    #: Seconds a workstation may take from spawn request to a running server before the spawn fails.
+    start_timeout: int = 60
+    #: Seconds the API service trusts a token check before asking the hub again (revocation takes this long;
+    #: 0 asks every time).
+    token_cache_seconds: int = 10
+    #: How often (s) the idle culler looks for idle workstations.
+    cull_every: int = 300
+    #: Port of the SSH entry point (token as password) into workstations.
+    ssh_port: int = 8022
     #: Seconds between polls of Orthanc's change feed when idle.
     poll_interval: float = 1.0
     #: Every this many polls, also sweep Orthanc for stable studies the feed may have missed (Orthanc restart).
