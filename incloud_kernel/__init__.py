@@ -6,3 +6,10 @@ It runs the same in a workstation, a Dask worker or behind a hub service, and ne
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """``incloud_kernel.connect()``: the INCloud API with your hub token (see ``incloud_kernel.client``)."""
+    from incloud_kernel.client import connect as _connect
+
+    return _connect(*args, **kwargs)
