@@ -25,6 +25,8 @@ def _slice(study: dict, series_uid: str, number: int, description: str, z: int, 
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     for k, v in {**PATIENT, **study}.items():
+        if k.startswith("_"):
+            continue
         setattr(ds, k, v)
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop
     ds.Modality, ds.Manufacturer = "MR", "SIEMENS"
@@ -48,11 +50,12 @@ def _slice(study: dict, series_uid: str, number: int, description: str, z: int, 
     return ds
 
 
-def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int = 4) -> dict[str, list[Path]]:
+def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int = 4,
+                     patient_id: str = PATIENT["PatientID"]) -> dict[str, list[Path]]:
     """Write a T1w, a BOLD and a DWI series under ``out``; returns series description -> files."""
     rng = np.random.default_rng(seed)
     study = {"StudyInstanceUID": generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
-             "FrameOfReferenceUID": generate_uid()}
+             "FrameOfReferenceUID": generate_uid(), "PatientID": patient_id}
     yy, xx = np.mgrid[:16, :16]
     head = ((yy - 8) ** 2 + (xx - 8) ** 2 < 40).astype(float)
     written: dict[str, list[Path]] = {}
