@@ -152,17 +152,22 @@ class IngestChain:
             raise ChainFailure("deidentify", f"malformed instance ({type(exc).__name__})") from None
 
     def _reface(self, nifti: Path) -> None:
-        """Replace the face of an anatomical image in place (``incloud_kernel.deface``)."""
+        """Replace the face of an anatomical image in place (``incloud_kernel.deface.reface_image``).
+
+        A scan the refacer cannot handle safely raises DefaceQuarantine: the whole study goes to quarantine.
+        """
         try:
-            from incloud_kernel.deface.reface import reface_image  # type: ignore[import-not-found]
+            from incloud_kernel.deface.reface import reface_image
         except ImportError:
             raise ChainFailure("reface", "the refacing component is not installed") from None
+        d = self.config.deface
         try:
-            result = reface_image(nib.load(str(nifti)))
+            image = reface_image(nib.load(str(nifti)), min_score=d.min_registration_score, threads=d.threads)
         except IncloudError as exc:
             raise ChainFailure("reface", str(exc)) from None
-        image = result[0] if isinstance(result, tuple) else getattr(result, "image", result)
-        nib.save(image, str(nifti))
+        tmp = nifti.with_name("refaced.nii.gz")
+        nib.save(image, str(tmp))
+        os.replace(tmp, nifti)
 
     # ---------------------------------------------------------------- the job
     def run_files(self, paths: Iterable[Path], project: str, *, job_id: str) -> list[StudyOutcome]:
