@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,12 @@ REGIONS: dict[str, Region] = {r.name: r for r in [
 
 
 def _package_file(package: str, *parts: str) -> Path:
-    try:
-        path = Path(str(resources.files(package).joinpath(*parts)))
-    except ModuleNotFoundError as exc:
-        raise TemplateMissing(f"package {package} is not installed (it ships the synthetic heads)") from exc
+    """A data file inside an installed package, found without importing it (nilearn.datasets takes seconds)."""
+    top, *sub = package.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise TemplateMissing(f"package {top} is not installed (it ships the synthetic heads)")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*sub, *parts)
     if not path.exists():
         raise TemplateMissing(f"template {'/'.join(parts)} missing from package {package}")
     return path
@@ -129,15 +131,18 @@ def physical_grid(img: sitk.Image) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _region_image(name: str) -> sitk.Image:
-    """Region fraction (0-1) on the MNI grid: the tissue fraction inside the region's ellipsoid."""
+    """Region fraction (0-1) on a crop of the MNI grid around the region's ellipsoid (0 outside the crop)."""
     if name not in REGIONS:
         raise IncloudError(f"unknown region {name!r}; known: {', '.join(REGIONS)}")
     r = REGIONS[name]
-    t = load_templates()
-    tissue = getattr(t, r.tissue)
-    pts = physical_grid(tissue)
+    tissue = getattr(load_templates(), r.tissue)
+    corners = [tissue.TransformPhysicalPointToIndex((r.center_lps + np.array(c) * (np.asarray(r.radii) + 3)).tolist())
+               for c in np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T]
+    lo = np.clip(np.min(corners, 0), 0, None)
+    hi = np.minimum(np.max(corners, 0) + 1, np.asarray(tissue.GetSize()))
+    crop = sitk.RegionOfInterest(tissue, (hi - lo).tolist(), lo.tolist())
+    pts = physical_grid(crop)
     rho = np.sqrt((((pts - r.center_lps) / np.asarray(r.radii)) ** 2).sum(-1))
-    frac = sitk.GetArrayFromImage(tissue) * (rho <= 1.0)
-    out = sitk.GetImageFromArray(frac.astype(np.float32))
-    out.CopyInformation(tissue)
+    out = sitk.GetImageFromArray((sitk.GetArrayFromImage(crop) * (rho <= 1.0)).astype(np.float32))
+    out.CopyInformation(crop)
     return out

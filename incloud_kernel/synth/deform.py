@@ -95,6 +95,13 @@ class Participant:
     warp_mm: float
     effects: list[VolumeEffect] = field(default_factory=list)
     _chain: sitk.CompositeTransform | None = field(default=None, repr=False)
+    _effects_cache: dict = field(default_factory=dict, repr=False)
+
+    def _effect(self, t: Templates, effect: VolumeEffect) -> sitk.Transform:
+        key = (effect.region, effect.factor)
+        if key not in self._effects_cache:
+            self._effects_cache[key] = _effect_transform(t, effect)
+        return self._effects_cache[key]
 
     @classmethod
     def random(cls, rng: np.random.Generator, effects: list[VolumeEffect], warp_mm: float = 2.5) -> "Participant":
@@ -137,7 +144,7 @@ class Participant:
         parts: list[sitk.Transform] = []
         if with_effects:
             # applied last-added-first: the effect nearest the template is added first
-            parts.extend(_effect_transform(t, e) for e in reversed(self.effects))
+            parts.extend(self._effect(t, e) for e in reversed(self.effects))
         parts.extend([warp, self.pose()])
         chain = sitk.CompositeTransform(parts)
         if with_effects:
@@ -169,7 +176,7 @@ class Participant:
         if to_mni:
             parts.append(t.head_to_mni)
         if with_effects:
-            parts.extend(_effect_transform(t, e) for e in reversed(self.effects))
+            parts.extend(self._effect(t, e) for e in reversed(self.effects))
         parts.append(sitk.DisplacementFieldTransform(field_img))
         if motion is not None:
             parts.append(motion)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from incloud_kernel.synth.anatomy import load_templates
+from incloud_kernel.synth.anatomy import REGIONS, load_templates
 from incloud_kernel.synth.deform import Participant, grid, resample
 from incloud_kernel.synth.sites import Site
 
@@ -54,6 +54,30 @@ def render_t1(participant: Participant, site: Site, voxel_mm: float, rng: np.ran
 
 
 def region_fractions(participant: Participant, ref: sitk.Image, region: str, with_effects: bool = True) -> np.ndarray:
-    """Fraction (0-1) of ``region`` in each voxel of ``ref`` (numpy z, y, x)."""
+    """Fraction (0-1) of ``region`` in each voxel of ``ref`` (numpy z, y, x).
+
+    Resamples only a box of ``ref`` around the region (its MNI ellipsoid mapped back through the inverse pose
+    and template affine, with a 25 mm margin for the warp and the effects), zero elsewhere.
+    """
     t = load_templates()
-    return resample(t.region(region), ref, participant.fast_chain(ref, with_effects=with_effects, to_mni=True))
+    r = REGIONS[region]
+    M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
+    o = np.asarray(t.head_to_mni.GetTranslation())
+    inv_pose = participant.pose().GetInverse()
+    signs = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
+    corners_mni = r.center_lps + signs * np.asarray(r.radii) * 1.6
+    corners = [inv_pose.TransformPoint(np.linalg.solve(M, c - o).tolist()) for c in corners_mni]
+    idx = np.array([ref.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    margin = 25.0 / np.asarray(ref.GetSpacing())
+    lo = np.clip(np.floor(idx.min(0) - margin), 0, None).astype(int)
+    hi = np.minimum(np.ceil(idx.max(0) + margin).astype(int) + 1, np.asarray(ref.GetSize()))
+    out = np.zeros(ref.GetSize()[::-1], np.float32)
+    if np.any(hi <= lo):
+        return out
+    sub = sitk.Image([int(v) for v in hi - lo], sitk.sitkFloat32)
+    sub.SetSpacing(ref.GetSpacing())
+    sub.SetDirection(ref.GetDirection())
+    sub.SetOrigin(ref.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+    frac = resample(t.region(region), sub, participant.fast_chain(sub, with_effects=with_effects, to_mni=True))
+    out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = frac
+    return out

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
@@ -34,23 +36,34 @@ class Instance:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
+def _encode(ds: Dataset) -> dict[int, bytes]:
+    """Each top-level element of ``ds`` encoded once (explicit VR little endian), keyed by tag."""
+    out: dict[int, bytes] = {}
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem)
+        out[int(elem.tag)] = fp.getvalue()
+    return out
+
+
 def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, sop_class_uid: str,
                  instance_uids: list[str], transfer_syntax: str = EXPLICIT_LE,
                  reference: tuple[str, str] | None = None) -> list[Path]:
     """Write each instance as ``folder/IM00001.dcm``... and return the paths.
 
-    ``base`` holds everything shared by the series; each instance adds its own attributes and pixels
-    (uint16 -> BitsStored 12 unless a value exceeds 4095; uint8 -> 8 bits). ``reference`` (SOP class, SOP
-    instance UID) is put in every instance's ReferencedImageSequence, so instances point at one another as a
-    scanner's do (the localizer or the series' first image). Raises ``ValueError`` for an unknown transfer syntax.
+    ``base`` holds everything shared by the series (encoded once; per-instance keys must not be in it); each
+    instance adds its own attributes and pixels (uint16 -> BitsStored 12 unless a value exceeds 4095; uint8 ->
+    8 bits). ``reference`` (SOP class, SOP instance UID) goes in every instance's ReferencedImageSequence, so
+    instances point at one another as a scanner's do. Raises ``ValueError`` for an unknown transfer syntax.
     """
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
     folder.mkdir(parents=True, exist_ok=True)
+    shared = _encode(base)
     paths: list[Path] = []
     for number, (inst, uid) in enumerate(zip(instances, instance_uids), start=1):
         ds = Dataset()
-        ds.update(base)  # shares base's elements: per-instance keys must not be in base
         ds.SOPClassUID = sop_class_uid
         ds.SOPInstanceUID = uid
         ds.InstanceNumber = number
@@ -62,15 +75,21 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
         for key, value in inst.attrs.items():
             setattr(ds, key, value)
         _set_pixels(ds, inst.pixels, transfer_syntax)
+        own = _encode(ds)
+        merged = {**shared, **own}
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class_uid
         meta.MediaStorageSOPInstanceUID = uid
         meta.TransferSyntaxUID = transfer_syntax
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = "INCLOUD_SYNTH"
-        ds.file_meta = meta
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        body = b"".join(merged[tag] for tag in sorted(merged))
         path = folder / f"IM{number:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(fp.getvalue() + body)
         paths.append(path)
     return paths
 
@@ -96,7 +115,18 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
         ds.PixelData = arr.tobytes()
         ds["PixelData"].VR = "OB" if arr.dtype == np.uint8 else "OW"
     else:
-        ds.compress(transfer_syntax, arr, generate_instance_uid=False)
+        from pydicom.encaps import encapsulate
+        from pydicom.pixels import get_encoder
+
+        frame = get_encoder(transfer_syntax).encode(arr, rows=ds.Rows, columns=ds.Columns,
+                                                    samples_per_pixel=ds.SamplesPerPixel,
+                                                    bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored,
+                                                    pixel_representation=0,
+                                                    photometric_interpretation=ds.PhotometricInterpretation,
+                                                    number_of_frames=1)
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
 
 
 def geometry(img: "sitk.Image") -> tuple[list[float], list[float], list[list[float]], float]:

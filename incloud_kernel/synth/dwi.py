@@ -1,0 +1,144 @@
+"""Diffusion-weighted series: b=0 plus N directions at b=1000 s/mm2 from a tensor field with known FA and MD.
+
+Each voxel mixes grey matter, white matter (its corpus callosum part oriented left-right, the rest
+foot-head), CSF (isotropic free water) and non-brain tissue, with the tissue fractions of the participant's
+anatomy; each tissue has one tensor, so FA and MD per region are exact in pure voxels. B-values and gradient
+directions go in the standard attributes DiffusionBValue (0018,9087) and DiffusionGradientOrientation (0018,9089)
+(patient LPS frame), which dcm2niix reads. Never writes anything but the series folder it is given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from incloud_kernel.synth import headers, writer
+from incloud_kernel.synth.anatomy import load_templates
+from incloud_kernel.synth.deform import Participant, grid, resample
+from incloud_kernel.synth.sites import Site
+from incloud_kernel.synth.structural import AXIAL, region_fractions
+
+B_VALUE = 1000.0
+#: tissue -> (FA, MD mm2/s, b=0 signal, principal direction in LPS)
+TISSUES: dict[str, tuple[float, float, float, tuple[float, float, float]]] = {
+    "corpus_callosum": (0.75, 0.80e-3, 0.50, (1.0, 0.0, 0.0)),
+    "wm": (0.55, 0.75e-3, 0.50, (0.0, 0.0, 1.0)),
+    "gm": (0.12, 0.85e-3, 0.65, (0.0, 0.0, 1.0)),
+    "csf": (0.0, 3.0e-3, 1.00, (0.0, 0.0, 1.0)),
+    "nonbrain": (0.0, 1.0e-3, 0.35, (0.0, 0.0, 1.0)),
+}
+
+
+def directions(n: int) -> np.ndarray:
+    """``n`` well-spread unit vectors on a hemisphere (Fibonacci lattice), LPS."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - i / n  # hemisphere z in (0, 1]
+    phi = np.pi * (1 + 5 ** 0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def tensor(fa: float, md: float, direction: tuple[float, float, float]) -> np.ndarray:
+    """The axially symmetric tensor (mm2/s) with this FA, MD and principal direction."""
+    a = fa * np.sqrt(3.0 / (9.0 - 6.0 * fa * fa))
+    l1, l2 = md * (1 + 2 * a), md * (1 - a)
+    e = np.asarray(direction, float) / np.linalg.norm(direction)
+    return l2 * np.eye(3) + (l1 - l2) * np.outer(e, e)
+
+
+def fsl_bvecs(bvecs_lps: np.ndarray, affine_ras: np.ndarray, manufacturer: str = "SIEMENS") -> np.ndarray:
+    """The FSL-convention bvecs (image axes, x flipped for a positive-determinant affine) that dcm2niix writes
+    for these LPS gradient directions and a NIfTI affine. For GE and Canon, dcm2niix (v1.0.2026) reads the
+    standard attribute with x and y negated relative to Siemens/Philips (verified in tests/test_synth_dicom.py)."""
+    flip = np.array([1.0, 1.0, 1.0]) if manufacturer.upper().startswith(("GE", "CANON")) else np.array([-1.0, -1.0, 1.0])
+    ras = np.asarray(bvecs_lps, float) * flip
+    axes = affine_ras[:3, :3] / np.linalg.norm(affine_ras[:3, :3], axis=0)
+    out = ras @ axes
+    if np.linalg.det(affine_ras[:3, :3]) > 0:
+        out[:, 0] *= -1
+    return out
+
+
+def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix: int, slices: int, n_dirs: int,
+               rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
+    t = load_templates()
+    ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, participant.brain_center())
+    to_mni = participant.fast_chain(ref, to_mni=True)
+    gm, wm, csf = (resample(img, ref, to_mni) for img in (t.gm, t.wm, t.csf))
+    cc = np.minimum(region_fractions(participant, ref, "corpus_callosum"), wm)
+    head = np.clip(resample(t.head, ref, participant.fast_chain(ref)) / 430.0, 0, 1.5)
+    brain = np.clip(gm + wm + csf, 0, 1)
+    fractions = {"corpus_callosum": cc, "wm": wm - cc, "gm": gm, "csf": csf, "nonbrain": head * (1 - brain)}
+    bvals = np.array([0.0] + [B_VALUE] * n_dirs)
+    bvecs = np.vstack([[0.0, 0.0, 0.0], directions(n_dirs)])
+    data = np.zeros((len(bvals),) + gm.shape, np.float32)
+    for name, (fa, md, s0, e) in TISSUES.items():
+        D = tensor(fa, md, e)
+        att = np.exp(-bvals * np.einsum("ni,ij,nj->n", bvecs, D, bvecs))
+        data += (att[:, None, None, None] * (s0 * fractions[name])[None]).astype(np.float32)
+    bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
+    sigma = site.noise * 0.5
+    noisy = np.sqrt((data * bias + rng.normal(0, sigma, data.shape)) ** 2 + rng.normal(0, sigma, data.shape) ** 2)
+    out = np.clip(noisy * 3000.0, 0, 4095).astype(np.uint16)
+    truth = {
+        "b_value": B_VALUE, "bvals": bvals.tolist(), "bvecs_lps": np.round(bvecs, 6).tolist(),
+        "voxel_mm": voxel_mm, "matrix": [matrix, matrix, slices],
+        "regions": {name: {"fa": fa, "md_mm2_s": md, "eigenvalues": np.linalg.eigvalsh(tensor(fa, md, e))[::-1].tolist(),
+                           "principal_direction_lps": list(e)} for name, (fa, md, _, e) in TISSUES.items()},
+        "region_definition": "tissue fractions of the MNI152 2009c maps; corpus_callosum is the white matter "
+                             "inside incloud_kernel.synth.anatomy.REGIONS['corpus_callosum']",
+    }
+    return ref, out, truth
+
+
+def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, participant: Participant,
+              site: Site, number: int, clock: float, ts: str, *, small: bool, directions: int | None,
+              rng: np.random.Generator, reference: tuple[str, str] | None) -> tuple[Any, dict[str, Any]]:
+    """Write the DWI series (one file per slice per volume) and return (SeriesTruth, dwi truth)."""
+    from incloud_kernel.synth.cohort import SeriesTruth, _time_plus
+
+    voxel, matrix, slices = (4.0, 48, 28) if small else (2.5, 88, 54)
+    n_dirs = directions or (30 if small else 32)
+    ref, data, truth = render_dwi(participant, site, voxel_mm=voxel, matrix=matrix, slices=slices, n_dirs=n_dirs,
+                                  rng=rng)
+    idn = ctx.identity
+    start = _time_plus(idn.study_time, clock)
+    suid = ctx.uids("series", number)
+    base = headers.series_dataset(ctx, series_uid=suid, number=number, description="ep2d_diff_b1000",
+                                  protocol="ep2d_diff_b1000", time=start)
+    base.update(study_base)
+    headers.mr_image_attributes(
+        base, site=site, scanning_sequence="EP", sequence_variant="SK\\SP", acquisition_type="2D", tr_ms=8000,
+        te_ms=85, ti_ms=None, flip_deg=90, echo_train=matrix, sequence_name="ep_b1000", slice_thickness=voxel,
+        spacing_between=voxel, matrix=(matrix, matrix), phase_dir="COL", bandwidth=1700,
+        image_type=["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"])
+    base.AcquisitionDate = idn.study_date
+    base.ContentDate = idn.study_date
+    base.WindowCenter = "1000"
+    base.WindowWidth = "2000"
+    iop, spacing, positions, _ = writer.geometry(ref)
+    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    instances = []
+    for v, (b, g) in enumerate(zip(truth["bvals"], truth["bvecs_lps"])):
+        acq = _time_plus(idn.study_time, clock + v * 8.0)
+        for k in range(slices):
+            attrs = {
+                "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
+                "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}", "AcquisitionNumber": v + 1,
+                "AcquisitionTime": acq, "ContentTime": acq, "DiffusionBValue": float(b),
+                "DiffusionDirectionality": "DIRECTIONAL" if b > 0 else "NONE",
+            }
+            if b > 0:
+                attrs["DiffusionGradientOrientation"] = [float(x) for x in g]
+            instances.append(writer.Instance(data[v, k], attrs))
+    iuids = [ctx.uids("instance", number, k) for k in range(len(instances))]
+    folder = study_dir / f"series{number:03d}"
+    writer.write_series(folder, base, instances, sop_class_uid=headers.MR_IMAGE_STORAGE, instance_uids=iuids,
+                        transfer_syntax=ts, reference=reference)
+    s = SeriesTruth(kind="dwi", number=number, series_instance_uid=suid, description="ep2d_diff_b1000",
+                    path=str(folder), instance_uids=iuids, transfer_syntax=ts, sop_class_uid=headers.MR_IMAGE_STORAGE,
+                    shape=[matrix, matrix, slices, len(truth["bvals"])], voxel_mm=[voxel] * 3)
+    return s, truth
