@@ -1,0 +1,76 @@
+"""The protected region: the subject's brain (the template brain placed by the registration) dilated by
+``protect_mm`` plus a safety ``margin_mm`` for registration error. Replacement weight is exactly zero there.
+
+Distances are computed once in template space (Euclidean distance transforms, cached per process) and
+sampled into the subject grid; a distance of r mm in the subject is at most ``sigma_max * r`` mm in the
+template (largest singular value of the subject->template matrix), so thresholds are scaled by it to stay
+conservative. This module must never let a voxel inside the protected region receive a non-zero weight.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+from incloud_kernel.deface.geometry import block_downsample
+from incloud_kernel.deface.register import resample_to
+from incloud_kernel.deface.template import Template, load_template
+
+#: Distances are clipped here (mm); no ramp or margin is ever that large.
+MAX_MM = 60.0
+
+
+#: Grid (mm) of the template distance maps: coarse enough to build in about a second.
+DISTANCE_GRID_MM = 2.0
+
+
+@functools.lru_cache(maxsize=2)
+def template_distances(template: Template | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distance to the brain, depth inside the face+ears region, grid affine), float32 mm, 2 mm grid.
+
+    Built on 2 mm blocks, conservatively: a block holding any brain voxel counts as brain (distances to the
+    brain can only be underestimated) and a block counts as face/ears only if all its voxels are (depths can
+    only be underestimated). Depth is 0 outside the region; both are clipped at ``MAX_MM``.
+    """
+    t = template or load_template()
+    brain, grid = block_downsample(t.brain.astype(np.float32), t.affine, DISTANCE_GRID_MM)
+    region, _ = block_downsample(t.replace.astype(np.float32), t.affine, DISTANCE_GRID_MM)
+    vox = np.linalg.norm(grid[:3, :3], axis=0)
+    to_brain = ndimage.distance_transform_edt(~(brain > 0), sampling=vox).astype(np.float32)
+    depth = ndimage.distance_transform_edt(region >= 1.0, sampling=vox).astype(np.float32)
+    # a grid point's value stands for its block: remove half a block diagonal to stay conservative
+    slack = float(np.linalg.norm(vox)) / 2.0
+    to_brain = np.maximum(to_brain - slack, 0.0)
+    return np.minimum(to_brain, MAX_MM), np.minimum(depth, MAX_MM), grid
+
+
+def sigma_max(subject_to_template: np.ndarray) -> float:
+    """Largest stretch (template mm per subject mm) of the linear part of a subject->template matrix."""
+    return float(np.linalg.svd(np.asarray(subject_to_template)[:3, :3], compute_uv=False).max())
+
+
+def sigma_min(subject_to_template: np.ndarray) -> float:
+    """Smallest stretch (template mm per subject mm)."""
+    return float(np.linalg.svd(np.asarray(subject_to_template)[:3, :3], compute_uv=False).min())
+
+
+def brain_distance(
+    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, template: Template | None = None
+) -> np.ndarray:
+    """Distance to the placed template brain, in *subject* mm (conservative: divided by ``sigma_max``).
+
+    Points outside the template's field of view get distance 0 (protected), never "far from the brain".
+    """
+    t = template or load_template()
+    to_brain, _, grid = template_distances(t)
+    d = resample_to(to_brain, grid, shape, affine, subject_to_template, order=1, cval=0.0)
+    return d / sigma_max(subject_to_template)
+
+
+def protected_mask(
+    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, *, protect_mm: float = 5.0,
+    margin_mm: float = 3.0, template: Template | None = None,
+) -> np.ndarray:
+    """Boolean mask of the subject grid that must stay bit-identical (brain + protect_mm + margin_mm)."""
+    return brain_distance(shape, affine, subject_to_template, template) <= protect_mm + margin_mm

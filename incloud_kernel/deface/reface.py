@@ -1,0 +1,243 @@
+"""Reface a head volume: fit the average head, replace face and ears with it, keep every other voxel.
+
+Estimator-style API in the manner of nilearn: :class:`Refacer` stores its parameters unchanged, ``fit``
+registers the template (or takes a registration from another series of the session), ``transform`` returns a
+*new* nibabel image with the input's dtype, header and affine. Voxels whose replacement weight is 0 (outside
+the face/ear region, and everywhere in the protected brain region) are copied bit for bit from the stored
+(unscaled) data. Failures raise :class:`incloud_kernel.deface.safety.DefaceQuarantine`; this module must never
+return an image whose face was not replaced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from incloud_kernel.deface import safety
+from incloud_kernel.deface.blend import blend, weights
+from incloud_kernel.deface.brainmask import brain_distance, sigma_max, template_distances
+from incloud_kernel.deface.geometry import block_downsample
+from incloud_kernel.deface.headmask import head_mask
+from incloud_kernel.deface.register import Registration, register_affine, resample_to, score_registration
+from incloud_kernel.deface.template import Template, load_template
+
+ImageLike = nib.spatialimages.SpatialImage | str | Path
+
+
+def load_image(img: ImageLike) -> nib.spatialimages.SpatialImage:
+    """A nibabel image from a path or an image (nilearn's ``check_niimg`` contract, without copying)."""
+    if isinstance(img, (str, Path)):
+        try:
+            return nib.load(str(img))
+        except Exception as exc:  # nibabel raises many types for unreadable files
+            raise safety.DefaceQuarantine("unreadable", f"{Path(img).name} is not a readable image ({type(exc).__name__})") from None
+    return img
+
+
+def stored_data(img: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """The voxel values as stored on disk (no scaling applied), so that untouched voxels stay bit-identical."""
+    dataobj = img.dataobj
+    if hasattr(dataobj, "get_unscaled"):
+        return np.asarray(dataobj.get_unscaled())
+    return np.asarray(dataobj)
+
+
+@dataclass
+class RefaceResult:
+    """What :func:`reface_array` did. ``box`` is the sub-volume (tuple of slices) holding every changed voxel,
+    ``box_weights`` the replacement weights there (0 = untouched, 1 = template only)."""
+
+    data: np.ndarray
+    registration: Registration
+    box: tuple[slice, slice, slice]
+    box_weights: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def weights(self) -> np.ndarray:
+        """Replacement weights on the whole grid (float32)."""
+        w = np.zeros(self.data.shape[:3], dtype=np.float32)
+        w[self.box] = self.box_weights
+        return w
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+
+
+def fit_registration(
+    data: np.ndarray, affine: np.ndarray, *, template: Template | None = None, min_score: float = 0.8,
+    init: np.ndarray | None = None, seed: int = 0,
+) -> Registration:
+    """Register the template to a 3D volume and check the fit; raises DefaceQuarantine when unsafe."""
+    t = template or load_template()
+    safety.check_volume(data.shape, affine)
+    small, small_aff = block_downsample(data, affine, 4.0)
+    hm = head_mask(small)
+    safety.check_head(float(hm.mean()) if hm.size else 0.0)
+    if init is None:
+        matrix = register_affine(data, affine, t.data, t.affine, seed=seed)
+    else:
+        matrix = np.asarray(init, dtype=float)
+    reg = score_registration(data, affine, t.head, t.replace, t.affine, matrix)
+    safety.check_registration(reg.score, min_score, reg.face_in_view, reg.face_tissue)
+    return reg
+
+
+def _box(shape: tuple[int, ...], affine: np.ndarray, reg: Registration, t: Template, pad: int = 2):
+    """Index box of the subject grid covering the warped face+ears region (None when out of view)."""
+    pts = np.argwhere(t.replace[::3, ::3, ::3]) * 3
+    to_subject_vox = np.linalg.inv(affine) @ np.linalg.inv(reg.subject_to_template) @ t.affine
+    ijk = pts @ to_subject_vox[:3, :3].T + to_subject_vox[:3, 3]
+    lo = np.maximum(np.floor(ijk.min(0)).astype(int) - pad - 3, 0)
+    hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + pad + 4, np.array(shape[:3]))
+    if (hi <= lo).any():
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def reface_array(
+    raw: np.ndarray,
+    affine: np.ndarray,
+    *,
+    registration: Registration | None = None,
+    protect_mm: float = 5.0,
+    margin_mm: float = 3.0,
+    ramp_mm: float = 4.0,
+    min_score: float = 0.8,
+    seed: int = 0,
+    template: Template | None = None,
+) -> RefaceResult:
+    """Reface stored voxel values ``raw`` (3D, or 4D with one volume) on the grid ``affine`` (RAS mm).
+
+    ``protect_mm`` is the brain dilation that stays bit-identical, ``margin_mm`` extra room for registration
+    error, ``ramp_mm`` the blending width. Returns the new array (same dtype and shape) and what was done.
+    """
+    t = template or load_template()
+    safety.check_volume(raw.shape, affine)
+    vol = raw.reshape(raw.shape[:3]) if raw.ndim > 3 else raw
+    data = np.asarray(vol, dtype=np.float32)
+    if registration is None:
+        registration = fit_registration(data, affine, template=t, min_score=min_score, seed=seed)
+    box = _box(vol.shape, affine, registration, t)
+    if box is None:
+        raise safety.DefaceQuarantine("no-face", "the face region lies outside the field of view")
+    sub_shape = tuple(s.stop - s.start for s in box)
+    sub_aff = affine @ np.array([[1, 0, 0, box[0].start], [0, 1, 0, box[1].start], [0, 0, 1, box[2].start],
+                                 [0, 0, 0, 1]], dtype=float)
+    m = registration.subject_to_template
+    _, depth_t, grid = template_distances(t)
+    depth = resample_to(depth_t, grid, sub_shape, sub_aff, m, order=1, cval=0.0) / sigma_max(m)
+    to_brain = brain_distance(sub_shape, sub_aff, m, t)
+    w = weights(depth, to_brain, protect_mm=protect_mm + margin_mm, ramp_mm=ramp_mm)
+    if not (w >= 0.5).any():
+        raise safety.DefaceQuarantine("no-face", "no face voxel could be replaced outside the protected brain region")
+    tmpl = resample_to(t.data, t.affine, sub_shape, sub_aff, m, order=1, cval=np.nan)
+    subject = data[box]
+    fused, stats = blend(subject, tmpl, w, seed=seed)
+    out = np.array(vol, copy=True)
+    region = out[box]
+    sel = w > 0
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        region[sel] = np.clip(np.rint(fused[sel]), info.min, info.max).astype(out.dtype)
+    else:
+        region[sel] = fused[sel].astype(out.dtype)
+    stats.update(changed_voxels=float((region != vol[box]).sum()), score=registration.score)
+    return RefaceResult(data=out.reshape(raw.shape), registration=registration, box=box, box_weights=w, stats=stats)
+
+
+def new_image_like(img: nib.spatialimages.SpatialImage, raw: np.ndarray) -> nib.spatialimages.SpatialImage:
+    """A new image of the same class and header with ``raw`` as its stored values.
+
+    With no scaling in the header (the usual case) stored values are kept as they are, so untouched voxels are
+    bit-identical on disk. With a scale slope/intercept, the scaled values are returned as float64 (exactly
+    what ``get_fdata`` gives for the input), because nibabel would re-derive the scaling on save.
+    """
+    header = img.header.copy()
+    slope, inter = header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None, None)
+    scaled = slope is not None and np.isfinite(slope) and (slope != 1 or (inter or 0) != 0)
+    if scaled:
+        data = raw.astype(np.float64) * float(slope) + float(inter or 0.0)
+        new = img.__class__(data, img.affine, header)
+        new.set_data_dtype(np.float64)
+        return new
+    new = img.__class__(raw, img.affine, header)
+    new.set_data_dtype(raw.dtype)
+    return new
+
+
+class Refacer:
+    """Replace face and ears of head images with the average head; brain region bit-identical.
+
+    Parameters are stored unchanged (scikit-learn convention); ``None`` means "from the site configuration".
+    ``fit(img)`` registers the template (sets ``registration_``); ``transform(img)`` refaces ``img`` using that
+    registration, which is valid for any image in the same scanner coordinates (another series of the
+    session); ``fit_transform`` does both. Images are nibabel images or paths.
+    """
+
+    def __init__(self, *, protect_mm: float | None = None, margin_mm: float | None = None,
+                 ramp_mm: float | None = None, min_score: float | None = None, threads: int | None = None,
+                 seed: int = 0) -> None:
+        self.protect_mm = protect_mm
+        self.margin_mm = margin_mm
+        self.ramp_mm = ramp_mm
+        self.min_score = min_score
+        self.threads = threads
+        self.seed = seed
+
+    def _params(self) -> dict[str, Any]:
+        from incloud_kernel.config import get_config
+
+        cfg = get_config().deface
+        return {
+            "protect_mm": getattr(cfg, "protect_mm", 5.0) if self.protect_mm is None else self.protect_mm,
+            "margin_mm": getattr(cfg, "margin_mm", 6.0) if self.margin_mm is None else self.margin_mm,
+            "ramp_mm": getattr(cfg, "ramp_mm", 4.0) if self.ramp_mm is None else self.ramp_mm,
+            "min_score": cfg.min_registration_score if self.min_score is None else self.min_score,
+            "threads": cfg.threads if self.threads is None else self.threads,
+        }
+
+    def fit(self, img: ImageLike) -> "Refacer":
+        p = self._params()
+        _set_threads(p["threads"])
+        image = load_image(img)
+        safety.check_volume(image.shape, image.affine)
+        data = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
+        self.registration_ = fit_registration(data, image.affine, min_score=p["min_score"], seed=self.seed)
+        self._fitted = id(image)
+        return self
+
+    def transform(self, img: ImageLike) -> nib.spatialimages.SpatialImage:
+        p = self._params()
+        _set_threads(p["threads"])
+        image = load_image(img)
+        reg = getattr(self, "registration_", None)
+        if reg is None:
+            raise safety.DefaceQuarantine("not-fitted", "Refacer.transform called before fit")
+        raw = stored_data(image)
+        safety.check_volume(raw.shape, image.affine)
+        check = reg
+        if getattr(self, "_fitted", None) != id(image):
+            # another image (series) in the same scanner space: score the shared fit on it before use
+            data = np.asarray(raw, dtype=np.float32).reshape(raw.shape[:3])
+            t = load_template()
+            check = score_registration(data, image.affine, t.head, t.replace, t.affine, reg.subject_to_template)
+            safety.check_registration(check.score, p["min_score"], check.face_in_view, check.face_tissue)
+        self.result_ = reface_array(raw, image.affine, registration=check, protect_mm=p["protect_mm"],
+                                    margin_mm=p["margin_mm"], ramp_mm=p["ramp_mm"], min_score=p["min_score"],
+                                    seed=self.seed)
+        return new_image_like(image, self.result_.data)
+
+    def fit_transform(self, img: ImageLike) -> nib.spatialimages.SpatialImage:
+        image = load_image(img)
+        return self.fit(image).transform(image)
+
+
+def reface_image(img: ImageLike, **params: Any) -> nib.spatialimages.SpatialImage:
+    """Reface one image (nibabel image or path) and return the new nibabel image; see :class:`Refacer`."""
+    return Refacer(**params).fit_transform(img)

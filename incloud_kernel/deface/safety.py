@@ -1,0 +1,70 @@
+"""Decide whether a volume may be refaced, and quarantine it with a one-line reason when it may not.
+
+Checks run before registration (input shape and header) and after it (registration score, face in view).
+A scan is never passed on with its face intact by accident: every refusal raises :class:`DefaceQuarantine`.
+Reasons name the check and numbers, never a header value.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from incloud_kernel.errors import IncloudError
+
+#: Smallest matrix edge (voxels) and field of view (mm) a head volume can have.
+MIN_MATRIX = 24
+MIN_FOV_MM = 120.0
+MAX_VOXEL_MM = 8.0
+#: Minimal fraction of the field of view that is head tissue.
+MIN_HEAD_FRACTION = 0.05
+
+
+class DefaceQuarantine(IncloudError):
+    """The series cannot be refaced safely; it goes to quarantine for review. ``reason`` is a short code."""
+
+    exit_code = 5
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"quarantined ({reason}): {message}")
+        self.reason = reason
+
+
+def check_volume(shape: tuple[int, ...], affine: np.ndarray) -> None:
+    """Refuse 4D data, 2D localizers, tiny matrices and unusable orientation headers."""
+    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+        raise DefaceQuarantine("4d", f"a {len(shape)}D series with {int(np.prod(shape[3:]))} volumes is not a structural head volume")
+    if len(shape) < 3:
+        raise DefaceQuarantine("2d", "a 2D image has no face to replace in 3D")
+    dims = np.array(shape[:3])
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-6:
+        raise DefaceQuarantine("orientation", "the orientation header is missing or singular")
+    vox = np.linalg.norm(a[:3, :3], axis=0)
+    direction = a[:3, :3] / vox
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-2):
+        raise DefaceQuarantine("orientation", "the orientation header has shear")
+    if (dims <= 3).any():
+        raise DefaceQuarantine("2d", f"matrix {tuple(int(d) for d in dims)} is a localizer or a few slices")
+    if (dims < MIN_MATRIX).any():
+        raise DefaceQuarantine("tiny", f"matrix {tuple(int(d) for d in dims)} is too small for a head volume")
+    if (vox > MAX_VOXEL_MM).any() or (vox < 0.05).any():
+        raise DefaceQuarantine("orientation", f"voxel size {tuple(round(float(v), 2) for v in vox)} mm is implausible")
+    fov = dims * vox
+    if (fov < MIN_FOV_MM).sum() >= 2:
+        raise DefaceQuarantine("tiny", f"field of view {tuple(int(f) for f in fov)} mm cannot hold a head")
+
+
+def check_head(head_fraction: float) -> None:
+    """Refuse a volume with (almost) no head tissue: empty, noise, a small phantom."""
+    if head_fraction < MIN_HEAD_FRACTION:
+        raise DefaceQuarantine("no-head", f"only {head_fraction:.1%} of the field of view is tissue")
+
+
+def check_registration(score: float, min_score: float, face_in_view: float, face_tissue: float,
+                       *, min_face_in_view: float = 0.25, min_face_tissue: float = 0.6) -> None:
+    """Refuse a fit below the score threshold, or a face outside the field of view or without tissue."""
+    if not np.isfinite(score) or score < min_score:
+        raise DefaceQuarantine("registration", f"registration score {score:.2f} is below {min_score:.2f}")
+    if face_in_view < min_face_in_view:
+        raise DefaceQuarantine("no-face", f"only {face_in_view:.0%} of the face region is in the field of view")
+    if face_tissue < min_face_tissue:
+        raise DefaceQuarantine("no-face", f"only {face_tissue:.0%} of the expected face tissue is present (brain-only or cropped image?)")

@@ -1,0 +1,147 @@
+"""The average head that replaces faces: pydeface's mean head, with brain, face, ear and head masks.
+
+Source data ship in installed packages (never downloaded): pydeface's ``data/mean_reg2mean.nii.gz`` (an
+average T1w head, 1 mm, 176x256x256) and ``data/facemask.nii.gz`` (0 over the lower face), and nilearn's
+MNI152 (ICBM 2009a) brain template and brain mask. The derived label volume
+``incloud_kernel/deface/data/template_labels.nii.gz`` (bit flags on the pydeface grid) is built
+reproducibly by ``python -m incloud_kernel.deface.template`` from those files:
+
+- brain (bit 1): nilearn's MNI152 brain mask (threshold 0.2), affinely registered (mutual information) to
+  the mean head masked around the brain, because the two "MNI-like" spaces differ by several mm; the
+  result is slightly generous (it reaches the inner skull), which only adds protection;
+- face (bit 2): pydeface's face region (everything below the plane through nose and upper lip, in front of
+  the ear line) plus everything in front of the face line (y index >= 180) up to the eyebrows (z index
+  <= 130), so eyes, nose, mouth and chin are all inside; minus the brain dilated by 8 mm;
+- ears (bit 4): voxels lateral to the cranium (outside the brain dilated by 12 mm and more than 45 mm from
+  the mid-sagittal plane) in the box around the auricles (y index 70-165, z index 35-150): both pinnae
+  and the air around them;
+- head (bit 8): the template's head mask (:func:`incloud_kernel.deface.headmask.head_mask`).
+
+This module only reads packaged data; it must never write outside its own ``data`` folder (``build``).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+BRAIN, FACE, EARS, HEAD = 1, 2, 4, 8
+LABELS_FILE = "template_labels.nii.gz"
+SOURCE_FILE = "template_source.json"
+
+
+def _pydeface_data(name: str) -> Path:
+    try:
+        return Path(str(resources.files("pydeface") / "data" / name))
+    except ModuleNotFoundError:  # pragma: no cover - pydeface is a declared dependency
+        raise FileNotFoundError("pydeface is not installed; its average head is the refacing template") from None
+
+
+def _own_data(name: str) -> Path:
+    return Path(str(resources.files("incloud_kernel.deface") / "data" / name))
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """The average head on its own 1 mm grid (RAS affine), with boolean masks on the same grid."""
+
+    data: np.ndarray  # float32 intensities
+    affine: np.ndarray
+    brain: np.ndarray
+    face: np.ndarray
+    ears: np.ndarray
+    head: np.ndarray
+
+    @property
+    def replace(self) -> np.ndarray:
+        """Face and ears: the region whose intensities are replaced."""
+        return self.face | self.ears
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> Template:
+    """The packaged template (read once per process). Raises FileNotFoundError if the labels were not built."""
+    head_img = nib.load(_pydeface_data("mean_reg2mean.nii.gz"))
+    labels_img = nib.load(_own_data(LABELS_FILE))
+    if labels_img.shape != head_img.shape or not np.allclose(labels_img.affine, head_img.affine, atol=1e-4):
+        raise FileNotFoundError("template labels do not match the installed pydeface head; rebuild them")
+    lab = np.asarray(labels_img.dataobj, dtype=np.uint8)
+    data = np.asarray(head_img.dataobj, dtype=np.float32)
+    return Template(
+        data=data, affine=head_img.affine.copy(), brain=(lab & BRAIN) > 0, face=(lab & FACE) > 0,
+        ears=(lab & EARS) > 0, head=(lab & HEAD) > 0,
+    )
+
+
+def _ball(radius_vox: float) -> np.ndarray:
+    r = int(np.ceil(radius_vox))
+    g = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    return (g**2).sum(0) <= radius_vox**2
+
+
+def dilate_mm(mask: np.ndarray, mm: float, voxel_mm: np.ndarray) -> np.ndarray:
+    """Dilate by a Euclidean distance in mm (exact, via a distance transform of the complement)."""
+    if mm <= 0:
+        return mask.copy()
+    if not mask.any():
+        return mask.copy()
+    dist = ndimage.distance_transform_edt(~mask, sampling=voxel_mm)
+    return dist <= mm
+
+
+def build(out_dir: Path | None = None) -> Path:
+    """Derive the label volume from the installed pydeface and nilearn data (about a minute, once)."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    from incloud_kernel.deface.headmask import head_mask
+    from incloud_kernel.deface.register import register_affine, resample_to
+
+    head_path = _pydeface_data("mean_reg2mean.nii.gz")
+    head_img = nib.load(head_path)
+    head = np.asarray(head_img.dataobj, dtype=np.float32)
+    aff = head_img.affine
+    vox = np.linalg.norm(aff[:3, :3], axis=0)
+    pyface = np.asarray(nib.load(_pydeface_data("facemask.nii.gz")).dataobj) < 0.5
+
+    mni = load_mni152_template(resolution=1)
+    mni_mask = load_mni152_brain_mask(resolution=1)
+    # The brain-only MNI template cannot be matched to a whole head directly (MI shrinks it into the skull):
+    # match it to the head masked by the MNI mask placed by the two affines (a few mm off), then refine.
+    mask = mni_mask.get_fdata(dtype=np.float32)
+    rough = resample_to(mask, mni_mask.affine, head.shape, aff, np.eye(4), order=0, cval=0) > 0.5
+    head_to_mni = register_affine(head * dilate_mm(rough, 4.0, vox), aff, mni.get_fdata(dtype=np.float32),
+                                  mni.affine, init=np.eye(4), coarse_mm=4, fine_mm=2)
+    brain = resample_to(mask, mni_mask.affine, head.shape, aff, head_to_mni, order=0, cval=0) > 0.5
+    hmask = head_mask(head)
+
+    i, j, k = np.meshgrid(*[np.arange(n) for n in head.shape], indexing="ij", sparse=True)
+    face = pyface | ((j >= 180) & (k <= 130))
+    face &= ~dilate_mm(brain, 8.0, vox)
+    mid_i = np.argwhere(brain)[:, 0].mean()
+    cranium = dilate_mm(brain, 12.0, vox)
+    ears = (np.abs(i - mid_i) * vox[0] > 45) & (j >= 70) & (j <= 165) & (k >= 35) & (k <= 150) & ~cranium
+    ears &= ~face
+
+    lab = (brain * BRAIN | face * FACE | ears * EARS | hmask * HEAD).astype(np.uint8)
+    out_dir = Path(out_dir) if out_dir else _own_data("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(lab, aff)
+    img.set_data_dtype(np.uint8)
+    nib.save(img, out_dir / LABELS_FILE)
+    (out_dir / SOURCE_FILE).write_text(json.dumps({
+        "pydeface_head_sha256": hashlib.sha256(head_path.read_bytes()).hexdigest(),
+        "head_to_mni_ras": np.round(head_to_mni, 6).tolist(),
+        "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD},
+    }, indent=1) + "\n")
+    return out_dir / LABELS_FILE
+
+
+if __name__ == "__main__":
+    print(build())
