@@ -63,3 +63,19 @@ def test_labels_nifti_reads(t1_study: StudyTruth) -> None:
     img = nib.load(t1_study.labels_path)
     assert img.shape[3] == len(t1_study.labels_regions) == 3
     assert json.loads(Path(t1_study.truth_path).read_text())["effects"][1]["percent"] == pytest.approx(-15.0)
+
+
+def test_cli_writes_cohort_with_truth_beside_each_study(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("incloud"))
+    run = subprocess.run([exe, "synth", "cohort", str(tmp_path / "c"), "--participants", "2", "--seed", "1",
+                          "--sites", "2", "--small", "--modalities", "T1w", "--workers", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    cohort = json.loads((tmp_path / "c" / "cohort.json").read_text())
+    assert len(cohort["studies"]) == 2 and len(cohort["sites"]) == 2
+    truths = [StudyTruth.load(p) for p in cohort["studies"]]
+    assert truths[0].site["manufacturer"] != truths[1].site["manufacturer"]
+    assert truths[0].identity["patient_id"] != truths[1].identity["patient_id"]

@@ -181,7 +181,7 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
         participant_id=participant_id, visit=visit, seed=seed, age=age, sex=sex, diagnosis=diagnosis,
         site=site.as_dict(), identity=identity.as_dict(), planted=[], study_instance_uid=ctx.study_uid,
         study_dir=str(study_dir), truth_path=str(out / f"{label}.truth.json"), labels_path=None, labels_regions=[],
-        participant={"rotation_deg": participant.rotation_deg, "translation_mm": participant.translation_mm,
+        participant={"seed": participant.seed, "rotation_deg": participant.rotation_deg, "translation_mm": participant.translation_mm,
                      "scale": participant.scale, "warp_mm": participant.warp_mm,
                      "frame_of_reference_uid": ctx.frame_of_reference_uid, "patient_uid": ctx.patient_uid},
         effects=[{"region": e.region, "percent": e.percent, "factor": e.factor} for e in effects],
