@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -436,3 +435,13 @@ def test_full_backup_root_is_one_line_and_keeps_earlier_copies(
     after = snapshot(backup_root)
     assert {k: v for k, v in after.items() if k in before} == before  # earlier copies and manifest intact
     assert not [k for k in after if ".incloud-tmp-" in k]
+
+
+def test_verify_reports_progress_in_bytes(site: Site) -> None:
+    stored = populate(site)
+    calls: list[tuple[int, int]] = []
+    report = integrity.verify(site, ADMIN, progress=lambda done, total: calls.append((done, total)))
+    total = sum((site.archive_root / rel).stat().st_size for rels in stored.files.values() for rel in rels)
+    assert report.consistent and report.bytes == total
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))

@@ -167,6 +167,16 @@ def copy_verified(source: Path, dest_root: Path, rel: str, expected_sha256: str 
     return digest.hexdigest(), size
 
 
+def _hash(path: Path, on_bytes: Callable[[int], None]) -> str:
+    """SHA-256 of a file, reporting each chunk read so a progress bar moves inside large files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+            on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
 def _move_aside(path: Path, dest: Path) -> None:
     """Move ``path`` to ``dest`` (another filesystem is fine: copy, fsync, then unlink)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -315,22 +325,29 @@ def verify(site: Site, actor: Actor, *, progress: Progress | None = None) -> Ver
     total = sum(size for _id, _sha, size in rows.values())
     done = 0
     progress(0, total)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
     for rel in sorted(rows):
         _fid, sha, size = rows[rel]
         f = on_disk.get(rel)
         report.checked += 1
+        start = done
         if f is None:
             report.missing.append(rel)
         elif f.size != size:
             report.corrupt.append(rel)
         else:
             try:
-                if sha256_file(f.path) != sha:
+                if _hash(f.path, advance) != sha:
                     report.corrupt.append(rel)
             except OSError:
                 report.corrupt.append(rel)
             report.bytes += f.size
-        done += size
+        done = start + size
         progress(done, total)
     return report
 
