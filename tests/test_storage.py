@@ -131,9 +131,6 @@ def test_a_full_root_is_one_storage_error_and_leaves_nothing(tmp_path: Path, mou
     assert (root / "sub-01/a.bin").read_bytes() == b"kept" * 1000
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "storage.atomic_write's error path calls tmp.unlink(missing_ok=True), which raises EROFS on a read-only "
-    "root, so a bare OSError escapes instead of StorageError; fix: ignore OSError there, then drop this mark"))
 def test_a_read_only_root_is_one_storage_error(tmp_path: Path, mounts: Mounts) -> None:
     root = tmp_path / "ro"
     atomic_write(root, "sub-01/a.bin", b"kept")

@@ -92,7 +92,10 @@ def atomic_write(root: Path, relpath: str | PurePosixPath, source: bytes | Path 
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only or vanished folder: nothing was left there anyway
+            pass
         raise StorageError(f"cannot write {rel} under {root}: {exc.strerror or type(exc).__name__}") from None
     return digest.hexdigest(), size
 

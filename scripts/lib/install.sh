@@ -54,7 +54,9 @@ ensure_venv() {
 
 # Node tools from npm: the BIDS validator and JupyterHub's proxy.
 ensure_node_tools() {
-  ensure_apt nodejs npm
+  # NodeSource's nodejs ships npm and conflicts with Debian's npm package: ask apt only for what is missing.
+  command -v node >/dev/null 2>&1 || ensure_apt nodejs
+  command -v npm >/dev/null 2>&1 || ensure_apt npm
   if [ ! -x "$INCLOUD_NODE/node_modules/.bin/bids-validator" ] || [ ! -x "$INCLOUD_NODE/node_modules/.bin/configurable-http-proxy" ]; then
     log "installing npm tools (bids-validator, configurable-http-proxy)"
     mkdir -p "$INCLOUD_NODE"
