@@ -13,6 +13,7 @@ import asyncio
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,16 @@ from hub.roles import workstation_token_scopes
 # `incloud hub config`) on a machine with only the embedded set-up.
 
 
-class NoSystemAccount(RuntimeError):
+class WorkstationError(RuntimeError):
+    """A spawn failure with a message meant for the user: JupyterHub shows ``jupyterhub_message`` verbatim on
+    the spawn page and in its REST API answers (a plain exception becomes "Internal Server Error")."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+class NoSystemAccount(WorkstationError):
     """The hub user has no account on the cluster, so no job can run as them."""
 
 
@@ -61,17 +71,27 @@ def slurm_spawner_class() -> type:
                 await self.submit_batch_script()
             except RuntimeError as exc:
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no output"
-                raise RuntimeError(f"Slurm refused the workstation job: {reason[-300:]}") from None
+                raise WorkstationError(f"Slurm refused the workstation job: {reason[-300:]}") from None
             if not self.job_id:
-                raise RuntimeError("Slurm refused the workstation job (no job id returned)")
+                raise WorkstationError("Slurm refused the workstation job (no job id returned)")
             job = self.job_id
+            # Give up a little before JupyterHub's start_timeout so the user reads why, not a bare timeout.
+            deadline = time.monotonic() + max(self.start_timeout - 3, 1)
             while True:
+                if time.monotonic() > deadline:
+                    pending = await self.query_job_status() == JobStatus.PENDING
+                    await self.cancel_batch_job()
+                    self.clear_state()
+                    raise WorkstationError(
+                        f"workstation job {job} " + ("was still waiting for free cluster resources"
+                                                     if pending else "started but its server did not report")
+                        + f" after {self.start_timeout} s; it was cancelled, try again or a smaller profile")
                 status = await self.query_job_status()
                 if status == JobStatus.RUNNING and self.port:
                     break
                 if status not in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
                     self.clear_state()
-                    raise RuntimeError(
+                    raise WorkstationError(
                         f"workstation job {job} ended before its server started "
                         f"(see jupyterhub_slurmspawner_{job}.log in your home folder)")
                 if status == JobStatus.RUNNING and not self.ip:

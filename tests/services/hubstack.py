@@ -44,6 +44,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             value = check()
             if value:
                 return value
+        except RuntimeError:  # the thing waited for has died: no point waiting longer
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last failure
             last = exc
         time.sleep(interval)
@@ -132,9 +134,13 @@ class HubUser:
                                  **kwargs)
 
     def new_token(self, **body: Any) -> str:
+        return self.new_token_model(**body)["token"]
+
+    def new_token_model(self, **body: Any) -> dict[str, Any]:
+        """A new API token of this user (POST /hub/api/users/<name>/tokens), as the hub's model with id."""
         r = self.hub_api("POST", f"/users/{self.name}/tokens", json={"note": "test", **body})
         assert r.status_code in (200, 201), f"token request answered {r.status_code}: {r.text[:200]}"
-        return r.json()["token"]
+        return r.json()
 
 
 class HubStack:

@@ -301,6 +301,13 @@ def openapi(prefix: str) -> dict[str, Any]:
     }
 
 
+class UncachedHubOAuth(HubOAuth):
+    """HubOAuth that asks the hub about every token (HubAuth's ``cache_max_age = 0`` means "cache forever")."""
+
+    async def _check_hub_authorization(self, url, api_token, cache_key=None, use_cache=True):  # type: ignore
+        return await super()._check_hub_authorization(url, api_token, cache_key, use_cache=False)
+
+
 class Api:
     """The service's state: the site (database, archive root), the hub auth client and the URL prefix."""
 
@@ -315,7 +322,9 @@ def make_app(cfg: Config | None = None, hub_auth: HubOAuth | None = None) -> web
     cfg = cfg or get_config()
     site = Site.open(cfg)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{API_SERVICE}/")
-    hub_auth = hub_auth or HubOAuth(cache_max_age=cfg.hub.token_cache_seconds)
+    if hub_auth is None:
+        seconds = cfg.hub.token_cache_seconds
+        hub_auth = HubOAuth(cache_max_age=seconds) if seconds > 0 else UncachedHubOAuth()
     api = Api(site, hub_auth, prefix)
     handlers = []
     for route in ROUTES:
