@@ -138,7 +138,7 @@ def main() -> None:
             try:
                 from incloud_kernel.synth import make_study
 
-                make_study(study, seed=11, small=True, participant_id="bench01")
+                make_study(study, seed=11, small=True, participant_id="bench01", secondary_capture=False)
                 kind, reface = "synth.make_study(small=True)", "true"
             except ImportError:
                 shutil.rmtree(study, ignore_errors=True)
@@ -152,9 +152,10 @@ def main() -> None:
             worker = subprocess.Popen([str(Path(sys.executable).with_name("incloud")), "ingest", "worker"],
                                       env=wenv, stdout=log, stderr=subprocess.STDOUT)
             t0 = time.monotonic()
-            r = dcmtk("storescu", "-aet", "SCANNER1", "-aec", edge.ae_title, "+sd", "+r", "127.0.0.1",
-                      str(edge.port), str(study))
-            assert r.returncode == 0
+            r = dcmtk("storescu", "-aet", "SCANNER1", "-aec", edge.ae_title, "+sd", "+r", "+sp", "*.dcm",
+                      "127.0.0.1", str(edge.port), str(study))
+            if r.returncode != 0:
+                raise SystemExit("storescu failed: " + r.stderr[-500:])
             from sqlalchemy import func, select
 
             from incloud_kernel.archive.models import Series

@@ -17,7 +17,7 @@ def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_
     try:
         from incloud_kernel.synth import make_study
 
-        make_study(tmp_path / "src", seed=7, small=True, participant_id="synth007")
+        make_study(tmp_path / "src", seed=7, small=True, participant_id="synth007", secondary_capture=False)
     except ImportError as exc:  # the generator is still being written (issue 3)
         pytest.skip(f"synthetic cohort generator incomplete: {exc.name}")
     files = sorted(p for p in (tmp_path / "src").rglob("*.dcm"))
