@@ -168,6 +168,8 @@ def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDatas
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
     out = FileDataset("", new, preamble=PREAMBLE, file_meta=meta,
                       is_implicit_VR=bool(implicit), is_little_endian=little is not False)
+    # Keep the source's encoding and character set, so kept raw elements are written as read (fast path).
+    out.set_original_encoding(bool(implicit), little is not False, ds.original_character_set)
     record = DeidRecord(
         source_sop_uid=_sop_value(ds, "SOPInstanceUID"), sop_uid=str(new.SOPInstanceUID),
         study_uid=str(new.get("StudyInstanceUID", "")), series_uid=str(new.get("SeriesInstanceUID", "")),

@@ -27,7 +27,7 @@ from typing import Callable
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
@@ -61,6 +61,9 @@ class Plan:
     tags: dict[int, str]
     repeating: tuple[tuple[str, str], ...]
     private: str  # "X" (basic) or "C" (Retain Safe Private: keep the allow-list)
+    #: Tags whose C comes from Clean Descriptors / Clean Structured Content: their text is scrubbed. A C from
+    #: another option on a text attribute (e.g. Timezone Offset From UTC under Modified Dates) keeps the text.
+    scrub_tags: frozenset[int] = frozenset()
 
 
 @lru_cache(maxsize=64)
@@ -71,17 +74,22 @@ def plan_for(options: tuple[str, ...]) -> Plan:
     tags = dict(basic.tags)
     repeating = dict(basic.repeating)
     private = basic.private or "X"
+    scrub: set[int] = set()
     for name in OPTIONS:
         if name not in options:
             continue
         column = table.rule_sets[OPTIONS[name].table_key]
         tags.update(column.tags)
+        if name in ("clean_descriptors", "clean_structured_content"):
+            scrub.update(t for t, a in column.tags.items() if a == "C")
+        else:
+            scrub.difference_update(column.tags)
         repeating.update(column.repeating)
         if column.private:
             private = column.private
     resolved = {t: COMBINED_UNDER_TYPE_1.get(a, a) for t, a in tags.items()}
     rep = tuple((p, COMBINED_UNDER_TYPE_1.get(a, a)) for p, a in repeating.items())
-    return Plan(options=options, tags=resolved, repeating=rep, private=private)
+    return Plan(options=options, tags=resolved, repeating=rep, private=private, scrub_tags=frozenset(scrub))
 
 
 @dataclass
@@ -93,6 +101,7 @@ class WalkState:
     date_offset: int | None  # days, when dates are shifted (Retain ... Modified Dates)
     scrub: Callable[[str], str]
     changes: dict[str, set[str]] = field(default_factory=dict)
+    in_clean_content: bool = False  # inside a sequence cleaned by Clean Structured Content
 
     def note(self, action: str, tag: int) -> None:
         self.changes.setdefault(action, set()).add(keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
@@ -156,9 +165,20 @@ def _clean(elem: DataElement, st: WalkState, depth: int) -> DataElement | None:
     if vr == "SQ":
         return DataElement(elem.tag, "SQ", Sequence([apply(i, st, depth + 1, "C") for i in elem.value]))
     if vr in TEXT_VRS or vr == "CS":
+        if int(elem.tag) not in st.plan.scrub_tags and not st.in_clean_content:
+            return elem
         vals = [st.scrub(str(v)) if v is not None else v for v in _values(elem.value)]
         return DataElement(elem.tag, vr, vals if len(vals) > 1 else vals[0])
     return elem
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if len(vr) == 2 else None  # ambiguous VRs (US or SS...) take the slow path
 
 
 def _private_keep(src: Dataset, elem: DataElement, st: WalkState) -> DataElement | None:
@@ -189,10 +209,25 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
     """
     plan = st.plan
     out = Dataset()
+    # Same encoding as the source, so that elements kept verbatim are written from their raw bytes
+    # (never converted to values and back): the fast path for everything the table keeps.
+    implicit, little = src.original_encoding
+    if implicit is not None:
+        out.set_original_encoding(implicit, little, src.original_character_set)
     kept_private_blocks: set[tuple[int, int]] = set()
     creators: list[DataElement] = []
-    for elem in src:
-        tag = int(elem.tag)
+    for tag_obj in sorted(src.keys()):
+        tag = int(tag_obj)
+        raw = src.get_item(tag_obj)
+        if raw is not None and raw.is_raw and (raw.value is not None or raw.length == 0) and \
+                (raw.VR is not None or implicit) and raw.VR != "UN":  # UN: pydicom resolves the real VR
+            raw_vr = raw.VR or _dictionary_vr(tag)
+            if raw_vr and raw_vr not in ("SQ", "UI", "PN") and not (tag >> 16) & 1 and \
+                    plan.tags.get(tag, "K") == "K" and (tag >> 24) not in (0x50, 0x60) and \
+                    not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS):
+                out[tag_obj] = raw
+                continue
+        elem = src[tag_obj]
         group = tag >> 16
         if group & 1:  # private
             if (tag & 0xFFFF) < 0x0100 and (tag & 0xFFFF) >= 0x0010:
@@ -228,7 +263,12 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                 out.add(_dummy(elem, st))
                 st.note("D", tag)
             elif context and vr in TEXT_VRS and tag not in CODE_TAGS and not _is_empty(elem):
-                out.add(_dummy(elem, st) if context == "D" else _clean(elem, st, depth))
+                if context == "D":
+                    out.add(_dummy(elem, st))
+                else:
+                    saved, st.in_clean_content = st.in_clean_content, True
+                    out.add(_clean(elem, st, depth))
+                    st.in_clean_content = saved
                 st.note(context, tag)
             else:
                 out.add(elem)
