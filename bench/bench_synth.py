@@ -1,0 +1,43 @@
+"""Benchmark for issue 3: 10 participants, each T1 1 mm + BOLD 100 volumes + DWI 33 volumes, on 2 processes.
+
+Usage: /opt/incloud/venv/bin/python bench/bench_synth.py [OUT] [--participants N] [--workers W]
+Prints the wall time, files and bytes written, and the ratio to the 60 s goal.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from incloud_kernel.synth import make_cohort
+
+GOAL_S = 60.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?", default=None)
+    ap.add_argument("--participants", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-synth-"))
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    cohort = make_cohort(out, participants=args.participants, seed=2026, sites=3, small=False,
+                         workers=args.workers, bold_volumes=100, dwi_directions=32)
+    wall = time.perf_counter() - t0
+    files = list(out.rglob("*.dcm"))
+    size = sum(f.stat().st_size for f in files)
+    print(f"participants {len(cohort.studies)}  workers {args.workers}")
+    print(f"wall time {wall:.1f} s  ({wall / len(cohort.studies):.1f} s per participant)")
+    print(f"files {len(files)}  bytes {size / 1e9:.2f} GB")
+    print(f"ratio to goal ({GOAL_S:.0f} s): {wall / GOAL_S:.2f}")
+    if not args.out:
+        shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()
