@@ -132,6 +132,48 @@ def test_file_access_through_the_api(stack, alice) -> None:  # type: ignore[no-u
     assert client.read_file(stack.file_ids[0]) == b'{"RepetitionTime": 2.3}'
 
 
+def test_ssh_with_the_hub_token_as_password(stack, alice, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Real OpenSSH client and server; the password is the user's hub token, checked by the hub."""
+    from hub.ssh_token import write_sshd_setup
+    from services.hubstack import free_port, wait_for
+
+    require_tool("ssh")
+    if not Path("/usr/sbin/sshd").exists():
+        missing("openssh-server not installed")
+    _logged_in_with_workstation(stack, alice)
+    port = free_port()
+    service = f"incloud-sshd-{os.getpid()}"
+    folder = Path(tempfile.mkdtemp(prefix="incloud-ssh-"))
+    cmd = write_sshd_setup(str(folder), port, stack.url + "/hub/api", service=service)
+    sshd = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"))
+    try:
+        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                                        capture_output=True, timeout=5).returncode == 0, 20, "sshd")
+
+        def ssh(password: str, command: str) -> subprocess.CompletedProcess[str]:
+            askpass = folder / "askpass"
+            askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
+            askpass.chmod(0o700)
+            return subprocess.run(
+                ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1",
+                 "-o", "ConnectTimeout=10", f"{alice.name}@127.0.0.1", command],
+                env={**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"},
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+        ok = ssh(alice.token, "/opt/incloud/venv/bin/python -c 'import incloud_kernel, getpass; "
+                              "print(getpass.getuser())'")
+        assert ok.returncode == 0, ok.stderr[-500:]
+        assert ok.stdout.strip().splitlines()[-1] == alice.name
+        bad = ssh("not-a-token", "true")
+        assert bad.returncode != 0 and "Permission denied" in bad.stderr
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+        Path(f"/etc/pam.d/{service}").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _concrete(path: str) -> str:
     return path.replace(r"([A-Za-z0-9]+)", "P1").replace(r"([0-9]+)", "1")
 
@@ -238,3 +280,4 @@ def test_slurm_controller_down_fails_the_spawn_without_hanging(stack, alice) -> 
         assert time.monotonic() - t0 < 90
     finally:
         slurm("start", stack.slurm_dir)
+
