@@ -1,0 +1,32 @@
+"""``incloud_kernel.connect()`` finds its URL and token: workstation, environment, config file; clear errors."""
+from __future__ import annotations
+
+import pytest
+
+from incloud_kernel.client import ApiError, TokenError, connect, resolve_credentials
+
+
+def test_inside_a_workstation_the_hub_environment_is_enough() -> None:
+    url, token, source = resolve_credentials(env={"JUPYTERHUB_API_TOKEN": "abc",
+                                                  "INCLOUD_API_URL": "http://h/services/incloud-api"})
+    assert (url, token, source) == ("http://h/services/incloud-api/", "abc", "workstation")
+
+
+def test_outside_a_config_file_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "client.toml"
+    f.write_text('url = "https://hub.example.org/services/incloud-api/"\ntoken = "t0k"\n')
+    url, token, source = resolve_credentials(env={"INCLOUD_CLIENT_CONFIG": str(f)})
+    assert token == "t0k" and source.startswith("file")
+
+
+def test_missing_token_or_url_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TokenError, match="no API token"):
+        resolve_credentials(env={"INCLOUD_CLIENT_CONFIG": str(tmp_path / "none.toml")})
+    with pytest.raises(ApiError, match="no API URL"):
+        resolve_credentials(env={"INCLOUD_API_TOKEN": "x", "INCLOUD_CLIENT_CONFIG": str(tmp_path / "n.toml")})
+
+
+def test_unreachable_api_is_one_line() -> None:
+    with pytest.raises(ApiError, match="cannot reach the INCloud API") as info:
+        connect("http://127.0.0.1:9/services/incloud-api/", "x", timeout=2)
+    assert "\n" not in str(info.value) and "x" not in str(info.value).split("at")[0]

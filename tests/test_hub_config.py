@@ -1,0 +1,66 @@
+"""The hub's settings come from the site config: modes, profiles as data, roles and custom scopes, services."""
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config as Traits
+
+from incloud_kernel.config import load_config
+from incloud_kernel.errors import ConfigError
+
+
+def _configure(tmp_path, **env):  # type: ignore[no-untyped-def]
+    from hub.hubconfig import configure
+
+    c = Traits()
+    configure(c, load_config(env={"INCLOUD_HOME": str(tmp_path), **env}))
+    return c
+
+
+def test_embedded_default_is_a_local_spawner_with_native_sign_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = _configure(tmp_path)
+    assert c.JupyterHub.spawner_class.endswith("LocalProcessSpawner")
+    assert c.JupyterHub.authenticator_class == "hub.native.IncloudNativeAuthenticator"
+    assert c.NativeAuthenticator.open_signup is False
+    assert c.Spawner.environment["INCLOUD_API_URL"] == "http://127.0.0.1:8000/services/incloud-api/"
+
+
+def test_cluster_profiles_are_site_config_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = _configure(tmp_path, INCLOUD_HUB_MODE="cluster", INCLOUD_HUB_PROFILES='[{"name": "tiny", "cores": 1, '
+                   '"memory": "1G", "walltime": "01:00:00"}]')
+    assert c.JupyterHub.spawner_class == "wrapspawner.ProfilesSpawner"
+    [(display, key, cls, conf)] = c.ProfilesSpawner.profiles
+    assert (key, conf["req_nprocs"], conf["req_memory"], conf["req_runtime"]) == ("tiny", "1", "1G", "01:00:00")
+    assert cls.__name__ == "IncloudSlurmSpawner"
+    assert c.BatchSpawnerBase.batchspawner_singleuser_cmd.endswith("/bin/batchspawner-singleuser")
+    assert "timeout" in c.SlurmSpawner.batch_submit_cmd  # a dead controller cannot hang the spawn
+
+
+def test_bad_profile_and_mode_are_one_line_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="unknown key"):
+        _configure(tmp_path, INCLOUD_HUB_MODE="cluster", INCLOUD_HUB_PROFILES='[{"name": "x", "gpus": 1}]')
+    with pytest.raises(ConfigError, match="hub.mode"):
+        _configure(tmp_path, INCLOUD_HUB_MODE="kubernetes")
+
+
+def test_roles_map_to_groups_and_custom_scopes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hub.roles import ROLE_SCOPES
+
+    c = _configure(tmp_path)
+    assert all(s.startswith("custom:incloud:") for s in c.JupyterHub.custom_scopes)
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    for name in ("researcher", "qc_reviewer", "clinician", "registrar"):
+        assert roles[name]["groups"] == [name]
+        assert set(ROLE_SCOPES[name]) <= set(roles[name]["scopes"])
+    assert "custom:incloud:registry" not in roles["researcher"]["scopes"]  # only registrars see identities
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["incloud-api"]["command"][-1] == "hub.services.api"
+    assert "incloud-api" not in [s for r in c.JupyterHub.load_roles for s in r.get("services", [])]  # no scopes
+    assert any("--timeout=3600" in a for a in services["idle-culler"]["command"])
+    assert c.JupyterHub.allow_named_servers is True
+
+
+def test_docker_setup_is_documented_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = _configure(tmp_path, INCLOUD_HUB_MODE="docker")
+    assert c.JupyterHub.spawner_class == "dockerspawner.DockerSpawner"
+    assert c.DockerSpawner.image == "localhost/incloud-workstation:latest"
