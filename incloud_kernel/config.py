@@ -113,9 +113,15 @@ class DeidSection:
 class DefaceSection:
     """Refacing defaults."""
 
-    #: Registration-quality score below which a series is quarantined for review.
-    min_registration_score: float = 0.5
+    #: Registration-quality score (head-mask Dice, 0..1) below which a series is quarantined for review.
+    min_registration_score: float = 0.8
+    #: SimpleITK threads for registration (0: SimpleITK's default, all cores).
     threads: int = 1
+    #: Brain dilation (mm) that stays bit-identical, plus a margin (mm) for registration error.
+    protect_mm: float = 5.0
+    margin_mm: float = 6.0
+    #: Width (mm) over which the template face is blended into the subject.
+    ramp_mm: float = 4.0
 
 
 @dataclass
@@ -142,12 +148,6 @@ class HubSection:
     idle_timeout: int = 3600
     allow_named_servers: bool = True
     admin_users: list[str] = field(default_factory=lambda: ["admin"])
-
-
-@dataclass
-class IngestSection:
-    """The ingest chain: Orthanc change feed -> de-identify -> reface -> dcm2niix -> BIDS -> archive."""
-
     #: Where the hub's internal API listens (workstations and services call it); proxy API port beside it.
     hub_bind_url: str = "http://127.0.0.1:8081"
     proxy_api_port: int = 8001
@@ -180,6 +180,12 @@ class IngestSection:
     cull_every: int = 300
     #: Port of the SSH entry point (token as password) into workstations.
     ssh_port: int = 8022
+
+
+@dataclass
+class IngestSection:
+    """The ingest chain: Orthanc change feed -> de-identify -> reface -> dcm2niix -> BIDS -> archive."""
+
     #: Seconds between polls of Orthanc's change feed when idle.
     poll_interval: float = 1.0
     #: Every this many polls, also sweep Orthanc for stable studies the feed may have missed (Orthanc restart).
