@@ -28,9 +28,25 @@ def check(hub_api: str, user: str, token: str, timeout: float = 10.0) -> str | N
     return None
 
 
+def serve() -> None:
+    """Run the token-checking sshd for this site (``incloud hub ssh``): port ``hub.ssh_port``, folder in the
+    hub's state folder, hub API at ``hub.hub_bind_url``. Replaces this process with sshd (foreground)."""
+    from incloud_kernel.config import get_config
+
+    from hub.spawners import state_dir
+
+    cfg = get_config()
+    cmd = write_sshd_setup(str(state_dir(cfg) / "sshd"), cfg.hub.ssh_port,
+                           cfg.hub.hub_bind_url.rstrip("/") + "/hub/api")
+    os.execv(cmd[0], cmd)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+        return
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m hub.ssh_token HUB_API_URL")
+        sys.exit("usage: python -m hub.ssh_token HUB_API_URL | --serve")
     token = sys.stdin.read().rstrip("\0").strip()
     reason = check(sys.argv[1], os.environ.get("PAM_USER", ""), token)
     if reason:

@@ -73,3 +73,11 @@ def start(debug: bool) -> None:
     args = [str(exe), "-f", str(config_file())] + (["--debug"] if debug else [])
     os.chdir(state)
     os.execv(args[0], args)
+
+
+@hub.command("ssh")
+def ssh() -> None:
+    """Run the SSH entry point (OpenSSH, hub token as password) on hub.ssh_port, in the foreground (root)."""
+    if os.geteuid() != 0:
+        raise ConfigError("incloud hub ssh needs root (sshd host key, PAM service file)")
+    os.execv(sys.executable, [sys.executable, "-m", "hub.ssh_token", "--serve"])
