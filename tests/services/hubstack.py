@@ -328,6 +328,12 @@ class HubStack:
                 os.killpg(self.hub_proc.pid, signal.SIGKILL)
                 self.hub_proc.wait(10)
             self.hub_proc = None
+        elif self.hub_proc is not None:  # the hub died by itself: its proxy and services may live on
+            try:
+                os.killpg(self.hub_proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.hub_proc = None
         try:
             slurm("stop", self.slurm_dir)  # scancel first, then slurmd and slurmctld
         except Exception as exc:  # noqa: BLE001
