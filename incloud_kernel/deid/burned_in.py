@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydicom import Dataset
 from pydicom.uid import UID_dictionary
 
+from incloud_kernel.deid.peek import peek
+
 #: SOP Class keywords (pydicom's UID dictionary) likely to carry burned-in text when the attribute is absent.
 _LIKELY_TEXT_KEYWORDS = (
     "SecondaryCaptureImageStorage", "MultiFrameSingleBitSecondaryCaptureImageStorage",
@@ -23,12 +25,12 @@ LIKELY_TEXT_CLASSES = frozenset(uid for uid, entry in UID_dictionary.items() if 
 
 def burned_in_reason(ds: Dataset) -> str | None:
     """None when the instance may pass; else a value-free reason for the quarantine record."""
-    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    flag = str(peek(ds, "BurnedInAnnotation", "") or "").strip().upper()
     if flag == "YES":
         return "burned-in-annotation: BurnedInAnnotation is YES"
     if flag == "NO":
         return None
-    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    sop_class = str(peek(ds, "SOPClassUID", "") or "").strip()
     if sop_class in LIKELY_TEXT_CLASSES:
         return f"burned-in-annotation: attribute absent and SOP Class {UID_dictionary[sop_class][4]} often carries text"
     return None

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaSto
 from incloud_kernel.deid.burned_in import burned_in_reason
 from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.errors import BurnedInText, InvalidInput
+from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.options import BASIC_PROFILE, OPTIONS
 from incloud_kernel.deid.profile import TEXT_VRS, WalkState, apply, make_scrubber, plan_for
 from incloud_kernel.deid.table import load_table
@@ -93,7 +94,7 @@ def check_instance(ds: Dataset) -> None:
 
 def _sop_value(ds: Dataset, keyword: str) -> str:
     """SOP Class/Instance UID from the dataset, else from the file meta (PS3.10 requires them equal)."""
-    value = str(ds.get(keyword, "") or "").strip()
+    value = str(peek(ds, keyword, "") or "").strip()
     meta = getattr(ds, "file_meta", None)
     if not value and meta is not None:
         value = str(meta.get("MediaStorage" + keyword, "") or "").strip()

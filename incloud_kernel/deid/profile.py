@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Callable
 
 from pydicom import Dataset
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -51,6 +51,11 @@ DUMMIES: dict[str, object] = {
     "UT": DUMMY_TEXT, "UC": DUMMY_TEXT, "PN": DUMMY_TEXT, "UR": "", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0,
     "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": None,
 }
+
+
+#: String VRs whose converted value is empty when the stored bytes are only spaces and NULs.
+_STRIPPED_EMPTY_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
+                                 "UC", "UI", "UR", "UT"})
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,12 @@ class WalkState:
     in_clean_content: bool = False  # inside a sequence cleaned by Clean Structured Content
 
     def note(self, action: str, tag: int) -> None:
-        self.changes.setdefault(action, set()).add(keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        self.changes.setdefault(action, set()).add(_tag_name(tag))
+
+
+@lru_cache(maxsize=8192)
+def _tag_name(tag: int) -> str:
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _values(value: object) -> list:
@@ -216,17 +226,36 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
         out.set_original_encoding(implicit, little, src.original_character_set)
     kept_private_blocks: set[tuple[int, int]] = set()
     creators: list[DataElement] = []
-    for tag_obj in sorted(src.keys()):
+    src_dict = src._dict  # noqa: SLF001 - raw elements are read (and copied) without conversion
+    out_dict = out._dict  # noqa: SLF001
+    tags = plan.tags
+    for tag_obj in sorted(src_dict):
         tag = int(tag_obj)
-        raw = src.get_item(tag_obj)
-        if raw is not None and raw.is_raw and (raw.value is not None or raw.length == 0) and \
+        raw = src_dict[tag_obj]
+        if type(raw) is RawDataElement and (raw.value is not None or raw.length == 0) and \
                 (raw.VR is not None or implicit) and raw.VR != "UN":  # UN: pydicom resolves the real VR
             raw_vr = raw.VR or _dictionary_vr(tag)
-            if raw_vr and raw_vr not in ("SQ", "UI", "PN") and not (tag >> 16) & 1 and \
-                    plan.tags.get(tag, "K") == "K" and (tag >> 24) not in (0x50, 0x60) and \
-                    not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS):
-                out[tag_obj] = raw
-                continue
+            if raw_vr and not (tag >> 16) & 1 and (tag >> 24) not in (0x50, 0x60):
+                action = tags.get(tag, "K")
+                if action == "K":
+                    if raw_vr not in ("SQ", "UI", "PN") and \
+                            not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS):
+                        out_dict[tag_obj] = raw  # as Dataset.__setitem__ does for a public raw element
+                        continue
+                elif raw_vr != "SQ" and tag in tags:
+                    # Actions that need no value: decided from the raw element (same outcome as below).
+                    if action == "X":
+                        st.note("X", tag)
+                        continue
+                    empty = raw.length == 0 or (raw_vr in _STRIPPED_EMPTY_VRS and not raw.value.strip(b" \x00"))
+                    if action == "Z" or (empty and action in ("D", "U", "C")):
+                        st.note(action, tag)
+                        out.add(DataElement(tag, raw_vr, None))
+                        continue
+                    if action == "D" and raw_vr in DUMMIES and raw_vr != "UI" and DUMMIES[raw_vr] is not None:
+                        st.note("D", tag)
+                        out.add(DataElement(tag, raw_vr, DUMMIES[raw_vr]))
+                        continue
         elem = src[tag_obj]
         group = tag >> 16
         if group & 1:  # private

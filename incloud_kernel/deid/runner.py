@@ -24,12 +24,16 @@ from typing import Callable, Iterator
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
 from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.deidentify import deidentify_with_record
 from incloud_kernel.deid.errors import DeidError
+from incloud_kernel.deid.peek import peek
+from incloud_kernel.deid.writer import encode_file
 
+PIXEL_DATA = 0x7FE00010
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
 DEFER_SIZE = 2 * 1024 * 1024
 
@@ -148,17 +152,20 @@ def _is_gzip(job: Job) -> bool:
 
 
 def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
-    """Expected Pixel Data length for uncompressed transfer syntaxes (None when not applicable)."""
+    """Expected Pixel Data length for uncompressed transfer syntaxes (None when not applicable).
+
+    Reads through ``peek`` so that the elements stay raw (written back as read, see ``writer``).
+    """
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else None
     if ts is None or not ts or ts.is_compressed:
         return None
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        spp, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, cols = int(peek(ds, "Rows")), int(peek(ds, "Columns"))
+        spp, bits = int(peek(ds, "SamplesPerPixel", 1) or 1), int(peek(ds, "BitsAllocated"))
+        frames = int(peek(ds, "NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
-    if str(ds.get("PhotometricInterpretation", "")).strip() in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+    if str(peek(ds, "PhotometricInterpretation", "")).strip() in ("YBR_FULL_422", "YBR_PARTIAL_422"):
         spp = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     return (rows * cols * spp * frames * bits + 7) // 8
 
@@ -184,7 +191,11 @@ def _read(job: Job) -> pydicom.FileDataset:
     if "PixelData" in ds:
         expected = _native_pixel_length(ds)
         try:
-            actual = len(ds["PixelData"].value or b"")  # read once (deferred elements are read here)
+            raw = ds._dict[PIXEL_DATA]  # noqa: SLF001 - kept raw: copied to the output as read
+            if type(raw) is RawDataElement and raw.value is not None:
+                actual = len(raw.value)
+            else:
+                actual = len(ds[PIXEL_DATA].value or b"")  # read once (deferred elements are read here)
         except Exception as exc:  # noqa: BLE001
             raise DeidError("pixel data unreadable", reason=f"truncated:{type(exc).__name__}") from None
         if expected is not None and actual < expected:
@@ -217,10 +228,9 @@ def process(job: Job) -> Result:
             rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
             target = _WORKER["out"] / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            new.save_as(buf, enforce_file_format=True)
+            data = encode_file(new)
             tmp = target.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(buf.getvalue())
+            tmp.write_bytes(data)
             os.replace(tmp, target)
             return Result(job, "done", output=str(rel), record=dataclasses.asdict(record))
         except DeidError as exc:
