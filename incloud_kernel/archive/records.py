@@ -11,9 +11,12 @@ patient-identifying value in a name, an audit event or an error message.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
+import os
 import re
+import uuid
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -38,7 +41,7 @@ from incloud_kernel.archive.models import (
 from incloud_kernel.archive.permissions import Action, Actor
 from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.projects import check_bids_label as check_label
-from incloud_kernel.archive.storage import atomic_write, ensure_dataset, safe_relpath
+from incloud_kernel.archive.storage import TMP_PREFIX, atomic_write, ensure_dataset, safe_relpath
 from incloud_kernel.db import session_factory
 from incloud_kernel.errors import IncloudError, StorageError, ValidationError
 
@@ -67,10 +70,78 @@ _LOCK_NAME = ".incloud-participants.lock"
 # --------------------------------------------------------------------------------------------------------------
 
 def _after_commit(session: DB) -> None:
-    if session.info.pop("participants_dirty", False) and session.info.get("archive_root") is not None:
-        root = Path(session.info["archive_root"])
+    root = session.info.get("archive_root")
+    session.info.pop("written_files", None)  # recorded now: never removed by a later rollback
+    session.info.pop("staged_files", None)
+    if root is not None:
+        _finish_replacements(Path(root), session.info.pop("renames", []), session.info.pop("unlink_after_commit", []))
+    if session.info.pop("participants_dirty", False) and root is not None:
         with session_factory(session.get_bind())() as reader:
-            write_participants_tsv(reader, root)
+            write_participants_tsv(reader, Path(root))
+
+
+def _finish_replacements(root: Path, renames: list[tuple[str, str]], unlink: list[str]) -> None:
+    """After a commit of ``replace_files``: move staged files onto their final names, then drop old files."""
+    for staging, final in renames:
+        target = root / final
+        os.replace(root / staging, target)
+        _fsync_dir(target.parent)
+    for relpath in unlink:
+        _unlink(root, relpath)
+
+
+def _stage(path: Path, source: Source) -> tuple[str, int]:
+    """Write ``source`` completely to ``path`` (a temp-prefixed staging name) and fsync it; (sha256, bytes)."""
+    digest, size = hashlib.sha256(), 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        if isinstance(source, bytes):
+            chunks: Iterable[bytes] = [source]
+        elif isinstance(source, Path):
+            fh = open(source, "rb")
+            chunks = iter(lambda: fh.read(1 << 20), b"")
+        else:
+            chunks = iter(lambda: source.read(1 << 20), b"")  # type: ignore[union-attr]
+        for chunk in chunks:
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        if isinstance(source, Path):
+            fh.close()
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_dir(path.parent)
+    return digest.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(root: Path, relpath: str) -> None:
+    """Remove one archive file and the folders that emptied, never the root; errors are left to the sweeper."""
+    path = root / relpath
+    try:
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == root or root not in parent.parents:
+                break
+            parent.rmdir()
+    except OSError:
+        pass  # folder not empty, or the root is read-only: the sweeper handles leftovers
+
+
+def _discard_written(db: DB, root: Path, relpaths: list[str]) -> None:
+    """Undo writes of a failed call or a rolled-back transaction (files no committed row records)."""
+    pending = db.info.get("written_files", [])
+    for relpath in relpaths:
+        if relpath in pending:
+            pending.remove(relpath)
+    _remove_unrecorded(db.get_bind(), root, relpaths)
 
 
 @contextmanager
@@ -78,16 +149,25 @@ def transaction(site: Any) -> Iterator[DB]:
     """A session on ``site`` that commits on success (rolls back on error) and then syncs participants.tsv.
 
     Use this (rather than ``db.transaction``) for ``add_participant`` so the archive root's participants.tsv
-    follows the database. ``site`` is an ``incloud_kernel.site.Site``.
+    follows the database, and for ``register_series``/``add_files(db=...)``/``replace_files(db=...)``: on
+    rollback it removes the files those calls wrote; after the commit it completes the replacements.
+    ``site`` is an ``incloud_kernel.site.Site``.
     """
     session = session_factory(site.engine)()
     session.info["archive_root"] = str(site.archive_root)
+    session.info["records_hooks"] = True
     event.listen(session, "after_commit", _after_commit)
     try:
         yield session
         session.commit()
     except BaseException:
         session.rollback()
+        root = Path(site.archive_root)
+        _discard_written(session, root, list(session.info.pop("written_files", [])))
+        for staging in session.info.pop("staged_files", []):
+            _unlink(root, staging)
+        session.info.pop("renames", None)
+        session.info.pop("unlink_after_commit", None)
         raise
     finally:
         session.close()
@@ -399,8 +479,37 @@ def derivative_session(derivative: Derivative) -> Session:
 Source = bytes | Path | BinaryIO
 
 
+def _owner_and_paths(db: DB, actor: Actor, target: Series | Derivative | int, files: Mapping[str, Source],
+                     derivative: bool | None) -> tuple[Series | Derivative, dict[str, str], str, bool]:
+    """Check ``write`` on the owner of ``files`` and map each key to its archive path (validated, distinct)."""
+    if not files:
+        raise ValidationError("at least one file is needed")
+    is_derivative = isinstance(target, Derivative) or (derivative is True and isinstance(target, int))
+    if is_derivative:
+        owner: Series | Derivative = permissions.get_derivative(db, actor, target, Action.write)  # type: ignore[arg-type]
+        relpaths = {key: derivative_relpath(owner, key) for key in files}  # type: ignore[arg-type]
+        kind = FileKind.derivative.value
+    else:
+        owner = permissions.get_series(db, actor, target, Action.write)  # type: ignore[arg-type]
+        relpaths = {key: series_relpath(owner, key) for key in files}
+        kind = FileKind.raw.value
+    if len(set(relpaths.values())) != len(relpaths):
+        raise ValidationError("two of the files given map to the same archive path")
+    return owner, relpaths, kind, is_derivative
+
+
+def _in_transaction(db: DB) -> Path:
+    """The archive root of a ``records.transaction`` session; file writes in a caller's session need its
+    commit/rollback hooks, so any other session is a programming error."""
+    root = db.info.get("archive_root")
+    if root is None or not db.info.get("records_hooks"):
+        raise ValueError("files can join a caller's transaction only inside records.transaction(site)")
+    return Path(root)
+
+
 def add_files(site: Any, actor: Actor, target: Series | Derivative | int, files: Mapping[str, Source], *,
-              derivative: bool | None = None) -> list[DataFile]:
+              derivative: bool | None = None, db: DB | None = None,
+              overwrite_unrecorded: bool = False) -> list[DataFile]:
     """Write files of a series (or derivative) into the archive and record them, all or nothing.
 
     ``files`` maps, for a series, an extension (``nii.gz``, ``json``...) and, for a derivative, a path under
@@ -409,58 +518,153 @@ def add_files(site: Any, actor: Actor, target: Series | Derivative | int, files:
 
     Order: every path is validated and checked free (database and disk) first; each file is written with
     ``atomic_write``; then all rows (SHA-256, bytes) and one audit event are committed in one transaction.
+    With ``db`` (a session of ``records.transaction``, e.g. the one that just added the series), the rows and
+    the audit event join that session and commit with it -- series row, file rows and audit in ONE commit;
+    if that transaction rolls back, the files written here are removed again. Without ``db`` the call commits
+    on its own. ``overwrite_unrecorded`` lets a retry replace a file that a crashed earlier attempt left at a
+    target path with no row recording it (never a recorded file).
     If a write or the commit fails, the files this call wrote are removed again and the error is raised
     (StorageError for a full or unwritable root, ValidationError for a bad or taken name); a crash leaves
-    at worst orphan files for the sweeper. Returns the new DataFile rows (detached).
+    at worst orphan files for the sweeper. Returns the new DataFile rows (detached when ``db`` is None).
     """
-    if not files:
-        raise ValidationError("add_files needs at least one file")
-    root: Path = site.archive_root
-    with session_factory(site.engine)() as db:
-        is_derivative = isinstance(target, Derivative) or (derivative is True and isinstance(target, int))
-        if is_derivative:
-            owner: Series | Derivative = permissions.get_derivative(db, actor, target, Action.write)  # type: ignore[arg-type]
-            relpaths = {key: derivative_relpath(owner, key) for key in files}  # type: ignore[arg-type]
-            kind = FileKind.derivative.value
-        else:
-            owner = permissions.get_series(db, actor, target, Action.write)  # type: ignore[arg-type]
-            relpaths = {key: series_relpath(owner, key) for key in files}
-            kind = FileKind.raw.value
-        if len(set(relpaths.values())) != len(relpaths):
-            raise ValidationError("two of the files given map to the same archive path")
-        taken = db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(list(relpaths.values())))).first()
-        if taken is not None:
-            raise ValidationError(f"archive file already recorded: {taken}")
-        project_id, owner_id = owner.project_id, owner.id
+    if db is not None:
+        root = _in_transaction(db)
+        return _add_files_in(db, root, actor, target, files, derivative, overwrite_unrecorded)
+    with transaction(site) as own:
+        rows = _add_files_in(own, site.archive_root, actor, target, files, derivative, overwrite_unrecorded)
+        try:
+            own.flush()
+        except IntegrityError:
+            raise ValidationError("archive file already recorded by a concurrent writer") from None
+    return rows
+
+
+def _add_files_in(db: DB, root: Path, actor: Actor, target: Series | Derivative | int,
+                  files: Mapping[str, Source], derivative: bool | None, overwrite_unrecorded: bool) -> list[DataFile]:
+    owner, relpaths, kind, is_derivative = _owner_and_paths(db, actor, target, files, derivative)
+    taken = db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(list(relpaths.values())))).first()
+    if taken is not None:
+        raise ValidationError(f"archive file already recorded: {taken}")
     if not (root / "dataset_description.json").exists():
         ensure_dataset(root)
     written: list[tuple[str, str, int]] = []
     try:
         for key, relpath in relpaths.items():
-            digest, size = atomic_write(root, relpath, files[key])
+            digest, size = atomic_write(root, relpath, files[key], overwrite=overwrite_unrecorded)
             written.append((relpath, digest, size))
-        with session_factory(site.engine)() as db:
-            rows = [DataFile(relpath=relpath, project_id=project_id, sha256=digest, size=size, kind=kind,
-                             series_id=None if is_derivative else owner_id,
-                             derivative_id=owner_id if is_derivative else None)
-                    for relpath, digest, size in written]
-            db.add_all(rows)
+            db.info.setdefault("written_files", []).append(relpath)
+        rows = [DataFile(relpath=relpath, project_id=owner.project_id, sha256=digest, size=size, kind=kind,
+                         series_id=None if is_derivative else owner.id,
+                         derivative_id=owner.id if is_derivative else None)
+                for relpath, digest, size in written]
+        db.add_all(rows)
+        try:
             db.flush()
-            audit(db, actor, "files.add", "derivative" if is_derivative else "series", owner_id,
-                  files=[r.id for r in rows], bytes=sum(r.size for r in rows))
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                raise ValidationError("archive file already recorded by a concurrent writer") from None
-            return rows
+        except IntegrityError:
+            raise ValidationError("archive file already recorded by a concurrent writer") from None
+        audit(db, actor, "files.add", "derivative" if is_derivative else "series", owner.id,
+              files=[r.id for r in rows], bytes=sum(r.size for r in rows))
+        return rows
     except BaseException as exc:
-        _remove_unrecorded(site, root, [relpath for relpath, _, _ in written])
-        if isinstance(exc, (IncloudError, KeyboardInterrupt, SystemExit)):
-            raise
+        _discard_written(db, root, [relpath for relpath, _d, _s in written])
         if isinstance(exc, OSError):
             raise StorageError(f"cannot write under {root}: {exc.strerror or type(exc).__name__}") from None
         raise
+
+
+def register_series(site: Any, actor: Actor, db: DB, session: int | Session, datatype: str, suffix: str,
+                    files: Mapping[str, Source], entities: Mapping[str, Any] | None = None,
+                    params: Mapping[str, Any] | None = None, **series_fields: Any) -> tuple[Series, list[DataFile]]:
+    """Add a series AND its files in the caller's ``records.transaction`` ``db``: one commit for the series
+    row, the file rows and the audit events (``add_series`` then ``add_files(db=db)``; see both).
+
+    Files are written atomically before the commit; if the transaction rolls back they are removed; a crash
+    before the commit leaves only orphan files (the sweeper quarantines them), never a series without files.
+    ``series_fields`` are ``add_series``' keywords (modality, protocol_name, series_uid, qc_status).
+    """
+    series = add_series(db, actor, session, datatype, suffix, entities, params, **series_fields)
+    rows = add_files(site, actor, series, files, db=db, overwrite_unrecorded=True)
+    return series, rows
+
+
+def register_derivative(site: Any, actor: Actor, db: DB, session: int | Session, pipeline: str, version: str,
+                        files: Mapping[str, Source], inputs: Iterable[int | str] = ()) -> tuple[Derivative, list[DataFile]]:
+    """Add a derivative AND its files in one commit of the caller's ``records.transaction`` (as
+    ``register_series``)."""
+    derivative = add_derivative(db, actor, session, pipeline, version, inputs)
+    rows = add_files(site, actor, derivative, files, db=db, overwrite_unrecorded=True)
+    return derivative, rows
+
+
+REPLACE_PREFIX = f"{TMP_PREFIX}replace-"
+
+
+def replace_files(site: Any, actor: Actor, target: Series | Derivative | int, files: Mapping[str, Source], *,
+                  derivative: bool | None = None, db: DB | None = None) -> list[DataFile]:
+    """Swap ALL files of a series (or derivative) for ``files`` -- e.g. a series reconverted after late
+    instances were merged; needs ``write``.
+
+    Order: the new contents are written atomically (temp, fsync, rename) under staging names
+    (``.incloud-tmp-replace-*`` beside their targets, which readers, BIDS tools and ``verify`` ignore and the
+    sweeper removes); then the old rows are deleted and the new rows (SHA-256, bytes) plus one audit event
+    added in one transaction (``db``'s, committed by the caller, or this call's own); only after that commit
+    are the staged files renamed onto their final names and the old files no new row records unlinked.
+    A failure before the commit removes the staged files and leaves the series as it was. A crash after
+    the commit but before the renames (milliseconds) leaves rows whose checksums ``verify`` reports as corrupt
+    until the same replacement is run again (the ingest chain re-runs its job). Returns the new rows.
+    """
+    if db is not None:
+        root = _in_transaction(db)
+        return _replace_files_in(db, root, actor, target, files, derivative)
+    with transaction(site) as own:
+        return _replace_files_in(own, site.archive_root, actor, target, files, derivative)
+
+
+def _replace_files_in(db: DB, root: Path, actor: Actor, target: Series | Derivative | int,
+                      files: Mapping[str, Source], derivative: bool | None) -> list[DataFile]:
+    owner, relpaths, kind, is_derivative = _owner_and_paths(db, actor, target, files, derivative)
+    column = DataFile.derivative_id if is_derivative else DataFile.series_id
+    old = {f.relpath: f for f in db.scalars(select(DataFile).where(column == owner.id))}
+    taken = db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(list(relpaths.values())),
+                                                       column.is_(None) | (column != owner.id))).first()
+    if taken is not None:
+        raise ValidationError(f"archive file already recorded: {taken}")
+    if not (root / "dataset_description.json").exists():
+        ensure_dataset(root)
+    staged: list[tuple[str, str, str, int]] = []  # (final relpath, staged relpath, sha256, size)
+    attempted: list[str] = []
+    try:
+        for key, relpath in relpaths.items():
+            rel = PurePosixPath(relpath)
+            staging = str(rel.parent / f"{REPLACE_PREFIX}{uuid.uuid4().hex[:12]}-{rel.name}")
+            db.info.setdefault("staged_files", []).append(staging)
+            attempted.append(staging)
+            digest, size = _stage(root / staging, files[key])
+            staged.append((relpath, staging, digest, size))
+        for row in old.values():
+            db.delete(row)
+        db.flush()
+        rows = [DataFile(relpath=relpath, project_id=owner.project_id, sha256=digest, size=size, kind=kind,
+                         series_id=None if is_derivative else owner.id,
+                         derivative_id=owner.id if is_derivative else None)
+                for relpath, _staging, digest, size in staged]
+        db.add_all(rows)
+        try:
+            db.flush()
+        except IntegrityError:
+            raise ValidationError("archive file already recorded by a concurrent writer") from None
+        audit(db, actor, "files.replace", "derivative" if is_derivative else "series", owner.id,
+              files=[r.id for r in rows], replaced=len(old), bytes=sum(r.size for r in rows))
+    except BaseException as exc:
+        for staging in attempted:
+            _unlink(root, staging)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write under {root}: {exc.strerror or type(exc).__name__}") from None
+        raise
+    db.info.setdefault("renames", []).extend((staging, relpath) for relpath, staging, _d, _s in staged)
+    new_paths = {relpath for relpath, *_ in staged}
+    db.info.setdefault("unlink_after_commit", []).extend(r for r in old if r not in new_paths)
+    return rows
 
 
 Removable = Participant | Session | Series | Derivative | DataFile
@@ -518,26 +722,23 @@ def remove(site: Any, actor: Actor, target: Removable) -> int:
     return len(relpaths)
 
 
-def _remove_unrecorded(site: Any, root: Path, relpaths: list[str]) -> None:
-    """Undo this call's writes, but never remove a file that a row (a concurrent writer's) now records."""
+def _remove_unrecorded(engine: Any, root: Path, relpaths: list[str]) -> None:
+    """Undo writes, but never remove a file that a committed row (a concurrent writer's) records."""
     if not relpaths:
         return
     try:
-        with session_factory(site.engine)() as db:
+        with session_factory(engine)() as db:
             recorded = set(db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(relpaths))))
     except Exception:  # noqa: BLE001 - database gone: leave the files to the sweeper
         return
     for relpath in relpaths:
         if relpath not in recorded:
-            try:
-                (root / relpath).unlink(missing_ok=True)
-            except OSError:
-                pass  # the sweeper removes it
+            _unlink(root, relpath)
 
 
 __all__ = [
     "DATATYPES", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
     "write_participants_tsv", "add_participant", "update_participant", "add_session", "add_series",
     "set_qc_status", "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
-    "add_files", "remove",
+    "add_files", "register_series", "register_derivative", "replace_files", "remove",
 ]
