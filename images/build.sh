@@ -22,5 +22,8 @@ if ! "${P[@]}" image exists localhost/debian:bookworm; then
   tar -C "$WORK/rootfs" -c . | "${P[@]}" import - localhost/debian:bookworm >/dev/null
   rm -rf "$WORK/rootfs"
 fi
-"${P[@]}" build --isolation chroot -f "$REPO/images/Containerfile" -t "$TAG" "$REPO"
+# Sites behind a TLS-inspecting proxy trust its CA in the host bundle: lend that bundle to pip in the build.
+CA=(); [ -f /etc/ssl/certs/ca-certificates.crt ] && \
+  CA=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
+"${P[@]}" build --isolation chroot "${CA[@]}" -f "$REPO/images/Containerfile" -t "$TAG" "$REPO"
 "${P[@]}" run --rm "$TAG" python -c "import incloud_kernel; print('incloud_kernel', incloud_kernel.__version__)"
