@@ -204,6 +204,9 @@ class IngestSection:
     unmatched: str = "skip"
     #: Command run after each archive commit with the new archive-relative paths as arguments; empty: none.
     backup_command: str = ""
+    #: Seconds between heartbeats a worker writes into the journal of the job it runs; a running job whose
+    #: heartbeat is older than 3 intervals (or whose worker pid is gone on this host) is shown as interrupted.
+    heartbeat_interval: float = 5.0
 
 
 SECTIONS: dict[str, type] = {

@@ -81,3 +81,32 @@ def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int
                 ds.save_as(path, enforce_file_format=True)
                 written.setdefault(description, []).append(path)
     return written
+
+
+def add_secondary_capture(out: Path, like: Path) -> Path:
+    """A burned-in secondary capture (BurnedInAnnotation YES) in the study of ``like``, in its own series."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    src = pydicom.dcmread(like)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    sop = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    for keyword in (*PATIENT, "StudyInstanceUID", "StudyDate", "StudyTime"):
+        if keyword in src:
+            setattr(ds, keyword, src.data_element(keyword).value)
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 99, "screen save"
+    ds.InstanceNumber, ds.BurnedInAnnotation = 1, "YES"
+    ds.Rows, ds.Columns = 16, 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(256)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sc_000.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

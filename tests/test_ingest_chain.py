@@ -19,7 +19,7 @@ from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
 from incloud_kernel.site import Site
-from ingest_data import PATIENT, make_small_study
+from ingest_data import PATIENT, add_secondary_capture, make_small_study
 
 INCLOUD = str(Path(sys.executable).with_name("incloud"))
 BIDS_VALIDATOR = Path("/opt/incloud/node/node_modules/.bin/bids-validator")
@@ -141,3 +141,44 @@ def test_zip_and_dicomdir_inputs(ready, tmp_path: Path) -> None:
     archive = shutil.make_archive(str(tmp_path / "study"), "zip", tmp_path / "src")
     assert run_ingest(env, Path(archive)).returncode == 0
     assert len(series_rows(site)) == 3
+
+
+def test_burned_in_secondary_capture_is_quarantined_alone_and_the_rest_archived(ready, tmp_path: Path) -> None:
+    site, env = ready
+    files = make_small_study(tmp_path / "src")
+    add_secondary_capture(tmp_path / "src" / "sc", files["t1_mprage"][0])
+    result = run_ingest(env, tmp_path / "src")
+    assert result.returncode == 0, result.stderr
+    assert sorted((r.datatype, r.suffix) for r in series_rows(site)) == [("anat", "T1w"), ("dwi", "dwi"),
+                                                                         ("func", "bold")]
+    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    assert reason["step"] == "deidentify" and reason["reason"].startswith("burned-in-annotation")
+    assert reason["files"] == 1 and reason["job_id"].endswith("-held-1")
+    status = subprocess.run([INCLOUD, "ingest", "status"], capture_output=True, text=True,
+                            env=dict(os.environ, **env), timeout=60)
+    assert "burned-in-annotation" in status.stdout
+    for value in PATIENT.values():
+        if len(value) >= 4:
+            assert value not in result.stderr + result.stdout + status.stdout
+
+
+@pytest.mark.parametrize("damage", ["no SOP class", "one slice burned-in"])
+def test_a_deidentification_failure_of_an_imaging_series_quarantines_the_whole_study(ready, tmp_path: Path,
+                                                                                       damage: str) -> None:
+    import pydicom
+
+    site, env = ready
+    files = make_small_study(tmp_path / "src")
+    victim = files["t1_mprage"][3]
+    ds = pydicom.dcmread(victim)
+    if damage == "no SOP class":  # not a composite instance: de-identification refuses it
+        del ds.SOPClassUID
+        del ds.file_meta.MediaStorageSOPClassUID
+    else:
+        ds.BurnedInAnnotation = "YES"
+    ds.save_as(victim)
+    result = run_ingest(env, tmp_path / "src")
+    assert result.returncode != 0 and "quarantined at step deidentify" in result.stderr
+    assert series_rows(site) == [] and file_count(site) == 0  # never half-archived
+    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    assert reason["files"] == 8 + 4 * 8 + 4 * 8

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from conftest import require_tool
@@ -96,6 +97,30 @@ def test_stored_study_is_routed_archived_and_removed_from_orthanc(edge: Edge, si
     assert "waiting in Orthanc: 0" in status.stdout and "archived" in status.stdout
 
 
+def test_study_sent_by_stow_rs_is_archived_end_to_end(edge: Edge, site: Site, tmp_path: Path) -> None:
+    """DICOMweb STOW-RS (authenticated, one multipart request) instead of C-STORE: same feed, same chain."""
+    make_small_study(tmp_path / "a", seed=5)
+    files = all_files(tmp_path / "a")
+    boundary = "incloudstowboundary"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes()
+                    + b"\r\n" for f in files) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    stow = requests.post(f"{edge.url}/dicom-web/studies", data=body, headers=headers, auth=edge.auth, timeout=120)
+    assert stow.status_code == 200, stow.status_code
+    assert "00081199" in stow.json() and "00081198" not in stow.json()  # referenced, none failed
+    assert orthanc_instances(edge) == len(files)
+    worker = start_worker(edge)
+    try:
+        wait_for(lambda: len(archived(site)) == 3 and orthanc_instances(edge) == 0)
+    finally:
+        stop(worker)
+    rows = archived(site)
+    # No calling AE title over HTTP: no AE rule matches, so the study waits in the unassigned inbox.
+    assert [(r[0], r[2], r[3]) for r in rows] == [("T1w", 8, "unassigned"), ("bold", 32, "unassigned"),
+                                                  ("dwi", 32, "unassigned")]
+
+
 def test_worker_killed_mid_study_resumes_and_archives_exactly_once(edge: Edge, site: Site, tmp_path: Path) -> None:
     make_small_study(tmp_path / "a", seed=3)
     assert edge.store(*all_files(tmp_path / "a"), aet="SCANNER1").returncode == 0
@@ -105,12 +130,25 @@ def test_worker_killed_mid_study_resumes_and_archives_exactly_once(edge: Edge, s
     time.sleep(0.5)  # somewhere inside the chain
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    # The killed worker's job is shown as interrupted (dead pid on this host), not as running forever.
+    status = subprocess.run([INCLOUD, "ingest", "status"], env=edge.env, capture_output=True, text=True, timeout=60)
+    assert "in progress: 0" in status.stdout, status.stdout
+    assert "interrupted (worker gone, not yet retried): 1" in status.stdout
+    (killed,) = [json.loads(p.read_text()) for p in jobs.glob("*.json")]
+    assert killed["worker"]["pid"] == worker.pid and killed["heartbeat"] > 0
     worker = start_worker(edge)
     try:
         wait_for(lambda: len(archived(site)) == 3 and orthanc_instances(edge) == 0)
         time.sleep(2 * 0.3 + 1)  # a few more polls: nothing is archived twice
     finally:
         stop(worker)
+    # The next worker took the interrupted job over: marked interrupted, retried by a job that archived it.
+    journal = {j["job_id"]: j for j in (json.loads(p.read_text()) for p in jobs.glob("*.json"))}
+    assert journal[killed["job_id"]]["state"] == "interrupted"
+    retry = journal[journal[killed["job_id"]]["retried_by"]]
+    assert retry["state"] == "archived" and retry["retry_of"] == killed["job_id"]
+    status = subprocess.run([INCLOUD, "ingest", "status"], env=edge.env, capture_output=True, text=True, timeout=60)
+    assert "interrupted (worker gone, not yet retried): 0" in status.stdout and "in progress: 0" in status.stdout
     rows = archived(site)
     assert [r[0] for r in rows] == ["T1w", "bold", "dwi"] and [r[2] for r in rows] == [8, 32, 32]
     with transaction(site.engine) as db:

@@ -59,7 +59,7 @@ def _files_of(path: Path, scratch: Path) -> list[Path]:
 def ingest_path(path: Path, project: str) -> None:
     """Ingest a folder, zip or DICOMDIR into PROJECT (same chain as the worker; failures go to quarantine)."""
     from incloud_kernel.ingest.chain import ChainFailure, IngestChain
-    from incloud_kernel.ingest.quarantine import quarantine_study
+    from incloud_kernel.ingest.quarantine import quarantine_held_back, quarantine_study
     from incloud_kernel.site import Site
 
     site = Site.open()
@@ -75,6 +75,9 @@ def ingest_path(path: Path, project: str) -> None:
             quarantine_study(site.config.quarantine, job_id, files, reason=exc.reason, step=exc.step,
                              source="path")
             raise ValidationError(f"{job_id} quarantined at step {exc.step}: {exc.reason}") from None
+        held = quarantine_held_back(site.config.quarantine, job_id, outcomes, source="path")
+    for folder in held:
+        click.echo(f"held back  {folder.name} (quarantined): see incloud ingest status", err=True)
     for outcome in outcomes:
         for s in outcome.series:
             click.echo(f"{s.status:10} series {s.series_id or '-'} {s.name}")
@@ -122,10 +125,16 @@ def status(as_json: bool) -> None:
     click.echo(f"in progress: {len(st.in_progress)}")
     for j in st.in_progress:
         click.echo(f"  {j['job_id']}  {j.get('instances', '?')} instance(s)  project {j.get('project', '?')}")
+    click.echo(f"interrupted (worker gone, not yet retried): {len(st.interrupted)}")
+    for j in st.interrupted:
+        worker = j.get("worker") or {}
+        click.echo(f"  {j['job_id']}  worker pid {worker.get('pid', '?')} on {worker.get('host', '?')}: "
+                   "no heartbeat; the next worker ingests the study again")
     click.echo(f"failed (quarantined): {len(st.failed)}")
     for f in st.failed:
         click.echo(f"  {f['job_id']}  step {f['step']}: {f['reason']}")
     if st.recent:
         click.echo("recent:")
         for j in st.recent:
-            click.echo(f"  {j['job_id']}  {j.get('state')}  project {j.get('project', '-')}")
+            retry = f"  retried by {j['retried_by']}" if j.get("retried_by") else ""
+            click.echo(f"  {j['job_id']}  {j.get('state')}  project {j.get('project', '-')}{retry}")

@@ -27,7 +27,7 @@ import nibabel as nib
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from incloud_kernel.archive import records
 from incloud_kernel.archive.models import DataFile, Participant, Project, Series, Session
@@ -66,11 +66,26 @@ class SeriesOutcome:
 
 
 @dataclass
+class HeldBack:
+    """Instances the de-identification held back (burned-in text): quarantined, the rest of the study archived."""
+
+    paths: list[Path]
+    reason: str
+
+
+class _HeldBack(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
 class StudyOutcome:
     project: str
     participant: str
     session: str
     series: list[SeriesOutcome] = field(default_factory=list)
+    held_back: list[HeldBack] = field(default_factory=list)
 
     @property
     def stored_anything(self) -> bool:
@@ -138,13 +153,15 @@ class IngestChain:
     def _deidentify(self, ds: Dataset) -> Dataset:
         """PS3.15 de-identification with the site profile (``incloud_kernel.deid``)."""
         try:
-            from incloud_kernel.deid import DeidContext, DeidError, deidentify
+            from incloud_kernel.deid import BurnedInText, DeidContext, DeidError, deidentify
         except ImportError:
             raise ChainFailure("deidentify", "the de-identification component is not installed") from None
         if self._deid_context is None:
             self._deid_context = DeidContext.for_site(self.site)
         try:
             return deidentify(ds, self._deid_context)
+        except BurnedInText as exc:  # a policy hold, not a failure: the caller decides per series
+            raise _HeldBack(str(exc.reason)) from None
         except DeidError as exc:
             raise ChainFailure("deidentify", str(exc)) from None
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
@@ -197,8 +214,16 @@ class IngestChain:
         series_files: dict[str, dict[str, Path]] = {}
         facts_src: dict[str, Dataset] = {}
         first_deid: Dataset | None = None
-        for _path, ds in items:
-            clean = self._deidentify(ds)
+        held: dict[str, HeldBack] = {}  # original SeriesInstanceUID -> instances held back (burned-in text)
+        passed: set[str] = set()  # original SeriesInstanceUIDs with at least one de-identified instance
+        for path, ds in items:
+            try:
+                clean = self._deidentify(ds)
+            except _HeldBack as hb:
+                entry = held.setdefault(str(ds.SeriesInstanceUID), HeldBack([], hb.reason))
+                entry.paths.append(path)
+                continue
+            passed.add(str(ds.SeriesInstanceUID))
             first_deid = first_deid or clean
             suid, iuid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
             if not re.match(r"^[0-9.]+$", suid) or not re.match(r"^[0-9.]+$", iuid):
@@ -208,10 +233,21 @@ class IngestChain:
             clean.save_as(target, enforce_file_format=True)
             series_files.setdefault(suid, {})[iuid] = target
             facts_src.setdefault(suid, ds)
-        assert first_deid is not None
+        # A whole series held back for burned-in text (a secondary capture, a screen save) is quarantined on its
+        # own and the rest archived; a series only partly held back, or a study with nothing left, is not
+        # archived at all (never half a series). Any other de-identification failure raised ChainFailure above.
+        if held.keys() & passed:
+            raise ChainFailure("deidentify", "a series has instances held back for burned-in text and others not")
+        if first_deid is None:
+            reasons = sorted({h.reason for h in held.values()})
+            raise ChainFailure("deidentify", "every instance was held back: " + "; ".join(reasons))
         participant = self._participant_label(first_deid)
         session = _label("s", self.key, "session:" + str(first_deid.StudyInstanceUID), 8)
-        outcome = StudyOutcome(project=project, participant=participant, session=session)
+        outcome = StudyOutcome(project=project, participant=participant, session=session,
+                               held_back=list(held.values()))
+        for entry in outcome.held_back:
+            log.info("%d instance(s) of one series held back (%s); quarantined, the rest of the study goes on",
+                     len(entry.paths), entry.reason)
         # 2. per series: merge into the de-identified cache, convert, name, reface -- all before archiving,
         #    so that a failing series keeps the whole study out of the archive.
         prepared: list[_Prepared | SeriesOutcome] = []
@@ -319,34 +355,30 @@ class IngestChain:
                                                       Session.label == study.session))
             if session is None:
                 session = records.add_session(db, self.actor, participant, study.session)
+            # Series row, file rows and audit events commit together (records.register_series /
+            # replace_files in this transaction); a failure removes the files written, a crash leaves only
+            # orphan files for the sweeper -- never a series without its files.
             if existing is None:
-                entities = dict(name.entities)
-                series = self._add_series_with_run(db, session, name, entities, params, suid, original)
+                series, rows = self._add_series_with_run(db, session, name, dict(name.entities), params, suid,
+                                                         original, payload)
             else:
                 series = db.get(Series, existing[0])
                 assert series is not None
-                if existing[1]:  # merge: drop the old files' rows, reconvert below
-                    old = list(db.scalars(select(DataFile.relpath).where(DataFile.series_id == series.id)))
-                    db.execute(delete(DataFile).where(DataFile.series_id == series.id))
+                if existing[1]:  # merge: the reconverted files replace the old ones, rows swapped in one commit
                     series.params = params
-                    audit(db, self.actor, "series.reconvert", "series", series.id, files=len(old))
+                    rows = records.replace_files(self.site, self.actor, series, payload, db=db)
                     status = "merged"
-                    for rel in old:
-                        (self.site.archive_root / rel).unlink(missing_ok=True)
-            series_id = series.id
-            stem = records.bids_stem(series)
-            targets = [records.series_relpath(series, ext) for ext in payload]
-            recorded = set(db.scalars(select(DataFile.relpath).where(DataFile.relpath.in_(targets))))
-        for rel in targets:  # files a crash left on disk without their rows: the re-run replaces them
-            if rel not in recorded:
-                (self.site.archive_root / rel).unlink(missing_ok=True)
-        rows = records.add_files(self.site, self.actor, series_id, payload)
-        with records.transaction(self.site) as db:
-            audit(db, self.actor, "series.ready_for_qc", "series", series_id)
-        return SeriesOutcome(suid, status, series_id, [r.relpath for r in rows], Path(stem).name)
+                else:  # a series row without files (left by an older release): give it its files
+                    rows = records.add_files(self.site, self.actor, series, payload, db=db,
+                                             overwrite_unrecorded=True)
+            audit(db, self.actor, "series.ready_for_qc", "series", series.id)
+            series_id, stem = series.id, records.bids_stem(series)
+            relpaths = [r.relpath for r in rows]
+        return SeriesOutcome(suid, status, series_id, relpaths, Path(stem).name)
 
     def _add_series_with_run(self, db: Any, session: Session, name: BidsName, entities: dict[str, str],
-                             params: dict[str, Any], suid: str, original: Dataset) -> Series:
+                             params: dict[str, Any], suid: str, original: Dataset,
+                             payload: dict[str, Any]) -> tuple[Series, list[DataFile]]:
         """Add the series; a second series with the same BIDS name in the session gets ``run-2``, ``run-3``..."""
         same = [s for s in db.scalars(select(Series).where(Series.session_id == session.id,
                                                            Series.datatype == name.datatype,
@@ -356,8 +388,8 @@ class IngestChain:
             entities = {**entities, "run": str(len(same) + 1)}
         modality = str(original.get("Modality", "MR") or "MR")
         modality = modality if re.match(r"^[A-Z0-9]{1,16}$", modality) else "MR"
-        return records.add_series(db, self.actor, session, name.datatype, name.suffix, entities, params,
-                                  modality=modality, series_uid=suid)
+        return records.register_series(self.site, self.actor, db, session, name.datatype, name.suffix, payload,
+                                       entities, params, modality=modality, series_uid=suid)
 
     def _backup(self, relpaths: list[str]) -> None:
         """Run the site's backup hook with the new archive-relative paths; a failing hook is logged, not fatal."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -28,7 +29,7 @@ from incloud_kernel.dicom.orthanc_client import OrthancClient, OrthancUnavailabl
 from incloud_kernel.dicom.routing import route_study
 from incloud_kernel.errors import IncloudError
 from incloud_kernel.ingest.chain import ChainFailure, IngestChain
-from incloud_kernel.ingest.quarantine import quarantine_study
+from incloud_kernel.ingest.quarantine import quarantine_held_back, quarantine_study
 from incloud_kernel.site import Site
 
 log = logging.getLogger(__name__)
@@ -95,21 +96,26 @@ class Cursor:
 
 
 class Journal:
-    """One small JSON file per job: state (running, archived, unchanged, quarantined), counts, reason."""
+    """One small JSON file per job: state (running, archived, unchanged, quarantined, interrupted), counts, reason,
+    the worker (pid, host) and its last heartbeat while running."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._lock = threading.Lock()  # the worker's heartbeat thread writes too
 
-    def write(self, job_id: str, **fields: Any) -> None:
+    def write(self, job_id: str, *, only_if_running: bool = False, **fields: Any) -> None:
         path = self.folder / f"{job_id}.json"
-        data: dict[str, Any] = {}
-        if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError:
-                data = {}
-        data.update(fields, job_id=job_id, updated=time.time())
-        _atomic_json(path, data)
+        with self._lock:
+            data: dict[str, Any] = {}
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text())
+                except ValueError:
+                    data = {}
+            if only_if_running and data.get("state") != "running":
+                return
+            data.update(fields, job_id=job_id, updated=time.time())
+            _atomic_json(path, data)
 
     def all(self) -> list[dict[str, Any]]:
         out = []
@@ -119,6 +125,60 @@ class Journal:
             except (OSError, ValueError):
                 continue
         return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def job_state(job: dict[str, Any], heartbeat_interval: float, now: float | None = None) -> str:
+    """The state to show for a journal entry: a ``running`` job whose worker is gone is ``interrupted``.
+
+    Gone means: the recorded worker pid no longer exists on this host, or (any host) the last heartbeat is older
+    than three ``heartbeat_interval`` seconds. Entries without worker data (older journals) use the heartbeat
+    or, failing that, the ``updated`` time.
+    """
+    state = str(job.get("state", "?"))
+    if state != "running":
+        return state
+    worker = job.get("worker") or {}
+    if worker.get("host") == socket.gethostname() and isinstance(worker.get("pid"), int):
+        if not _pid_alive(worker["pid"]):
+            return "interrupted"
+    beat = float(job.get("heartbeat") or job.get("updated") or 0)
+    if (now or time.time()) - beat > 3 * max(heartbeat_interval, 0.1):
+        return "interrupted"
+    return "running"
+
+
+class _Heartbeat:
+    """Writes ``heartbeat`` into a running job's journal entry every interval, from a daemon thread."""
+
+    def __init__(self, journal: Journal, job_id: str, interval: float) -> None:
+        self.journal, self.job_id, self.interval = journal, job_id, max(interval, 0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.journal.write(self.job_id, only_if_running=True, heartbeat=time.time())
+            except OSError:
+                log.warning("job %s: cannot write heartbeat", self.job_id)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class IngestWorker:
@@ -135,6 +195,7 @@ class IngestWorker:
         self.journal = Journal(self.paths.jobs)
         self.chain = IngestChain(site)
         self._lock_fh: Any = None
+        self._interrupted: dict[str, str] = {}
         self.stop_event = threading.Event()
 
     def acquire(self) -> None:
@@ -143,6 +204,23 @@ class IngestWorker:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise WorkerBusy(f"another ingest worker holds {self.paths.lock}") from None
+        self._take_over_interrupted()
+
+    def _take_over_interrupted(self) -> None:
+        """Holding the site's worker lock, every job still marked ``running`` belongs to a dead worker: mark it
+        ``interrupted``. Its study is still in Orthanc (deleted only after a commit) and its change was not
+        acknowledged in the cursor, so this worker ingests it again (the chain is idempotent); the new job
+        records ``retry_of``."""
+        for job in self.journal.all():
+            if job.get("state") != "running":
+                continue
+            worker = job.get("worker") or {}
+            self.journal.write(job["job_id"], state="interrupted", finished=time.time(),
+                               reason=f"worker pid {worker.get('pid', '?')} stopped before the job finished; "
+                                      "the study is ingested again")
+            if job.get("orthanc_study"):
+                self._interrupted[str(job["orthanc_study"])] = str(job["job_id"])
+            log.warning("job %s was interrupted (worker gone); its study is ingested again", job["job_id"])
 
     # ------------------------------------------------------------------ one study
     def handle_study(self, study_id: str) -> str:
@@ -151,8 +229,17 @@ class IngestWorker:
         if not instance_ids:
             return "gone"
         job_id = f"job-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        retry_of = self._interrupted.pop(study_id, None)
         self.journal.write(job_id, state="running", orthanc_study=study_id, instances=len(instance_ids),
-                           started=time.time())
+                           started=now, heartbeat=now, worker={"pid": os.getpid(), "host": socket.gethostname()},
+                           **({"retry_of": retry_of} if retry_of else {}))
+        if retry_of:
+            self.journal.write(retry_of, retried_by=job_id)
+        with _Heartbeat(self.journal, job_id, self.config.ingest.heartbeat_interval):
+            return self._handle(study_id, job_id, instance_ids)
+
+    def _handle(self, study_id: str, job_id: str, instance_ids: list[str]) -> str:
         download = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._private(self.paths.downloads)))
         try:
             files: list[Path] = []
@@ -182,10 +269,13 @@ class IngestWorker:
                                    finished=time.time())
                 log.warning("job %s quarantined at step %s", job_id, exc.step)
                 return "quarantined"
-            self.client.delete_instances(taken)  # only after the archive committed
+            held = quarantine_held_back(self.config.quarantine, job_id, outcomes, source=f"orthanc:{study_id}")
+            self.client.delete_instances(taken)  # only after the archive committed (and held-back were quarantined)
             stored = any(o.stored_anything for o in outcomes)
             state = "archived" if stored else "unchanged"
             self.journal.write(job_id, state=state, finished=time.time(),
+                               held_back=sum(len(h.paths) for o in outcomes for h in o.held_back),
+                               quarantined=[p.name for p in held],
                                series=[{"series_id": s.series_id, "status": s.status, "name": s.name}
                                        for o in outcomes for s in o.series])
             log.info("job %s %s: %d instance(s), %d series", job_id, state, len(taken),

@@ -61,3 +61,14 @@ def list_quarantine(root: Path) -> list[QuarantineEntry]:
                                        str(info.get("source")), int(info.get("files", 0)),
                                        float(info.get("at", 0)), reason_file.parent))
     return entries
+
+
+def quarantine_held_back(root: Path, job_id: str, outcomes: list, *, source: str) -> list[Path]:
+    """Quarantine the instances the de-identification held back (``StudyOutcome.held_back``), one entry per
+    held-back series (``<job_id>-held-<n>``) with its value-free reason; returns the entries' folders."""
+    folders: list[Path] = []
+    for outcome in outcomes:
+        for held in outcome.held_back:
+            folders.append(quarantine_study(root, f"{job_id}-held-{len(folders) + 1}", list(held.paths),
+                                            reason=held.reason, step="deidentify", source=source))
+    return folders
