@@ -155,3 +155,42 @@ def test_clean_stop_stops_orthanc(edge: Edge) -> None:
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+WORKLIST_DUMP = """
+(0008,0005) CS [ISO_IR 100]
+(0008,0050) SH [ACC0001]
+(0010,0010) PN [Worklist^Test]
+(0010,0020) LO [WL0001]
+(0020,000d) UI [1.2.826.0.1.3680043.9.7777.1]
+(0032,1060) LO [Brain MRI]
+(0040,0100) SQ
+(fffe,e000) -
+(0008,0060) CS [MR]
+(0040,0001) AE [INCLOUD]
+(0040,0002) DA [20261122]
+(0040,0003) TM [090000]
+(0040,0009) SH [SPS0001]
+(fffe,e00d) -
+(fffe,e0dd) -
+(0040,1001) SH [RP0001]
+"""
+
+
+def test_worklist_plugin_answers_cfind_for_a_file_in_its_folder(edge: Edge, tmp_path: Path) -> None:
+    """The clean place the reservation issue fills: a .wl file in <spool>/orthanc/worklists is served."""
+    require_tool("dump2dcm")
+    dump = tmp_path / "item.dump"
+    dump.write_text(WORKLIST_DUMP)
+    folder = edge.home / "spool" / "orthanc" / "worklists"
+    made = dcmtk("dump2dcm", "-g", "+te", str(dump), str(folder / "item.wl"))
+    assert made.returncode == 0, made.stderr
+    find = dcmtk("findscu", "-W", "-aet", "SCANNER1", "-aec", edge.ae_title,
+                 "-k", "ScheduledProcedureStepSequence[0].Modality=MR", "-k", "AccessionNumber",
+                 "-k", "PatientID", "127.0.0.1", str(edge.port))
+    assert find.returncode == 0, find.stderr
+    assert "ACC0001" in find.stdout + find.stderr and "WL0001" in find.stdout + find.stderr
+    none = dcmtk("findscu", "-W", "-aet", "SCANNER1", "-aec", edge.ae_title,
+                 "-k", "ScheduledProcedureStepSequence[0].Modality=CT", "-k", "AccessionNumber",
+                 "127.0.0.1", str(edge.port))
+    assert none.returncode == 0 and "ACC0001" not in none.stdout + none.stderr

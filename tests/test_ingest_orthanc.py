@@ -108,7 +108,9 @@ def test_study_sent_by_stow_rs_is_archived_end_to_end(edge: Edge, site: Site, tm
                "Accept": "application/dicom+json"}
     stow = requests.post(f"{edge.url}/dicom-web/studies", data=body, headers=headers, auth=edge.auth, timeout=120)
     assert stow.status_code == 200, stow.status_code
-    assert "00081199" in stow.json() and "00081198" not in stow.json()  # referenced, none failed
+    answer = stow.json()
+    assert len(answer["00081199"]["Value"]) == len(files)  # every instance referenced...
+    assert not answer.get("00081198", {}).get("Value")  # ...and none failed
     assert orthanc_instances(edge) == len(files)
     worker = start_worker(edge)
     try:

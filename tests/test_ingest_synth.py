@@ -1,8 +1,14 @@
-"""A synthetic T1w+BOLD+DWI study (``incloud_kernel.synth.make_study``) through ``incloud serve dicom`` and the
-worker with refacing on: archived as valid BIDS, de-identified (leak checker finds nothing), T1w refaced."""
+"""A synthetic T1w+BOLD+DWI study with its burned-in secondary capture (``incloud_kernel.synth.make_study``)
+through ``incloud serve dicom`` and the worker with refacing on: archived as valid BIDS, de-identified (the leak
+checker finds nothing), T1w refaced, the secondary capture quarantined alone, no faced DICOM left in the cache.
+
+Run on SQLite only (the slowest test of the suite: refacing and three conversions); the database layer of the
+chain is covered on SQLite and PostgreSQL by test_records_transactions, test_ingest_chain and test_ingest_orthanc.
+The study is as small as the criterion allows: 2 mm T1w, 4 BOLD volumes, 6 DWI directions.
+"""
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -13,13 +19,12 @@ from test_ingest_chain import check_bids
 from test_ingest_orthanc import archived, edge, orthanc_instances, start_worker, stop, wait_for  # noqa: F401
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_path: Path) -> None:  # noqa: F811
-    try:
-        from incloud_kernel.synth import make_study
+    from incloud_kernel.synth import make_study
 
-        make_study(tmp_path / "src", seed=7, small=True, participant_id="synth007", secondary_capture=False)
-    except ImportError as exc:  # the generator is still being written (issue 3)
-        pytest.skip(f"synthetic cohort generator incomplete: {exc.name}")
+    make_study(tmp_path / "src", seed=7, small=True, participant_id="synth007", secondary_capture=True,
+               bold_volumes=4, dwi_directions=6)
     files = sorted(p for p in (tmp_path / "src").rglob("*.dcm"))
     edge.env["INCLOUD_INGEST_REFACE"] = "true"
     assert edge.store(*files, aet="SCANNER1").returncode == 0
@@ -31,15 +36,25 @@ def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_
     suffixes = {r[0] for r in archived(site)}
     assert {"T1w", "bold", "dwi"} <= suffixes
     check_bids(site.archive_root)
+    # The burned-in secondary capture was held back by de-identification: quarantined alone, with its reason.
+    (held,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    assert held["step"] == "deidentify" and held["reason"].startswith("burned-in-annotation") and held["files"] == 1
     from incloud_kernel.deid.verify import verify
 
-    report = verify([site.config.spool / "ingest" / "deid-cache"], [tmp_path / "src"])
+    cache = site.config.spool / "ingest" / "deid-cache"
+    report = verify([cache], [tmp_path / "src"])
     assert report.leaks == [] and report.outputs > 0
-    # Refaced: the archived T1w differs from a plain conversion of the same de-identified instances.
+    # Refaced, and no faced copy kept: the T1w's de-identified instances left the cache once it was archived.
+    t1_uid = next(r[1] for r in archived(site) if r[0] == "T1w")
+    assert not list((cache / t1_uid).glob("*.dcm"))
+    assert json.loads((cache / t1_uid / "archived.json").read_text())["cache_kept"] is False
     from incloud_kernel.ingest.convert import convert_series
 
-    t1_uid = next(r[1] for r in archived(site) if r[0] == "T1w")
-    plain = convert_series(site.config.spool / "ingest" / "deid-cache" / t1_uid, tmp_path / "plain")
+    import pydicom
+
+    t1_src = next(p.parent for p in files
+                  if "t1" in str(pydicom.dcmread(p, stop_before_pixels=True).SeriesDescription).lower())
+    plain = convert_series(t1_src, tmp_path / "plain")
     refaced = nib.load(str(next(site.archive_root.rglob("*_T1w.nii.gz"))))
     before, after = np.asarray(nib.load(str(plain.nifti)).dataobj), np.asarray(refaced.dataobj)
     assert before.shape == after.shape and not np.array_equal(before, after)

@@ -104,6 +104,7 @@ class _Prepared:
     existing: tuple[int, bool] | None
     cache: Path
     cached: set[str]
+    refaced: bool = False
 
 
 def _clean_text(value: Any) -> str:
@@ -250,22 +251,60 @@ class IngestChain:
                      len(entry.paths), entry.reason)
         # 2. per series: merge into the de-identified cache, convert, name, reface -- all before archiving,
         #    so that a failing series keeps the whole study out of the archive.
-        prepared: list[_Prepared | SeriesOutcome] = []
-        for suid in sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0)):
-            prepared.append(self._prepare_series(suid, series_files[suid], facts_src[suid], work))
-        # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
-        for item in prepared:
-            if isinstance(item, SeriesOutcome):
-                outcome.series.append(item)
-                continue
-            result = self._archive(item.suid, item.name, item.params, item.payload, outcome, item.original,
-                                   item.existing)
-            self._backup(result.relpaths)
-            tmp = item.cache / f".{ARCHIVED_MARKER}.tmp"
-            tmp.write_text(json.dumps(sorted(item.cached)))
-            os.replace(tmp, item.cache / ARCHIVED_MARKER)
-            outcome.series.append(result)
+        #    Instances this run adds to the cache are removed again if the study fails (or needs no archiving).
+        added: dict[str, list[Path]] = {}
+        try:
+            prepared: list[_Prepared | SeriesOutcome] = []
+            for suid in sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0)):
+                prepared.append(self._prepare_series(suid, series_files[suid], facts_src[suid], work,
+                                                     added.setdefault(suid, [])))
+            # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
+            for item in prepared:
+                if isinstance(item, SeriesOutcome):
+                    outcome.series.append(item)
+                    continue
+                result = self._archive(item.suid, item.name, item.params, item.payload, outcome, item.original,
+                                       item.existing)
+                self._backup(result.relpaths)
+                self._mark_archived(item)
+                added.pop(item.suid, None)
+                outcome.series.append(result)
+        finally:
+            for suid, paths in added.items():
+                self._drop_from_cache(suid, paths)
         return outcome
+
+    def _mark_archived(self, item: _Prepared) -> None:
+        """Record which instances the archive holds. A refaced series does not keep its de-identified DICOM:
+        those instances still show the face, so they are removed once the refaced image is archived."""
+        tmp = item.cache / f".{ARCHIVED_MARKER}.tmp"
+        tmp.write_text(json.dumps({"instances": sorted(item.cached), "cache_kept": not item.refaced}))
+        os.replace(tmp, item.cache / ARCHIVED_MARKER)
+        if item.refaced:
+            for path in item.cache.glob("*.dcm"):
+                path.unlink(missing_ok=True)
+
+    def _drop_from_cache(self, suid: str, paths: list[Path]) -> None:
+        """Remove instances a failed or no-op run copied into the cache (and the folder if nothing is left)."""
+        for path in paths:
+            path.unlink(missing_ok=True)
+        folder = self.cache_root / suid
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:
+            pass
+
+    @staticmethod
+    def _read_marker(cache: Path) -> tuple[set[str], bool]:
+        """(instance UIDs the archive holds, whether the cache keeps them); older markers are a bare list."""
+        marker = cache / ARCHIVED_MARKER
+        if not marker.exists():
+            return set(), True
+        data = json.loads(marker.read_text())
+        if isinstance(data, list):
+            return set(data), True
+        return set(data.get("instances", [])), bool(data.get("cache_kept", True))
 
     def _participant_label(self, clean: Dataset) -> str:
         pid = re.sub(r"[^A-Za-z0-9]", "", str(clean.get("PatientID", "") or ""))
@@ -273,21 +312,25 @@ class IngestChain:
             return pid
         return _label("p", self.key, "participant:" + str(clean.StudyInstanceUID))
 
-    def _prepare_series(self, suid: str, files: dict[str, Path], original: Dataset,
-                        work: Path) -> _Prepared | SeriesOutcome:
+    def _prepare_series(self, suid: str, files: dict[str, Path], original: Dataset, work: Path,
+                        added: list[Path]) -> _Prepared | SeriesOutcome:
         cache = self._ensure(self.cache_root / suid)
-        marker = cache / ARCHIVED_MARKER
-        archived_uids: set[str] = set(json.loads(marker.read_text())) if marker.exists() else set()
+        archived_uids, cache_kept = self._read_marker(cache)
         for iuid, path in files.items():
             dest = cache / f"{iuid}.dcm"
             if not dest.exists():
                 tmp = cache / f".{iuid}.tmp"
                 shutil.copyfile(path, tmp)
                 os.replace(tmp, dest)
+                added.append(dest)
         cached = {p.stem for p in cache.glob("*.dcm")}
         existing = self._existing_series(suid)
         if existing is not None and existing[1] and cached <= archived_uids:
-            return SeriesOutcome(suid, "unchanged", existing[0])
+            return SeriesOutcome(suid, "unchanged", existing[0])  # the finally of _run_study drops ``added``
+        if existing is not None and existing[1] and not cache_kept and not archived_uids <= cached:
+            # A refaced series keeps no faced de-identified instances, so late instances can only be merged
+            # when the whole series is sent again.
+            raise ChainFailure("merge", "late instances for a refaced series; send the whole series again")
         # Convert everything cached for the series (a merge reconverts with the late instances).
         out = work / "nii" / suid
         try:
@@ -311,7 +354,8 @@ class IngestChain:
                 raise ChainFailure("name", "a series matches no BIDS naming rule")
             log.info("series skipped: no BIDS naming rule matches (series kept out of the archive)")
             return SeriesOutcome(suid, "skipped")
-        if name.anatomical and self.config.ingest.reface:
+        refaced = bool(name.anatomical and self.config.ingest.reface)
+        if refaced:
             self._reface(converted.nifti)
         if name.datatype == "func" and "TaskName" not in sidecar:
             sidecar["TaskName"] = name.entities.get("task", "rest")
@@ -325,7 +369,7 @@ class IngestChain:
         params["VoxelSize"] = [float(x) for x in image.header.get_zooms()[:3]]
         params["Volumes"] = volumes
         params["Instances"] = len(cached)
-        return _Prepared(suid, name, params, payload, original, existing, cache, cached)
+        return _Prepared(suid, name, params, payload, original, existing, cache, cached, refaced)
 
     # ---------------------------------------------------------------- archive
     def _existing_series(self, suid: str) -> tuple[int, bool] | None:
