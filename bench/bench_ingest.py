@@ -138,7 +138,7 @@ def main() -> None:
             try:
                 from incloud_kernel.synth import make_study
 
-                make_study(study, seed=11, small=True, participant_id="bench01", secondary_capture=False)
+                make_study(study, seed=11, small=True, participant_id="bench01", secondary_capture=True)
                 kind, reface = "synth.make_study(small=True)", "true"
             except ImportError:
                 shutil.rmtree(study, ignore_errors=True)
@@ -170,8 +170,11 @@ def main() -> None:
             t_e2e = time.monotonic() - t0
             worker.terminate()
             worker.wait()
+            held = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
             print(f"end-to-end ({kind}, {n_study} instances, StableAge {edge.env['INCLOUD_DICOM_STABLE_AGE']} s): "
                   f"{t_e2e:.1f} s from first instance to T1w+BOLD+DWI archived and ready for QC (goal < 120 s)")
+            print(f"quarantined alongside: {len(held)} entr(y/ies): "
+                  + ", ".join(f"{h['files']} instance(s) at {h['step']}: {h['reason']}" for h in held))
         finally:
             edge.stop()
     finally:
