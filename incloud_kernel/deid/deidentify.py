@@ -7,6 +7,7 @@ exception, message or log; failures raise ``DeidError`` subclasses with value-fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import pydicom.uid
 from pydicom import Dataset
@@ -101,8 +102,13 @@ def _sop_value(ds: Dataset, keyword: str) -> str:
     return value
 
 
-def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDataset, DeidRecord]:
-    """De-identify ``ds`` (not modified) and say what changed. See ``deidentify``."""
+def deidentify_with_record(ds: Dataset, context: DeidContext,
+                           shared: bool = False) -> tuple[FileDataset, DeidRecord]:
+    """De-identify ``ds`` (not modified) and say what changed. See ``deidentify``.
+
+    ``shared``: the constant elements (De-identification Method and its code sequence...) are one cached object
+    for all outputs of an option set (the batch runner, which only writes them); the API builds fresh ones.
+    """
     check_instance(ds)
     if not context.allow_burned_in:
         reason = burned_in_reason(ds)
@@ -130,21 +136,10 @@ def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDatas
         new.SOPClassUID = _sop_value(ds, "SOPClassUID")
 
     # Pseudonym, and the attributes PS3.15 E.1.1 requires of a de-identifier.
-    new.PatientName = pseudonym
-    new.PatientID = pseudonym
-    new.PatientIdentityRemoved = "YES"
-    table = load_table()
-    codes = [BASIC_PROFILE] + [(OPTIONS[n].code, OPTIONS[n].meaning) for n in context.options]
-    new.DeidentificationMethod = ("INCloud PS3.15 E.1-1 " + table.edition.split()[0])[:64]
-    items = []
-    for value, meaning in codes:
-        item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
-        items.append(item)
-    new.DeidentificationMethodCodeSequence = Sequence(items)
-    new.LongitudinalTemporalInformationModified = "MODIFIED" if dates_shifted else "REMOVED"
+    new.add(DataElement(0x00100010, "PN", pseudonym))
+    new.add(DataElement(0x00100020, "LO", pseudonym))
+    for elem in _method_elements(context.options, dates_shifted, shared):
+        new.add(elem)
     for action in ("D", "U"):
         state.changes.setdefault(action, set())
     state.changes["D"].update({"PatientName", "PatientID"})
@@ -152,19 +147,20 @@ def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDatas
     # File meta: rebuilt from scratch; the source's (application titles, private info) is not carried over.
     src_meta = getattr(ds, "file_meta", None)
     meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = new.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = new.SOPInstanceUID
-    meta.TransferSyntaxUID = _transfer_syntax(ds)
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    sop_class = peek(new, 0x00080016)
+    sop_instance = peek(new, 0x00080018)
+    for tag, vr, value in ((0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
+                           (0x00020003, "UI", sop_instance), (0x00020010, "UI", _transfer_syntax(ds)),
+                           (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
+                           (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME)):
+        meta.add(DataElement(tag, vr, value))
     if src_meta is not None:
-        for elem in src_meta:
-            if int(elem.tag) not in (0x00020000, 0x00020001, 0x00020002, 0x00020010):
-                state.note("U" if int(elem.tag) == 0x00020003 else "X"
-                           if int(elem.tag) not in (0x00020012, 0x00020013) else "D", int(elem.tag))
+        for tag in src_meta._dict:  # noqa: SLF001 - tags only: the values are not needed (nor converted)
+            tag = int(tag)
+            if tag not in (0x00020000, 0x00020001, 0x00020002, 0x00020010):
+                state.note("U" if tag == 0x00020003 else "X" if tag not in (0x00020012, 0x00020013) else "D", tag)
     implicit, little = getattr(ds, "original_encoding", (None, None))
-    ts = pydicom.uid.UID(str(meta.TransferSyntaxUID))
+    ts = pydicom.uid.UID(str(peek(meta, 0x00020010)))
     if ts.is_transfer_syntax:
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
     out = FileDataset("", new, preamble=PREAMBLE, file_meta=meta,
@@ -172,11 +168,36 @@ def deidentify_with_record(ds: Dataset, context: DeidContext) -> tuple[FileDatas
     # Keep the source's encoding and character set, so kept raw elements are written as read (fast path).
     out.set_original_encoding(bool(implicit), little is not False, ds.original_character_set)
     record = DeidRecord(
-        source_sop_uid=_sop_value(ds, "SOPInstanceUID"), sop_uid=str(new.SOPInstanceUID),
-        study_uid=str(new.get("StudyInstanceUID", "")), series_uid=str(new.get("SeriesInstanceUID", "")),
+        source_sop_uid=_sop_value(ds, "SOPInstanceUID"), sop_uid=str(sop_instance),
+        study_uid=str(peek(new, 0x0020000D, "") or ""), series_uid=str(peek(new, 0x0020000E, "") or ""),
         pseudonym=pseudonym, changes={a: sorted(v) for a, v in sorted(state.changes.items()) if v},
     )
     return out, record
+
+
+def _build_method_elements(options: tuple[str, ...], dates_shifted: bool) -> tuple[DataElement, ...]:
+    """Patient Identity Removed, De-identification Method (+ CID 7050 codes), Longitudinal Temporal Info."""
+    table = load_table()
+    items = []
+    for value, meaning in [BASIC_PROFILE] + [(OPTIONS[n].code, OPTIONS[n].meaning) for n in options]:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    return (
+        DataElement(0x00120062, "CS", "YES"),
+        DataElement(0x00120063, "LO", ("INCloud PS3.15 E.1-1 " + table.edition.split()[0])[:64]),
+        DataElement(0x00120064, "SQ", Sequence(items)),
+        DataElement(0x00280303, "CS", "MODIFIED" if dates_shifted else "REMOVED"),
+    )
+
+
+_cached_method_elements = lru_cache(maxsize=64)(_build_method_elements)
+
+
+def _method_elements(options: tuple[str, ...], dates_shifted: bool, shared: bool) -> tuple[DataElement, ...]:
+    return (_cached_method_elements if shared else _build_method_elements)(options, dates_shifted)
 
 
 def deidentify(ds: Dataset, context: DeidContext) -> FileDataset:

@@ -6,18 +6,33 @@ applied (pixel data size, burned-in flag, SOP UIDs) read through ``peek`` instea
 """
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 
-_MISSING = object()
+_US = struct.Struct("<H")
+#: Tags read on every file, so their implicit-VR raw elements can be decoded without a dictionary lookup.
+_FAST_VRS = {0x00280010: "US", 0x00280011: "US", 0x00280002: "US", 0x00280100: "US", 0x00280004: "CS",
+             0x00080016: "UI", 0x00080018: "UI", 0x00280301: "CS", 0x00020010: "UI", 0x00020002: "UI",
+             0x00020003: "UI"}
+_TAGS: dict[str, int] = {}
+
+
+def _tag(keyword: str) -> int | None:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = tag_for_keyword(keyword)
+        if tag is not None:
+            _TAGS[keyword] = tag
+    return tag
 
 
 def peek_element(ds: Dataset, keyword: str | int) -> DataElement | None:
     """The element converted to a DataElement, leaving ``ds`` unchanged (deferred values are read by pydicom)."""
-    tag = tag_for_keyword(keyword) if isinstance(keyword, str) else keyword
+    tag = _tag(keyword) if isinstance(keyword, str) else keyword
     if tag is None:
         return None
     elem = ds._dict.get(tag)  # noqa: SLF001 - the raw form is what we must not lose
@@ -29,14 +44,31 @@ def peek_element(ds: Dataset, keyword: str | int) -> DataElement | None:
 
 
 def peek(ds: Dataset, keyword: str | int, default: Any = None) -> Any:
-    """The element's value (``default`` when absent), leaving ``ds`` unchanged."""
+    """The element's value (``default`` when absent), leaving ``ds`` unchanged.
+
+    Fast paths for the checks made on every file: a single little-endian US value, and ASCII UI/CS strings
+    (as pydicom would return them: stripped of padding); anything else is converted by pydicom.
+    """
+    tag = _tag(keyword) if isinstance(keyword, str) else keyword
+    raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    if raw is None and tag is not None:
+        return default
+    if type(raw) is RawDataElement and raw.is_little_endian and raw.value is not None:
+        vr, value = raw.VR, raw.value
+        if vr is None and raw.is_implicit_VR:
+            vr = _FAST_VRS.get(tag)
+        if vr == "US" and len(value) == 2:
+            return _US.unpack(value)[0]
+        if vr in ("UI", "CS") and value.isascii() and b"\\" not in value:
+            text = value.decode("ascii").strip(" \x00")
+            return text
     elem = peek_element(ds, keyword)
     return default if elem is None else elem.value
 
 
 def raw_length(ds: Dataset, keyword: str | int) -> int | None:
     """The stored value length in bytes without reading or converting the value (None: absent/undefined)."""
-    tag = tag_for_keyword(keyword) if isinstance(keyword, str) else keyword
+    tag = _tag(keyword) if isinstance(keyword, str) else keyword
     elem = ds._dict.get(tag)  # noqa: SLF001
     if elem is None:
         return None

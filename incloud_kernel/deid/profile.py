@@ -211,6 +211,78 @@ def _private_keep(src: Dataset, elem: DataElement, st: WalkState) -> DataElement
     return elem
 
 
+def _ascii_values(value: bytes) -> list[str] | None:
+    """The values of a raw string element as pydicom would give them (split, stripped); None if not ASCII."""
+    if not value.isascii():
+        return None
+    return [v.strip(" \x00") for v in value.decode("ascii").split("\\")]
+
+
+def _raw_text(tag: int, vr: str, text: str, like: RawDataElement) -> RawDataElement:
+    """A new raw element holding ASCII ``text`` (padded as PS3.5 says), encoded like ``like``."""
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return RawDataElement(like.tag, vr, len(data), data, 0, like.is_implicit_VR, like.is_little_endian)
+
+
+def _raw_action(action: str, tag_obj, raw: RawDataElement, vr: str, st: WalkState, out: dict) -> bool:
+    """D, U and C on a non-empty raw element without converting it; False when the general path must do it.
+
+    Gives exactly what ``_dummy``, ``_map_uids`` and ``_clean`` give for the converted element, as raw bytes.
+    """
+    tag = int(tag_obj)
+    if action == "C":
+        if vr in ("DA", "DT"):
+            if st.date_offset is not None:
+                values = _ascii_values(raw.value)
+                if values is None:
+                    return False
+                shift = shift_da if vr == "DA" else shift_dt
+                shifted = []
+                for v in values:
+                    if not v:
+                        continue
+                    moved = shift(v, st.date_offset)
+                    if moved is None:  # not a full date: cannot shift faithfully, so remove
+                        st.note("C", tag)
+                        return True
+                    shifted.append(moved)
+                st.note("C", tag)
+                out[tag_obj] = _raw_text(tag, vr, "\\".join(shifted), raw)
+                return True
+        elif vr == "TM":
+            if st.date_offset is not None:
+                st.note("C", tag)
+                out[tag_obj] = raw
+                return True
+        elif vr in TEXT_VRS or vr == "CS":
+            if tag in st.plan.scrub_tags or st.in_clean_content:
+                return False
+            st.note("C", tag)
+            out[tag_obj] = raw
+            return True
+        elif vr not in ("PN", "UI", "SQ"):
+            st.note("C", tag)
+            out[tag_obj] = raw
+            return True
+    if action not in ("C", "D", "U"):
+        return False
+    if vr == "UI":
+        values = _ascii_values(raw.value)
+        if values is None:
+            return False
+        st.note(action, tag)
+        out[tag_obj] = _raw_text(tag, "UI", "\\".join(st.map_uid(v) for v in values), raw)
+        return True
+    dummy = DUMMIES.get(vr)
+    if dummy is None or not isinstance(dummy, str):
+        return False
+    st.note(action, tag)
+    out[tag_obj] = _raw_text(tag, vr, dummy, raw)
+    return True
+
+
 def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dataset:
     """Return a new dataset holding ``src`` with the plan applied at this level and in every sequence item.
 
@@ -229,7 +301,7 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
     src_dict = src._dict  # noqa: SLF001 - raw elements are read (and copied) without conversion
     out_dict = out._dict  # noqa: SLF001
     tags = plan.tags
-    for tag_obj in sorted(src_dict):
+    for tag_obj in sorted(src_dict, key=int):  # int keys: BaseTag's own comparisons are slow
         tag = int(tag_obj)
         raw = src_dict[tag_obj]
         if type(raw) is RawDataElement and (raw.value is not None or raw.length == 0) and \
@@ -252,9 +324,8 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                         st.note(action, tag)
                         out.add(DataElement(tag, raw_vr, None))
                         continue
-                    if action == "D" and raw_vr in DUMMIES and raw_vr != "UI" and DUMMIES[raw_vr] is not None:
-                        st.note("D", tag)
-                        out.add(DataElement(tag, raw_vr, DUMMIES[raw_vr]))
+                    done = _raw_action(action, tag_obj, raw, raw_vr, st, out_dict)
+                    if done:
                         continue
         elem = src[tag_obj]
         group = tag >> 16

@@ -7,7 +7,6 @@ and pydicom's warnings, which can quote values, are silenced in workers).
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -36,6 +35,8 @@ from incloud_kernel.deid.writer import encode_file
 PIXEL_DATA = 0x7FE00010
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
 DEFER_SIZE = 2 * 1024 * 1024
+#: Files up to this size are read with one system call and parsed from memory.
+WHOLE_READ_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,14 @@ def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
 
 def _read(job: Job) -> pydicom.FileDataset:
     """Parse one input or raise DeidError with a value-free reason."""
-    if job.member is None and os.path.getsize(job.path) == 0:
+    size = os.path.getsize(job.path) if job.member is None else None
+    if size == 0:
         raise DeidError("empty file", reason="empty-file")
     try:
-        if job.member is None and not _is_gzip(job):
-            ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE)
+        if size is not None and size > WHOLE_READ_SIZE and not _is_gzip(job):
+            ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE)  # big: pixel data read when written
         else:
-            data = _read_bytes(job)
+            data = _read_bytes(job)  # one read of the whole file
             if data[:2] == GZIP_MAGIC:  # e.g. nibabel's *.dcm.gz test files; the quarantine keeps the .gz
                 data = gzip.decompress(data)
             ds = pydicom.dcmread(io.BytesIO(data))
@@ -224,7 +226,7 @@ def process(job: Job) -> Result:
     try:
         try:
             ds = _read(job)
-            new, record = deidentify_with_record(ds, ctx)
+            new, record = deidentify_with_record(ds, ctx, shared=True)
             rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
             target = _WORKER["out"] / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,7 @@ def process(job: Job) -> Result:
             tmp = target.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, target)
-            return Result(job, "done", output=str(rel), record=dataclasses.asdict(record))
+            return Result(job, "done", output=str(rel), record=dict(vars(record)))
         except DeidError as exc:
             reason = exc.reason
         except Exception as exc:  # noqa: BLE001 - type only, never the text

@@ -22,10 +22,13 @@ from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
 #: VRs whose values pydicom writes as (padded) strings; with ASCII values they are written here directly.
 STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+#: Binary integer VRs: a single int value is packed here directly.
+_NUMBERS = {"US": struct.Struct("<H"), "SS": struct.Struct("<h"), "UL": struct.Struct("<I"), "SL": struct.Struct("<i")}
 PREAMBLE = b"\x00" * 128 + b"DICM"
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
@@ -65,7 +68,7 @@ def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: l
     charset = elements.get(0x00080005)
     if charset is not None:
         encoding = ds.get("SpecificCharacterSet", parent_encoding)
-    for tag in sorted(elements):
+    for tag in sorted(elements, key=int):  # int keys: BaseTag's own comparisons are slow
         if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:
             continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
         elem = elements[tag]
@@ -75,8 +78,12 @@ def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: l
                     raise NotFastPath  # raw elements would need re-encoding: pydicom does that
                 raw_ok = True
             value = elem.value
-            if value is None or elem.is_buffered:
+            if elem.is_buffered:
                 raise NotFastPath
+            if value is None:
+                if elem.length != 0:
+                    raise NotFastPath  # deferred read: left to pydicom
+                value = b""
             if elem.length == UNDEFINED:  # encapsulated pixel data: value read up to its delimiter
                 out.append(_header(tag, elem.VR, UNDEFINED, implicit))
                 out.append(value)
@@ -110,6 +117,20 @@ def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: l
                 out.append(_header(tag, vr, len(data), implicit))
                 out.append(data)
                 continue
+        elif vr == "PN" and type(value) is PersonName:
+            text = str(value)
+            if text.isascii():
+                data = text.encode("ascii")
+                if len(data) % 2:
+                    data += b" "
+                out.append(_header(tag, vr, len(data), implicit))
+                out.append(data)
+                continue
+        elif vr in _NUMBERS and type(value) is int:
+            fmt = _NUMBERS[vr]
+            out.append(_header(tag, vr, fmt.size, implicit))
+            out.append(fmt.pack(value))
+            continue
         if vr is None or len(vr) != 2:
             elem = correct_ambiguous_vr_element(elem, ds, True)
         fp = DicomBytesIO()
