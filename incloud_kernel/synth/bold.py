@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 
 from incloud_kernel.synth import headers, writer
 from incloud_kernel.synth.anatomy import load_templates
-from incloud_kernel.synth.deform import Participant, grid, resample
+from incloud_kernel.synth.deform import Participant, grid, resample, sample
 from incloud_kernel.synth.sites import Site
-from incloud_kernel.synth.structural import AXIAL, region_fractions
+from incloud_kernel.synth.structural import AXIAL, region_fractions, rician
 
 TR_S = 2.0
 #: Planted signals: region -> (frequency Hz, amplitude as a fraction of the baseline).
@@ -72,12 +72,13 @@ def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix
     center = participant.brain_center()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, center)
     fine = grid((matrix * 2, matrix * 2, slices * 2), (voxel_mm / 2,) * 3, AXIAL, center)
-    to_mni = participant.fast_chain(fine, to_mni=True)
-    gm, wm, csf = (resample(img, fine, to_mni) for img in (t.gm, t.wm, t.csf))
-    head = resample(t.head, fine, participant.fast_chain(fine)) / 430.0
+    mni_points = participant.points(fine, to_mni=True)
+    gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
+    del mni_points
+    head = sample(t.head, participant.points(fine)) / np.float32(430.0)
     brain = np.clip(gm + wm + csf, 0, 1)
     static = 0.55 * gm + 0.4 * wm + 0.9 * csf + 0.12 * head * (1.0 - brain)
-    static = static ** site.gamma
+    static = (static ** site.gamma if site.gamma != 1.0 else static).astype(np.float32)
     frames_t = np.arange(volumes) * TR_S
     signal_maps = []
     for region, (freq, amp) in SIGNALS.items():
@@ -88,16 +89,14 @@ def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix
     bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
     sigma = site.noise * 0.6
     out = np.empty((volumes, slices, matrix, matrix), np.uint16)
-    fine_img = sitk.Image(fine)
     for v in range(volumes):
         vol = static.copy()
         for base, course in signal_maps:
-            vol += base * course[v]
-        fine_img = sitk.GetImageFromArray(vol.astype(np.float32))
+            vol += base * np.float32(course[v])
+        fine_img = sitk.GetImageFromArray(vol)
         fine_img.CopyInformation(fine)
         moved = resample(fine_img, ref, euler(motion[v], center).GetInverse())
-        noisy = np.sqrt((moved * bias + rng.normal(0, sigma, moved.shape)) ** 2 + rng.normal(0, sigma, moved.shape) ** 2)
-        out[v] = np.clip(noisy * 2500.0, 0, 4095).astype(np.uint16)
+        out[v] = rician(moved * bias, sigma, rng, 2500.0)
     truth = {
         "tr_s": TR_S, "volumes": volumes, "voxel_mm": voxel_mm, "matrix": [matrix, matrix, slices],
         "slice_timing_s": slice_times(slices), "slice_order": "interleaved ascending (slice axis foot->head)",

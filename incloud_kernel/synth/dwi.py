@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 
 from incloud_kernel.synth import headers, writer
 from incloud_kernel.synth.anatomy import load_templates
-from incloud_kernel.synth.deform import Participant, grid, resample
+from incloud_kernel.synth.deform import Participant, grid, sample
 from incloud_kernel.synth.sites import Site
-from incloud_kernel.synth.structural import AXIAL, region_fractions
+from incloud_kernel.synth.structural import AXIAL, region_fractions, rician
 
 B_VALUE = 1000.0
 #: tissue -> (FA, MD mm2/s, b=0 signal, principal direction in LPS)
@@ -66,10 +66,10 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
                rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
     t = load_templates()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, participant.brain_center())
-    to_mni = participant.fast_chain(ref, to_mni=True)
-    gm, wm, csf = (resample(img, ref, to_mni) for img in (t.gm, t.wm, t.csf))
+    mni_points = participant.points(ref, to_mni=True)
+    gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
     cc = np.minimum(region_fractions(participant, ref, "corpus_callosum"), wm)
-    head = np.clip(resample(t.head, ref, participant.fast_chain(ref)) / 430.0, 0, 1.5)
+    head = np.clip(sample(t.head, participant.points(ref)) / np.float32(430.0), 0, 1.5)
     brain = np.clip(gm + wm + csf, 0, 1)
     fractions = {"corpus_callosum": cc, "wm": wm - cc, "gm": gm, "csf": csf, "nonbrain": head * (1 - brain)}
     bvals = np.array([0.0] + [B_VALUE] * n_dirs)
@@ -81,8 +81,8 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
         data += (att[:, None, None, None] * (s0 * fractions[name])[None]).astype(np.float32)
     bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
     sigma = site.noise * 0.5
-    noisy = np.sqrt((data * bias + rng.normal(0, sigma, data.shape)) ** 2 + rng.normal(0, sigma, data.shape) ** 2)
-    out = np.clip(noisy * 3000.0, 0, 4095).astype(np.uint16)
+    data *= bias[None]
+    out = rician(data, sigma, rng, 3000.0)
     truth = {
         "b_value": B_VALUE, "bvals": bvals.tolist(), "bvecs_lps": np.round(bvecs, 6).tolist(),
         "voxel_mm": voxel_mm, "matrix": [matrix, matrix, slices],

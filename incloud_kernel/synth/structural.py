@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from incloud_kernel.synth.anatomy import REGIONS, load_templates
-from incloud_kernel.synth.deform import Participant, grid, resample
+from incloud_kernel.synth.deform import Participant, axial_twin, grid, sample
 from incloud_kernel.synth.sites import Site
 
 #: Sagittal slab: columns run anterior->posterior (+y), rows head->foot (-z), slices right->left... (-x is
@@ -35,19 +35,36 @@ def apply_site(img: np.ndarray, site: Site, rng: np.random.Generator, scale: flo
     Intensities are normalised by the template's white-matter level (~430) before the curve; ``scale`` is the
     stored value of that level. Returns uint16 values in 0..4095.
     """
-    norm = np.clip(img / 430.0, 0.0, None)
-    curved = norm ** site.gamma
+    norm = np.clip(np.asarray(img, np.float32) / np.float32(430.0), 0.0, None)
+    curved = norm ** np.float32(site.gamma) if site.gamma != 1.0 else norm
     biased = curved * site.bias_field(img.shape[::-1]).transpose(2, 1, 0)
-    sigma = site.noise
-    noisy = np.sqrt((biased + rng.normal(0.0, sigma, img.shape)) ** 2 + rng.normal(0.0, sigma, img.shape) ** 2)
-    return np.clip(noisy * scale, 0, 4095).astype(np.uint16)
+    return rician(biased, site.noise, rng, scale)
+
+
+def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Magnitude of ``signal`` plus complex Gaussian noise (standard deviation ``sigma`` per channel), times
+    ``scale``, as uint16 clipped to 0..4095 (float32 throughout, in place where possible)."""
+    sig = np.float32(sigma)
+    re = rng.standard_normal(signal.shape, dtype=np.float32)
+    re *= sig
+    re += signal
+    np.square(re, out=re)
+    im = rng.standard_normal(signal.shape, dtype=np.float32)
+    im *= sig
+    np.square(im, out=im)
+    re += im
+    np.sqrt(re, out=re)
+    re *= np.float32(scale)
+    np.clip(re, 0, 4095, out=re)
+    return re.astype(np.uint16)
 
 
 def render_t1(participant: Participant, site: Site, voxel_mm: float, rng: np.random.Generator) -> sitk.Image:
     """The participant's T1w volume as a uint16 SimpleITK image on ``t1_grid``."""
     ref = t1_grid(participant, voxel_mm)
     t = load_templates()
-    head = resample(t.head, ref, participant.fast_chain(ref))
+    twin, to_ref = axial_twin(ref)
+    head = to_ref(sample(t.head, participant.points(twin)))
     out = sitk.GetImageFromArray(apply_site(head, site, rng))
     out.CopyInformation(ref)
     return out
@@ -78,6 +95,7 @@ def region_fractions(participant: Participant, ref: sitk.Image, region: str, wit
     sub.SetSpacing(ref.GetSpacing())
     sub.SetDirection(ref.GetDirection())
     sub.SetOrigin(ref.TransformIndexToPhysicalPoint([int(v) for v in lo]))
-    frac = resample(t.region(region), sub, participant.fast_chain(sub, with_effects=with_effects, to_mni=True))
+    twin, to_ref = axial_twin(sub)
+    frac = to_ref(sample(t.region(region), participant.points(twin, with_effects=with_effects, to_mni=True)))
     out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = frac
     return out

@@ -2,21 +2,30 @@
 
 Classic single-frame MR (and one secondary capture) in explicit VR little endian, or in lossless JPEG 2000 /
 JPEG-LS through pydicom's pixel encoders (pylibjpeg-openjpeg, pyjpegls). Pixel geometry is explicit: the caller
-passes LPS ImagePositionPatient per slice and the ImageOrientationPatient of the series. Files are written
-whole, under the series folder given; this module must never log a header value.
+passes LPS ImagePositionPatient per slice and the ImageOrientationPatient of the series.
+
+Speed: a series' shared header is encoded once with pydicom; each instance then only encodes what differs
+(UIDs, numbers, positions, times, pixel data) with a small explicit-VR-little-endian encoder for the common
+VRs (pydicom for anything else), with a cache for values repeated between instances, and writes header bytes
+and pixels with one system call. Files are written whole, under the series folder given; this module must
+never log a header value.
 """
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.valuerep import format_number_as_ds
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -26,6 +35,15 @@ EXPLICIT_LE = str(ExplicitVRLittleEndian)
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEGLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 TRANSFER_SYNTAXES = (EXPLICIT_LE, JPEG2000_LOSSLESS, JPEGLS_LOSSLESS)
+IMPLEMENTATION_VERSION = "INCLOUD_SYNTH"
+
+#: Text VRs whose values are plain ASCII (encoded here without pydicom); UI pads with NUL, the others with space.
+_ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
+#: Binary numeric VRs: struct format character per value.
+_NUMERIC_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+#: VRs with a 4-byte length field in explicit VR (PS3.5 Table 7.1-1).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 @dataclass
@@ -36,7 +54,72 @@ class Instance:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def _encode(ds: Dataset) -> dict[int, bytes]:
+def element_bytes(tag: int, vr: str, value: bytes) -> bytes:
+    """One explicit VR little endian element (``value`` already padded to even length)."""
+    v = vr.encode()
+    if v in _LONG_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, v, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, v, len(value)) + value
+
+
+def _text(vr: str, value: Any) -> str:
+    if vr == "DS" and not isinstance(value, str):
+        s = repr(float(value))
+        return s if len(s) <= 16 else format_number_as_ds(float(value))
+    if vr == "IS" and not isinstance(value, str):
+        return str(int(value))
+    return str(value)
+
+
+def _pydicom_element(keyword: str, value: Any) -> bytes:
+    ds = Dataset()
+    setattr(ds, keyword, value)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, ds[keyword])
+    return fp.getvalue()
+
+
+def encode_attribute(keyword: str, value: Any) -> tuple[int, bytes]:
+    """(tag, encoded element) of one top-level attribute, explicit VR little endian.
+
+    ASCII text and binary numeric VRs are encoded directly (same bytes as pydicom writes); anything else
+    (person names, sequences, other character sets) goes through pydicom.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"unknown DICOM keyword {keyword}")
+    vr = dictionary_VR(tag)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if vr in _ASCII_VRS and value is not None:
+        raw = "\\".join(_text(vr, v) for v in values).encode("ascii")
+        if len(raw) % 2:
+            raw += b"\0" if vr == "UI" else b" "
+        return tag, element_bytes(tag, vr, raw)
+    if vr in _NUMERIC_VRS and value is not None:
+        raw = struct.pack(f"<{len(values)}{_NUMERIC_VRS[vr]}", *values)
+        return tag, element_bytes(tag, vr, raw)
+    return tag, _pydicom_element(keyword, value)
+
+
+class _Encoder:
+    """Per-series cache of encoded attributes: positions, orientations and b-values repeat between instances."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, Any], tuple[int, bytes]] = {}
+
+    def __call__(self, keyword: str, value: Any) -> tuple[int, bytes]:
+        key = (keyword, tuple(value) if isinstance(value, list) else value)
+        try:
+            hit = self.cache.get(key)
+        except TypeError:  # unhashable (a Sequence): encode every time
+            return encode_attribute(keyword, value)
+        if hit is None:
+            hit = self.cache[key] = encode_attribute(keyword, value)
+        return hit
+
+
+def _encode_dataset(ds: Dataset) -> dict[int, bytes]:
     """Each top-level element of ``ds`` encoded once (explicit VR little endian), keyed by tag."""
     out: dict[int, bytes] = {}
     for elem in ds:
@@ -47,88 +130,112 @@ def _encode(ds: Dataset) -> dict[int, bytes]:
     return out
 
 
-def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, sop_class_uid: str,
-                 instance_uids: list[str], transfer_syntax: str = EXPLICIT_LE,
-                 reference: tuple[str, str] | None = None) -> list[Path]:
-    """Write each instance as ``folder/IM00001.dcm``... and return the paths.
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1), written by hand."""
+    def ui(elem: int, uid: str) -> bytes:
+        raw = uid.encode("ascii")
+        return element_bytes(0x00020000 | elem, "UI", raw + b"\0" if len(raw) % 2 else raw)
 
-    ``base`` holds everything shared by the series (encoded once; per-instance keys must not be in it); each
-    instance adds its own attributes and pixels (uint16 -> BitsStored 12 unless a value exceeds 4095; uint8 ->
-    8 bits). ``reference`` (SOP class, SOP instance UID) goes in every instance's ReferencedImageSequence, so
-    instances point at one another as a scanner's do. Raises ``ValueError`` for an unknown transfer syntax.
-    """
-    if transfer_syntax not in TRANSFER_SYNTAXES:
-        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
-    folder.mkdir(parents=True, exist_ok=True)
-    shared = _encode(base)
-    paths: list[Path] = []
-    for number, (inst, uid) in enumerate(zip(instances, instance_uids), start=1):
-        ds = Dataset()
-        ds.SOPClassUID = sop_class_uid
-        ds.SOPInstanceUID = uid
-        ds.InstanceNumber = number
-        if reference is not None:
-            item = Dataset()
-            item.ReferencedSOPClassUID = reference[0]
-            item.ReferencedSOPInstanceUID = reference[1]
-            ds.ReferencedImageSequence = Sequence([item])
-        for key, value in inst.attrs.items():
-            setattr(ds, key, value)
-        _set_pixels(ds, inst.pixels, transfer_syntax)
-        own = _encode(ds)
-        merged = {**shared, **own}
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class_uid
-        meta.MediaStorageSOPInstanceUID = uid
-        meta.TransferSyntaxUID = transfer_syntax
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "INCLOUD_SYNTH"
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        fp.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(fp, meta, enforce_standard=True)
-        body = b"".join(merged[tag] for tag in sorted(merged))
-        path = folder / f"IM{number:05d}.dcm"
-        path.write_bytes(fp.getvalue() + body)
-        paths.append(path)
-    return paths
+    version = IMPLEMENTATION_VERSION.encode("ascii")
+    body = (element_bytes(0x00020001, "OB", b"\x00\x01") + ui(0x0002, sop_class_uid) + ui(0x0003, sop_instance_uid)
+            + ui(0x0010, transfer_syntax) + ui(0x0012, str(PYDICOM_IMPLEMENTATION_UID))
+            + element_bytes(0x00020013, "SH", version + b" " if len(version) % 2 else version))
+    return b"\0" * 128 + b"DICM" + element_bytes(0x00020000, "UL", struct.pack("<I", len(body))) + body
 
 
-def _set_pixels(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
-    arr = np.ascontiguousarray(pixels)
-    ds.Rows, ds.Columns = int(arr.shape[0]), int(arr.shape[1])
-    if arr.ndim == 3:  # RGB
+def pixel_module(pixels: Iterable[np.ndarray]) -> Dataset:
+    """Image Pixel module attributes for a series of frames: uint8 -> 8 bits; otherwise uint16 with
+    BitsStored 12 unless a value in the series exceeds 4095 (then 16); RGB when frames are (rows, cols, 3)."""
+    frames = list(pixels)
+    first = frames[0]
+    ds = Dataset()
+    ds.Rows, ds.Columns = int(first.shape[0]), int(first.shape[1])
+    if first.ndim == 3:
         ds.SamplesPerPixel = 3
         ds.PhotometricInterpretation = "RGB"
         ds.PlanarConfiguration = 0
     else:
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-    if arr.dtype == np.uint8:
+    if first.dtype == np.uint8:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     else:
-        arr = arr.astype(np.uint16)
-        bits = 12 if int(arr.max(initial=0)) <= 4095 else 16
+        peak = max(int(np.max(f, initial=0)) for f in frames)
+        bits = 12 if peak <= 4095 else 16
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
     ds.PixelRepresentation = 0
+    return ds
+
+
+def pixel_data_element(frames: list[np.ndarray], pix: Dataset, transfer_syntax: str) -> bytes:
+    """The encoded (7FE0,0010) element of one or more frames: native OW/OB, or encapsulated (one fragment
+    per frame, empty basic offset table replaced by pydicom's) for the lossless codecs."""
     if transfer_syntax == EXPLICIT_LE:
-        ds.PixelData = arr.tobytes()
-        ds["PixelData"].VR = "OB" if arr.dtype == np.uint8 else "OW"
-    else:
-        from pydicom.encaps import encapsulate
-        from pydicom.pixels import get_encoder
+        dtype = np.uint8 if pix.BitsAllocated == 8 else np.uint16
+        raw = b"".join(np.ascontiguousarray(f, dtype=dtype).tobytes() for f in frames)
+        if len(raw) % 2:
+            raw += b"\0"
+        return element_bytes(0x7FE00010, "OB" if pix.BitsAllocated == 8 else "OW", raw)
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_encoder
 
-        frame = get_encoder(transfer_syntax).encode(arr, rows=ds.Rows, columns=ds.Columns,
-                                                    samples_per_pixel=ds.SamplesPerPixel,
-                                                    bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored,
-                                                    pixel_representation=0,
-                                                    photometric_interpretation=ds.PhotometricInterpretation,
-                                                    number_of_frames=1)
-        ds.PixelData = encapsulate([frame])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
+    encoder = get_encoder(transfer_syntax)
+    encoded = []
+    for f in frames:
+        arr = np.ascontiguousarray(f, dtype=np.uint8 if pix.BitsAllocated == 8 else np.uint16)
+        encoded.append(encoder.encode(arr, rows=pix.Rows, columns=pix.Columns, samples_per_pixel=pix.SamplesPerPixel,
+                                      bits_allocated=pix.BitsAllocated, bits_stored=pix.BitsStored,
+                                      pixel_representation=0, photometric_interpretation=pix.PhotometricInterpretation,
+                                      number_of_frames=1))
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + encapsulate(encoded) + _SEQ_DELIMITER
 
 
+def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, sop_class_uid: str,
+                 instance_uids: list[str], transfer_syntax: str = EXPLICIT_LE,
+                 reference: tuple[str, str] | None = None) -> list[Path]:
+    """Write each instance as ``folder/IM00001.dcm``... and return the paths.
+
+    ``base`` holds everything shared by the series (encoded once; per-instance keys must not be in it); each
+    instance adds its own attributes and pixels (uint16 -> BitsStored 12 unless a value of the series exceeds
+    4095; uint8 -> 8 bits). ``reference`` (SOP class, SOP instance UID) goes in every instance's
+    ReferencedImageSequence, so instances point at one another as a scanner's do. Raises ``ValueError`` for an
+    unknown transfer syntax or keyword.
+    """
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
+    instances = list(instances)
+    folder.mkdir(parents=True, exist_ok=True)
+    shared_ds = Dataset()
+    shared_ds.update(base)
+    shared_ds.SOPClassUID = sop_class_uid
+    if reference is not None:
+        item = Dataset()
+        item.ReferencedSOPClassUID = reference[0]
+        item.ReferencedSOPInstanceUID = reference[1]
+        shared_ds.ReferencedImageSequence = Sequence([item])
+    pix = pixel_module(inst.pixels for inst in instances)
+    shared_ds.update(pix)
+    shared = _encode_dataset(shared_ds)
+    encode = _Encoder()
+    paths: list[Path] = []
+    for number, (inst, uid) in enumerate(zip(instances, instance_uids), start=1):
+        own = dict([encode_attribute("SOPInstanceUID", uid), encode("InstanceNumber", number)])
+        for key, value in inst.attrs.items():
+            tag, raw = encode(key, value)
+            own[tag] = raw
+        own[0x7FE00010] = pixel_data_element([inst.pixels], pix, transfer_syntax)
+        merged = shared | own
+        body = b"".join([file_meta_bytes(sop_class_uid, uid, transfer_syntax)] + [merged[t] for t in sorted(merged)])
+        path = folder / f"IM{number:05d}.dcm"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        paths.append(path)
+    return paths
 def geometry(img: "sitk.Image") -> tuple[list[float], list[float], list[list[float]], float]:
     """DICOM plane geometry of a SimpleITK volume: (ImageOrientationPatient, PixelSpacing, per-slice
     ImagePositionPatient, slice normal unit vector dotted positions are SliceLocation)."""
