@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -237,3 +238,53 @@ def test_cli_deid_and_verify(site, tmp_path):
     audit = "".join(p.read_text() for p in (site.config.home / "deid" / "audit").glob("*.jsonl"))
     assert "ImageComments" in audit and not any(v.lower() in audit.lower() for v in PLANTED)
     assert "1.2.826.0.1.3680043.8.498.55" not in audit  # source UIDs only in the protected store
+
+
+def _warning_bait(folder: Path) -> list[str]:
+    """Planted files whose identifying values sit in elements pydicom warns about when it converts them
+    (invalid IS/DS/DA/AS values): its warnings and log lines quote the value. Returns the planted values."""
+    folder.mkdir(parents=True)
+    # Valid placeholders of the same length, swapped for the bait in the written bytes.
+    swaps = {b"9876543210": b"Zorbridge7", b"987654.3210": b"Marbleworth", b"19870605": b"Quixotic",
+             b"077Y": b"QXNA"}
+    for i in range(2):
+        ds = planted(study_uid="1.2.826.0.1.3680043.8.498.77", sop_uid=f"1.2.826.0.1.3680043.8.498.77.{i}")
+        ds.InstanceNumber = "9876543210"
+        ds.PatientWeight = "987654.3210"
+        ds.OverlayDate = "19870605"
+        ds.PatientAge = "077Y"
+        ds.ContentSequence[0].InstanceNumber = "9876543210"
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue()
+        for old, new in swaps.items():
+            assert old in data
+            data = data.replace(old, new)
+        (folder / f"{i}.dcm").write_bytes(data)
+    return [v.decode() for v in swaps.values()]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_never_prints_a_header_value_through_warnings_or_logging(site, site_env, tmp_path):
+    """Real processes (real stderr, all warnings shown): run, run with cleaning (converts every value) and
+    verify must not print a planted value, whatever pydicom warns or logs."""
+    bait = _warning_bait(tmp_path / "src")
+    env = {**os.environ, **site_env, "PYTHONWARNINGS": "always", "COLUMNS": "200"}
+    incloud = str(Path(sys.executable).with_name("incloud"))
+    runs = [
+        ["deid", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--jobs", "2"],
+        ["deid", "run", str(tmp_path / "src"), "-o", str(tmp_path / "clean"), "--option", "clean_descriptors",
+         "--option", "clean_structured_content"],
+        ["deid", "run", str(tmp_path / "src"), "-o", str(tmp_path / "clean2"), "--option", "clean_descriptors",
+         "--option", "clean_structured_content", "--option", "retain_safe_private"],
+        ["deid", "verify", str(tmp_path / "out"), str(tmp_path / "clean2"), "--against", str(tmp_path / "src")],
+        ["deid", "verify", str(tmp_path / "src"), "--against", str(tmp_path / "src")],  # leaks: reported by name
+    ]
+    printed = ""
+    for args in runs:
+        proc = subprocess.run([incloud, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, (args[:2], proc.returncode)
+        printed += proc.stdout + proc.stderr
+    assert "done 2, quarantined 0, failed 0" in printed and "LEAK" in printed
+    values = [v.lower() for v in PLANTED + bait]
+    assert [v for v in values if v in printed.lower()] == []

@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import struct
 import time
 import warnings
 import zipfile
@@ -22,15 +23,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.deidentify import deidentify_with_record
 from incloud_kernel.deid.errors import DeidError
 from incloud_kernel.deid.peek import peek
-from incloud_kernel.deid.writer import encode_file
+from incloud_kernel.deid.writer import LONG_VRS, encode_file
 
 PIXEL_DATA = 0x7FE00010
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
@@ -134,7 +138,7 @@ _WORKER: dict = {}
 def _init_worker(context: DeidContext, out_root: str, quarantine_root: str) -> None:
     warnings.simplefilter("ignore")  # pydicom warnings can quote header values
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root))
+    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root), made=set())
 
 
 def _read_bytes(job: Job) -> bytes:
@@ -171,6 +175,70 @@ def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
     return (rows * cols * spp * frames * bits + 7) // 8
 
 
+_EXPLICIT_META = struct.Struct("<HH2s")
+_FAST_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # -> implicit VR
+
+
+def _parse_part10(data: bytes) -> pydicom.FileDataset | None:
+    """Parse a well-formed little-endian Part 10 file from memory, as ``dcmread`` would; None: use ``dcmread``.
+
+    Why: for small files ``dcmread`` spends much of its time in file-meta handling. Here the file meta (explicit
+    VR little endian, PS3.10 7.1) is split by hand into raw elements and the dataset is read by pydicom's own
+    ``read_dataset``; anything unusual (no DICM prefix, odd meta, deflated, big-endian or private transfer
+    syntaxes, read errors) is left to ``dcmread`` so that its handling (and its quarantine reasons) stay.
+    """
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    meta = FileMetaDataset()
+    raw_meta = meta._dict  # noqa: SLF001 - raw elements, converted on access as dcmread's would be
+    pos, size = 132, len(data)
+    while pos + 8 <= size:
+        group, element, vr = _EXPLICIT_META.unpack_from(data, pos)
+        if group != 2:
+            break
+        if not vr.isalpha() or not vr.isupper():
+            return None
+        vr_text = vr.decode("ascii")
+        if vr_text in LONG_VRS:
+            if pos + 12 > size:
+                return None
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if length == 0xFFFFFFFF or start + length > size:
+            return None
+        tag = BaseTag((group << 16) | element)
+        raw_meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)
+        pos = start + length
+    ts_elem = raw_meta.get(0x00020010)
+    if ts_elem is None:
+        return None
+    ts = ts_elem.value.decode("ascii", "replace").strip(" \x00")
+    if ts in _FAST_SYNTAXES:
+        implicit = _FAST_SYNTAXES[ts]
+    else:
+        uid = UID(ts)
+        if not uid.is_transfer_syntax or not uid.is_compressed or not uid.is_little_endian or \
+                uid.is_deflated or uid in pydicom.uid.PrivateTransferSyntaxes:
+            return None
+        implicit = False
+    fp = io.BytesIO(data)
+    fp.seek(pos)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # recorded (never shown): any warning sends the file to dcmread
+            dataset = read_dataset(fp, implicit, True)
+    except Exception:  # noqa: BLE001 - dcmread decides what this file is, and says why
+        return None
+    if caught:  # truncated or odd: let dcmread's own handling (and warnings, silenced) decide
+        return None
+    ds = pydicom.FileDataset(fp, dataset, data[:128], meta, implicit, True)
+    ds.set_original_encoding(implicit, True, dataset._character_set)  # noqa: SLF001
+    return ds
+
+
 def _read(job: Job) -> pydicom.FileDataset:
     """Parse one input or raise DeidError with a value-free reason."""
     size = os.path.getsize(job.path) if job.member is None else None
@@ -183,7 +251,7 @@ def _read(job: Job) -> pydicom.FileDataset:
             data = _read_bytes(job)  # one read of the whole file
             if data[:2] == GZIP_MAGIC:  # e.g. nibabel's *.dcm.gz test files; the quarantine keeps the .gz
                 data = gzip.decompress(data)
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = _parse_part10(data) or pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise DeidError("not a DICOM Part 10 file (no preamble and DICM prefix)", reason="not-part10") from None
     except (EOFError, OSError, gzip.BadGzipFile):
@@ -229,7 +297,10 @@ def process(job: Job) -> Result:
             new, record = deidentify_with_record(ds, ctx, shared=True)
             rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
             target = _WORKER["out"] / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            made = _WORKER["made"]
+            if target.parent not in made:  # one mkdir per series folder, not per file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             data = encode_file(new)
             tmp = target.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(data)

@@ -27,6 +27,7 @@ from incloud_kernel.deid.profile import DUMMIES, plan_for
 from incloud_kernel.deid.runner import enumerate_jobs
 
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "DS", "IS", "SV", "UV", "AT", "OF", "OD", "OL", "OV"})
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 STRUCTURAL_VRS = frozenset({"CS", "AS"})  # coded values, not identity (PN/ID/date rules still apply)
 MIN_LEN = 3  # shorter values are not searched (too many chance matches)
 RAW_LEN = 8  # values at least this long are searched in the raw file bytes
@@ -64,7 +65,8 @@ class VerifyReport:
     leaks: list[Leak] = field(default_factory=list)
 
 
-def _read(path: Path, member: str | None = None) -> Dataset | None:
+def _read(path: Path, member: str | None = None, pixels: bool = True) -> Dataset | None:
+    """The dataset, or None if unreadable; ``pixels=False`` for sources (pixel data holds no header value)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -77,7 +79,7 @@ def _read(path: Path, member: str | None = None) -> Dataset | None:
                 data = path.read_bytes()
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
-            return pydicom.dcmread(io.BytesIO(data))
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
     except Exception:  # noqa: BLE001 - unreadable sources hold nothing we can check
         return None
 
@@ -112,6 +114,8 @@ def source_candidates(ds: Dataset) -> list[Candidate]:
     out = []
     for _, elem, _ in _walk(ds):
         tag = int(elem.tag)
+        if tag in PIXEL_TAGS:
+            continue  # pixels are not header values (and as "text" they would only add noise to kept words)
         if tag >> 16 == 0x0002 and tag != 0x00020003:
             continue  # file meta other than the instance UID is no identity
         kw = keyword_for_tag(tag) or ""
@@ -245,7 +249,7 @@ def _verify(outputs: Iterable[str | Path], sources: Iterable[str | Path]) -> Ver
     report = VerifyReport()
     cands: list[Candidate] = []
     for job in enumerate_jobs(list(sources)):
-        ds = _read(Path(job.path), job.member)
+        ds = _read(Path(job.path), job.member, pixels=False)
         if ds is not None and "DirectoryRecordSequence" not in ds:
             report.sources += 1
             cands.extend(source_candidates(ds))
