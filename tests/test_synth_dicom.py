@@ -171,3 +171,55 @@ def test_bold_motion_recovered_by_registration(study: StudyTruth, converted: Pat
         true = np.asarray(study.bold["motion"][v])
         assert np.abs(est[:3] - true[:3]).max() < 0.2, (v, est, true)
         assert np.abs(est[3:] - true[3:]).max() < 0.2, (v, est, true)
+
+
+@pytest.fixture(scope="module")
+def enhanced_study(tmp_path_factory: pytest.TempPathFactory) -> StudyTruth:
+    """BOLD and DWI as Enhanced MR multi-frame, from the Philips-like site (dcm2niix reads enhanced diffusion
+    values for Philips; for Siemens and GE it looks for their private headers instead)."""
+    site = make_sites(3, seed=0)[2]
+    return make_study(tmp_path_factory.mktemp("enhanced"), seed=13, site=site, modalities=("bold", "dwi"),
+                      enhanced=True, secondary_capture=False, labels=False, bold_volumes=6)
+
+
+def test_enhanced_multiframe_converts_with_ground_truth_bvals(enhanced_study: StudyTruth, tmp_path: Path) -> None:
+    converted = dcm2niix(Path(enhanced_study.study_dir), tmp_path)
+    for s in enhanced_study.series:
+        assert s.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4.1" and len(s.files) == 1
+        ds = pydicom.dcmread(s.files[0])
+        assert ds.NumberOfFrames == s.shape[2] * s.shape[3]
+        assert ds.pixel_array.shape == (ds.NumberOfFrames, ds.Rows, ds.Columns)
+        img = nib.load(_nifti(converted, s.number))
+        assert img.shape == tuple(s.shape)
+    bold = enhanced_study.series_of("bold")[0]
+    sidecar = json.loads(_nifti(converted, bold.number).with_suffix(".json").read_text())
+    assert sidecar["RepetitionTime"] == pytest.approx(2.0)
+    nii = _nifti(converted, enhanced_study.series_of("dwi")[0].number)
+    assert np.allclose(np.loadtxt(nii.with_suffix(".bval")), enhanced_study.dwi["bvals"])
+    expected = fsl_bvecs(np.array(enhanced_study.dwi["bvecs_lps"]), nib.load(nii).affine, "Philips")
+    assert np.allclose(np.loadtxt(nii.with_suffix(".bvec")).T, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("codec", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80"], ids=["JPEG2000", "JPEG-LS"])
+def test_dcm2niix_converts_lossless_compressed_series(codec: str, tmp_path: Path) -> None:
+    """Every MR series in lossless JPEG 2000 / JPEG-LS converts, with the same voxels as the uncompressed study."""
+    common = dict(seed=17, small=True, modalities=("T1w", "dwi"), secondary_capture=False, labels=False,
+                  dwi_directions=6)
+    packed = make_study(tmp_path / "c", compress=codec, **common)
+    plain = make_study(tmp_path / "p", compress=False, **common)
+    assert {s.transfer_syntax for s in packed.series} == {codec}
+    a, b = dcm2niix(Path(packed.study_dir), tmp_path / "na"), dcm2niix(Path(plain.study_dir), tmp_path / "nb")
+    for s in packed.series:
+        assert np.array_equal(nib.load(_nifti(a, s.number)).get_fdata(), nib.load(_nifti(b, s.number)).get_fdata())
+    nii = _nifti(a, packed.series_of("dwi")[0].number)
+    assert np.allclose(np.loadtxt(nii.with_suffix(".bval")), packed.dwi["bvals"])
+
+
+def test_enhanced_multiframe_dciodvfy_no_errors(enhanced_study: StudyTruth) -> None:
+    tool = require_tool("dciodvfy")
+    for s in enhanced_study.series:
+        run = subprocess.run([tool, str(s.files[0])], capture_output=True, text=True)
+        lines = (run.stdout + run.stderr).splitlines()
+        assert not [line for line in lines if "Error" in line], s.kind
+        unknown = [line for line in lines if "Warning" in line and not any(re.search(p, line) for p in KNOWN_WARNINGS)]
+        assert not unknown, unknown

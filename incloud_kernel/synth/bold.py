@@ -111,8 +111,10 @@ def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix
 
 def write_bold(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, participant: Participant,
                site: Site, number: int, clock: float, ts: str, *, small: bool, volumes: int | None,
-               rng: np.random.Generator, reference: tuple[str, str] | None) -> tuple[Any, dict[str, Any]]:
-    """Write the BOLD series (one file per slice per volume) and return (SeriesTruth, bold truth)."""
+               rng: np.random.Generator, reference: tuple[str, str] | None,
+               enhanced: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Write the BOLD series (one file per slice per volume, or with ``enhanced`` one Enhanced MR multi-frame
+    file) and return (SeriesTruth, bold truth)."""
     from incloud_kernel.synth.cohort import SeriesTruth, _time_plus
 
     voxel, matrix, slices = (4.0, 48, 32) if small else (3.5, 64, 40)
@@ -138,21 +140,38 @@ def write_bold(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, 
     iop, spacing, positions, _ = writer.geometry(ref)
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
     times = truth["slice_timing_s"]
-    instances = []
-    for v in range(volumes):
-        for k in range(slices):
-            acq = _time_plus(idn.study_time, clock + v * TR_S + times[k])
-            instances.append(writer.Instance(data[v, k], {
-                "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
-                "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}",
-                "AcquisitionNumber": v + 1, "TemporalPositionIdentifier": v + 1,
-                "AcquisitionTime": acq, "ContentTime": acq,
-            }))
-    iuids = [ctx.uids("instance", number, k) for k in range(len(instances))]
     folder = study_dir / f"series{number:03d}"
-    writer.write_series(folder, base, instances, sop_class_uid=headers.MR_IMAGE_STORAGE, instance_uids=iuids,
-                        transfer_syntax=ts, reference=reference)
+    if enhanced:
+        from incloud_kernel.synth import enhanced as enh
+
+        base.PixelSpacing, base.ImageOrientationPatient, base.ContentTime = spacing, iop, start
+        shared = enh.to_enhanced(base, dimension_uid=ctx.uids("dimension", number), flavor="FMRI",
+                                 contrast="T2_STAR", datetime0=idn.study_date + start,
+                                 duration_ms=volumes * TR_S * 1000, diffusion=False)
+        frames = enh.per_frame_groups(
+            positions, volumes, lambda v, k: idn.study_date + _time_plus(idn.study_time, clock + v * TR_S + times[k]),
+            TR_S * 1000 / slices)
+        iuids = [ctx.uids("instance", number, 0)]
+        writer.write_multiframe(folder / "IM00001.dcm", base, data.reshape(-1, matrix, matrix),
+                                sop_class_uid=headers.ENHANCED_MR_STORAGE, instance_uid=iuids[0],
+                                shared_groups=shared, per_frame_groups=frames, transfer_syntax=ts, reference=reference)
+        sop = headers.ENHANCED_MR_STORAGE
+    else:
+        instances = []
+        for v in range(volumes):
+            for k in range(slices):
+                acq = _time_plus(idn.study_time, clock + v * TR_S + times[k])
+                instances.append(writer.Instance(data[v, k], {
+                    "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
+                    "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}",
+                    "AcquisitionNumber": v + 1, "TemporalPositionIdentifier": v + 1,
+                    "AcquisitionTime": acq, "ContentTime": acq,
+                }))
+        iuids = [ctx.uids("instance", number, k) for k in range(len(instances))]
+        writer.write_series(folder, base, instances, sop_class_uid=headers.MR_IMAGE_STORAGE, instance_uids=iuids,
+                            transfer_syntax=ts, reference=reference)
+        sop = headers.MR_IMAGE_STORAGE
     s = SeriesTruth(kind="bold", number=number, series_instance_uid=suid, description="ep2d_bold_rest",
-                    path=str(folder), instance_uids=iuids, transfer_syntax=ts, sop_class_uid=headers.MR_IMAGE_STORAGE,
+                    path=str(folder), instance_uids=iuids, transfer_syntax=ts, sop_class_uid=sop,
                     shape=[matrix, matrix, slices, volumes], voxel_mm=[voxel] * 3)
     return s, truth

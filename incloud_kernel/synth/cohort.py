@@ -138,15 +138,18 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
                site: Site | None = None, age: int | None = None, sex: str | None = None,
                diagnosis: str | None = None, atrophy_percent: float = 15.0, participant_id: str = "synth-001",
                visit: int = 1, compress: str | None | bool = False, secondary_capture: bool = True,
-               labels: bool = True, bold_volumes: int | None = None, dwi_directions: int | None = None) -> StudyTruth:
+               labels: bool = True, bold_volumes: int | None = None, dwi_directions: int | None = None,
+               enhanced: bool | Sequence[str] = False) -> StudyTruth:
     """Write one study under ``out`` (``out/<participant_id>_v<visit>/``) and its truth beside it.
 
     ``seed`` fixes the participant (anatomy, identity, motion); ``age``/``sex``/``diagnosis`` override the random
     draws without changing anything else, so a study with ``diagnosis="CN"`` is the same person as with
     ``"AD"`` but without the regional atrophy. ``small``: 2 mm T1, 4 mm BOLD with few volumes, 4 mm DWI
     (a whole study in a few seconds); otherwise 1 mm T1, 3.5 mm BOLD with 100 volumes, 2.5 mm DWI with 32
-    directions. ``compress``: False -> explicit VR LE; True -> the site's codec for the T1 series;
-    a transfer syntax UID -> that codec for every MR series. Raises ``ValidationError`` for unknown modality
+    directions. ``compress``: False -> explicit VR LE; True -> the site's codec for the T1 series, and for the
+    DWI series too when that codec is JPEG-LS (cheap to encode); a transfer syntax UID -> that codec for every
+    MR series. ``enhanced``: True -> BOLD and DWI as Enhanced MR Image Storage (one multi-frame file each);
+    or a list of the kinds to write so (``["dwi"]``). Raises ``ValidationError`` for unknown modality
     or diagnosis and ``IncloudError`` if the study folder already exists.
     """
     bad = [m for m in modalities if m not in MODALITIES]
@@ -190,11 +193,17 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
 
     def codec(kind: str) -> str:
         if compress is True:
-            return (site.compress or writer.EXPLICIT_LE) if kind == "T1w" else writer.EXPLICIT_LE
+            if kind == "T1w" or (kind == "dwi" and site.compress == writer.JPEGLS_LOSSLESS):
+                return site.compress or writer.EXPLICIT_LE
+            return writer.EXPLICIT_LE
         if compress:
             return str(compress)
         return writer.EXPLICIT_LE
 
+    multiframe = set(("bold", "dwi") if enhanced is True else (enhanced or ()))
+    bad = multiframe - {"bold", "dwi"}
+    if bad:
+        raise ValidationError(f"enhanced multi-frame is for bold and dwi, not {sorted(bad)[0]!r}")
     clock = 0.0
     number = 1
     t1_ref: tuple[str, str] | None = None
@@ -212,7 +221,7 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
 
         s, truth.bold = write_bold(study_dir, study_base, ctx, participant, site, number, clock, codec("bold"),
                                    small=small, volumes=bold_volumes, rng=np.random.default_rng([seed, 6]),
-                                   reference=t1_ref)
+                                   reference=t1_ref, enhanced="bold" in multiframe)
         series.append(s)
         number += 1
         clock += 420.0
@@ -221,7 +230,7 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
 
         s, truth.dwi = write_dwi(study_dir, study_base, ctx, participant, site, number, clock, codec("dwi"),
                                  small=small, directions=dwi_directions, rng=np.random.default_rng([seed, 7]),
-                                 reference=t1_ref)
+                                 reference=t1_ref, enhanced="dwi" in multiframe)
         series.append(s)
         number += 1
         clock += 360.0

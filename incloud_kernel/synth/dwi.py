@@ -96,8 +96,10 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
 
 def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, participant: Participant,
               site: Site, number: int, clock: float, ts: str, *, small: bool, directions: int | None,
-              rng: np.random.Generator, reference: tuple[str, str] | None) -> tuple[Any, dict[str, Any]]:
-    """Write the DWI series (one file per slice per volume) and return (SeriesTruth, dwi truth)."""
+              rng: np.random.Generator, reference: tuple[str, str] | None,
+              enhanced: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Write the DWI series (one file per slice per volume, or with ``enhanced`` one Enhanced MR multi-frame
+    file with an MR Diffusion Sequence per frame) and return (SeriesTruth, dwi truth)."""
     from incloud_kernel.synth.cohort import SeriesTruth, _time_plus
 
     voxel, matrix, slices = (4.0, 48, 28) if small else (2.5, 88, 54)
@@ -121,24 +123,42 @@ def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, p
     base.WindowWidth = "2000"
     iop, spacing, positions, _ = writer.geometry(ref)
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
-    instances = []
-    for v, (b, g) in enumerate(zip(truth["bvals"], truth["bvecs_lps"])):
-        acq = _time_plus(idn.study_time, clock + v * 8.0)
-        for k in range(slices):
-            attrs = {
-                "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
-                "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}", "AcquisitionNumber": v + 1,
-                "AcquisitionTime": acq, "ContentTime": acq, "DiffusionBValue": float(b),
-                "DiffusionDirectionality": "DIRECTIONAL" if b > 0 else "NONE",
-            }
-            if b > 0:
-                attrs["DiffusionGradientOrientation"] = [float(x) for x in g]
-            instances.append(writer.Instance(data[v, k], attrs))
-    iuids = [ctx.uids("instance", number, k) for k in range(len(instances))]
     folder = study_dir / f"series{number:03d}"
-    writer.write_series(folder, base, instances, sop_class_uid=headers.MR_IMAGE_STORAGE, instance_uids=iuids,
-                        transfer_syntax=ts, reference=reference)
+    if enhanced:
+        from incloud_kernel.synth import enhanced as enh
+
+        volumes = len(truth["bvals"])
+        base.PixelSpacing, base.ImageOrientationPatient, base.ContentTime = spacing, iop, start
+        shared = enh.to_enhanced(base, dimension_uid=ctx.uids("dimension", number), flavor="DIFFUSION",
+                                 contrast="DIFFUSION", datetime0=idn.study_date + start, duration_ms=volumes * 8000.0,
+                                 diffusion=True)
+        frames = enh.per_frame_groups(
+            positions, volumes, lambda v, k: idn.study_date + _time_plus(idn.study_time, clock + v * 8.0 + k * 8.0 / slices),
+            8000.0 / slices, diffusion=[(b, g if b > 0 else None) for b, g in zip(truth["bvals"], truth["bvecs_lps"])])
+        iuids = [ctx.uids("instance", number, 0)]
+        writer.write_multiframe(folder / "IM00001.dcm", base, data.reshape(-1, matrix, matrix),
+                                sop_class_uid=headers.ENHANCED_MR_STORAGE, instance_uid=iuids[0],
+                                shared_groups=shared, per_frame_groups=frames, transfer_syntax=ts, reference=reference)
+        sop = headers.ENHANCED_MR_STORAGE
+    else:
+        instances = []
+        for v, (b, g) in enumerate(zip(truth["bvals"], truth["bvecs_lps"])):
+            acq = _time_plus(idn.study_time, clock + v * 8.0)
+            for k in range(slices):
+                attrs = {
+                    "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
+                    "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}", "AcquisitionNumber": v + 1,
+                    "AcquisitionTime": acq, "ContentTime": acq, "DiffusionBValue": float(b),
+                    "DiffusionDirectionality": "DIRECTIONAL" if b > 0 else "NONE",
+                }
+                if b > 0:
+                    attrs["DiffusionGradientOrientation"] = [float(x) for x in g]
+                instances.append(writer.Instance(data[v, k], attrs))
+        iuids = [ctx.uids("instance", number, k) for k in range(len(instances))]
+        writer.write_series(folder, base, instances, sop_class_uid=headers.MR_IMAGE_STORAGE, instance_uids=iuids,
+                            transfer_syntax=ts, reference=reference)
+        sop = headers.MR_IMAGE_STORAGE
     s = SeriesTruth(kind="dwi", number=number, series_instance_uid=suid, description="ep2d_diff_b1000",
-                    path=str(folder), instance_uids=iuids, transfer_syntax=ts, sop_class_uid=headers.MR_IMAGE_STORAGE,
+                    path=str(folder), instance_uids=iuids, transfer_syntax=ts, sop_class_uid=sop,
                     shape=[matrix, matrix, slices, len(truth["bvals"])], voxel_mm=[voxel] * 3)
     return s, truth

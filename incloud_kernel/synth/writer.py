@@ -264,3 +264,37 @@ def volume_instances(img: "sitk.Image", pixels: np.ndarray | None = None) -> lis
             "SliceLocation": f"{float(np.dot(normal, ipp)):.4f}",
         }))
     return out
+
+
+def write_multiframe(path: Path, base: Dataset, frames: np.ndarray, *, sop_class_uid: str, instance_uid: str,
+                     shared_groups: Dataset, per_frame_groups: list[Dataset], transfer_syntax: str = EXPLICIT_LE,
+                     reference: tuple[str, str] | None = None) -> Path:
+    """Write one multi-frame instance (Enhanced MR): ``frames`` (n, rows, columns) in the order of
+    ``per_frame_groups`` (one functional-group item per frame), ``shared_groups`` the Shared Functional Groups
+    item. Header encoded by pydicom, pixel data and file meta as in ``write_series``. Returns ``path``."""
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
+    if len(per_frame_groups) != len(frames):
+        raise ValueError("one per-frame functional group item per frame")
+    ds = Dataset()
+    ds.update(base)
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = instance_uid
+    ds.InstanceNumber = 1
+    if reference is not None:
+        item = Dataset()
+        item.ReferencedSOPClassUID = reference[0]
+        item.ReferencedSOPInstanceUID = reference[1]
+        ds.ReferencedImageSequence = Sequence([item])
+    frame_list = list(frames)
+    pix = pixel_module(frame_list)
+    ds.update(pix)
+    ds.NumberOfFrames = len(frame_list)
+    ds.SharedFunctionalGroupsSequence = Sequence([shared_groups])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame_groups)
+    encoded = _encode_dataset(ds)
+    encoded[0x7FE00010] = pixel_data_element(frame_list, pix, transfer_syntax)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join([file_meta_bytes(sop_class_uid, instance_uid, transfer_syntax)]
+                              + [encoded[t] for t in sorted(encoded)]))
+    return path
