@@ -80,7 +80,8 @@ def test_verify_finds_no_leak_in_real_test_dicom(options, tmp_path):
 
 
 def test_secondary_captures_are_quarantined_for_burned_in_text_by_default(tmp_path):
-    summary, results = batch([get_testdata_file("SC_rgb.dcm") or get_testdata_file("SC_rgb_rle.dcm")], tmp_path)
+    # A file shipped in the wheel (get_testdata_file("SC_rgb.dcm") would try to download it).
+    summary, results = batch([PYDICOM_FILES / "SC_rgb_jpeg.dcm"], tmp_path)
     assert summary.quarantined == 1 and results[0].reason.startswith("burned-in-annotation")
 
 
