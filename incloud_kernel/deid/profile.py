@@ -113,6 +113,13 @@ class WalkState:
 
 
 @lru_cache(maxsize=8192)
+def _class_uid_tag(tag: int) -> bool:
+    """UI attributes the general path keeps whatever their value: ``...ClassUID`` and Transfer Syntax UID."""
+    kw = keyword_for_tag(tag)
+    return kw.endswith("ClassUID") or kw == "TransferSyntaxUID"
+
+
+@lru_cache(maxsize=8192)
 def _tag_name(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -314,6 +321,9 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                             not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS):
                         out_dict[tag_obj] = raw  # as Dataset.__setitem__ does for a public raw element
                         continue
+                    if raw_vr == "UI" and tag not in tags and _class_uid_tag(tag):
+                        out_dict[tag_obj] = raw  # SOP Class UID and the like: kept (see the general path)
+                        continue
                 elif raw_vr != "SQ" and tag in tags:
                     # Actions that need no value: decided from the raw element (same outcome as below).
                     if action == "X":
@@ -322,7 +332,7 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                     empty = raw.length == 0 or (raw_vr in _STRIPPED_EMPTY_VRS and not raw.value.strip(b" \x00"))
                     if action == "Z" or (empty and action in ("D", "U", "C")):
                         st.note(action, tag)
-                        out.add(DataElement(tag, raw_vr, None))
+                        out_dict[tag_obj] = _raw_text(tag, raw_vr, "", raw)  # empty, as _empty() gives
                         continue
                     done = _raw_action(action, tag_obj, raw, raw_vr, st, out_dict)
                     if done:
