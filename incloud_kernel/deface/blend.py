@@ -1,7 +1,7 @@
 """Blend the template's face into the subject: soft weights, intensity and noise matching, the weighted sum.
 
-The weight is 1 deep inside the face/ear region and falls smoothly (smoothstep, C1) to exactly 0 over
-``ramp_mm`` at the region's border and at the protected region's border, so no step (edge) is created.
+The weight is 1 inside the face/ear region and falls smoothly (smoothstep, C1) to exactly 0 over ``ramp_mm``
+outside the region's border and outside the protected region's border, so no step (edge) is created.
 Where the weight is 0 the subject's stored value is copied bit for bit. Intensities of the template are mapped
 to the subject's own distribution in the replaced region (quantile mapping) and given the subject's noise
 level. This module must never change a voxel whose weight is 0.
@@ -18,13 +18,16 @@ def smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def weights(depth_mm: np.ndarray, brain_mm: np.ndarray, *, protect_mm: float, ramp_mm: float) -> np.ndarray:
-    """Replacement weight (float32, 0..1) from depth inside the region and distance to the brain (subject mm).
+def weights(region_mm: np.ndarray, brain_mm: np.ndarray, *, protect_mm: float, ramp_mm: float) -> np.ndarray:
+    """Replacement weight (float32, 0..1) in subject mm.
 
-    Exactly 0 where ``brain_mm <= protect_mm`` or ``depth_mm <= 0``.
+    ``region_mm``: signed distance to the face+ears border (positive inside); the weight is 1 everywhere
+    inside the region and falls to 0 over ``ramp_mm`` outside it, so the whole face is replaced and the
+    blend happens in the tissue around it. ``brain_mm``: distance to the brain; the weight is exactly 0 where
+    ``brain_mm <= protect_mm`` and rises over ``ramp_mm`` beyond.
     """
-    w = smoothstep(depth_mm / ramp_mm) * smoothstep((brain_mm - protect_mm) / ramp_mm)
-    w[(brain_mm <= protect_mm) | (depth_mm <= 0)] = 0.0
+    w = smoothstep((region_mm + ramp_mm) / ramp_mm) * smoothstep((brain_mm - protect_mm) / ramp_mm)
+    w[(brain_mm <= protect_mm) | (region_mm <= -ramp_mm)] = 0.0
     return w.astype(np.float32)
 
 
@@ -47,12 +50,33 @@ def noise_sigma(image: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
+def classwise_map(t: np.ndarray, sel: np.ndarray, s: np.ndarray, t_thr: float, s_thr: float) -> np.ndarray:
+    """Quantile-map template values to the subject's, separately for air (below each image's head threshold)
+    and tissue (above it), so the template's air/tissue border (its face *shape*) is kept exactly: a single
+    quantile map would force the subject's tissue volume onto it and carry part of the subject's shape over.
+    """
+    out = np.empty_like(t, dtype=np.float32)
+    t_sel = t[sel]
+    for lo_side in (True, False):
+        tm = t < t_thr if lo_side else t >= t_thr
+        src = t_sel[t_sel < t_thr] if lo_side else t_sel[t_sel >= t_thr]
+        dst = s[s < s_thr] if lo_side else s[s >= s_thr]
+        if src.size < 10 or dst.size < 10:  # one class absent in the region: map it linearly by the thresholds
+            out[tm] = t[tm] * (s_thr / t_thr if t_thr > 0 else 1.0)
+        else:
+            out[tm] = quantile_map(t[tm], src, dst)
+    return out
+
+
 def blend(
-    subject: np.ndarray, template: np.ndarray, w: np.ndarray, *, seed: int = 0
+    subject: np.ndarray, template: np.ndarray, w: np.ndarray, *, seed: int = 0,
+    thresholds: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The float result ``subject + w * (matched template + noise - subject)`` (float64; w==0 -> subject).
 
     ``subject`` and ``template`` are float arrays on the same grid; statistics use the voxels with w > 0.
+    ``thresholds``: (subject, template) air/tissue thresholds for class-wise intensity matching; without
+    them a single quantile map is used.
     """
     sel = w > 0
     out = subject.astype(np.float64, copy=True)
@@ -60,7 +84,10 @@ def blend(
         return out, {"replaced_voxels": 0.0}
     s = subject[sel].astype(np.float32)
     t = np.nan_to_num(template, nan=float(np.min(template[np.isfinite(template)], initial=0.0)))
-    matched = quantile_map(t, t[sel], s)
+    if thresholds is not None:
+        matched = classwise_map(t, sel, s, thresholds[1], thresholds[0])
+    else:
+        matched = quantile_map(t, t[sel], s)
     sig_s = noise_sigma(subject.astype(np.float32), sel)
     sig_t = noise_sigma(matched, sel)
     extra = float(np.sqrt(max(sig_s**2 - sig_t**2, 0.0)))

@@ -21,28 +21,29 @@ from incloud_kernel.deface.template import Template, load_template
 MAX_MM = 60.0
 
 
-#: Grid (mm) of the template distance maps: coarse enough to build in about a second.
-DISTANCE_GRID_MM = 2.0
+#: Grid (mm) of the face/ear region's signed distance map (not a safety map: coarse is fine).
+REGION_GRID_MM = 2.0
 
 
 @functools.lru_cache(maxsize=2)
-def template_distances(template: Template | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distance to the brain, depth inside the face+ears region, grid affine), float32 mm, 2 mm grid.
+def template_distances(template: Template | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(distance to the brain, its grid affine, signed distance to the face+ears border, its grid affine).
 
-    Built on 2 mm blocks, conservatively: a block holding any brain voxel counts as brain (distances to the
-    brain can only be underestimated) and a block counts as face/ears only if all its voxels are (depths can
-    only be underestimated). Depth is 0 outside the region; both are clipped at ``MAX_MM``.
+    Distance to the brain (mm, float32) is exact on the template's own 1 mm grid, minus half a voxel
+    diagonal, so that linear interpolation between grid points can never overestimate it (a distance map is
+    1-Lipschitz). The signed region distance (2 mm grid) is positive inside face+ears, negative outside.
+    Both are clipped at ``MAX_MM``.
     """
     t = template or load_template()
-    brain, grid = block_downsample(t.brain.astype(np.float32), t.affine, DISTANCE_GRID_MM)
-    region, _ = block_downsample(t.replace.astype(np.float32), t.affine, DISTANCE_GRID_MM)
-    vox = np.linalg.norm(grid[:3, :3], axis=0)
-    to_brain = ndimage.distance_transform_edt(~(brain > 0), sampling=vox).astype(np.float32)
-    depth = ndimage.distance_transform_edt(region >= 1.0, sampling=vox).astype(np.float32)
-    # a grid point's value stands for its block: remove half a block diagonal to stay conservative
-    slack = float(np.linalg.norm(vox)) / 2.0
-    to_brain = np.maximum(to_brain - slack, 0.0)
-    return np.minimum(to_brain, MAX_MM), np.minimum(depth, MAX_MM), grid
+    vox = np.linalg.norm(t.affine[:3, :3], axis=0)
+    to_brain = ndimage.distance_transform_edt(~t.brain, sampling=vox).astype(np.float32)
+    to_brain = np.maximum(to_brain - float(np.linalg.norm(vox)) / 2.0, 0.0)
+    region, grid = block_downsample(t.replace.astype(np.float32), t.affine, REGION_GRID_MM)
+    inside = region >= 0.5
+    gvox = np.linalg.norm(grid[:3, :3], axis=0)
+    signed = (ndimage.distance_transform_edt(inside, sampling=gvox)
+              - ndimage.distance_transform_edt(~inside, sampling=gvox)).astype(np.float32)
+    return (np.minimum(to_brain, MAX_MM), t.affine.copy(), np.clip(signed, -MAX_MM, MAX_MM), grid)
 
 
 def sigma_max(subject_to_template: np.ndarray) -> float:
@@ -63,7 +64,7 @@ def brain_distance(
     Points outside the template's field of view get distance 0 (protected), never "far from the brain".
     """
     t = template or load_template()
-    to_brain, _, grid = template_distances(t)
+    to_brain, grid, _, _ = template_distances(t)
     d = resample_to(to_brain, grid, shape, affine, subject_to_template, order=1, cval=0.0)
     return d / sigma_max(subject_to_template)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from incloud_kernel.deface.headmask import head_threshold
 
@@ -19,24 +20,34 @@ def canonical(img: nib.spatialimages.SpatialImage) -> np.ndarray:
     return np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32).reshape(img.shape[:3])
 
 
-def depth_map(data: np.ndarray, view: str = "front", threshold: float | None = None) -> np.ndarray:
+def depth_map(data: np.ndarray, view: str = "front", threshold: float | None = None,
+              smooth_vox: float = 1.0) -> np.ndarray:
     """Distance (voxels) from the volume's edge to the head surface along the view's rays.
 
     ``view``: ``front`` (rays from anterior, image axes i x k) or ``side`` (rays from the right, j x k).
-    Rays that hit nothing get the full depth.
+    The surface is taken on a copy smoothed by ``smooth_vox`` (Gaussian SD, voxels), as surface renderers
+    do, so noise does not speckle it. Rays that hit nothing get the full depth.
     """
     t = head_threshold(data) if threshold is None else threshold
-    m = data > t
+    if smooth_vox > 0:
+        data = ndimage.gaussian_filter(np.asarray(data, dtype=np.float32), smooth_vox)
     if view == "front":
-        m = m[:, ::-1, :]
+        v = np.asarray(data)[:, ::-1, :]
         axis = 1
     elif view == "side":
-        m = m[::-1, :, :]
+        v = np.asarray(data)[::-1, :, :]
         axis = 0
     else:
         raise ValueError(f"unknown view {view!r}")
+    m = v > t
     hit = m.any(axis=axis)
-    depth = np.argmax(m, axis=axis).astype(np.float32)
+    k = np.argmax(m, axis=axis)
+    # sub-voxel surface: where the intensity crosses the threshold between the last air and first tissue voxel
+    inside = np.take_along_axis(v, np.expand_dims(k, axis), axis).squeeze(axis).astype(np.float32)
+    before = np.take_along_axis(v, np.expand_dims(np.maximum(k - 1, 0), axis), axis).squeeze(axis)
+    before = before.astype(np.float32)
+    frac = np.where((k > 0) & (inside > before), (t - before) / np.maximum(inside - before, 1e-6), 1.0)
+    depth = (k - 1 + np.clip(frac, 0.0, 1.0)).astype(np.float32)
     depth[~hit] = m.shape[axis]
     return depth
 

@@ -21,8 +21,14 @@ from incloud_kernel.deface import safety
 from incloud_kernel.deface.blend import blend, weights
 from incloud_kernel.deface.brainmask import brain_distance, sigma_max, template_distances
 from incloud_kernel.deface.geometry import block_downsample
-from incloud_kernel.deface.headmask import head_mask
-from incloud_kernel.deface.register import Registration, register_affine, resample_to, score_registration
+from incloud_kernel.deface.headmask import head_mask, head_threshold
+from incloud_kernel.deface.register import (
+    Registration,
+    orientation_scores,
+    register_affine,
+    resample_to,
+    score_registration,
+)
 from incloud_kernel.deface.template import Template, load_template
 
 ImageLike = nib.spatialimages.SpatialImage | str | Path
@@ -78,18 +84,39 @@ def fit_registration(
     safety.check_volume(data.shape, affine)
     small, small_aff = block_downsample(data, affine, 4.0)
     hm = head_mask(small)
-    safety.check_head(float(hm.mean()) if hm.size else 0.0)
+    if hm.any() and (~hm).any():
+        air = float(np.median(small[~hm]))
+        contrast = float(np.median(small[hm])) / air if air > 0 else float("inf")
+    else:
+        contrast = 0.0
+    safety.check_head(float(hm.mean()) if hm.size else 0.0, contrast)
     if init is None:
         matrix = register_affine(data, affine, t.data, t.affine, seed=seed)
     else:
         matrix = np.asarray(init, dtype=float)
     reg = score_registration(data, affine, t.head, t.replace, t.affine, matrix)
     safety.check_registration(reg.score, min_score, reg.face_in_view, reg.face_tissue)
+    found, turned = orientation_scores(data, affine, t.data, t.affine, t.head, matrix)
+    reg.details.update(correlation=found, turned_correlation=turned)
+    safety.check_orientation(found, turned)
     return reg
 
 
-def _box(shape: tuple[int, ...], affine: np.ndarray, reg: Registration, t: Template, pad: int = 2):
-    """Index box of the subject grid covering the warped face+ears region (None when out of view)."""
+_THRESHOLDS: dict[int, float] = {}
+
+
+def _template_threshold(t: Template) -> float:
+    """The template's air/tissue threshold (computed once per template)."""
+    if id(t) not in _THRESHOLDS:
+        _THRESHOLDS[id(t)] = head_threshold(t.data)
+    return _THRESHOLDS[id(t)]
+
+
+def _box(shape: tuple[int, ...], affine: np.ndarray, reg: Registration, t: Template, pad_mm: float = 4.0):
+    """Index box of the subject grid covering the warped face+ears region and ``pad_mm`` around it (the ramp),
+    or None when it lies out of view."""
+    vox = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    pad = int(np.ceil(pad_mm * sigma_max(reg.subject_to_template) / float(vox.min()))) + 1
     pts = np.argwhere(t.replace[::3, ::3, ::3]) * 3
     to_subject_vox = np.linalg.inv(affine) @ np.linalg.inv(reg.subject_to_template) @ t.affine
     ijk = pts @ to_subject_vox[:3, :3].T + to_subject_vox[:3, 3]
@@ -123,22 +150,23 @@ def reface_array(
     data = np.asarray(vol, dtype=np.float32)
     if registration is None:
         registration = fit_registration(data, affine, template=t, min_score=min_score, seed=seed)
-    box = _box(vol.shape, affine, registration, t)
+    box = _box(vol.shape, affine, registration, t, pad_mm=ramp_mm + 2.0)
     if box is None:
         raise safety.DefaceQuarantine("no-face", "the face region lies outside the field of view")
     sub_shape = tuple(s.stop - s.start for s in box)
     sub_aff = affine @ np.array([[1, 0, 0, box[0].start], [0, 1, 0, box[1].start], [0, 0, 1, box[2].start],
                                  [0, 0, 0, 1]], dtype=float)
     m = registration.subject_to_template
-    _, depth_t, grid = template_distances(t)
-    depth = resample_to(depth_t, grid, sub_shape, sub_aff, m, order=1, cval=0.0) / sigma_max(m)
+    _, _, signed_t, grid = template_distances(t)
+    # template mm -> subject mm: divide by the largest stretch (conservative for the protected side only)
+    signed = resample_to(signed_t, grid, sub_shape, sub_aff, m, order=1, cval=-60.0) / sigma_max(m)
     to_brain = brain_distance(sub_shape, sub_aff, m, t)
-    w = weights(depth, to_brain, protect_mm=protect_mm + margin_mm, ramp_mm=ramp_mm)
+    w = weights(signed, to_brain, protect_mm=protect_mm + margin_mm, ramp_mm=ramp_mm)
     if not (w >= 0.5).any():
         raise safety.DefaceQuarantine("no-face", "no face voxel could be replaced outside the protected brain region")
     tmpl = resample_to(t.data, t.affine, sub_shape, sub_aff, m, order=1, cval=np.nan)
     subject = data[box]
-    fused, stats = blend(subject, tmpl, w, seed=seed)
+    fused, stats = blend(subject, tmpl, w, seed=seed, thresholds=(head_threshold(data), _template_threshold(t)))
     out = np.array(vol, copy=True)
     region = out[box]
     sel = w > 0
@@ -151,24 +179,60 @@ def reface_array(
     return RefaceResult(data=out.reshape(raw.shape), registration=registration, box=box, box_weights=w, stats=stats)
 
 
-def new_image_like(img: nib.spatialimages.SpatialImage, raw: np.ndarray) -> nib.spatialimages.SpatialImage:
-    """A new image of the same class and header with ``raw`` as its stored values.
+def _scaling(img: nib.spatialimages.SpatialImage) -> tuple[float, float] | None:
+    """(slope, intercept) the stored values are scaled by, or None when they are used as they are."""
+    proxy = img.dataobj
+    slope = getattr(proxy, "slope", None)
+    inter = getattr(proxy, "inter", None)
+    if slope is None:
+        hdr = img.header
+        slope, inter = hdr.get_slope_inter() if hasattr(hdr, "get_slope_inter") else (None, None)
+    if slope is None or not np.isfinite(slope):
+        return None
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    if float(slope) == 1.0 and inter == 0.0:
+        return None
+    return float(slope), inter
 
-    With no scaling in the header (the usual case) stored values are kept as they are, so untouched voxels are
-    bit-identical on disk. With a scale slope/intercept, the scaled values are returned as float64 (exactly
-    what ``get_fdata`` gives for the input), because nibabel would re-derive the scaling on save.
+
+def new_image_like(img: nib.spatialimages.SpatialImage, raw: np.ndarray) -> nib.spatialimages.SpatialImage:
+    """A new image of the same class and header with ``raw`` as its *stored* values.
+
+    Unscaled inputs: the array is kept as it is (dtype of the input's stored data). Scaled inputs (scl_slope /
+    scl_inter): the result is a proxied image over an in-memory file with the same on-disk dtype and the same
+    slope and intercept, so ``get_fdata()`` gives scaled values and :func:`save_image` writes the stored
+    integers back unchanged (nibabel's own ``save`` would re-derive the scaling and alter every voxel).
     """
     header = img.header.copy()
-    slope, inter = header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None, None)
-    scaled = slope is not None and np.isfinite(slope) and (slope != 1 or (inter or 0) != 0)
-    if scaled:
-        data = raw.astype(np.float64) * float(slope) + float(inter or 0.0)
-        new = img.__class__(data, img.affine, header)
-        new.set_data_dtype(np.float64)
+    scaling = _scaling(img)
+    if scaling is None:
+        new = img.__class__(raw, img.affine, header)
+        new.set_data_dtype(raw.dtype)
         return new
-    new = img.__class__(raw, img.affine, header)
-    new.set_data_dtype(raw.dtype)
-    return new
+    import io
+
+    from nibabel.fileholders import FileHolder
+
+    tmp = img.__class__(raw, img.affine, header)
+    tmp.set_data_dtype(raw.dtype)
+    tmp.header.set_slope_inter(*scaling)
+    bio = io.BytesIO()
+    fmap = {key: FileHolder(fileobj=bio) for key in tmp.file_map}
+    tmp.to_file_map(fmap)
+    bio.seek(0)
+    return img.__class__.from_file_map({key: FileHolder(fileobj=bio) for key in tmp.file_map})
+
+
+def save_image(img: nib.spatialimages.SpatialImage, path: str | Path) -> None:
+    """Save a refaced image keeping the stored dtype, values and scaling (bit-identical untouched voxels)."""
+    scaling = _scaling(img)
+    if scaling is None:
+        nib.save(img, str(path))
+        return
+    out = img.__class__(stored_data(img), img.affine, img.header.copy())
+    out.set_data_dtype(img.get_data_dtype())
+    out.header.set_slope_inter(*scaling)
+    nib.save(out, str(path))
 
 
 class Refacer:
@@ -196,7 +260,7 @@ class Refacer:
         cfg = get_config().deface
         return {
             "protect_mm": getattr(cfg, "protect_mm", 5.0) if self.protect_mm is None else self.protect_mm,
-            "margin_mm": getattr(cfg, "margin_mm", 6.0) if self.margin_mm is None else self.margin_mm,
+            "margin_mm": getattr(cfg, "margin_mm", 1.0) if self.margin_mm is None else self.margin_mm,
             "ramp_mm": getattr(cfg, "ramp_mm", 4.0) if self.ramp_mm is None else self.ramp_mm,
             "min_score": cfg.min_registration_score if self.min_score is None else self.min_score,
             "threads": cfg.threads if self.threads is None else self.threads,

@@ -16,6 +16,8 @@ MIN_FOV_MM = 120.0
 MAX_VOXEL_MM = 8.0
 #: Minimal fraction of the field of view that is head tissue.
 MIN_HEAD_FRACTION = 0.05
+#: Minimal ratio of median tissue to median background intensity.
+MIN_CONTRAST = 3.0
 
 
 class DefaceQuarantine(IncloudError):
@@ -53,14 +55,20 @@ def check_volume(shape: tuple[int, ...], affine: np.ndarray) -> None:
         raise DefaceQuarantine("tiny", f"field of view {tuple(int(f) for f in fov)} mm cannot hold a head")
 
 
-def check_head(head_fraction: float) -> None:
-    """Refuse a volume with (almost) no head tissue: empty, noise, a small phantom."""
+def check_head(head_fraction: float, contrast: float = float("inf")) -> None:
+    """Refuse a volume with (almost) no head tissue: empty, noise, a small phantom.
+
+    ``head_fraction``: fraction of the field of view in the head mask; ``contrast``: median intensity inside
+    the head mask over the median outside it (air); pure noise gives about 1.5, any MR head well over 5.
+    """
     if head_fraction < MIN_HEAD_FRACTION:
         raise DefaceQuarantine("no-head", f"only {head_fraction:.1%} of the field of view is tissue")
+    if not contrast >= MIN_CONTRAST:
+        raise DefaceQuarantine("no-head", f"tissue is only {contrast:.1f}x brighter than the background (noise?)")
 
 
 def check_registration(score: float, min_score: float, face_in_view: float, face_tissue: float,
-                       *, min_face_in_view: float = 0.25, min_face_tissue: float = 0.6) -> None:
+                       *, min_face_in_view: float = 0.25, min_face_tissue: float = 0.3) -> None:
     """Refuse a fit below the score threshold, or a face outside the field of view or without tissue."""
     if not np.isfinite(score) or score < min_score:
         raise DefaceQuarantine("registration", f"registration score {score:.2f} is below {min_score:.2f}")
@@ -68,3 +76,10 @@ def check_registration(score: float, min_score: float, face_in_view: float, face
         raise DefaceQuarantine("no-face", f"only {face_in_view:.0%} of the face region is in the field of view")
     if face_tissue < min_face_tissue:
         raise DefaceQuarantine("no-face", f"only {face_tissue:.0%} of the expected face tissue is present (brain-only or cropped image?)")
+
+
+def check_orientation(found: float, turned: float) -> None:
+    """Refuse a fit that a 180-degree turned or mirrored template matches better: the header's orientation is
+    wrong (or the image is not a head), so the face could be looked for in the wrong place."""
+    if not np.isfinite(found) or turned >= found:
+        raise DefaceQuarantine("orientation", f"the fitted template matches worse ({found:.2f}) than a turned one ({turned:.2f}): implausible orientation header")

