@@ -190,6 +190,24 @@ def pixel_data_element(frames: list[np.ndarray], pix: Dataset, transfer_syntax: 
     return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + encapsulate(encoded) + _SEQ_DELIMITER
 
 
+def _plan(shared: dict[int, bytes], own: dict[int, bytes]) -> list[bytes | int]:
+    """Element order of an instance: runs of shared elements pre-joined (bytes) between the tags (int) that
+    each instance encodes itself; tags ascending as PS3.5 7.1 requires."""
+    plan: list[bytes | int] = []
+    run: list[bytes] = []
+    for tag in sorted(shared.keys() | own.keys()):
+        if tag in own:
+            if run:
+                plan.append(b"".join(run))
+                run = []
+            plan.append(tag)
+        else:
+            run.append(shared[tag])
+    if run:
+        plan.append(b"".join(run))
+    return plan
+
+
 def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, sop_class_uid: str,
                  instance_uids: list[str], transfer_syntax: str = EXPLICIT_LE,
                  reference: tuple[str, str] | None = None) -> list[Path]:
@@ -217,6 +235,7 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
     shared_ds.update(pix)
     shared = _encode_dataset(shared_ds)
     encode = _Encoder()
+    plans: dict[tuple[int, ...], list[bytes | int]] = {}
     paths: list[Path] = []
     for number, (inst, uid) in enumerate(zip(instances, instance_uids), start=1):
         own = dict([encode_attribute("SOPInstanceUID", uid), encode("InstanceNumber", number)])
@@ -224,8 +243,12 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
             tag, raw = encode(key, value)
             own[tag] = raw
         own[0x7FE00010] = pixel_data_element([inst.pixels], pix, transfer_syntax)
-        merged = shared | own
-        body = b"".join([file_meta_bytes(sop_class_uid, uid, transfer_syntax)] + [merged[t] for t in sorted(merged)])
+        plan = plans.get(tuple(own))
+        if plan is None:
+            plan = plans[tuple(own)] = _plan(shared, own)
+        parts = [file_meta_bytes(sop_class_uid, uid, transfer_syntax)]
+        parts += [p if isinstance(p, bytes) else own[p] for p in plan]
+        body = b"".join(parts)
         path = folder / f"IM{number:05d}.dcm"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
