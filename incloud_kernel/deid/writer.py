@@ -169,6 +169,11 @@ def encode_meta(meta: Dataset) -> bytes:
     for tag in sorted(meta._dict):
         if tag == 0x00020000:
             continue
+        raw = meta._dict[tag]  # noqa: SLF001
+        if type(raw) is RawDataElement and raw.VR and raw.is_little_endian and not raw.is_implicit_VR \
+                and raw.value is not None and raw.length != UNDEFINED:
+            body.append(_header(tag, raw.VR, len(raw.value), False) + raw.value)
+            continue
         elem = meta[tag]
         vr = elem.VR
         value = elem.value
