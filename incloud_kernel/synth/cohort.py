@@ -381,6 +381,9 @@ def make_cohort(out: str | Path, *, participants: int = 4, seed: int = 0, sites:
             if progress:
                 progress(len(studies), len(jobs))
     else:
+        from incloud_kernel.synth.deform import warm_up
+
+        warm_up()  # forked workers inherit the loaded templates
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for st in pool.map(_study_job, jobs):
                 studies.append(st)

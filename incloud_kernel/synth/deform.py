@@ -328,15 +328,29 @@ def axial_twin(ref: sitk.Image) -> tuple[sitk.Image, Callable[[np.ndarray], np.n
 _ARRAYS: dict[int, tuple[sitk.Image, np.ndarray]] = {}
 
 
+def warm_up() -> None:
+    """Load the templates, their voxel arrays and scipy.ndimage now (about 2 s), so processes forked afterwards
+    (``make_cohort``'s workers) share them instead of each loading its own."""
+    from scipy import ndimage  # noqa: F401
+
+    t = load_templates()
+    for img in (t.head, t.gm, t.wm, t.csf):
+        _voxels(img)
+
+
+def _voxels(src: sitk.Image) -> np.ndarray:
+    key = id(src)
+    if key not in _ARRAYS:
+        _ARRAYS[key] = (src, sitk.GetArrayFromImage(src).astype(np.float32))
+    return _ARRAYS[key][1]
+
+
 def sample(src: sitk.Image, points: np.ndarray, linear: bool = True) -> np.ndarray:
     """``src`` (scalar image) sampled at LPS points (3, ...) from ``Participant.points``, trilinear (or nearest);
     float32 of the points' shape, 0 outside ``src``. The source voxels are cached per image object."""
     from scipy import ndimage
 
-    key = id(src)
-    if key not in _ARRAYS:
-        _ARRAYS[key] = (src, sitk.GetArrayFromImage(src).astype(np.float32))
-    arr = _ARRAYS[key][1]
+    arr = _voxels(src)
     direction = np.array(src.GetDirection()).reshape(3, 3)
     to_index = (np.linalg.inv(direction) / np.asarray(src.GetSpacing())[:, None])[::-1]  # rows z, y, x
     offset = -(to_index @ np.asarray(src.GetOrigin()))
