@@ -218,8 +218,15 @@ class IngestWorker:
             self.journal.write(job["job_id"], state="interrupted", finished=time.time(),
                                reason=f"worker pid {worker.get('pid', '?')} stopped before the job finished; "
                                       "the study is ingested again")
-            if job.get("orthanc_study"):
-                self._interrupted[str(job["orthanc_study"])] = str(job["job_id"])
+            study_id = str(job.get("orthanc_study") or "")
+            try:
+                gone = not study_id or self.client.study(study_id) is None
+            except OrthancUnavailable:
+                gone = False  # cannot tell now: keep it for a retry
+            if gone:  # it died after the study left Orthanc (archived or quarantined): nothing to redo
+                self.journal.write(job["job_id"], resolved="study no longer in Orthanc")
+            else:
+                self._interrupted[study_id] = str(job["job_id"])
             log.warning("job %s was interrupted (worker gone); its study is ingested again", job["job_id"])
 
     # ------------------------------------------------------------------ one study

@@ -48,4 +48,5 @@ def ingest_status(site: Site, recent: int = 10) -> IngestStatus:
     return IngestStatus(reachable, waiting_studies, waiting_instances, Cursor(paths.cursor).load(),
                         [j for j in jobs if j.get("state") == "running"],
                         [j for j in jobs if j.get("state") != "running"][-recent:], failed,
-                        [j for j in jobs if j.get("state") == "interrupted" and not j.get("retried_by")])
+                        [j for j in jobs if j.get("state") == "interrupted"
+                         and not j.get("retried_by") and not j.get("resolved")])
