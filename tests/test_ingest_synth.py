@@ -1,6 +1,7 @@
 """A synthetic T1w+BOLD+DWI study with its burned-in secondary capture (``incloud_kernel.synth.make_study``)
 through ``incloud serve dicom`` and the worker with refacing on: archived as valid BIDS, de-identified (the leak
-checker finds nothing), T1w refaced, the secondary capture quarantined alone, no faced DICOM left in the cache.
+checker finds nothing), T1w refaced as DICOM before conversion (no faced copy in the cache), the secondary capture quarantined
+alone.
 
 Run on SQLite only (the slowest test of the suite: refacing and three conversions); the database layer of the
 chain is covered on SQLite and PostgreSQL by test_records_transactions, test_ingest_chain and test_ingest_orthanc.
@@ -44,17 +45,19 @@ def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_
     cache = site.config.spool / "ingest" / "deid-cache"
     report = verify([cache], [tmp_path / "src"])
     assert report.leaks == [] and report.outputs > 0
-    # Refaced, and no faced copy kept: the T1w's de-identified instances left the cache once it was archived.
-    t1_uid = next(r[1] for r in archived(site) if r[0] == "T1w")
-    assert not list((cache / t1_uid).glob("*.dcm"))
-    assert json.loads((cache / t1_uid / "archived.json").read_text())["cache_kept"] is False
+    # Refaced as DICOM before conversion: the cache keeps only refaced instances, and the archived T1w is
+    # their conversion, which differs from a plain conversion of the received (faced) instances.
     from incloud_kernel.ingest.convert import convert_series
 
+    t1_uid = next(r[1] for r in archived(site) if r[0] == "T1w")
+    assert json.loads((cache / t1_uid / "archived.json").read_text())["cache_kept"] is True
+    cached = convert_series(cache / t1_uid, tmp_path / "cached")
     import pydicom
 
     t1_src = next(p.parent for p in files
                   if "t1" in str(pydicom.dcmread(p, stop_before_pixels=True).SeriesDescription).lower())
     plain = convert_series(t1_src, tmp_path / "plain")
-    refaced = nib.load(str(next(site.archive_root.rglob("*_T1w.nii.gz"))))
-    before, after = np.asarray(nib.load(str(plain.nifti)).dataobj), np.asarray(refaced.dataobj)
-    assert before.shape == after.shape and not np.array_equal(before, after)
+    refaced = np.asarray(nib.load(str(next(site.archive_root.rglob("*_T1w.nii.gz")))).dataobj)
+    before = np.asarray(nib.load(str(plain.nifti)).dataobj)
+    assert before.shape == refaced.shape and not np.array_equal(before, refaced)
+    assert np.array_equal(np.asarray(nib.load(str(cached.nifti)).dataobj), refaced)

@@ -1,5 +1,6 @@
-"""The ingest chain for one study, one idempotent job: de-identify -> dcm2niix -> BIDS name -> reface ->
-archive (files atomically written with checksums, rows committed) -> backup hook -> series ready for QC.
+"""The ingest chain for one study, one idempotent job: de-identify -> reface (structural series, as DICOM) ->
+dcm2niix -> BIDS name -> archive (files atomically written with checksums, series row, file rows and audit in
+one commit) -> backup hook -> series ready for QC.
 
 Identified DICOM never enters the archive: it is read in memory, de-identified by ``incloud_kernel.deid`` and
 only the de-identified instances are written (to a private work folder and the de-identified series cache under
@@ -187,6 +188,45 @@ class IngestChain:
         nib.save(image, str(tmp))
         os.replace(tmp, nifti)
 
+    def _structural(self, original: Dataset) -> bool:
+        """Whether the series is a structural head contrast (T1w, T2w, FLAIR, PD) by its descriptions."""
+        try:
+            from incloud_kernel.deface.dicom import contrast_of
+        except ImportError:
+            return False
+        return contrast_of(original) is not None
+
+    def _reface_dicom(self, suid: str, cache: Path) -> bool:
+        """Reface the de-identified instances of a structural series in the cache, in place, BEFORE conversion
+        (``incloud_kernel.deface.dicom``): only Pixel Data changes, so no faced de-identified copy is kept.
+
+        Returns False (nothing changed) when the series is not one regular 3D stack (localizer, 4D, enhanced
+        multi-frame): such a series is only refaced later if the naming rules call it anatomical. Any other
+        refusal (registration not good enough...) raises ChainFailure: the study is quarantined.
+        """
+        try:
+            from incloud_kernel.deface.dicom import reface_session, write_datasets
+            from incloud_kernel.deface.reface import Refacer
+        except ImportError:
+            raise ChainFailure("reface", "the refacing component is not installed") from None
+        d = self.config.deface
+        paths = sorted(cache.glob("*.dcm"))
+        try:
+            result = reface_session({suid: paths}, refacer_factory=lambda: Refacer(
+                min_score=d.min_registration_score, threads=d.threads))
+        except IncloudError as exc:
+            raise ChainFailure("reface", str(exc)) from None
+        if suid in result.quarantined:
+            if result.quarantined[suid] in ("2d", "4d", "multiframe"):
+                return False
+            raise ChainFailure("reface", f"the series cannot be refaced safely ({result.quarantined[suid]})")
+        ordered = result.series[suid].paths
+        staged = [p.with_name(f".{p.stem}.refaced.tmp") for p in ordered]
+        write_datasets(result.refaced[suid], staged)
+        for tmp, final in zip(staged, ordered):
+            os.replace(tmp, final)
+        return True
+
     # ---------------------------------------------------------------- the job
     def run_files(self, paths: Iterable[Path], project: str, *, job_id: str) -> list[StudyOutcome]:
         """Ingest every study found among ``paths`` into ``project``; raises ChainFailure on the first failure."""
@@ -331,6 +371,10 @@ class IngestChain:
             # A refaced series keeps no faced de-identified instances, so late instances can only be merged
             # when the whole series is sent again.
             raise ChainFailure("merge", "late instances for a refaced series; send the whole series again")
+        # Structural series are refaced as DICOM before conversion (de-identify -> reface -> dcm2niix): the
+        # cache then only ever keeps refaced instances. A merge refaces the whole merged series again.
+        refaced_dicom = bool(self.config.ingest.reface and self._structural(original)
+                             and self._reface_dicom(suid, cache))
         # Convert everything cached for the series (a merge reconverts with the late instances).
         out = work / "nii" / suid
         try:
@@ -354,7 +398,9 @@ class IngestChain:
                 raise ChainFailure("name", "a series matches no BIDS naming rule")
             log.info("series skipped: no BIDS naming rule matches (series kept out of the archive)")
             return SeriesOutcome(suid, "skipped")
-        refaced = bool(name.anatomical and self.config.ingest.reface)
+        # Fallback: an anatomical series (by the naming rules) not refaced as DICOM is refaced as NIfTI; its
+        # cache then still shows the face and is removed once the series is archived (``_mark_archived``).
+        refaced = bool(name.anatomical and self.config.ingest.reface and not refaced_dicom)
         if refaced:
             self._reface(converted.nifti)
         if name.datatype == "func" and "TaskName" not in sidecar:
