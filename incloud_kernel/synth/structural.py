@@ -74,7 +74,7 @@ def region_fractions(participant: Participant, ref: sitk.Image, region: str, wit
     """Fraction (0-1) of ``region`` in each voxel of ``ref`` (numpy z, y, x).
 
     Resamples only a box of ``ref`` around the region (its MNI ellipsoid mapped back through the inverse pose
-    and template affine, with a 25 mm margin for the warp and the effects), zero elsewhere.
+    and template affine, with a 12 mm margin for the warp and the effects), zero elsewhere.
     """
     t = load_templates()
     r = REGIONS[region]
@@ -85,7 +85,7 @@ def region_fractions(participant: Participant, ref: sitk.Image, region: str, wit
     corners_mni = r.center_lps + signs * np.asarray(r.radii) * 1.6
     corners = [inv_pose.TransformPoint(np.linalg.solve(M, c - o).tolist()) for c in corners_mni]
     idx = np.array([ref.TransformPhysicalPointToContinuousIndex(c) for c in corners])
-    margin = 25.0 / np.asarray(ref.GetSpacing())
+    margin = 12.0 / np.asarray(ref.GetSpacing())
     lo = np.clip(np.floor(idx.min(0) - margin), 0, None).astype(int)
     hi = np.minimum(np.ceil(idx.max(0) + margin).astype(int) + 1, np.asarray(ref.GetSize()))
     out = np.zeros(ref.GetSize()[::-1], np.float32)

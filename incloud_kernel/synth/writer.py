@@ -1,6 +1,7 @@
 """Write synthetic series to disk as DICOM Part 10 files: one file per instance, one folder per series.
 
-Classic single-frame MR (and one secondary capture) in explicit VR little endian, or in lossless JPEG 2000 /
+Classic single-frame MR (and one secondary capture), or one Enhanced MR multi-frame file per series
+(``write_multiframe``), in explicit VR little endian, or in lossless JPEG 2000 /
 JPEG-LS through pydicom's pixel encoders (pylibjpeg-openjpeg, pyjpegls). Pixel geometry is explicit: the caller
 passes LPS ImagePositionPatient per slice and the ImageOrientationPatient of the series.
 
