@@ -132,10 +132,29 @@ def profile_list(hub: HubSection, spawner_class: Any) -> list[tuple[str, str, An
     return out
 
 
+#: Jupyter server extensions a workstation loads: JupyterLab and its terminals. The environment also holds voila,
+#: jupyter_lsp and the classic notebook (for other uses of the venv); loading them at every spawn cost seconds
+#: (issue 7: spawn-to-ready). Passed as ``--ServerApp.jpserver_extensions=NAME=BOOL`` items, which override the
+#: venv's ``jupyter_server_config.d`` per extension and need no shell quoting in a batch script.
+WORKSTATION_EXTENSIONS: dict[str, bool] = {
+    "jupyterlab": True, "jupyter_server_terminals": True,
+    "voila.server_extension": False, "jupyter_lsp": False, "notebook": False, "notebook_shim": False,
+}
+
+
+def workstation_args() -> list[str]:
+    """Single-user server arguments: only the extensions above; no PyPI-backed extension manager (a workstation
+    cannot reach PyPI and must not install lab extensions; its start-up also imports aiohttp)."""
+    return [*(f"--ServerApp.jpserver_extensions={name}={value}" for name, value in WORKSTATION_EXTENSIONS.items()),
+            "--LabApp.extension_manager=readonly"]
+
+
 def common(c: Any, cfg: Config, api_url: str) -> None:
     """Settings every spawner shares: the workstation's command, token scopes, environment and timeouts."""
     hub = cfg.hub
-    c.Spawner.cmd = [_venv_bin(hub, "jupyterhub-singleuser")]
+    # hub.workstation starts jupyterhub-singleuser in-process with a lazy rfc3987_syntax (see that module).
+    c.Spawner.cmd = [_venv_bin(hub, "python"), "-m", "hub.workstation", _venv_bin(hub, "jupyterhub-singleuser")]
+    c.Spawner.args = workstation_args()
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = hub.start_timeout
     c.Spawner.http_timeout = hub.start_timeout
@@ -148,13 +167,15 @@ def common(c: Any, cfg: Config, api_url: str) -> None:
 def embedded(c: Any, cfg: Config, api_url: str) -> None:
     """Workstations as local processes of the hub's own system user (one machine, demos, laptops)."""
     common(c, cfg, api_url)
-    c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
-    # A local process spawner starts servers as the hub's user, so the notebook folder is shared: give each
-    # user their own under the hub's state folder.
+    # SimpleLocalProcessSpawner runs servers as the hub's own system user, so hub users need no system account
+    # (LocalProcessSpawner would setuid to one and fail for demo users). No isolation between users: embedded
+    # is for one machine, demos and laptops; clusters use the Slurm set-up. Each user gets their own folder.
+    c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+    c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir(cfg) / "users" / "{username}")
     c.Spawner.notebook_dir = str(state_dir(cfg) / "users" / "{username}")
     c.LocalProcessSpawner.pre_spawn_hook = _make_user_dir(state_dir(cfg) / "users")
     if os.geteuid() == 0:
-        c.Spawner.args = ["--allow-root"]
+        c.Spawner.args = [*workstation_args(), "--allow-root"]
 
 
 def _make_user_dir(root: Path):  # type: ignore[no-untyped-def]
@@ -171,7 +192,9 @@ def cluster(c: Any, cfg: Config, api_url: str) -> None:
     c.ProfilesSpawner.profiles = profile_list(hub, slurm_spawner_class())
     c.Spawner.pre_spawn_hook = check_system_account
     c.BatchSpawnerBase.exec_prefix = hub.exec_prefix
-    c.BatchSpawnerBase.batchspawner_singleuser_cmd = _venv_bin(hub, "batchspawner-singleuser")
+    # batchspawner runs "{batchspawner_singleuser_cmd} {cmd} {args}": the launcher reports the port itself.
+    c.BatchSpawnerBase.batchspawner_singleuser_cmd = f"{_venv_bin(hub, 'python')} -m hub.workstation --report-port"
+    c.Spawner.cmd = [_venv_bin(hub, "jupyterhub-singleuser")]
     c.BatchSpawnerBase.startup_poll_interval = 0.25
     # Bounded commands: a controller that is down must fail the spawn, not hang it.
     c.SlurmSpawner.batch_submit_cmd = "timeout 20 sbatch --parsable"
@@ -195,7 +218,7 @@ def docker(c: Any, cfg: Config, api_url: str, image: str = "localhost/incloud-wo
     c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
     c.DockerSpawner.image = image
     c.DockerSpawner.remove = True
-    c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
+    c.DockerSpawner.cmd = ["python", "-m", "hub.workstation", "jupyterhub-singleuser"]
     c.DockerSpawner.notebook_dir = "/home/jovyan/work"
     c.DockerSpawner.volumes = {"incloud-{username}": "/home/jovyan/work"}
     c.JupyterHub.hub_ip = "0.0.0.0"

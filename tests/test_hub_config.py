@@ -18,7 +18,7 @@ def _configure(tmp_path, **env):  # type: ignore[no-untyped-def]
 
 def test_embedded_default_is_a_local_spawner_with_native_sign_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = _configure(tmp_path)
-    assert c.JupyterHub.spawner_class.endswith("LocalProcessSpawner")
+    assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")  # no system account needed
     assert c.JupyterHub.authenticator_class == "hub.native.IncloudNativeAuthenticator"
     assert c.NativeAuthenticator.open_signup is False
     assert c.Spawner.environment["INCLOUD_API_URL"] == "http://127.0.0.1:8000/services/incloud-api/"
@@ -31,7 +31,10 @@ def test_cluster_profiles_are_site_config_data(tmp_path) -> None:  # type: ignor
     [(display, key, cls, conf)] = c.ProfilesSpawner.profiles
     assert (key, conf["req_nprocs"], conf["req_memory"], conf["req_runtime"]) == ("tiny", "1", "1G", "01:00:00")
     assert cls.__name__ == "IncloudSlurmSpawner"
-    assert c.BatchSpawnerBase.batchspawner_singleuser_cmd.endswith("/bin/batchspawner-singleuser")
+    assert c.BatchSpawnerBase.batchspawner_singleuser_cmd.endswith("/bin/python -m hub.workstation --report-port")
+    # Only JupyterLab's server extensions load in a workstation (spawn-to-ready); no argument needs shell quoting.
+    assert "--ServerApp.jpserver_extensions=voila.server_extension=False" in c.Spawner.args
+    assert not any(ch in arg for arg in c.Spawner.args for ch in "{}'\" $")
     assert "timeout" in c.SlurmSpawner.batch_submit_cmd  # a dead controller cannot hang the spawn
 
 

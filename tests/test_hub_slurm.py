@@ -96,6 +96,10 @@ def test_login_spawn_on_slurm_and_list_series_from_a_kernel(stack, alice) -> Non
     assert f"{alice.name} RUNNING" in jobs, "the workstation is not a running Slurm job of the user"
     result = _run(stack, alice, LIST_CODE)
     assert result == {"whoami": alice.name, "unix": alice.name, "rows": 2, "suffixes": ["T1w", "bold"]}
+    # JupyterLab still serves with only the workstation's server extensions loaded (hub.spawners).
+    lab = requests.get(f"{stack.url}/user/{alice.name}/lab", headers={"Authorization": f"token {alice.token}"},
+                       timeout=30)
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
 
 
 def test_second_user_without_membership_gets_nothing(stack, alice, bob) -> None:  # type: ignore[no-untyped-def]

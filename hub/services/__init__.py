@@ -37,6 +37,6 @@ def services(cfg: Config) -> list[dict[str, Any]]:
         {
             "name": "idle-culler",
             "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_timeout}",
-                        f"--cull-every={hub.cull_every}", "--remove-named-servers"],
+                        f"--cull-every={hub.cull_every}", "--remove-named-servers=True"],
         },
     ]

@@ -146,6 +146,37 @@ class HubUser:
         return r.json()
 
 
+def spawn(user: HubUser, profile: str = "small", server: str = "", timeout: float = 60) -> dict:
+    """Ask for a workstation with the user's own login session; wait until ready or failed.
+
+    Returns {"ready": bool, "message": str, "seconds": float, "url": str}.
+    """
+    path = f"/users/{user.name}/servers/{server}" if server else f"/users/{user.name}/server"
+    t0 = time.monotonic()
+    r = user.hub_api("POST", path, json={"profile": profile})
+    if r.status_code not in (201, 202):
+        return {"ready": False, "message": r.json().get("message", r.text), "seconds": 0.0, "url": ""}
+    progress = f"/users/{user.name}/servers/{server}/progress" if server else f"/users/{user.name}/server/progress"
+    result = {"ready": False, "message": "no progress event", "seconds": 0.0, "url": ""}
+    with user.hub_api("GET", progress, stream=True, headers={"Accept": "text/event-stream"}) as stream:
+        deadline = time.monotonic() + timeout
+        for line in stream.iter_lines(decode_unicode=True):
+            if time.monotonic() > deadline:
+                result["message"] = "timed out waiting for the spawn"
+                break
+            if not line or not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if event.get("ready"):
+                result = {"ready": True, "message": event.get("message", ""), "url": event.get("url", "")}
+                break
+            if event.get("failed"):
+                result = {"ready": False, "message": event.get("message", ""), "url": ""}
+                break
+    result["seconds"] = time.monotonic() - t0
+    return result
+
+
 class HubStack:
     """Start with ``HubStack(tmp).start()``; stop with ``close()`` (idempotent)."""
 
@@ -271,34 +302,8 @@ class HubStack:
 
     # -- workstations --------------------------------------------------------------------------------------------
     def spawn(self, user: HubUser, profile: str = "small", server: str = "", timeout: float = 60) -> dict:
-        """Ask for a workstation with the user's own login session; wait until ready or failed.
-
-        Returns {"ready": bool, "message": str, "seconds": float, "url": str}.
-        """
-        path = f"/users/{user.name}/servers/{server}" if server else f"/users/{user.name}/server"
-        t0 = time.monotonic()
-        r = user.hub_api("POST", path, json={"profile": profile})
-        if r.status_code not in (201, 202):
-            return {"ready": False, "message": r.json().get("message", r.text), "seconds": 0.0, "url": ""}
-        progress = f"/users/{user.name}/servers/{server}/progress" if server else f"/users/{user.name}/server/progress"
-        result = {"ready": False, "message": "no progress event", "seconds": 0.0, "url": ""}
-        with user.hub_api("GET", progress, stream=True, headers={"Accept": "text/event-stream"}) as stream:
-            deadline = time.monotonic() + timeout
-            for line in stream.iter_lines(decode_unicode=True):
-                if time.monotonic() > deadline:
-                    result["message"] = "timed out waiting for the spawn"
-                    break
-                if not line or not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                if event.get("ready"):
-                    result = {"ready": True, "message": event.get("message", ""), "url": event.get("url", "")}
-                    break
-                if event.get("failed"):
-                    result = {"ready": False, "message": event.get("message", ""), "url": ""}
-                    break
-        result["seconds"] = time.monotonic() - t0
-        return result
+        """Ask for a workstation with the user's own login session; wait until ready or failed (``spawn``)."""
+        return spawn(user, profile, server, timeout)
 
     def stop_server(self, user: HubUser, server: str = "") -> None:
         path = f"/users/{user.name}/servers/{server}" if server else f"/users/{user.name}/server"
