@@ -65,8 +65,8 @@ class VerifyReport:
     leaks: list[Leak] = field(default_factory=list)
 
 
-def _read(path: Path, member: str | None = None, pixels: bool = True) -> Dataset | None:
-    """The dataset, or None if unreadable; ``pixels=False`` for sources (pixel data holds no header value)."""
+def _read(path: Path, member: str | None = None) -> Dataset | None:
+    """The whole dataset (elements after the pixel data too), or None if unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -79,7 +79,7 @@ def _read(path: Path, member: str | None = None, pixels: bool = True) -> Dataset
                 data = path.read_bytes()
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+            return pydicom.dcmread(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - unreadable sources hold nothing we can check
         return None
 
@@ -249,7 +249,7 @@ def _verify(outputs: Iterable[str | Path], sources: Iterable[str | Path]) -> Ver
     report = VerifyReport()
     cands: list[Candidate] = []
     for job in enumerate_jobs(list(sources)):
-        ds = _read(Path(job.path), job.member, pixels=False)
+        ds = _read(Path(job.path), job.member)
         if ds is not None and "DirectoryRecordSequence" not in ds:
             report.sources += 1
             cands.extend(source_candidates(ds))
