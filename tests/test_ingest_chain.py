@@ -182,3 +182,14 @@ def test_a_deidentification_failure_of_an_imaging_series_quarantines_the_whole_s
     assert series_rows(site) == [] and file_count(site) == 0  # never half-archived
     (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
     assert reason["files"] == 8 + 4 * 8 + 4 * 8
+
+
+def test_a_series_the_refacer_refuses_quarantines_the_whole_study(ready, tmp_path: Path) -> None:
+    """A 16x16x8 "t1_mprage" is no head the refacer can register: refused, so nothing of the study is archived."""
+    site, env = ready
+    make_small_study(tmp_path / "src")
+    result = run_ingest(dict(env, INCLOUD_INGEST_REFACE="true"), tmp_path / "src")
+    assert result.returncode != 0 and "quarantined at step reface" in result.stderr, result.stderr
+    assert series_rows(site) == [] and file_count(site) == 0
+    cache = site.config.spool / "ingest" / "deid-cache"
+    assert not list(cache.rglob("*.dcm"))  # the failed run took back what it cached
