@@ -74,11 +74,11 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
     fractions = {"corpus_callosum": cc, "wm": wm - cc, "gm": gm, "csf": csf, "nonbrain": head * (1 - brain)}
     bvals = np.array([0.0] + [B_VALUE] * n_dirs)
     bvecs = np.vstack([[0.0, 0.0, 0.0], directions(n_dirs)])
-    data = np.zeros((len(bvals),) + gm.shape, np.float32)
-    for name, (fa, md, s0, e) in TISSUES.items():
-        D = tensor(fa, md, e)
-        att = np.exp(-bvals * np.einsum("ni,ij,nj->n", bvecs, D, bvecs))
-        data += (att[:, None, None, None] * (s0 * fractions[name])[None]).astype(np.float32)
+    # signal(volume, voxel) = sum over tissues of attenuation(volume, tissue) * s0(tissue) * fraction(tissue, voxel)
+    weights = np.stack([s0 * np.exp(-bvals * np.einsum("ni,ij,nj->n", bvecs, tensor(fa, md, e), bvecs))
+                        for fa, md, s0, e in TISSUES.values()], 1).astype(np.float32)  # (volumes, tissues)
+    tissue = np.stack([np.asarray(fractions[name], np.float32).ravel() for name in TISSUES])  # (tissues, voxels)
+    data = (weights @ tissue).reshape((len(bvals),) + gm.shape)
     bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
     sigma = site.noise * 0.5
     data *= bias[None]
