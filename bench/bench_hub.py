@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +38,48 @@ def seed_series(stack: HubStack, n: int) -> None:
             records.add_series(db, console, ses, "func", "bold", {"task": "rest", "run": str(i + 1)})
 
 
+def bare_server_seconds(port: int) -> float:
+    """Anchor: a bare ``jupyter server`` (no server extensions) from exec to its first HTTP answer, on this machine
+    at this moment (the machine is shared: compare spawn times against this, not against a quiet machine)."""
+    venv = Path(sys.executable).parent
+    off = [f"--ServerApp.jpserver_extensions={n}=False" for n in
+           ("jupyterlab", "jupyter_server_terminals", "voila.server_extension", "jupyter_lsp", "notebook",
+            "notebook_shim")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(venv / "jupyter-server"), "--allow-root", "--no-browser", f"--port={port}",
+                             "--IdentityProvider.token=bench", "--ServerApp.root_dir=/tmp", *off],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/api/status?token=bench", timeout=2).ok:
+                    return time.perf_counter() - t0
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def phases(log: str) -> list[tuple[float, float]]:
+    """(sbatch to port reported, port reported to ready) per spawn, in s, from the hub's log."""
+    def ts(line: str) -> float:
+        h, m, sec = re.search(r" (\d\d):(\d\d):(\d\d\.\d+) ", line).groups()  # type: ignore[union-attr]
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+
+    out, submit, port = [], None, None
+    for line in log.splitlines():
+        if "Spawner submitting command" in line:
+            submit = ts(line)
+        elif "workstation job" in line and "started at" in line:
+            port = ts(line)
+        elif "seconds to start" in line and submit is not None and port is not None:
+            out.append((port - submit, ts(line) - port))
+            submit = port = None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spawns", type=int, default=10)
@@ -53,6 +97,10 @@ def main() -> None:
         alice.log_in()
         seed_series(stack, 200)
 
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        from services.hubstack import free_port
+
+        anchor = [bare_server_seconds(free_port()) for _ in range(3)]
         spawn = []
         for i in range(args.spawns):
             r = stack.spawn(alice, "small", timeout=120)
@@ -61,8 +109,16 @@ def main() -> None:
                 continue
             spawn.append(r["seconds"])
             stack.stop_server(alice)
+        anchor += [bare_server_seconds(free_port()) for _ in range(3)]
         print(f"spawn-to-ready on Slurm: median {statistics.median(spawn):.2f} s over {len(spawn)} "
               f"(min {min(spawn):.2f}, max {max(spawn):.2f}); goal < 5 s")
+        split = phases((work / "jupyterhub.log").read_text(errors="replace"))
+        if split:
+            print(f"  phases (median): sbatch to port reported {statistics.median(a for a, _ in split):.2f} s, "
+                  f"port to ready {statistics.median(b for _, b in split):.2f} s")
+        print(f"  anchor, bare `jupyter server` start here and now: median {statistics.median(anchor):.2f} s "
+              f"(6 runs around the spawns); ratio spawn/anchor {statistics.median(spawn) / statistics.median(anchor):.2f}")
+        print(f"load average after spawns: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
         token = alice.new_token(expires_in=3600)
         h = {"Authorization": f"token {token}"}
@@ -76,7 +132,7 @@ def main() -> None:
         print(f"API one page (50 series): median {statistics.median(lat) * 1000:.1f} ms, "
               f"p95 {sorted(lat)[int(len(lat) * 0.95) - 1] * 1000:.1f} ms")
 
-        HubUser.timeout = 600  # logins are bcrypt-bound on the hub's event loop; measure, do not time out
+        HubUser.timeout = 600  # logins are bcrypt-bound (threads since hub/native.py; sign-up still on the loop)
         t0 = time.perf_counter()
         users = [stack.add_user(f"u{i:02d}", system=False) for i in range(args.users)]
         for u in users:
@@ -104,6 +160,7 @@ def main() -> None:
         print(f"{args.users} users log in + token + API page concurrently: {errors} errors, wall {wall:.1f} s, "
               f"per user median {statistics.median(per):.1f} s, max {max(per):.1f} s "
               f"(sign-up+approval of {args.users} users beforehand: {setup:.1f} s); goal zero errors")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         stack.close()
 

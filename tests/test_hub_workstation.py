@@ -26,3 +26,12 @@ def test_launcher_runs_a_console_script_in_process() -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "jupyter_server" in out.stdout
+
+
+def test_launcher_skips_jupyterlabs_yarn_probe_at_import() -> None:
+    code = ("import subprocess, hub.workstation as w\nw._no_yarn_config_probe()\ncalls = []\n"
+            "real = subprocess.check_output\nsubprocess.check_output = lambda *a, **k: calls.append(a) or real(*a, **k)\n"
+            "import jupyterlab.labapp\nprint(len(calls))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0"  # no `node yarn config` subprocess while importing JupyterLab

@@ -54,7 +54,8 @@ DefMemPerCPU=1000
 MailProg=/bin/true
 ReturnToService=2
 MpiDefault=none
-SchedulerParameters=sched_interval=1
+# Start a workstation job at once: no batch scheduling delay (default up to 3 s), no defer, a 1 s main loop.
+SchedulerParameters=sched_interval=1,batch_sched_delay=0
 MessageTimeout=10
 KillWait=2
 NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
@@ -85,10 +86,12 @@ slurm_start() {
   while [ "$SECONDS" -lt "$deadline" ]; do
     _pid_alive "$dir/slurmctld.pid" || { _slurm_log "error: slurmctld exited (see $dir/log)"; return 1; }
     state=$(timeout 3 sinfo -h -N -o '%T' 2>/dev/null | head -1)
-    case "$state" in idle|mixed|allocated) return 0 ;; esac
+    # After a controller restart the node may still be completing a cancelled job: usable too.
+    case "$state" in idle|mixed|allocated|completing) return 0 ;; esac
     sleep 0.2
   done
-  _slurm_log "error: the Slurm node did not become idle in 30 s (see $dir/log)"
+  _slurm_log "error: the Slurm node did not become usable in 30 s (last state: ${state:-no answer}; see $dir/log)"
+  tail -n 5 "$dir/log/slurmctld.log" >&2 2>/dev/null
   return 1
 }
 

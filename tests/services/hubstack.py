@@ -55,8 +55,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 def slurm(action: str, folder: Path) -> None:
     """slurm_start / slurm_stop of scripts/lib/slurm.sh (the same code scripts/start.sh uses)."""
-    subprocess.run(["bash", "-c", f'source "{SLURM_SH}" && slurm_{action} "{folder}"'], check=True, timeout=120,
-                   capture_output=True)
+    r = subprocess.run(["bash", "-c", f'source "{SLURM_SH}" && slurm_{action} "{folder}"'], timeout=120,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"slurm_{action} failed: {r.stderr.strip()[-1500:]}")
 
 
 class PgDatabases:
