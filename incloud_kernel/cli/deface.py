@@ -8,6 +8,7 @@ The summary names files by their path and series by their position, never by a h
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -42,7 +43,7 @@ def deface(src: Path, dst: Path, qc_dir: Path | None, threads: int | None) -> No
     done, quarantined = 0, []
     groups = group_series(dicoms) if dicoms else {}
     units: list[tuple[str, object]] = [("nifti", f) for f in niftis] + ([("dicom", groups)] if groups else [])
-    with click.progressbar(units, label="refacing", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(units, label="refacing", file=sys.stderr) as bar:
         for kind, unit in bar:
             if kind == "nifti":
                 f = unit

@@ -94,6 +94,7 @@ def fit_registration(
         matrix = register_affine(data, affine, t.data, t.affine, seed=seed)
     else:
         matrix = np.asarray(init, dtype=float)
+    safety.check_transform(matrix)
     reg = score_registration(data, affine, t.head, t.replace, t.affine, matrix)
     safety.check_registration(reg.score, min_score, reg.face_in_view, reg.face_tissue)
     found, turned = orientation_scores(data, affine, t.data, t.affine, t.head, matrix)

@@ -45,14 +45,15 @@ class Registration:
 SAMPLES = 30000
 
 
-def _registration_method(seed: int, iterations: int, n_voxels: int) -> sitk.ImageRegistrationMethod:
+def _registration_method(seed: int, iterations: int, n_voxels: int, min_step: float = 1e-2,
+                         samples: int = SAMPLES) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(min(1.0, SAMPLES / max(1, n_voxels)), seed)
+    reg.SetMetricSamplingPercentage(min(1.0, samples / max(1, n_voxels)), seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-2, numberOfIterations=iterations, relaxationFactor=0.6,
+        learningRate=1.0, minStep=min_step, numberOfIterations=iterations, relaxationFactor=0.6,
         gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -71,31 +72,40 @@ def register_affine(
     seed: int = 0,
     iterations: int = 60,
     moving_mask: np.ndarray | None = None,
+    fixed_mask: np.ndarray | None = None,
+    min_step: float = 1e-2,
+    samples: int = SAMPLES,
 ) -> np.ndarray:
     """Affine registration (mutual information) of ``moving`` to ``fixed``; returns fixed mm -> moving mm (RAS).
 
     Rigid then affine at ``coarse_mm``, then affine at ``fine_mm``. ``init`` (same convention) replaces the
     centre-of-mass initialisation, e.g. a transform from another series of the session. ``moving_mask``
-    (boolean, moving grid) restricts the metric to moving points inside it (e.g. a brain-only template).
+    (boolean, moving grid) restricts the metric to moving points inside it (e.g. a brain-only template);
+    ``fixed_mask`` (fixed grid) restricts the sampled fixed points (e.g. registering a template's brain).
     """
     levels = [coarse_mm, fine_mm] if fine_mm < coarse_mm else [coarse_mm]
     images = {}
     for mm in set(levels):
         f, fa = block_downsample(fixed, fixed_affine, mm)
         m, ma = block_downsample(moving, moving_affine, mm)
-        mk = None
+        mk = fk = None
         if moving_mask is not None:
             mk, _ = block_downsample(moving_mask.astype(np.float32), moving_affine, mm)
             mk = sitk.Cast(to_sitk((mk > 0.5).astype(np.uint8), ma), sitk.sitkUInt8)
-        images[mm] = (to_sitk(f, fa), to_sitk(m, ma), mk)
-    f0, m0, mk0 = images[coarse_mm]
+        if fixed_mask is not None:
+            fk, _ = block_downsample(fixed_mask.astype(np.float32), fixed_affine, mm)
+            fk = sitk.Cast(to_sitk((fk > 0.5).astype(np.uint8), fa), sitk.sitkUInt8)
+        images[mm] = (to_sitk(f, fa), to_sitk(m, ma), mk, fk)
+    f0, m0, mk0, fk0 = images[coarse_mm]
     if init is None:
         rigid = sitk.CenteredTransformInitializer(
             f0, m0, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
-        reg = _registration_method(seed, iterations, f0.GetNumberOfPixels())
+        reg = _registration_method(seed, iterations, f0.GetNumberOfPixels(), min_step, samples)
         if mk0 is not None:
             reg.SetMetricMovingMask(mk0)
+        if fk0 is not None:
+            reg.SetMetricFixedMask(fk0)
         reg.SetInitialTransform(rigid, inPlace=True)
         reg.Execute(f0, m0)
         current = sitk.AffineTransform(3)
@@ -105,10 +115,12 @@ def register_affine(
     else:
         current = sitk_from_ras_matrix(init)
     for mm in levels:
-        f, m, mk = images[mm]
-        reg = _registration_method(seed, iterations, f.GetNumberOfPixels())
+        f, m, mk, fk = images[mm]
+        reg = _registration_method(seed, iterations, f.GetNumberOfPixels(), min_step, samples)
         if mk is not None:
             reg.SetMetricMovingMask(mk)
+        if fk is not None:
+            reg.SetMetricFixedMask(fk)
         reg.SetInitialTransform(current, inPlace=True)
         reg.Execute(f, m)
     return ras_matrix_from_sitk(current)

@@ -83,3 +83,23 @@ def check_orientation(found: float, turned: float) -> None:
     wrong (or the image is not a head), so the face could be looked for in the wrong place."""
     if not np.isfinite(found) or turned >= found:
         raise DefaceQuarantine("orientation", f"the fitted template matches worse ({found:.2f}) than a turned one ({turned:.2f}): implausible orientation header")
+
+
+#: Plausible head size relative to the template (stretch of the subject -> template matrix) and tilt.
+MIN_SCALE, MAX_SCALE, MAX_ANISOTROPY, MAX_TILT_DEG = 0.7, 1.4, 1.35, 40.0
+
+
+def check_transform(subject_to_template: np.ndarray) -> None:
+    """Refuse a fit that needs an implausible head: size outside 0.7-1.4x the template, strongly anisotropic
+    scaling (a limb or a phantom squeezed into a head), or more than 40 degrees of tilt from the orientation
+    the header claims (a wrong orientation header)."""
+    lin = np.asarray(subject_to_template, dtype=float)[:3, :3]
+    u, sv, vt = np.linalg.svd(lin)
+    if sv.min() < MIN_SCALE or sv.max() > MAX_SCALE or sv.max() / sv.min() > MAX_ANISOTROPY:
+        raise DefaceQuarantine("registration", f"the fit needs scalings {tuple(round(float(v), 2) for v in sv)}: not a head of plausible size/shape")
+    rot = u @ vt
+    if np.linalg.det(rot) < 0:
+        raise DefaceQuarantine("orientation", "the fit mirrors the head: implausible orientation header")
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+    if angle > MAX_TILT_DEG:
+        raise DefaceQuarantine("orientation", f"the head is tilted {angle:.0f} degrees from its header orientation")
