@@ -33,7 +33,7 @@ from sqlalchemy import select
 
 from incloud_kernel.archive.models import AuditEvent, DataFile
 from incloud_kernel.archive.permissions import Actor
-from incloud_kernel.archive.storage import CHUNK, TMP_PREFIX, safe_relpath, sha256_file
+from incloud_kernel.archive.storage import CHUNK, TMP_PREFIX, fsync_dir, safe_relpath, sha256_file
 from incloud_kernel.db import transaction
 from incloud_kernel.errors import NotFound, PermissionDenied, StorageError, ValidationError
 from incloud_kernel.site import Site
@@ -116,14 +116,6 @@ class ChecksumMismatch(StorageError):
     """A copy's SHA-256 differs from the recorded one; nothing was replaced."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _discard(tmp: Path) -> None:
     """Remove a temp file if possible; on a read-only or vanished folder there is nothing more to do."""
     try:
@@ -160,7 +152,7 @@ def copy_verified(source: Path, dest_root: Path, rel: str, expected_sha256: str 
             _discard(tmp)
             raise ChecksumMismatch(f"copy of {rel} does not match its recorded SHA-256; nothing was replaced")
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         _discard(tmp)
         raise StorageError(f"cannot copy {rel} into {dest_root}: {exc.strerror or type(exc).__name__}") from None

@@ -11,7 +11,6 @@ patient-identifying value in a name, an audit event or an error message.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -41,9 +40,16 @@ from incloud_kernel.archive.models import (
 from incloud_kernel.archive.permissions import Action, Actor
 from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.projects import check_bids_label as check_label
-from incloud_kernel.archive.storage import TMP_PREFIX, atomic_write, ensure_dataset, safe_relpath
+from incloud_kernel.archive.storage import (
+    TMP_PREFIX,
+    atomic_write,
+    ensure_dataset,
+    fsync_dir,
+    safe_relpath,
+    write_synced,
+)
 from incloud_kernel.db import session_factory
-from incloud_kernel.errors import IncloudError, StorageError, ValidationError
+from incloud_kernel.errors import StorageError, ValidationError
 
 #: BIDS datatypes (BIDS 1.9 folder names) a raw series may be filed under.
 DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf", "pet", "meg", "eeg", "ieeg", "beh", "micr",
@@ -85,41 +91,17 @@ def _finish_replacements(root: Path, renames: list[tuple[str, str]], unlink: lis
     for staging, final in renames:
         target = root / final
         os.replace(root / staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     for relpath in unlink:
         _unlink(root, relpath)
 
 
 def _stage(path: Path, source: Source) -> tuple[str, int]:
     """Write ``source`` completely to ``path`` (a temp-prefixed staging name) and fsync it; (sha256, bytes)."""
-    digest, size = hashlib.sha256(), 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as out:
-        if isinstance(source, bytes):
-            chunks: Iterable[bytes] = [source]
-        elif isinstance(source, Path):
-            fh = open(source, "rb")
-            chunks = iter(lambda: fh.read(1 << 20), b"")
-        else:
-            chunks = iter(lambda: source.read(1 << 20), b"")  # type: ignore[union-attr]
-        for chunk in chunks:
-            out.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-        if isinstance(source, Path):
-            fh.close()
-        out.flush()
-        os.fsync(out.fileno())
-    _fsync_dir(path.parent)
-    return digest.hexdigest(), size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    result = write_synced(path, source)
+    fsync_dir(path.parent)
+    return result
 
 
 def _unlink(root: Path, relpath: str) -> None:

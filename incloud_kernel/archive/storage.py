@@ -49,7 +49,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the folder entry, not only the file's bytes)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -67,6 +68,23 @@ def _chunks(source: bytes | Path | BinaryIO) -> Iterable[bytes]:
         yield from iter(lambda: source.read(CHUNK), b"")
 
 
+def write_synced(path: Path, source: bytes | Path | BinaryIO) -> tuple[str, int]:
+    """Write ``source`` to exactly ``path`` and fsync it; return (sha256 hex, size in bytes).
+
+    The building block of atomic writes: callers write under a temp or staging name, then rename.
+    Raises OSError; callers turn it into a StorageError that names the archive path.
+    """
+    digest, size = hashlib.sha256(), 0
+    with open(path, "wb") as fh:
+        for chunk in _chunks(source):
+            fh.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return digest.hexdigest(), size
+
+
 def atomic_write(root: Path, relpath: str | PurePosixPath, source: bytes | Path | BinaryIO,
                  *, overwrite: bool = False) -> tuple[str, int]:
     """Write ``source`` to ``root/relpath`` atomically; return (sha256 hex, size in bytes).
@@ -78,26 +96,19 @@ def atomic_write(root: Path, relpath: str | PurePosixPath, source: bytes | Path 
     target = root / rel
     if target.exists() and not overwrite:
         raise ValidationError(f"archive file already exists: {rel}")
-    digest, size = hashlib.sha256(), 0
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{target.name}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            for chunk in _chunks(source):
-                fh.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+        digest, size = write_synced(tmp, source)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:  # a read-only or vanished folder: nothing was left there anyway
             pass
         raise StorageError(f"cannot write {rel} under {root}: {exc.strerror or type(exc).__name__}") from None
-    return digest.hexdigest(), size
+    return digest, size
 
 
 def ensure_dataset(root: Path, name: str = "INCloud archive") -> None:
