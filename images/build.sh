@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Build the workstation image with podman from a debootstrap base (recipes: no Docker engine, no registry).
 #   images/build.sh [TAG]      default tag localhost/incloud-workstation:latest
-# Uses its own podman storage under $INCLOUD_IMAGE_WORK (default /var/tmp/incloud-image) with the vfs driver,
-# runc and lowered ulimits (crun fails on this machine's hybrid cgroups). Needs root, network to Debian and PyPI.
+# Own podman storage under $INCLOUD_IMAGE_WORK (default /var/tmp/incloud-image); storage driver
+# $INCLOUD_IMAGE_DRIVER (default overlay when the kernel has it, else vfs); runc and lowered ulimits (crun fails
+# on this machine's hybrid cgroups). Needs root and, once per machine, network to Debian for the base.
+# The venv: $INCLOUD_IMAGE_VENV (default /opt/incloud/venv when it runs on Debian's /usr/bin/python3, the same
+# Python as the image's) is copied in, so nothing is downloaded or compiled; set INCLOUD_IMAGE_VENV= (empty) to
+# install from PyPI with constraints.txt instead.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TAG=${1:-localhost/incloud-workstation:latest}
 WORK=${INCLOUD_IMAGE_WORK:-/var/tmp/incloud-image}
+DRIVER=${INCLOUD_IMAGE_DRIVER:-$(grep -qw overlay /proc/filesystems && echo overlay || echo vfs)}
+VENV=${INCLOUD_IMAGE_VENV-/opt/incloud/venv}
+BASE=localhost/debian:bookworm-python
 mkdir -p "$WORK"
 cat > "$WORK/containers.conf" <<CONF
 [containers]
@@ -15,15 +22,31 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 CONF
 export CONTAINERS_CONF="$WORK/containers.conf"
-P=(podman --root "$WORK/root" --runroot "$WORK/runroot" --storage-driver vfs)
-if ! "${P[@]}" image exists localhost/debian:bookworm; then
+P=(podman --root "$WORK/root-$DRIVER" --runroot "$WORK/runroot-$DRIVER" --storage-driver "$DRIVER")
+step() { printf '[incloud] %s (%ss)\n' "$*" "$SECONDS" >&2; }
+if ! "${P[@]}" image exists "$BASE"; then
+  step "debootstrap minbase bookworm with python3"
   rm -rf "$WORK/rootfs"
-  debootstrap --variant=minbase bookworm "$WORK/rootfs" >/dev/null
-  tar -C "$WORK/rootfs" -c . | "${P[@]}" import - localhost/debian:bookworm >/dev/null
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$WORK/rootfs" >/dev/null
+  rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+  tar -C "$WORK/rootfs" -c . | "${P[@]}" import - "$BASE" >/dev/null
   rm -rf "$WORK/rootfs"
 fi
-# Sites behind a TLS-inspecting proxy trust its CA in the host bundle: lend that bundle to pip in the build.
-CA=(); [ -f /etc/ssl/certs/ca-certificates.crt ] && \
-  CA=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
-"${P[@]}" build --isolation chroot "${CA[@]}" -f "$REPO/images/Containerfile" -t "$TAG" "$REPO"
-"${P[@]}" run --rm "$TAG" python -c "import incloud_kernel; print('incloud_kernel', incloud_kernel.__version__)"
+ARGS=()
+if [ -n "$VENV" ] && [ -x "$VENV/bin/python" ] && grep -q '^home = /usr/bin$' "$VENV/pyvenv.cfg" 2>/dev/null \
+   && [ "$(readlink -f "$VENV/bin/python")" = "$(readlink -f /usr/bin/python3)" ]; then
+  step "copying the venv $VENV into the image"
+  ARGS+=(-v "$VENV:/host-venv:ro" --build-arg HOST_VENV=/host-venv)
+else
+  step "installing the venv from PyPI (no usable host venv)"
+  # Sites behind a TLS-inspecting proxy trust its CA in the host bundle: lend that bundle to pip in the build.
+  [ -f /etc/ssl/certs/ca-certificates.crt ] && \
+    ARGS+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
+fi
+step "podman build ($DRIVER)"
+"${P[@]}" build --isolation chroot --layers=false "${ARGS[@]}" -f "$REPO/images/Containerfile" -t "$TAG" "$REPO" >&2
+step "checking the image"
+"${P[@]}" run --rm --network none "$TAG" python -c "import incloud_kernel; print('incloud_kernel', incloud_kernel.__version__)"
+# Earlier builds of the same tag leave dangling images: drop them so the storage does not grow per build.
+"${P[@]}" image prune -f >/dev/null 2>&1 || true
+step "done"

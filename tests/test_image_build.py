@@ -1,7 +1,9 @@
-"""The workstation image builds with podman from a debootstrap base and imports incloud_kernel.
+"""The workstation image (images/Containerfile) builds with podman from a debootstrap base and imports
+incloud_kernel.
 
-Opt-in (INCLOUD_TEST_IMAGE=1): the build installs every Python dependency into the image (several minutes and
-network to Debian and PyPI), too long for the ~20 min suite on 2 cores.
+Part of the normal suite: images/build.sh copies the platform's own venv into the image (nothing downloaded or
+compiled) on podman's overlay storage, 97 s measured on 2 loaded cores once the debootstrap base is cached
+(the first build on a machine adds about 3 minutes of debootstrap with network to Debian).
 """
 from __future__ import annotations
 
@@ -11,17 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import missing, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(3600)
-@pytest.mark.skipif(os.environ.get("INCLOUD_TEST_IMAGE") != "1", reason="opt-in: set INCLOUD_TEST_IMAGE=1")
+@pytest.mark.timeout(1200)
 def test_workstation_image_builds_and_imports_incloud_kernel() -> None:
     for tool in ("podman", "runc", "debootstrap"):
         require_tool(tool)
+    if os.geteuid() != 0:
+        missing("building the workstation image needs root (debootstrap, podman storage)")
+    info = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True,
+                          text=True, timeout=120)
+    if info.returncode != 0:
+        missing(f"podman cannot run here: {(info.stderr.strip().splitlines() or ['no output'])[-1][:200]}")
     r = subprocess.run([str(REPO / "images" / "build.sh"), "localhost/incloud-workstation:test"],
-                       capture_output=True, text=True, timeout=3500)
+                       capture_output=True, text=True, timeout=1150)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "incloud_kernel 0.1.0" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "incloud_kernel 0.1.0"
