@@ -1,6 +1,9 @@
 """``incloud_kernel.connect()`` finds its URL and token: workstation, environment, config file; clear errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from incloud_kernel.client import ApiError, TokenError, connect, resolve_credentials
@@ -30,3 +33,12 @@ def test_unreachable_api_is_one_line() -> None:
     with pytest.raises(ApiError, match="cannot reach the INCloud API") as info:
         connect("http://127.0.0.1:9/services/incloud-api/", "x", timeout=2)
     assert "\n" not in str(info.value) and "x" not in str(info.value).split("at")[0]
+
+
+def test_importing_incloud_kernel_and_its_client_stays_light() -> None:
+    """Workstation kernels import incloud_kernel; heavy libraries load only when a call needs them."""
+    code = ("import sys, incloud_kernel, incloud_kernel.client\n"
+            "print(sorted(m for m in ('pandas', 'numpy', 'sqlalchemy', 'nibabel', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == "[]"
