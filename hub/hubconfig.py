@@ -52,7 +52,7 @@ def configure(c: Any, cfg: Config | None = None) -> Config:
     authenticators.SETUPS[hub.authenticator](c, cfg)
     c.Authenticator.admin_users = set(hub.admin_users)
     c.JupyterHub.custom_scopes = roles.CUSTOM_SCOPES
-    c.JupyterHub.load_groups = {name: {"users": []} for name in roles.ROLE_SCOPES}
+    c.JupyterHub.load_groups = roles.load_groups(hub.group_members)
     c.JupyterHub.load_roles = roles.load_roles()
     c.JupyterHub.services = services(cfg)
     spawners.SETUPS[hub.mode](c, cfg, api_public_url(cfg))

@@ -7,6 +7,8 @@ to everybody by default.
 """
 from __future__ import annotations
 
+from incloud_kernel.errors import ConfigError
+
 API_SERVICE = "incloud-api"
 
 #: Custom scopes (JupyterHub 3+ ``c.JupyterHub.custom_scopes``); the API names the one each route needs.
@@ -35,6 +37,15 @@ ROLE_SCOPES: dict[str, list[str]] = {
 
 #: Scopes of the idle culler service (from jupyterhub-idle-culler's documentation), and nothing more.
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def load_groups(members: dict[str, list[str]]) -> dict[str, dict]:
+    """``c.JupyterHub.load_groups``: one group per INCloud role, with the site config's initial members."""
+    unknown = set(members) - set(ROLE_SCOPES)
+    if unknown:
+        raise ConfigError(f"hub.group_members names unknown role group(s): {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(ROLE_SCOPES)}")
+    return {name: {"users": list(members.get(name, []))} for name in ROLE_SCOPES}
 
 
 def load_roles(admin_group: str = "admin") -> list[dict]:

@@ -149,6 +149,9 @@ class HubSection:
     idle_timeout: int = 3600
     allow_named_servers: bool = True
     admin_users: list[str] = field(default_factory=lambda: ["admin"])
+    #: Initial members of the INCloud role groups (researcher, qc_reviewer, clinician, registrar, admin), e.g.
+    #: ``{researcher = ["ana"], qc_reviewer = ["bo"]}``; loaded at hub start, managed in the hub's admin page after.
+    group_members: dict[str, list[str]] = field(default_factory=dict)
     #: Where the hub's internal API listens (workstations and services call it); proxy API port beside it.
     hub_bind_url: str = "http://127.0.0.1:8081"
     proxy_api_port: int = 8001
@@ -291,6 +294,11 @@ def _coerce(value: str, annotation: Any, name: str) -> Any:
             return int(value)
         if kind is float:
             return float(value)
+        if kind is dict:
+            loaded = json.loads(value)
+            if not isinstance(loaded, dict):
+                raise ValueError(value)
+            return loaded
         if kind is list:
             value = value.strip()
             if value.startswith("["):

@@ -35,6 +35,12 @@ mode = "embedded"
 authenticator = "shared"
 shared_password = "$password"
 admin_users = ["admin"]
+
+[hub.group_members]
+admin = ["admin"]
+researcher = ["researcher"]
+qc_reviewer = ["reviewer"]
+clinician = ["clinician"]
 EOF
   umask 022
 fi
@@ -52,10 +58,6 @@ if [ "${INCLOUD_DEMO:-1}" = 1 ]; then
     for study in "$HOME_DIR"/demo-dicom/*/; do
       "$INCLOUD" ingest "$study" --project DEMO
     done
-  fi
-  # The local process spawner runs each workstation as the user's own system account.
-  if [ "$(id -u)" = 0 ]; then
-    for u in "${DEMO_USERS[@]}"; do id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"; done
   fi
 fi
 

@@ -67,3 +67,21 @@ def test_docker_setup_is_documented_config(tmp_path) -> None:  # type: ignore[no
     c = _configure(tmp_path, INCLOUD_HUB_MODE="docker")
     assert c.JupyterHub.spawner_class == "dockerspawner.DockerSpawner"
     assert c.DockerSpawner.image == "localhost/incloud-workstation:latest"
+
+
+def test_group_members_from_the_site_config_become_hub_groups() -> None:
+    from hub.roles import ROLE_SCOPES, load_groups
+    from incloud_kernel.errors import ConfigError
+
+    groups = load_groups({"researcher": ["ana"], "admin": ["root1"]})
+    assert set(groups) == set(ROLE_SCOPES)
+    assert groups["researcher"] == {"users": ["ana"]} and groups["qc_reviewer"] == {"users": []}
+    with pytest.raises(ConfigError, match="unknown role group"):
+        load_groups({"superuser": ["x"]})
+
+
+def test_group_members_env_override_is_json(tmp_path) -> None:
+    from incloud_kernel.config import load_config
+
+    cfg = load_config(env={"INCLOUD_HOME": str(tmp_path), "INCLOUD_HUB_GROUP_MEMBERS": '{"clinician": ["cy"]}'})
+    assert cfg.hub.group_members == {"clinician": ["cy"]}
