@@ -71,7 +71,11 @@ else
   nohup "$INCLOUD" hub start > "$LOG" 2>&1 &
   echo $! > "$HOME_DIR/hub/hub.pid"
   for _ in $(seq 1 120); do curl -sf "$URL/hub/api/" >/dev/null 2>&1 && break; sleep 0.5; done
-  curl -sf "$URL/hub/api/" >/dev/null 2>&1 || { tail -20 "$LOG" >&2; die "the hub did not start; see $LOG"; }
+  if ! curl -sf "$URL/hub/api/" >/dev/null 2>&1; then
+    grep -E '^\[(E|C) |Error' "$LOG" | grep -v ConfigProxy | tail -5 >&2 || true
+    kill "$(cat "$HOME_DIR/hub/hub.pid")" 2>/dev/null || true
+    die "the hub did not start (is another hub or proxy using its ports?); see $LOG"
+  fi
 fi
 
 password=$(sed -n 's/^shared_password = "\(.*\)"$/\1/p' "$SITE_FILE")
