@@ -68,23 +68,34 @@ EOF
 
 _pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+_slurmctld_launch() {
+  local dir=$1
+  _pid_alive "$dir/slurmctld.pid" && return 0
+  setsid /usr/sbin/slurmctld -D -i -f "$dir/slurm.conf" >>"$dir/log/slurmctld.out" 2>&1 < /dev/null &
+  echo $! > "$dir/slurmctld.pid"
+}
+
 slurm_start() {
   local dir=${1:?slurm_start DIR}
   dir=$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
   munge_start || return 1
   [ -f "$dir/slurm.conf" ] || slurm_write_conf "$dir"
   export SLURM_CONF="$dir/slurm.conf"
-  if ! _pid_alive "$dir/slurmctld.pid"; then
-    setsid /usr/sbin/slurmctld -D -i -f "$dir/slurm.conf" >>"$dir/log/slurmctld.out" 2>&1 < /dev/null &
-    echo $! > "$dir/slurmctld.pid"
-  fi
+  _slurmctld_launch "$dir"
   if ! _pid_alive "$dir/slurmd.pid"; then
     setsid /usr/sbin/slurmd -D -f "$dir/slurm.conf" >>"$dir/log/slurmd.out" 2>&1 < /dev/null &
     echo $! > "$dir/slurmd.pid"
   fi
-  local state deadline=$((SECONDS + 30))
+  local state tries=0 deadline=$((SECONDS + 30))
   while [ "$SECONDS" -lt "$deadline" ]; do
-    _pid_alive "$dir/slurmctld.pid" || { _slurm_log "error: slurmctld exited (see $dir/log)"; return 1; }
+    if ! _pid_alive "$dir/slurmctld.pid"; then
+      # Right after a controller stop, its helper (slurmscriptd) may still hold the port for a moment:
+      # try again a few times before giving up.
+      if [ "$tries" -lt 5 ]; then tries=$((tries + 1)); sleep 1; _slurmctld_launch "$dir"; continue; fi
+      _slurm_log "error: slurmctld exited (see $dir/log)"
+      tail -n 5 "$dir/log/slurmctld.log" "$dir/log/slurmctld.out" >&2 2>/dev/null
+      return 1
+    fi
     state=$(timeout 3 sinfo -h -N -o '%T' 2>/dev/null | head -1)
     # After a controller restart the node may still be completing a cancelled job: usable too.
     case "$state" in idle|mixed|allocated|completing) return 0 ;; esac
