@@ -230,3 +230,82 @@ def orientation_scores(
     found = corr(subject_to_template)
     alternative = max(corr(back @ f @ shift @ subject_to_template) for f in FLIPS)
     return found, alternative
+
+
+def register_to_mni(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    mni: np.ndarray,
+    mni_affine: np.ndarray,
+    *,
+    iterations: int = 100,
+    init: np.ndarray | None = None,
+    shrink: tuple[int, ...] = (4, 2),
+    fractions: tuple[float, ...] = (1.0, 1.0),
+    seed: int = 1,
+    min_step: float = 1e-3,
+) -> np.ndarray:
+    """Reproducible affine registration of a whole head (``moving``) to the MNI152 *head* (``mni``, fixed).
+
+    The *measuring* registration of the acceptance criterion "refacing moves the MNI registration by less than
+    1 mm" (not used by refacing itself). Mattes mutual information (50 bins) over SimpleITK's own pyramid:
+    ``shrink`` factors of the fixed grid (default 4, 2: 8 mm and 4 mm on the 2 mm MNI head) with Gaussian
+    smoothing of SD half the factor in mm; the metric uses ``fractions`` of the fixed voxels per level (default
+    all voxels: no random sampling, so the same inputs give the same result; below 1, a REGULAR grid with a
+    fixed ``seed``, whose points depend only on the fixed image, so two moving images are measured on the
+    same points). Start: image moments (centre of mass and principal axes); rigid, then affine from the rigid
+    result; regular-step gradient descent with scales from physical shift, up to ``iterations`` per level,
+    until the step falls below ``min_step``. ``init`` (same convention as the result) replaces the moments
+    start and the rigid stage. A third level at full resolution (shrink 1) was measured to cost 3-6 times as
+    much with no gain on the checks below (0.005-0.011 mm instead of 0.008-0.03 mm).
+
+    Returns the 4x4 RAS matrix mapping MNI mm -> moving mm. Checked in tests/test_deface.py: the MNI head
+    onto itself gives the identity and a known header shift is recovered, both within 0.1 mm over the brain
+    (measured 0.01-0.03 mm). Cost: about 5-12 s on 2 cores. Never modifies its inputs.
+    """
+    f = sitk.Cast(to_sitk(np.asarray(mni, dtype=np.float32), mni_affine), sitk.sitkFloat32)
+    m = sitk.Cast(to_sitk(np.asarray(moving, dtype=np.float32), moving_affine), sitk.sitkFloat32)
+
+    def method(affine: bool) -> sitk.ImageRegistrationMethod:
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+        if min(fractions) >= 1.0:
+            reg.SetMetricSamplingStrategy(reg.NONE)
+        else:
+            reg.SetMetricSamplingStrategy(reg.REGULAR)
+            reg.SetMetricSamplingPercentagePerLevel(list(fractions), seed)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0 if affine else 2.0, minStep=min_step, numberOfIterations=iterations,
+            relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8,
+        )
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetShrinkFactorsPerLevel(list(shrink))
+        reg.SetSmoothingSigmasPerLevel([x / 2.0 if x > 1 else 0.0 for x in shrink])
+        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        return reg
+
+    if init is None:
+        rigid = sitk.CenteredTransformInitializer(
+            f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+        reg = method(affine=False)
+        reg.SetInitialTransform(rigid, inPlace=True)
+        reg.Execute(f, m)
+        current = sitk.AffineTransform(3)
+        current.SetCenter(rigid.GetCenter())
+        current.SetMatrix(rigid.GetMatrix())
+        current.SetTranslation(rigid.GetTranslation())
+    else:
+        current = sitk_from_ras_matrix(init)
+    reg = method(affine=True)
+    reg.SetInitialTransform(current, inPlace=True)
+    reg.Execute(f, m)
+    return ras_matrix_from_sitk(current)
+
+
+def brain_displacement(t_a: np.ndarray, t_b: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> float:
+    """Mean distance (mm, in MNI space) between where two MNI->subject registrations place the subject's brain
+    voxels (``brain``: boolean mask on the grid ``affine``): the points are carried subject -> MNI by each."""
+    pts = np.argwhere(brain) @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return mean_displacement(np.linalg.inv(t_a), np.linalg.inv(t_b), pts)
