@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def start(debug: bool) -> None:
                    f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize")
     args = [str(exe), "-f", str(config_file())] + (["--debug"] if debug else [])
     os.chdir(state)
+    # A hub started in the background by a script inherits SIGINT ignored; its services would inherit that too,
+    # and JupyterHub stops services with SIGINT first, so shutdown would wait on them. Restore the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(args[0], args)
 
 
