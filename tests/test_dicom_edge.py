@@ -194,3 +194,25 @@ def test_worklist_plugin_answers_cfind_for_a_file_in_its_folder(edge: Edge, tmp_
                  "-k", "ScheduledProcedureStepSequence[0].Modality=CT", "-k", "AccessionNumber",
                  "127.0.0.1", str(edge.port))
     assert none.returncode == 0 and "ACC0001" not in none.stdout + none.stderr
+
+
+def test_postgresql_index_plugin_runs_live(tmp_path: Path, pg_url: str) -> None:
+    """Orthanc started by `incloud serve dicom` with its index in a real PostgreSQL: stores and indexes there."""
+    require_tool("Orthanc")
+    require_tool("storescu")
+    from sqlalchemy import create_engine, text
+
+    env = {"INCLOUD_HOME": str(tmp_path / "home"), "INCLOUD_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+           "INCLOUD_DICOM_INDEX_DATABASE_URL": pg_url}
+    e = start_edge(env)
+    try:
+        result = dcmtk("storescu", "-aet", "SCANNER1", "-aec", e.ae_title, "127.0.0.1", str(e.port),
+                       get_testdata_file("MR_small.dcm"))
+        assert result.returncode == 0, result.stderr
+        assert len(e.get("/instances").json()) == 1
+    finally:
+        e.stop()
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:  # the index lives in PostgreSQL: patient, study, series, instance rows
+        assert conn.execute(text("SELECT count(*) FROM resources")).scalar() == 4
+    engine.dispose()
