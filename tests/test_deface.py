@@ -243,8 +243,10 @@ def test_mni_registration_moves_less_than_1mm(case, request, mni_reference):
 # warp, so the original's and the template's renders are the same face (refaced render correlates 0.99 with
 # both) and no render comparison can tell them apart. The criterion is tested on heads whose faces differ.
 @pytest.mark.parametrize("case", [
-    pytest.param("synthetic", marks=pytest.mark.xfail(strict=True, reason=(
-        "NOT met. Measured over the face rays: refaced render correlates 0.88 with the template's, 0.77 with "
+    # Not strict: the measured gap sits at the threshold (0.77 to 0.79 against the original across runs, as the
+    # registration's sampling varies), so it sometimes passes; the criterion is not reliably met (issue 5 open).
+    pytest.param("synthetic", marks=pytest.mark.xfail(strict=False, reason=(
+        "NOT reliably met. Measured over the face rays: refaced render correlates 0.88 with the template's, 0.77 with "
         "the original's (needs a 0.1 gap). On the 75% of face rays whose surface voxel is fully replaced "
         "(weight 1) it is 0.90 vs 0.67; the other 25% (eyes and brows, 84-132 mm up, within brain + "
         "protect + margin + ramp) keep the subject's surface (0.94 with the original)"))),
