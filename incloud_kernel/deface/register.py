@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from incloud_kernel.deface.geometry import (
     _sitk_geometry,
@@ -60,6 +59,20 @@ def _registration_method(seed: int, iterations: int, n_voxels: int, min_step: fl
     return reg
 
 
+def _rigid_start(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image) -> sitk.AffineTransform:
+    """Rigid fit from the images' moments with ``reg``, returned as an affine transform to refine (same centre)."""
+    rigid = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    reg.SetInitialTransform(rigid, inPlace=True)
+    reg.Execute(fixed, moving)
+    current = sitk.AffineTransform(3)
+    current.SetCenter(rigid.GetCenter())
+    current.SetMatrix(rigid.GetMatrix())
+    current.SetTranslation(rigid.GetTranslation())
+    return current
+
+
 def register_affine(
     fixed: np.ndarray,
     fixed_affine: np.ndarray,
@@ -98,20 +111,12 @@ def register_affine(
         images[mm] = (to_sitk(f, fa), to_sitk(m, ma), mk, fk)
     f0, m0, mk0, fk0 = images[coarse_mm]
     if init is None:
-        rigid = sitk.CenteredTransformInitializer(
-            f0, m0, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
         reg = _registration_method(seed, iterations, f0.GetNumberOfPixels(), min_step, samples)
         if mk0 is not None:
             reg.SetMetricMovingMask(mk0)
         if fk0 is not None:
             reg.SetMetricFixedMask(fk0)
-        reg.SetInitialTransform(rigid, inPlace=True)
-        reg.Execute(f0, m0)
-        current = sitk.AffineTransform(3)
-        current.SetMatrix(rigid.GetMatrix())
-        current.SetTranslation(rigid.GetTranslation())
-        current.SetCenter(rigid.GetCenter())
+        current = _rigid_start(reg, f0, m0)
     else:
         current = sitk_from_ras_matrix(init)
     for mm in levels:
@@ -286,16 +291,7 @@ def register_to_mni(
         return reg
 
     if init is None:
-        rigid = sitk.CenteredTransformInitializer(
-            f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-        reg = method(affine=False)
-        reg.SetInitialTransform(rigid, inPlace=True)
-        reg.Execute(f, m)
-        current = sitk.AffineTransform(3)
-        current.SetCenter(rigid.GetCenter())
-        current.SetMatrix(rigid.GetMatrix())
-        current.SetTranslation(rigid.GetTranslation())
+        current = _rigid_start(method(affine=False), f, m)
     else:
         current = sitk_from_ras_matrix(init)
     reg = method(affine=True)
