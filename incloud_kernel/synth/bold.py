@@ -118,18 +118,14 @@ def write_bold(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, 
                enhanced: bool = False) -> tuple[Any, dict[str, Any]]:
     """Write the BOLD series (one file per slice per volume, or with ``enhanced`` one Enhanced MR multi-frame
     file) and return (SeriesTruth, bold truth)."""
-    from incloud_kernel.synth.cohort import SeriesTruth, _time_plus
+    from incloud_kernel.synth.cohort import SeriesTruth
 
     voxel, matrix, slices = (4.0, 48, 32) if small else (3.5, 64, 40)
     volumes = volumes or (12 if small else 100)
     ref, data, truth = render_bold(participant, site, voxel_mm=voxel, matrix=matrix, slices=slices,
                                    volumes=volumes, rng=rng)
     idn = ctx.identity
-    start = _time_plus(idn.study_time, clock)
-    suid = ctx.uids("series", number)
-    base = headers.series_dataset(ctx, series_uid=suid, number=number, description="ep2d_bold_rest",
-                                  protocol="ep2d_bold_rest", time=start)
-    base.update(study_base)
+    base, suid, start = headers.start_series(ctx, study_base, number, clock, "ep2d_bold_rest")
     headers.mr_image_attributes(
         base, site=site, scanning_sequence="EP", sequence_variant="SK", acquisition_type="2D", tr_ms=TR_S * 1000,
         te_ms=30, ti_ms=None, flip_deg=80, echo_train=matrix, sequence_name="epfid2d1_64", slice_thickness=voxel,
@@ -152,7 +148,7 @@ def write_bold(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, 
                                  contrast="T2_STAR", datetime0=idn.study_date + start,
                                  duration_ms=volumes * TR_S * 1000, diffusion=False)
         frames = enh.per_frame_groups(
-            positions, volumes, lambda v, k: idn.study_date + _time_plus(idn.study_time, clock + v * TR_S + times[k]),
+            positions, volumes, lambda v, k: idn.study_date + headers.time_plus(idn.study_time, clock + v * TR_S + times[k]),
             TR_S * 1000 / slices)
         iuids = [ctx.uids("instance", number, 0)]
         writer.write_multiframe(folder / "IM00001.dcm", base, data.reshape(-1, matrix, matrix),
@@ -163,7 +159,7 @@ def write_bold(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, 
         instances = []
         for v in range(volumes):
             for k in range(slices):
-                acq = _time_plus(idn.study_time, clock + v * TR_S + times[k])
+                acq = headers.time_plus(idn.study_time, clock + v * TR_S + times[k])
                 instances.append(writer.Instance(data[v, k], {
                     "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,
                     "SliceLocation": f"{float(np.dot(normal, positions[k])):.4f}",

@@ -128,12 +128,6 @@ def _study_date(rng: np.random.Generator) -> _dt.date:
     return _dt.date(2024, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 900)))
 
 
-def _time_plus(hhmmss: str, seconds: float) -> str:
-    t = _dt.datetime.strptime(hhmmss.split(".")[0], "%H%M%S") + _dt.timedelta(seconds=seconds)
-    frac = int(round((seconds % 1) * 1e6)) % 1000000
-    return t.strftime("%H%M%S") + f".{frac:06d}"
-
-
 def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities: Sequence[str] = MODALITIES,
                site: Site | None = None, age: int | None = None, sex: str | None = None,
                diagnosis: str | None = None, atrophy_percent: float = 15.0, participant_id: str = "synth-001",
@@ -248,11 +242,7 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
 def _write_t1(study_dir: Path, study_base: Any, ctx: headers.StudyContext, img: sitk.Image, number: int,
               clock: float, ts: str) -> tuple[SeriesTruth, tuple[str, str]]:
     idn = ctx.identity
-    start = _time_plus(idn.study_time, clock)
-    suid = ctx.uids("series", number)
-    base = headers.series_dataset(ctx, series_uid=suid, number=number, description="t1_mprage_sag_p2_iso",
-                                  protocol="t1_mprage_sag_p2_iso", time=start)
-    base.update(study_base)
+    base, suid, start = headers.start_series(ctx, study_base, number, clock, "t1_mprage_sag_p2_iso")
     spacing = img.GetSpacing()
     headers.mr_image_attributes(
         base, site=ctx.site, scanning_sequence="GR\\IR", sequence_variant="SK\\SP\\MP", acquisition_type="3D",
@@ -297,11 +287,7 @@ def _write_secondary_capture(study_dir: Path, study_base: Any, ctx: headers.Stud
     draw.text((4, 22), f"ID {idn.patient_id}", fill=255, font=font)
     draw.text((4, 40), f"DOB {idn.birth_date}", fill=255, font=font)
     pixels = np.asarray(canvas, dtype=np.uint8)
-    start = _time_plus(idn.study_time, clock)
-    suid = ctx.uids("series", number)
-    base = headers.series_dataset(ctx, series_uid=suid, number=number, description="Screen Save",
-                                  protocol="Screen Save", time=start)
-    base.update(study_base)
+    base, suid, start = headers.start_series(ctx, study_base, number, clock, "Screen Save")
     base.Modality = "OT"
     for tag in (0x00185100, 0x00200052, 0x00201040):  # PatientPosition, frame of reference: not in SC
         del base[tag]

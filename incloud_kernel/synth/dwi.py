@@ -100,18 +100,14 @@ def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, p
               enhanced: bool = False) -> tuple[Any, dict[str, Any]]:
     """Write the DWI series (one file per slice per volume, or with ``enhanced`` one Enhanced MR multi-frame
     file with an MR Diffusion Sequence per frame) and return (SeriesTruth, dwi truth)."""
-    from incloud_kernel.synth.cohort import SeriesTruth, _time_plus
+    from incloud_kernel.synth.cohort import SeriesTruth
 
     voxel, matrix, slices = (4.0, 48, 28) if small else (2.5, 88, 54)
     n_dirs = directions or (30 if small else 32)
     ref, data, truth = render_dwi(participant, site, voxel_mm=voxel, matrix=matrix, slices=slices, n_dirs=n_dirs,
                                   rng=rng)
     idn = ctx.identity
-    start = _time_plus(idn.study_time, clock)
-    suid = ctx.uids("series", number)
-    base = headers.series_dataset(ctx, series_uid=suid, number=number, description="ep2d_diff_b1000",
-                                  protocol="ep2d_diff_b1000", time=start)
-    base.update(study_base)
+    base, suid, start = headers.start_series(ctx, study_base, number, clock, "ep2d_diff_b1000")
     headers.mr_image_attributes(
         base, site=site, scanning_sequence="EP", sequence_variant="SK\\SP", acquisition_type="2D", tr_ms=8000,
         te_ms=85, ti_ms=None, flip_deg=90, echo_train=matrix, sequence_name="ep_b1000", slice_thickness=voxel,
@@ -133,7 +129,7 @@ def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, p
                                  contrast="DIFFUSION", datetime0=idn.study_date + start, duration_ms=volumes * 8000.0,
                                  diffusion=True)
         frames = enh.per_frame_groups(
-            positions, volumes, lambda v, k: idn.study_date + _time_plus(idn.study_time, clock + v * 8.0 + k * 8.0 / slices),
+            positions, volumes, lambda v, k: idn.study_date + headers.time_plus(idn.study_time, clock + v * 8.0 + k * 8.0 / slices),
             8000.0 / slices, diffusion=[(b, g if b > 0 else None) for b, g in zip(truth["bvals"], truth["bvecs_lps"])])
         iuids = [ctx.uids("instance", number, 0)]
         writer.write_multiframe(folder / "IM00001.dcm", base, data.reshape(-1, matrix, matrix),
@@ -143,7 +139,7 @@ def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, p
     else:
         instances = []
         for v, (b, g) in enumerate(zip(truth["bvals"], truth["bvecs_lps"])):
-            acq = _time_plus(idn.study_time, clock + v * 8.0)
+            acq = headers.time_plus(idn.study_time, clock + v * 8.0)
             for k in range(slices):
                 attrs = {
                     "ImagePositionPatient": positions[k], "ImageOrientationPatient": iop, "PixelSpacing": spacing,

@@ -7,6 +7,8 @@ from ``identities`` and ``sites`` go in; this module must never copy a header fr
 """
 from __future__ import annotations
 
+import datetime as _dt
+
 import hashlib
 from dataclasses import dataclass
 
@@ -145,6 +147,25 @@ def series_dataset(ctx: StudyContext, *, series_uid: str, number: int, descripti
     ds.PerformedProcedureStepID = idn.scheduled_step_id
     ds.PerformedProcedureStepDescription = f"{protocol} {idn.patient_id}"
     return ds
+
+
+def time_plus(hhmmss: str, seconds: float) -> str:
+    """A DICOM TM value ``seconds`` after ``hhmmss`` (microsecond fraction kept)."""
+    t = _dt.datetime.strptime(hhmmss.split(".")[0], "%H%M%S") + _dt.timedelta(seconds=seconds)
+    frac = int(round((seconds % 1) * 1e6)) % 1000000
+    return t.strftime("%H%M%S") + f".{frac:06d}"
+
+
+def start_series(ctx: StudyContext, study_base: Dataset, number: int, clock: float,
+                 protocol: str) -> tuple[Dataset, str, str]:
+    """The shared header of series ``number`` starting ``clock`` seconds into the study:
+    (dataset with series and study attributes, SeriesInstanceUID, series start time)."""
+    start = time_plus(ctx.identity.study_time, clock)
+    series_uid = ctx.uids("series", number)
+    base = series_dataset(ctx, series_uid=series_uid, number=number, description=protocol, protocol=protocol,
+                          time=start)
+    base.update(study_base)
+    return base, series_uid, start
 
 
 def mr_image_attributes(ds: Dataset, *, site: Site, scanning_sequence: str, sequence_variant: str,
