@@ -139,6 +139,13 @@ def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
     return prefix + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:n]
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` readable by this service only (mode 0700): it holds scans between steps of a job."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 class IngestChain:
     """Runs the chain for studies of a site; one instance per worker (holds the deid context and rules)."""
 
@@ -239,16 +246,11 @@ class IngestChain:
         return [self.run_study(items, project, job_id=job_id) for items in by_study.values()]
 
     def run_study(self, items: list[tuple[Path, Dataset]], project: str, *, job_id: str) -> StudyOutcome:
-        work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._ensure(self.work_root)))
+        work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=private_dir(self.work_root)))
         try:
             return self._run_study(items, project, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _ensure(self, path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-        return path
 
     def _run_study(self, items: list[tuple[Path, Dataset]], project: str, work: Path) -> StudyOutcome:
         # 1. de-identify every instance; keep what naming rules need from the original, in memory only.
@@ -269,7 +271,7 @@ class IngestChain:
             suid, iuid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
             if not re.match(r"^[0-9.]+$", suid) or not re.match(r"^[0-9.]+$", iuid):
                 raise ChainFailure("deidentify", "de-identified UIDs are not valid DICOM UIDs")
-            folder = self._ensure(work / "deid" / suid)
+            folder = private_dir(work / "deid" / suid)
             target = folder / f"{iuid}.dcm"
             clean.save_as(target, enforce_file_format=True)
             series_files.setdefault(suid, {})[iuid] = target
@@ -354,7 +356,7 @@ class IngestChain:
 
     def _prepare_series(self, suid: str, files: dict[str, Path], original: Dataset, work: Path,
                         added: list[Path]) -> _Prepared | SeriesOutcome:
-        cache = self._ensure(self.cache_root / suid)
+        cache = private_dir(self.cache_root / suid)
         archived_uids, cache_kept = self._read_marker(cache)
         for iuid, path in files.items():
             dest = cache / f"{iuid}.dcm"

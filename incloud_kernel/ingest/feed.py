@@ -28,7 +28,7 @@ import pydicom
 from incloud_kernel.dicom.orthanc_client import OrthancClient, OrthancUnavailable
 from incloud_kernel.dicom.routing import route_study
 from incloud_kernel.errors import IncloudError
-from incloud_kernel.ingest.chain import ChainFailure, IngestChain
+from incloud_kernel.ingest.chain import ChainFailure, IngestChain, private_dir
 from incloud_kernel.ingest.quarantine import quarantine_held_back, quarantine_study
 from incloud_kernel.site import Site
 
@@ -247,7 +247,7 @@ class IngestWorker:
             return self._handle(study_id, job_id, instance_ids)
 
     def _handle(self, study_id: str, job_id: str, instance_ids: list[str]) -> str:
-        download = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._private(self.paths.downloads)))
+        download = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=private_dir(self.paths.downloads)))
         try:
             files: list[Path] = []
             taken: list[str] = []
@@ -290,11 +290,6 @@ class IngestWorker:
             return state
         finally:
             shutil.rmtree(download, ignore_errors=True)
-
-    def _private(self, path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-        return path
 
     # ------------------------------------------------------------------ the feed
     def poll_once(self) -> int:

@@ -12,7 +12,7 @@ writes files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -183,16 +183,20 @@ class Participant:
         t = load_templates()
         return sitk.CompositeTransform([t.head_to_mni, self.chain(with_effects)])
 
+    def _pose_and_warp(self, t: Any) -> sitk.CompositeTransform:
+        """This person's smooth part of the chain: a seeded B-spline warp of the template head, then the pose."""
+        rng = np.random.default_rng([self.seed, 11])
+        warp = sitk.BSplineTransformInitializer(t.head, [4, 4, 4], 3)
+        warp.SetParameters((rng.standard_normal(len(warp.GetParameters())) * self.warp_mm).tolist())
+        return sitk.CompositeTransform([warp, self.pose()])
+
     def fast_chain(self, ref: sitk.Image, with_effects: bool = True, to_mni: bool = False,
                    motion: sitk.Transform | None = None) -> sitk.Transform:
         """The chain for resampling onto ``ref``: pose and warp baked into a displacement field of about 4 mm
         spacing over ``ref`` (ITK's B-spline transform is ~10x slower per voxel), the local effect fields kept
         exact at 1 mm. ``motion`` (scanner -> scanner, pull-back) is applied first, before the pose."""
         t = load_templates()
-        rng = np.random.default_rng([self.seed, 11])
-        warp = sitk.BSplineTransformInitializer(t.head, [4, 4, 4], 3)
-        warp.SetParameters((rng.standard_normal(len(warp.GetParameters())) * self.warp_mm).tolist())
-        smooth = sitk.CompositeTransform([warp, self.pose()])
+        smooth = self._pose_and_warp(t)
         direction = np.array(ref.GetDirection()).reshape(3, 3)
         step = 4.0
         extent = (np.asarray(ref.GetSize()) - 1) * np.asarray(ref.GetSpacing())
@@ -222,10 +226,7 @@ class Participant:
         voxels near their region.
         """
         t = load_templates()
-        rng = np.random.default_rng([self.seed, 11])
-        warp = sitk.BSplineTransformInitializer(t.head, [4, 4, 4], 3)
-        warp.SetParameters((rng.standard_normal(len(warp.GetParameters())) * self.warp_mm).tolist())
-        smooth = sitk.CompositeTransform([warp, self.pose()])
+        smooth = self._pose_and_warp(t)
         direction = np.array(ref.GetDirection()).reshape(3, 3)
         spacing = np.asarray(ref.GetSpacing())
         size = np.asarray(ref.GetSize())
