@@ -128,8 +128,12 @@ def test_worker_killed_mid_study_resumes_and_archives_exactly_once(edge: Edge, s
     assert edge.store(*all_files(tmp_path / "a"), aet="SCANNER1").returncode == 0
     jobs = edge.home / "spool" / "ingest" / "jobs"
     worker = start_worker(edge)
-    wait_for(lambda: any(json.loads(p.read_text()).get("state") == "running" for p in jobs.glob("*.json")), 120)
-    time.sleep(0.5)  # somewhere inside the chain
+    # Kill the moment the job is running (polled fast): on a quiet machine a small study's chain finishes in
+    # about a second, so any extra wait could let it complete before the kill.
+    deadline = time.monotonic() + 120
+    while not any(json.loads(p.read_text()).get("state") == "running" for p in jobs.glob("*.json")):
+        assert time.monotonic() < deadline, "the worker never started the job"
+        time.sleep(0.01)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     # The killed worker's job is shown as interrupted (dead pid on this host), not as running forever.
