@@ -95,7 +95,7 @@ def fit_registration(
     else:
         matrix = np.asarray(init, dtype=float)
     safety.check_transform(matrix)
-    reg = score_registration(data, affine, t.head, t.replace, t.affine, matrix)
+    reg = score_registration(data, affine, t.head, t.features, t.affine, matrix)
     safety.check_registration(reg.score, min_score, reg.face_in_view, reg.face_tissue)
     found, turned = orientation_scores(data, affine, t.data, t.affine, t.head, matrix)
     reg.details.update(correlation=found, turned_correlation=turned)
@@ -291,7 +291,7 @@ class Refacer:
             # another image (series) in the same scanner space: score the shared fit on it before use
             data = np.asarray(raw, dtype=np.float32).reshape(raw.shape[:3])
             t = load_template()
-            check = score_registration(data, image.affine, t.head, t.replace, t.affine, reg.subject_to_template)
+            check = score_registration(data, image.affine, t.head, t.features, t.affine, reg.subject_to_template)
             safety.check_registration(check.score, p["min_score"], check.face_in_view, check.face_tissue)
         self.result_ = reface_array(raw, image.affine, registration=check, protect_mm=p["protect_mm"],
                                     margin_mm=p["margin_mm"], ramp_mm=p["ramp_mm"], min_score=p["min_score"],

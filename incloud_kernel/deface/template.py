@@ -16,7 +16,12 @@ reproducibly by ``python -m incloud_kernel.deface.template`` from those files:
 - ears (bit 4): voxels lateral to the cranium (outside the brain dilated by 12 mm and more than 45 mm from
   the mid-sagittal plane) in the box around the auricles (y index 70-165, z index 35-150): both pinnae
   and the air around them;
-- head (bit 8): the template's head mask (:func:`incloud_kernel.deface.headmask.head_mask`).
+- head (bit 8): the template's head mask (:func:`incloud_kernel.deface.headmask.head_mask`);
+- face margin (bit 16): the face dilated by ``FACE_MARGIN_MM`` (15 mm), minus the face and the brain
+  dilated by 6 mm more (the same 8 mm around the undilated brain as the face). Replaced with the face, so
+  that a subject whose face lies up to that far from where the affine fit puts the average face still has
+  every facial feature fully replaced, and the blend happens in the cheeks and forehead around them
+  (:func:`face_margin`; derivable from the stored face and brain bits alone).
 
 This module only reads packaged data; it must never write outside its own ``data`` folder (``build``).
 """
@@ -33,7 +38,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-BRAIN, FACE, EARS, HEAD = 1, 2, 4, 8
+BRAIN, FACE, EARS, HEAD, MARGIN = 1, 2, 4, 8, 16
 LABELS_FILE = "template_labels.nii.gz"
 SOURCE_FILE = "template_source.json"
 
@@ -47,6 +52,9 @@ def _pydeface_data(name: str) -> Path:
 
 #: The template brain mask is the registered MNI mask dilated by this much (mm): registration slack.
 BRAIN_SLACK_MM = 2.0
+#: Room (mm) around the face that is replaced with it: how far a subject's facial features may lie from the
+#: affinely placed average face and still be replaced entirely (faces differ by more than an affine map).
+FACE_MARGIN_MM = 15.0
 
 
 def mni_head_path() -> Path:
@@ -78,11 +86,17 @@ class Template:
     face: np.ndarray
     ears: np.ndarray
     head: np.ndarray
+    margin: np.ndarray
+
+    @property
+    def features(self) -> np.ndarray:
+        """Face and ears: what must be replaced (the registration checks that it is in view)."""
+        return self.face | self.ears
 
     @property
     def replace(self) -> np.ndarray:
-        """Face and ears: the region whose intensities are replaced."""
-        return self.face | self.ears
+        """Face, ears and the margin around the face: the region whose intensities are replaced."""
+        return self.face | self.ears | self.margin
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,7 +110,7 @@ def load_template() -> Template:
     data = np.asarray(head_img.dataobj, dtype=np.float32)
     return Template(
         data=data, affine=head_img.affine.copy(), brain=(lab & BRAIN) > 0, face=(lab & FACE) > 0,
-        ears=(lab & EARS) > 0, head=(lab & HEAD) > 0,
+        ears=(lab & EARS) > 0, head=(lab & HEAD) > 0, margin=(lab & MARGIN) > 0,
     )
 
 
@@ -114,6 +128,12 @@ def dilate_mm(mask: np.ndarray, mm: float, voxel_mm: np.ndarray) -> np.ndarray:
         return mask.copy()
     dist = ndimage.distance_transform_edt(~mask, sampling=voxel_mm)
     return dist <= mm
+
+
+def face_margin(face: np.ndarray, brain: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
+    """The shell of ``FACE_MARGIN_MM`` around ``face``, outside ``brain`` (the stored, 2 mm-slack brain) dilated
+    by 6 mm, so it keeps the face's own 8 mm distance from the undilated brain."""
+    return dilate_mm(face, FACE_MARGIN_MM, voxel_mm) & ~face & ~dilate_mm(brain, 8.0 - BRAIN_SLACK_MM, voxel_mm)
 
 
 def build(out_dir: Path | None = None) -> Path:
@@ -151,8 +171,9 @@ def build(out_dir: Path | None = None) -> Path:
     cranium = dilate_mm(brain, 12.0, vox)
     ears = (np.abs(i - mid_i) * vox[0] > 45) & (j >= 70) & (j <= 165) & (k >= 35) & (k <= 150) & ~cranium
     ears &= ~face
+    margin = face_margin(face, brain, vox) & ~ears
 
-    lab = (brain * BRAIN | face * FACE | ears * EARS | hmask * HEAD).astype(np.uint8)
+    lab = (brain * BRAIN | face * FACE | ears * EARS | hmask * HEAD | margin * MARGIN).astype(np.uint8)
     out_dir = Path(out_dir) if out_dir else _own_data("")
     out_dir.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(lab, aff)
@@ -162,8 +183,9 @@ def build(out_dir: Path | None = None) -> Path:
         "pydeface_head_sha256": hashlib.sha256(head_path.read_bytes()).hexdigest(),
         "mni_head_sha256": hashlib.sha256(mni_head_path().read_bytes()).hexdigest(),
         "brain_slack_mm": BRAIN_SLACK_MM,
+        "face_margin_mm": FACE_MARGIN_MM,
         "head_to_mni_ras": np.round(head_to_mni, 6).tolist(),
-        "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD},
+        "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD, "margin": MARGIN},
     }, indent=1) + "\n")
     return out_dir / LABELS_FILE
 

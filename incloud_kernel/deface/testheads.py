@@ -91,7 +91,7 @@ def make_head(seed: int = 0, voxel_mm: float = 2.0, face_shift_mm: float = 14.0,
     qv = tvox[:3, :3] @ q + tvox[:3, 3:4]
     vals = ndimage.map_coordinates(t.data, qv, order=1, cval=0.0).reshape(shape)
     brain = ndimage.map_coordinates(t.brain.astype(np.float32), qv, order=0).reshape(shape) > 0.5
-    face = ndimage.map_coordinates((t.replace & t.head).astype(np.float32), qv, order=0).reshape(shape) > 0.5
+    face = ndimage.map_coordinates((t.features & t.head).astype(np.float32), qv, order=0).reshape(shape) > 0.5
     front = ndimage.map_coordinates((t.face & t.head).astype(np.float32), qv, order=0).reshape(shape) > 0.5
     # stored like a scanner's T1w: white matter (template ~430) at 1500-3000, Rician noise at a white-matter
     # SNR of 30-60 (typical 3D T1w); intensities of the template itself are too coarse for that
