@@ -2,12 +2,15 @@
 
 A participant's head is the template head pulled through one transform chain (SimpleITK pull-back, LPS mm):
 scanner point -> pose (similarity: rotation, translation, head size) -> smooth random B-spline warp
+-> own face (seeded bumps at nose, lips, chin, cheeks, brows, ears; 0 near the brain: ``synth.face``)
 -> ventricular enlargement with age -> regional shrinkage by diagnosis -> template head point (-> MNI point).
 The volume effects are exact radial scalings about each region's centre inside an ellipsoid (with a smooth
 transition outside), so a region's volume changes by exactly the planted percentage. ``Participant.points`` +
-``sample`` evaluate the same chain in numpy (what the renderers use: several times faster than ITK's
-composite transforms); ``fast_chain`` keeps the SimpleITK form for callers that resample with ITK. Never
-writes files.
+``sample`` evaluate the chain in numpy (what the renderers use: several times faster than ITK's composite
+transforms); ``fast_chain`` wraps those same points as a SimpleITK transform for callers that resample with
+ITK; ``chain`` is the pure SimpleITK form (B-spline, and the face as a 3 mm field: within about 1 mm of
+``points`` in the face, which interpolates the bumps from an 8 mm grid). The face
+is anatomy, not a planted effect: ``with_effects=False`` keeps it. Never writes files.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import SimpleITK as sitk
 
+from incloud_kernel.synth import face
 from incloud_kernel.synth.anatomy import REGIONS, Templates, load_templates, physical_grid
 
 #: Outer edge of the transition zone, in units of the inner ellipsoid radius (1 = no transition).
@@ -114,6 +118,8 @@ class Participant:
     ``pose``: rotation (degrees, about x, y, z of the scanner LPS frame), translation (mm) and isotropic
     ``scale`` of the head relative to the template. ``warp_mm``: standard deviation of the B-spline control
     point displacements (mm). ``effects``: planted volume changes, applied nearest the template last.
+    ``face_mm``: typical shift of the face bumps (each 2/3..4/3 of it; 0 = the template's own face); the bumps
+    derive from ``seed`` (``face_bumps``), so these fields alone rebuild the same face.
     """
 
     seed: int
@@ -122,6 +128,7 @@ class Participant:
     scale: float
     warp_mm: float
     effects: list[VolumeEffect] = field(default_factory=list)
+    face_mm: float = 12.0
     _chain: sitk.CompositeTransform | None = field(default=None, repr=False)
     _effects_cache: dict = field(default_factory=dict, repr=False)
 
@@ -132,7 +139,8 @@ class Participant:
         return self._effects_cache[key]
 
     @classmethod
-    def random(cls, rng: np.random.Generator, effects: list[VolumeEffect], warp_mm: float = 2.5) -> "Participant":
+    def random(cls, rng: np.random.Generator, effects: list[VolumeEffect], warp_mm: float = 2.5,
+               face_mm: float = 12.0) -> "Participant":
         return cls(
             seed=int(rng.integers(2**31)),
             rotation_deg=[float(v) for v in rng.uniform(-4, 4, 3)],
@@ -140,7 +148,12 @@ class Participant:
             scale=float(rng.uniform(0.95, 1.05)),
             warp_mm=warp_mm,
             effects=effects,
+            face_mm=face_mm,
         )
+
+    def face_bumps(self) -> list[face.Bump]:
+        """This participant's face bumps (template head LPS mm), derived from ``seed`` and ``face_mm``."""
+        return list(face.face_bumps(int(self.seed), float(self.face_mm)))
 
     def brain_center(self) -> np.ndarray:
         """Scanner LPS point of the brain centre (where series fields of view are centred)."""
@@ -173,6 +186,8 @@ class Participant:
         if with_effects:
             # applied last-added-first: the effect nearest the template is added first
             parts.extend(self._effect(t, e) for e in reversed(self.effects))
+        if self.face_bumps():
+            parts.append(self._face_transform())
         parts.extend([warp, self.pose()])
         chain = sitk.CompositeTransform(parts)
         if with_effects:
@@ -183,6 +198,14 @@ class Participant:
         t = load_templates()
         return sitk.CompositeTransform([t.head_to_mni, self.chain(with_effects)])
 
+    def _face_transform(self) -> sitk.DisplacementFieldTransform:
+        """The face bumps as a displacement field on the brain-distance grid (template head space)."""
+        ref = face.brain_distance_map()
+        disp = face.face_displacement(self.face_bumps(), physical_grid(ref)).astype(np.float64)
+        field_img = sitk.GetImageFromArray(disp, isVector=True)
+        field_img.CopyInformation(ref)
+        return sitk.DisplacementFieldTransform(field_img)
+
     def _pose_and_warp(self, t: Any) -> sitk.CompositeTransform:
         """This person's smooth part of the chain: a seeded B-spline warp of the template head, then the pose."""
         rng = np.random.default_rng([self.seed, 11])
@@ -192,38 +215,39 @@ class Participant:
 
     def fast_chain(self, ref: sitk.Image, with_effects: bool = True, to_mni: bool = False,
                    motion: sitk.Transform | None = None) -> sitk.Transform:
-        """The chain for resampling onto ``ref``: pose and warp baked into a displacement field of about 4 mm
-        spacing over ``ref`` (ITK's B-spline transform is ~10x slower per voxel), the local effect fields kept
-        exact at 1 mm. ``motion`` (scanner -> scanner, pull-back) is applied first, before the pose."""
+        """The chain for resampling onto ``ref`` with SimpleITK: ``points`` of ``ref`` (plus a 4-voxel margin)
+        held as a displacement field on ``ref``'s grid, so ITK sees at every voxel centre exactly the template
+        point the numpy renderers use (face included; effects exact). ``motion`` (scanner -> scanner, pull-back)
+        is applied first, before the pose. Memory: 24 bytes per voxel of ``ref``."""
         t = load_templates()
-        smooth = self._pose_and_warp(t)
+        margin = 4
         direction = np.array(ref.GetDirection()).reshape(3, 3)
-        step = 4.0
-        extent = (np.asarray(ref.GetSize()) - 1) * np.asarray(ref.GetSpacing())
-        size = [int(np.ceil(e / step)) + 3 for e in extent]
-        origin = np.asarray(ref.GetOrigin()) - direction @ np.full(3, step)
-        field_img = sitk.TransformToDisplacementField(smooth, sitk.sitkVectorFloat64, size, origin.tolist(),
-                                                      [step] * 3, direction.ravel().tolist())
+        spacing = np.asarray(ref.GetSpacing())
+        big = _like(ref, [int(n) + 2 * margin for n in ref.GetSize()],
+                    np.asarray(ref.GetOrigin()) - direction @ (spacing * margin), None)
+        pts = self.points(big, with_effects=with_effects)
+        disp = np.moveaxis(pts, 0, -1).astype(np.float64) - physical_grid(big)
+        field_img = sitk.GetImageFromArray(disp, isVector=True)
+        field_img.CopyInformation(big)
         parts: list[sitk.Transform] = []
         if to_mni:
             parts.append(t.head_to_mni)
-        if with_effects:
-            parts.extend(self._effect(t, e) for e in reversed(self.effects))
         parts.append(sitk.DisplacementFieldTransform(field_img))
         if motion is not None:
             parts.append(motion)
         return sitk.CompositeTransform(parts)
-
 
     def points(self, ref: sitk.Image, with_effects: bool = True, to_mni: bool = False,
                step: float = 8.0) -> np.ndarray:
         """Template point (LPS mm in head space, or MNI space with ``to_mni``) of every voxel of ``ref``: float32
         array (3, z, y, x), numpy order of ``ref``; feed it to ``sample``.
 
-        The chain of ``fast_chain`` computed in numpy: pose and warp evaluated on a ``step`` mm grid and upsampled
-        trilinearly by separable interpolation matrices (exact for the pose; the warp's control points are about
-        60 mm apart, so its error is far below 0.1 mm); volume effects applied exactly (``radial_map``) to the
-        voxels near their region.
+        The chain computed in numpy: pose and warp evaluated on a ``step`` mm grid and upsampled trilinearly by
+        separable interpolation matrices (exact for the pose; the warp's control points are about 60 mm apart,
+        so its error is far below 0.1 mm); the face bumps and the brain distance evaluated on the same grid and
+        upsampled with them, the gate applied per voxel (so a voxel whose interpolated distance to the brain is
+        under ``face.GATE_MM[0]`` is exactly unmoved; bumps 12-18 mm wide: about 0.5 mm interpolation error at
+        their peaks); volume effects applied exactly (``radial_map``) to the voxels near their region.
         """
         t = load_templates()
         smooth = self._pose_and_warp(t)
@@ -237,13 +261,22 @@ class Participant:
         coarse = physical_grid(field) + sitk.GetArrayViewFromImage(field)  # head points (cz, cy, cx, 3)
         M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
         o = np.asarray(t.head_to_mni.GetTranslation())
-        if to_mni:
-            coarse = coarse @ M.T + o
-        # separable trilinear upsampling: (3, cz, cy, cx) -> (3, z, y, x)
+        bumps = self.face_bumps()
+        channels = [coarse @ M.T + o if to_mni else coarse]
+        if bumps:  # ungated bump displacement (in MNI axes for to_mni: the map is linear) and brain distance
+            disp = face.bump_displacement(bumps, coarse)
+            channels += [disp @ M.T if to_mni else disp, face.distance_at(coarse)[..., None]]
+        coarse = np.concatenate(channels, -1)
+        nc = coarse.shape[-1]
+        # separable trilinear upsampling: (nc, cz, cy, cx) -> (nc, z, y, x)
         w = [_lerp_matrix(int(n), float(sp) / step, c) for n, sp, c in zip(size, spacing, csize)]  # x, y, z
         d = np.moveaxis(coarse, -1, 0).astype(np.float32) @ w[0].T
         d = w[1] @ d
-        pts = (w[2] @ d.reshape(3, csize[2], -1)).reshape(3, *size[::-1])
+        up = (w[2] @ d.reshape(nc, csize[2], -1)).reshape(nc, *size[::-1])
+        pts = up[:3]  # a C-contiguous view of up
+        if bumps:  # gate exactly 0 -> the voxel's point is bit-identical to the face-free one
+            up[3:6] *= face.gate(up[6], out=up[6])
+            pts += up[3:6]
         if with_effects and self.effects:
             self._apply_effects(pts, t, to_mni)
         return pts
@@ -333,13 +366,15 @@ _ARRAYS: dict[int, tuple[sitk.Image, np.ndarray]] = {}
 
 
 def warm_up() -> None:
-    """Load the templates, their voxel arrays and scipy.ndimage now (about 2 s), so processes forked afterwards
+    """Load the templates, their voxel arrays, the brain distance map of the face gate and scipy.ndimage now
+    (about 3 s), so processes forked afterwards
     (``make_cohort``'s workers) share them instead of each loading its own."""
     from scipy import ndimage  # noqa: F401
 
     t = load_templates()
     for img in (t.head, t.gm, t.wm, t.csf):
         _voxels(img)
+    face.brain_distance_map()
 
 
 def _voxels(src: sitk.Image) -> np.ndarray:
