@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from incloud_kernel.synth import headers, writer
 from incloud_kernel.synth.anatomy import load_templates
-from incloud_kernel.synth.deform import Participant, grid, resample, sample
+from incloud_kernel.synth.deform import Participant, grid, resample, sample, to_mni
 from incloud_kernel.synth.sites import Site
 from incloud_kernel.synth.structural import AXIAL, region_fractions, rician
 
@@ -72,10 +72,12 @@ def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix
     center = participant.brain_center()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, center)
     fine = grid((matrix * 2, matrix * 2, slices * 2), (voxel_mm / 2,) * 3, AXIAL, center)
-    mni_points = participant.points(fine, to_mni=True)
+    head_points = participant.points(fine)
+    head = sample(t.head, head_points) / np.float32(430.0)
+    mni_points = to_mni(head_points)
+    del head_points
     gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
     del mni_points
-    head = sample(t.head, participant.points(fine)) / np.float32(430.0)
     brain = np.clip(gm + wm + csf, 0, 1)
     static = 0.55 * gm + 0.4 * wm + 0.9 * csf + 0.12 * head * (1.0 - brain)
     static = (static ** site.gamma if site.gamma != 1.0 else static).astype(np.float32)

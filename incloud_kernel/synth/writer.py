@@ -13,6 +13,7 @@ never log a header value.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -81,19 +82,27 @@ def _pydicom_element(keyword: str, value: Any) -> bytes:
     return fp.getvalue()
 
 
+@functools.lru_cache(maxsize=None)
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"unknown DICOM keyword {keyword}")
+    return tag, dictionary_VR(tag)
+
+
 def encode_attribute(keyword: str, value: Any) -> tuple[int, bytes]:
     """(tag, encoded element) of one top-level attribute, explicit VR little endian.
 
     ASCII text and binary numeric VRs are encoded directly (same bytes as pydicom writes); anything else
     (person names, sequences, other character sets) goes through pydicom.
     """
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise ValueError(f"unknown DICOM keyword {keyword}")
-    vr = dictionary_VR(tag)
+    tag, vr = _tag_vr(keyword)
     values = value if isinstance(value, (list, tuple)) else [value]
     if vr in _ASCII_VRS and value is not None:
-        raw = "\\".join(_text(vr, v) for v in values).encode("ascii")
+        if isinstance(value, str):
+            raw = value.encode("ascii")
+        else:
+            raw = "\\".join(_text(vr, v) for v in values).encode("ascii")
         if len(raw) % 2:
             raw += b"\0" if vr == "UI" else b" "
         return tag, element_bytes(tag, vr, raw)
@@ -131,16 +140,25 @@ def _encode_dataset(ds: Dataset) -> dict[int, bytes]:
     return out
 
 
+def _ui(tag: int, uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return element_bytes(tag, "UI", raw + b"\0" if len(raw) % 2 else raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_parts(sop_class_uid: str, transfer_syntax: str) -> tuple[bytes, bytes]:
+    """The file meta elements before and after MediaStorageSOPInstanceUID (the same for a whole series)."""
+    version = IMPLEMENTATION_VERSION.encode("ascii")
+    head = element_bytes(0x00020001, "OB", b"\x00\x01") + _ui(0x00020002, sop_class_uid)
+    tail = (_ui(0x00020010, transfer_syntax) + _ui(0x00020012, str(PYDICOM_IMPLEMENTATION_UID))
+            + element_bytes(0x00020013, "SH", version + b" " if len(version) % 2 else version))
+    return head, tail
+
+
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1), written by hand."""
-    def ui(elem: int, uid: str) -> bytes:
-        raw = uid.encode("ascii")
-        return element_bytes(0x00020000 | elem, "UI", raw + b"\0" if len(raw) % 2 else raw)
-
-    version = IMPLEMENTATION_VERSION.encode("ascii")
-    body = (element_bytes(0x00020001, "OB", b"\x00\x01") + ui(0x0002, sop_class_uid) + ui(0x0003, sop_instance_uid)
-            + ui(0x0010, transfer_syntax) + ui(0x0012, str(PYDICOM_IMPLEMENTATION_UID))
-            + element_bytes(0x00020013, "SH", version + b" " if len(version) % 2 else version))
+    head, tail = _meta_parts(sop_class_uid, transfer_syntax)
+    body = head + _ui(0x00020003, sop_instance_uid) + tail
     return b"\0" * 128 + b"DICM" + element_bytes(0x00020000, "UL", struct.pack("<I", len(body))) + body
 
 
@@ -238,28 +256,53 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
     encode = _Encoder()
     plans: dict[tuple[int, ...], list[bytes | int]] = {}
     paths: list[Path] = []
+    native = transfer_syntax == EXPLICIT_LE
+    dtype = np.uint8 if pix.BitsAllocated == 8 else np.uint16
+    pixel_vr = "OB" if pix.BitsAllocated == 8 else "OW"
     for number, (inst, uid) in enumerate(zip(instances, instance_uids), start=1):
         own = dict([encode_attribute("SOPInstanceUID", uid), encode("InstanceNumber", number)])
         for key, value in inst.attrs.items():
             tag, raw = encode(key, value)
             own[tag] = raw
-        own[0x7FE00010] = pixel_data_element([inst.pixels], pix, transfer_syntax)
+        pixels: Any = None
+        if native:  # the element header here, the pixels written from the array itself (no copy)
+            pixels = np.ascontiguousarray(inst.pixels, dtype=dtype)
+            odd = pixels.nbytes % 2
+            own[0x7FE00010] = struct.pack("<HH2sHI", 0x7FE0, 0x0010, pixel_vr.encode(), 0, pixels.nbytes + odd)
+        else:
+            own[0x7FE00010] = pixel_data_element([inst.pixels], pix, transfer_syntax)
         plan = plans.get(tuple(own))
         if plan is None:
             plan = plans[tuple(own)] = _plan(shared, own)
-        parts = [file_meta_bytes(sop_class_uid, uid, transfer_syntax)]
-        parts += [p if isinstance(p, bytes) else own[p] for p in plan]
-        body = b"".join(parts)
+        run: list[bytes] = [file_meta_bytes(sop_class_uid, uid, transfer_syntax)]
+        buffers: list[Any] = []
+        for p in plan:
+            run.append(p if isinstance(p, bytes) else own[p])
+            if native and p == 0x7FE00010:
+                buffers += [b"".join(run), memoryview(pixels).cast("B")]
+                run = [b"\0"] if odd else []
+        if run:
+            buffers.append(b"".join(run))
         path = folder / f"IM{number:05d}.dcm"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_all(path, buffers)
         paths.append(path)
     return paths
+
+
+def _write_all(path: Path, buffers: list[Any]) -> None:
+    """Create ``path`` and write the buffers (bytes or memoryviews of bytes) in one system call as a rule."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        views = [memoryview(b) for b in buffers]
+        while views:
+            done = os.writev(fd, views)
+            while views and done >= len(views[0]):
+                done -= len(views[0])
+                views.pop(0)
+            if views and done:
+                views[0] = views[0][done:]
+    finally:
+        os.close(fd)
 def geometry(img: "sitk.Image") -> tuple[list[float], list[float], list[list[float]], float]:
     """DICOM plane geometry of a SimpleITK volume: (ImageOrientationPatient, PixelSpacing, per-slice
     ImagePositionPatient, slice normal unit vector dotted positions are SliceLocation)."""
