@@ -117,10 +117,10 @@ def sitk_values(img) -> np.ndarray:
 
 
 def test_faces_differ_between_participants_and_from_the_template() -> None:
-    """Front depth maps of the lower face (pose removed): two participants differ by several mm on average, more
-    than twice as much as the same two without their face bumps (the template face under each one's 2.5 mm
-    whole-head warp), and each differs from the template's own face (measured on seeds 1-6: 3.8-6.7 mm between
-    participants vs 1.1-2.5 mm without bumps; 2.7-4.2 mm from the template vs 1.0-1.5 mm without bumps)."""
+    """Front depth maps of the lower face (pose removed): two participants differ by several mm on average, about
+    twice as much as the same two without their face bumps (the template face under each one's 2.5 mm
+    whole-head warp), and each differs from the template's own face (measured on seeds 1-6: 3.2-5.1 mm between
+    participants vs 1.1-2.5 mm without bumps; 2.2-3.7 mm from the template vs 1.0-1.5 mm without bumps)."""
     from incloud_kernel.synth.deform import Participant
 
     def gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,9 +131,9 @@ def test_faces_differ_between_participants_and_from_the_template() -> None:
                                         warp_mm=0.0, effects=[], face_mm=0.0))
     a, b = _front_depth(_person(1)), _front_depth(_person(2))
     plain_a, plain_b = _front_depth(_person(1, face_mm=0.0)), _front_depth(_person(2, face_mm=0.0))
-    assert gap(a, b) > 2.0 * gap(plain_a, plain_b), (gap(a, b), gap(plain_a, plain_b))
-    assert gap(a, template) > 2.5 and gap(b, template) > 2.5, (gap(a, template), gap(b, template))
-    assert gap(plain_a, template) < 2.0
+    assert gap(a, b) > 1.8 * gap(plain_a, plain_b), (gap(a, b), gap(plain_a, plain_b))
+    assert gap(a, template) > 2.0 and gap(b, template) > 2.0, (gap(a, template), gap(b, template))
+    assert gap(plain_a, template) < 1.6
 
 
 def test_face_leaves_the_brain_untouched() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from incloud_kernel.synth.anatomy import load_templates
+from incloud_kernel.synth.anatomy import TemplateMissing, load_templates
 
 #: Bump sites: name -> (voxel index i, j, k on pydeface's average-head grid (the synth template head; i runs
 #: right -> left of the RAS file, i.e. towards +L), Gaussian width sigma in mm).
@@ -78,8 +78,9 @@ def gate(signed_mm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def brain_distance_map() -> sitk.Image:
     """Signed distance (mm, float32; negative inside) to the template brain, in template head space, on a
-    ``DISTANCE_GRID_MM`` grid covering the head plus ``DISTANCE_MARGIN_MM``. The brain is the MNI152 brain
-    (grey + white matter + CSF fractions >= 0.5) carried into head space by ``HEAD_TO_MNI``. About 0.5 s."""
+    ``DISTANCE_GRID_MM`` grid covering the head plus ``DISTANCE_MARGIN_MM``. The brain is the union of the MNI152
+    tissue maps (grey + white matter + CSF fractions >= 0.5, carried into head space by ``HEAD_TO_MNI``) and the
+    refacer's template brain, so no consumer's idea of the brain is moved by a face. About 1 s, once."""
     from scipy import ndimage
 
     t = load_templates()
@@ -94,11 +95,30 @@ def brain_distance_map() -> sitk.Image:
     ref.SetDirection(head.GetDirection())
     ref.SetOrigin(origin.tolist())
     brain = sitk.Resample(t.gm + t.wm + t.csf, ref, t.head_to_mni, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    inside = sitk.GetArrayViewFromImage(brain) >= 0.5
+    refacer = sitk.Resample(_refacer_brain(), ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    inside = (sitk.GetArrayViewFromImage(brain) >= 0.5) | (sitk.GetArrayViewFromImage(refacer) > 0.0)
     signed = (ndimage.distance_transform_edt(~inside, sampling=step)
               - ndimage.distance_transform_edt(inside, sampling=step)).astype(np.float32)
     out = sitk.GetImageFromArray(signed)
     out.CopyInformation(ref)
+    return out
+
+
+def _refacer_brain() -> sitk.Image:
+    """The refacer's template brain (``incloud_kernel.deface.template``: the MNI152 brain mask placed on this
+    same average head by its own registration, 2 mm slack; it reaches further into the skull base, orbits and
+    spinal canal than the tissue maps) as a 0/1 image on the head's grid. Read-only; its labels file ships in
+    the repository."""
+    from importlib import resources
+
+    from incloud_kernel.deface.template import BRAIN, LABELS_FILE
+
+    path = resources.files("incloud_kernel.deface") / "data" / LABELS_FILE
+    if not path.is_file():
+        raise TemplateMissing("the refacing template labels are missing (incloud_kernel/deface/data)")
+    labels = sitk.ReadImage(str(path))
+    out = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(labels) & BRAIN) > 0).astype(np.float32))
+    out.CopyInformation(labels)
     return out
 
 
