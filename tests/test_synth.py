@@ -1,6 +1,7 @@
 """Synthetic cohort generator (issue 3): the library API others build their tests on."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def test_face_leaves_the_brain_untouched() -> None:
 
     t = load_templates()
     person = Participant.random(np.random.default_rng(4), [VolumeEffect("ventricles", 1.4)])
-    plain = Participant(**{**person.__dict__, "face_mm": 0.0, "_chain": None, "_effects_cache": {}})
+    plain = dataclasses.replace(person, face_mm=0.0)
     ref = t1_grid(person, 2.0)
     mni = person.points(ref, to_mni=True)
     brain = sample(t.gm, mni) + sample(t.wm, mni) + sample(t.csf, mni)
