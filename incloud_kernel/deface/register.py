@@ -48,8 +48,12 @@ def _registration_method(seed: int, iterations: int, n_voxels: int, min_step: fl
                          samples: int = SAMPLES) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(min(1.0, samples / max(1, n_voxels)), seed)
+    # REGULAR (a grid, each point jittered within its voxel) with a fixed seed: the same fit on every run, so a
+    # re-run refaces a scan identically. SimpleITK reads a seed of 0 as "from the wall clock" (sitkWallClock),
+    # hence seed + 1. RANDOM with a fixed seed is not usable: its fits collapsed (scalings down to 0.2) on
+    # every fixed seed tried, while wall-clock seeds converged.
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(min(1.0, samples / max(1, n_voxels)), seed + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=min_step, numberOfIterations=iterations, relaxationFactor=0.6,
@@ -59,11 +63,15 @@ def _registration_method(seed: int, iterations: int, n_voxels: int, min_step: fl
     return reg
 
 
-def _rigid_start(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image) -> sitk.AffineTransform:
-    """Rigid fit from the images' moments with ``reg``, returned as an affine transform to refine (same centre)."""
-    rigid = sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-    )
+def _rigid_start(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+                 similarity: bool = False) -> sitk.AffineTransform:
+    """Rigid fit from the images' moments with ``reg``, returned as an affine transform to refine (same centre).
+
+    ``similarity`` fits one isotropic scale too: a head's size is found before any axis may stretch on its
+    own, so the affine stage cannot start by squeezing the template along one axis into the field of view.
+    """
+    start = sitk.Similarity3DTransform() if similarity else sitk.Euler3DTransform()
+    rigid = sitk.CenteredTransformInitializer(fixed, moving, start, sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg.SetInitialTransform(rigid, inPlace=True)
     reg.Execute(fixed, moving)
     current = sitk.AffineTransform(3)
@@ -116,9 +124,10 @@ def register_affine(
             reg.SetMetricMovingMask(mk0)
         if fk0 is not None:
             reg.SetMetricFixedMask(fk0)
-        current = _rigid_start(reg, f0, m0)
+        current = _rigid_start(reg, f0, m0, similarity=True)
     else:
         current = sitk_from_ras_matrix(init)
+    size = _mean_scale(current)
     for mm in levels:
         f, m, mk, fk = images[mm]
         reg = _registration_method(seed, iterations, f.GetNumberOfPixels(), min_step, samples)
@@ -126,9 +135,26 @@ def register_affine(
             reg.SetMetricMovingMask(mk)
         if fk is not None:
             reg.SetMetricFixedMask(fk)
+        before = current.GetParameters()
         reg.SetInitialTransform(current, inPlace=True)
         reg.Execute(f, m)
+        if init is None and not _plausible_stretch(current, size):
+            current.SetParameters(before)  # a squeeze along one axis: keep the previous level's fit
     return ras_matrix_from_sitk(current)
+
+
+#: How far one axis may stretch against the head size the similarity stage found (heads differ in shape by
+#: far less); beyond it, mutual information has found a degenerate fit (the template squeezed flat).
+MAX_ANISOTROPY = 1.3
+
+
+def _mean_scale(t: sitk.AffineTransform) -> float:
+    return float(np.abs(np.linalg.det(np.array(t.GetMatrix()).reshape(3, 3))) ** (1 / 3))
+
+
+def _plausible_stretch(t: sitk.AffineTransform, size: float) -> bool:
+    sv = np.linalg.svd(np.array(t.GetMatrix()).reshape(3, 3), compute_uv=False) / size
+    return bool(sv.max() <= MAX_ANISOTROPY and sv.min() >= 1 / MAX_ANISOTROPY)
 
 
 def resample_to(
