@@ -413,3 +413,92 @@ def test_dicom_session_refaced_in_place_t2_reuses_t1_fit(tmp_path, synth_study):
         protected = dilate_mm(brain, 5.0, np.linalg.norm(before.affine[:3, :3], axis=0))
         assert np.array_equal(before.raw[protected], after.raw[protected])
         assert (before.raw != after.raw).sum() > 1000
+
+
+def _enhanced_from(files: list[Path], path: Path) -> pydicom.Dataset:
+    """One Enhanced-MR-style multi-frame instance holding the single-frame T1w slices (frames stored in reverse
+    slice order, so the reader must sort them by position), geometry in the functional groups."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    slices = [pydicom.dcmread(f) for f in files]
+    first = slices[0]
+    ds = copy.deepcopy(first)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation"):
+        del ds[kw]
+    ordered = sorted(slices, key=lambda s: -float(np.dot(np.cross(np.array(s.ImageOrientationPatient[:3], float),
+                                                                      np.array(s.ImageOrientationPatient[3:], float)),
+                                                             np.array(s.ImagePositionPatient, float))))
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
+    orient.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([measures]), Sequence([orient])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for s in ordered:
+        item, pos = Dataset(), Dataset()
+        pos.ImagePositionPatient = s.ImagePositionPatient
+        item.PlanePositionSequence = Sequence([pos])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(ordered)
+    ds.PixelData = np.stack([s.pixel_array for s in ordered]).astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_enhanced_multiframe_t1w_is_refaced_in_its_one_instance(tmp_path, synth_study):
+    """An Enhanced MR T1w (one instance, frames out of slice order) is stacked through its functional groups,
+    refaced, and written back into the same instance with the frames in their stored order; dcm2niix converts
+    it onto the same grid as the original."""
+    truth, t1_files, _, _ = synth_study
+    src = tmp_path / "enh.dcm"
+    before_ds = _enhanced_from(t1_files, src)
+    single = ddicom.read_series(t1_files)
+    before = ddicom.read_series([src])
+    assert before.frames is not None and before.frames[0] == len(t1_files) - 1
+    assert np.allclose(before.affine, single.affine) and np.array_equal(before.raw, single.raw)
+    result = ddicom.reface_session({str(before_ds.SeriesInstanceUID): [src]},
+                                   refacer_factory=lambda: Refacer(**PARAMS))
+    assert not result.quarantined, result.quarantined
+    (new,) = result.refaced[str(before_ds.SeriesInstanceUID)]
+    assert _elements(new) == _elements(before_ds)
+    out = tmp_path / "out" / "enh.dcm"
+    ddicom.write_datasets([new], [out])
+    after = ddicom.read_series([out])
+    assert after.frames == before.frames and np.allclose(after.affine, before.affine)
+    brain, _, _ = _synth_truth(truth, before)
+    protected = dilate_mm(brain, 5.0, np.linalg.norm(before.affine[:3, :3], axis=0))
+    assert np.array_equal(before.raw[protected], after.raw[protected])
+    assert (before.raw != after.raw).sum() > 1000
+    from incloud_kernel.ingest.convert import convert_series
+
+    a = nib.load(convert_series(out.parent, tmp_path / "nii_enh", []).nifti)
+    b = nib.load(convert_series(Path(t1_files[0]).parent, tmp_path / "nii_single", []).nifti)
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless, pydicom.uid.RLELossless])
+def test_lossless_compressed_series_keeps_its_transfer_syntax(tmp_path, synth_study, synth_case, syntax):
+    """A series stored in a lossless codec pydicom encodes comes back in the same codec, with exactly the voxels
+    the uncompressed series gets from the same fit."""
+    _, t1_files, _, _ = synth_study
+    packed = []
+    for f in t1_files:
+        ds = pydicom.dcmread(f)
+        ds.compress(syntax, generate_instance_uid=False)
+        packed.append(tmp_path / f.name)
+        ds.save_as(packed[-1], enforce_file_format=True)
+    plain = ddicom.read_series(t1_files)
+    fits = {plain.frame_of_reference: synth_case.ref}
+    suid = plain.series_uid
+    ref_result = ddicom.reface_session({suid: list(t1_files)}, fits=dict(fits))
+    got = ddicom.reface_session({suid: packed}, fits=dict(fits))
+    assert not got.quarantined
+    for x, y in zip(ref_result.refaced[suid], got.refaced[suid]):
+        assert y.file_meta.TransferSyntaxUID == syntax
+        assert y.SOPInstanceUID == x.SOPInstanceUID
+        assert np.array_equal(x.pixel_array, y.pixel_array)

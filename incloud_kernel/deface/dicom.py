@@ -1,11 +1,13 @@
-"""Reface DICOM series: read a single-frame MR series into a volume, reface it, write the voxels back.
+"""Reface DICOM series: read an MR series into a volume, reface it, write the voxels back.
 
-The result goes into the *same* instances (every header element kept, UIDs included: de-identification is
-another component's job): only Pixel Data changes, in the series' own stored integers (Bits Stored,
-Pixel Representation), so Rescale Slope/Intercept and windowing keep their meaning. Compressed instances are
-written back uncompressed (Explicit VR Little Endian), the one header change. Geometry comes from Image
-Orientation/Position (Patient) and Pixel Spacing; a series whose slices are not one regular 3D stack (a
-localizer, several volumes, uneven spacing, enhanced multi-frame) is refused with
+A series is either single-frame instances (one slice each) or one enhanced multi-frame instance (Enhanced MR:
+geometry in its functional groups). The result goes into the *same* instances (every header element kept,
+UIDs included: de-identification is another component's job): only Pixel Data changes, in the series' own
+stored integers (Bits Stored, Pixel Representation), so Rescale Slope/Intercept and windowing keep their
+meaning. Instances in a lossless syntax pydicom encodes (JPEG-LS, JPEG 2000 lossless, RLE) are stored in it
+again; other compressed instances come back as Explicit VR Little Endian. Geometry comes from Image
+Orientation/Position (Patient) and Pixel Spacing; a series whose planes are not one regular 3D stack (a
+localizer, several volumes, uneven spacing, several multi-frame instances) is refused with
 :class:`incloud_kernel.deface.safety.DefaceQuarantine`. Series of one session share scanner coordinates
 (Frame of Reference), so the T1w's registration is reused for T2w, FLAIR and PD series.
 
@@ -17,13 +19,17 @@ import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from incloud_kernel.deface import safety
+
+if TYPE_CHECKING:
+    from incloud_kernel.deface.reface import Refacer
 
 #: RAS <- LPS.
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -51,6 +57,10 @@ class DicomSeries:
     affine: np.ndarray
     paths: list[Path] = field(default_factory=list)
     kind: str | None = None
+    #: Enhanced multi-frame (one instance): the frame index holding each slice k; None for single-frame.
+    frames: list[int] | None = None
+    #: The transfer syntax each instance arrived in (compressed instances are decoded on reading).
+    syntaxes: list[str] = field(default_factory=list)
 
     @property
     def series_uid(self) -> str:
@@ -93,54 +103,113 @@ def group_series(paths: list[Path]) -> dict[str, list[Path]]:
     return dict(groups)
 
 
-def series_from_datasets(datasets: list[pydicom.Dataset], paths: list[Path] | None = None) -> DicomSeries:
-    """Stack single-frame instances into a volume; DefaceQuarantine when they are not one regular 3D stack."""
-    if not datasets:
-        raise safety.DefaceQuarantine("unreadable", "an empty series")
+def _item(group: pydicom.Dataset | None, sequence: str) -> pydicom.Dataset | None:
+    """The first item of ``sequence`` in a functional-group item, or None."""
+    if group is None or sequence not in group or not group[sequence].value:
+        return None
+    return group[sequence].value[0]
+
+
+def _frame_geometry(ds: pydicom.Dataset) -> tuple[list[np.ndarray], list[np.ndarray], tuple[float, float]]:
+    """Per-frame (orientations, positions) and the pixel spacing of an enhanced multi-frame instance, from its
+    per-frame functional groups, falling back to the shared ones (PS3.3 C.7.6.16)."""
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    frames = int(ds.NumberOfFrames)
+    if len(per_frame) != frames:
+        raise safety.DefaceQuarantine("orientation", "the per-frame functional groups do not match the frames")
+    orientations, positions, spacing = [], [], None
+    for group in per_frame:
+        orient = _item(group, "PlaneOrientationSequence") or _item(shared, "PlaneOrientationSequence")
+        place = _item(group, "PlanePositionSequence") or _item(shared, "PlanePositionSequence")
+        measures = _item(group, "PixelMeasuresSequence") or _item(shared, "PixelMeasuresSequence")
+        if orient is None or place is None or measures is None or "PixelSpacing" not in measures \
+                or "ImageOrientationPatient" not in orient or "ImagePositionPatient" not in place:
+            raise safety.DefaceQuarantine("orientation", "a frame without patient geometry")
+        orientations.append(np.array(orient.ImageOrientationPatient, dtype=float))
+        positions.append(np.array(place.ImagePositionPatient, dtype=float))
+        this = tuple(float(v) for v in measures.PixelSpacing)
+        if spacing is not None and not np.allclose(this, spacing, atol=1e-4):
+            raise safety.DefaceQuarantine("orientation", "frames of the instance have different pixel spacings")
+        spacing = this
+    return orientations, positions, spacing  # type: ignore[return-value]
+
+
+def _planes(datasets: list[pydicom.Dataset]) -> tuple[list[np.ndarray], list[np.ndarray], tuple[float, float],
+                                                      list[tuple[int, int]]]:
+    """(orientation, position) of every plane of the series, the pixel spacing, and where each plane is stored
+    as (instance index, frame index): one plane per single-frame instance, or the frames of one enhanced
+    multi-frame instance. DefaceQuarantine when a plane has no geometry."""
     first = datasets[0]
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
-        raise safety.DefaceQuarantine("multiframe", "enhanced multi-frame instances are not supported")
+        if len(datasets) > 1:
+            raise safety.DefaceQuarantine("multiframe", "several multi-frame instances in one series")
+        if "PixelData" not in first:
+            raise safety.DefaceQuarantine("orientation", "an instance without pixel data")
+        orientations, positions, spacing = _frame_geometry(first)
+        return orientations, positions, spacing, [(0, f) for f in range(len(positions))]
     for ds in datasets:
         if "PixelData" not in ds or "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
             raise safety.DefaceQuarantine("orientation", "an instance without pixel data or patient geometry")
-    iop = np.array(first.ImageOrientationPatient, dtype=float)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise safety.DefaceQuarantine("multiframe", "single-frame and multi-frame instances in one series")
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+            raise safety.DefaceQuarantine("2d", "slices of the series have different matrix sizes")
+    orientations = [np.array(ds.ImageOrientationPatient, dtype=float) for ds in datasets]
+    positions = [np.array(ds.ImagePositionPatient, dtype=float) for ds in datasets]
+    spacing = tuple(float(v) for v in first.PixelSpacing)
+    return orientations, positions, spacing, [(i, 0) for i in range(len(datasets))]  # type: ignore[return-value]
+
+
+def series_from_datasets(datasets: list[pydicom.Dataset], paths: list[Path] | None = None) -> DicomSeries:
+    """Stack the planes of a series (single-frame instances, or one enhanced multi-frame instance) into a
+    volume; DefaceQuarantine when they are not one regular 3D stack."""
+    if not datasets:
+        raise safety.DefaceQuarantine("unreadable", "an empty series")
+    orientations, positions, (dr, dc), planes = _planes(datasets)
+    iop = orientations[0]
     row_dir, col_dir = iop[:3], iop[3:]  # direction of increasing column index, of increasing row index
     normal = np.cross(row_dir, col_dir)
     if not np.isfinite(normal).all() or np.linalg.norm(normal) < 0.9:
         raise safety.DefaceQuarantine("orientation", "the image orientation header is unusable")
-    for ds in datasets[1:]:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-3):
-            raise safety.DefaceQuarantine("orientation", "slices of the series have different orientations")
-        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
-            raise safety.DefaceQuarantine("2d", "slices of the series have different matrix sizes")
-    pos = np.array([np.array(ds.ImagePositionPatient, dtype=float) for ds in datasets])
-    order = np.argsort(pos @ normal)
-    datasets = [datasets[i] for i in order]
-    paths = [paths[i] for i in order] if paths else []
+    if any(not np.allclose(o, iop, atol=1e-3) for o in orientations[1:]):
+        raise safety.DefaceQuarantine("orientation", "slices of the series have different orientations")
+    pos = np.array(positions)
+    order = np.argsort(pos @ normal, kind="stable")
+    planes = [planes[i] for i in order]
     pos = pos[order]
-    dist = pos @ normal
-    if len(datasets) < 2:
+    if len(planes) < 2:
         raise safety.DefaceQuarantine("2d", "a single-slice series (localizer) has no face to replace in 3D")
-    steps = np.diff(dist)
+    steps = np.diff(pos @ normal)
     if (np.abs(steps) < 1e-3).any():
         raise safety.DefaceQuarantine("4d", "several volumes (repeated slice positions) in one series")
     step = float(np.median(steps))
     if np.abs(steps - step).max() > 0.05 * abs(step) + 1e-3:
         raise safety.DefaceQuarantine("orientation", "slices are not evenly spaced")
-    dr, dc = (float(v) for v in first.PixelSpacing)  # row spacing (between rows), column spacing
     lps = np.eye(4)
     lps[:3, 0] = row_dir * dc
     lps[:3, 1] = col_dir * dr
     lps[:3, 2] = (pos[-1] - pos[0]) / (len(pos) - 1)
     lps[:3, 3] = pos[0]
-    arrays = []
+    multiframe = int(datasets[0].get("NumberOfFrames", 1) or 1) > 1
+    syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets]
     for ds in datasets:
         if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()
-        arrays.append(ds.pixel_array)
-    vol = np.stack(arrays, axis=-1)  # (rows, columns, slices)
+            ds.decompress(generate_instance_uid=False)  # the default would mint a new SOP Instance UID
+    if multiframe:
+        frames = datasets[0].pixel_array.reshape(-1, datasets[0].Rows, datasets[0].Columns)
+        vol = np.stack([frames[f] for _, f in planes], axis=-1)  # (rows, columns, slices)
+        frame_of_slice = [f for _, f in planes]
+        paths = list(paths or [])
+    else:
+        datasets = [datasets[i] for i, _ in planes]
+        syntaxes = [syntaxes[i] for i, _ in planes]
+        paths = [paths[i] for i, _ in planes] if paths else []
+        vol = np.stack([ds.pixel_array for ds in datasets], axis=-1)
+        frame_of_slice = None
     raw = np.ascontiguousarray(np.transpose(vol, (1, 0, 2)))  # (column i, row j, slice k)
-    return DicomSeries(datasets=datasets, raw=raw, affine=_LPS @ lps, paths=paths, kind=contrast_of(first))
+    return DicomSeries(datasets=datasets, raw=raw, affine=_LPS @ lps, paths=paths, kind=contrast_of(datasets[0]),
+                       frames=frame_of_slice, syntaxes=syntaxes)
 
 
 def read_series(paths: list[Path]) -> DicomSeries:
@@ -152,28 +221,59 @@ def read_series(paths: list[Path]) -> DicomSeries:
     return series_from_datasets(datasets, list(paths))
 
 
+#: Lossless transfer syntaxes pydicom encodes (with the codecs installed as dependencies): a refaced instance
+#: that arrived in one of them is stored in it again. Any other compressed instance (JPEG lossless process 14,
+#: lossy JPEG) comes back as Explicit VR Little Endian: the refaced voxels must not be re-compressed lossily.
+REENCODED = (JPEGLSLossless, JPEG2000Lossless, RLELossless)
+
+
+def _can_encode(syntax: str) -> bool:
+    from pydicom.pixels import get_encoder
+
+    try:
+        return syntax in REENCODED and get_encoder(syntax).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _store_pixels(new: pydicom.Dataset, planes: np.ndarray, syntax: str) -> None:
+    """Put ``planes`` ((frames,) rows, columns; stored dtype) into ``new`` as native Pixel Data, then encode it
+    again in ``syntax`` when that is a lossless syntax pydicom can write (UIDs kept)."""
+    new.PixelData = planes.tobytes()
+    new["PixelData"].VR = "OW" if int(new.BitsAllocated) > 8 else "OB"
+    new.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue", "ExtendedOffsetTable",
+                "ExtendedOffsetTableLengths"):
+        if tag in new:
+            del new[tag]
+    if _can_encode(syntax):
+        new.compress(syntax, planes, generate_instance_uid=False)
+
+
 def with_pixels(series: DicomSeries, raw: np.ndarray) -> list[pydicom.Dataset]:
     """Copies of the series' datasets holding ``raw`` (same axes as ``series.raw``) as their pixel data.
 
     Values are clipped to the range Bits Stored and Pixel Representation allow; everything else in the
-    headers is kept (a compressed transfer syntax becomes Explicit VR Little Endian).
+    headers is kept. Each instance keeps its transfer syntax when it is a lossless one pydicom can encode
+    (``REENCODED``); other compressed instances become Explicit VR Little Endian.
     """
+    first = series.datasets[0]
+    bits, alloc = int(first.BitsStored), int(first.BitsAllocated)
+    signed = int(first.PixelRepresentation) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{alloc // 8}").newbyteorder("<")
+    planes = np.clip(np.transpose(raw, (2, 1, 0)), lo, hi).astype(dtype)  # (slice k, rows, columns)
+    syntaxes = series.syntaxes or [ExplicitVRLittleEndian] * len(series.datasets)
+    if series.frames is not None:  # one enhanced multi-frame instance: frames back in their stored order
+        frames = np.empty_like(planes)
+        frames[np.asarray(series.frames)] = planes
+        new = copy.deepcopy(first)
+        _store_pixels(new, frames, syntaxes[0])
+        return [new]
     out = []
     for k, ds in enumerate(series.datasets):
         new = copy.deepcopy(ds)
-        bits = int(ds.BitsStored)
-        signed = int(ds.PixelRepresentation) == 1
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        alloc = int(ds.BitsAllocated)
-        dtype = np.dtype(f"{'i' if signed else 'u'}{alloc // 8}").newbyteorder("<")
-        plane = np.clip(raw[:, :, k].T, lo, hi).astype(dtype)  # back to (rows, columns)
-        new.PixelData = plane.tobytes()
-        new["PixelData"].VR = "OW" if alloc > 8 else "OB"
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            new.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
-            if tag in new:
-                del new[tag]
+        _store_pixels(new, np.ascontiguousarray(planes[k]), syntaxes[k])
         out.append(new)
     return out
 
@@ -195,10 +295,16 @@ class SessionResult:
     series: dict[str, DicomSeries] = field(default_factory=dict)
 
 
-def reface_session(groups: dict[str, list[Path]], refacer_factory=None) -> SessionResult:
+def reface_session(groups: dict[str, list[Path]], refacer_factory=None,
+                   fits: dict[str, "Refacer"] | None = None, kinds: dict[str, str | None] | None = None) -> SessionResult:
     """Reface every series of a session: T1w first (fit), other series reuse the T1w fit of their frame of
     reference (scored on each series before use); a series without a T1w in its frame is fitted on its own
     and refused unless the fit passes. Non-volume series (localizers, 4D) are quarantined with a reason.
+
+    ``fits`` (frame of reference UID -> fitted Refacer) carries T1w fits across calls, for a caller that
+    refaces a session's series one call at a time (ingest): pass the same dict, T1w series first. ``kinds``
+    (series UID -> contrast) overrides the contrast read from the descriptions, for a caller that knows it
+    from headers de-identification has since removed.
     """
     from incloud_kernel.deface.reface import Refacer
 
@@ -210,8 +316,11 @@ def reface_session(groups: dict[str, list[Path]], refacer_factory=None) -> Sessi
             loaded[uid] = read_series(paths)
         except safety.DefaceQuarantine as exc:
             result.quarantined[uid] = exc.reason
+    for uid, kind in (kinds or {}).items():
+        if uid in loaded:
+            loaded[uid].kind = kind
     result.series = loaded
-    fits: dict[str, Refacer] = {}
+    fits = {} if fits is None else fits
     ordered = sorted(loaded, key=lambda u: (loaded[u].kind != "T1w", loaded[u].kind is None, u))
     for uid in ordered:
         s = loaded[uid]
