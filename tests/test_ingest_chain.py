@@ -193,3 +193,68 @@ def test_a_series_the_refacer_refuses_quarantines_the_whole_study(ready, tmp_pat
     assert series_rows(site) == [] and file_count(site) == 0
     cache = site.config.spool / "ingest" / "deid-cache"
     assert not list(cache.rglob("*.dcm"))  # the failed run took back what it cached
+
+
+def _t1_and_t2_study(out: Path) -> Path:
+    """A small synthetic T1w study plus a T2w-like series derived from it (square-root contrast, every other
+    slice, its own series UID, same frame of reference) whose series number comes *before* the T1w's."""
+    import numpy as np
+    import pydicom
+
+    from incloud_kernel.synth import make_study
+
+    truth = make_study(out, seed=11, small=True, modalities=("T1w",), secondary_capture=False, labels=False)
+    (t1,) = truth.series_of("T1w")
+    t2_dir = Path(truth.study_dir) / "series000"
+    t2_dir.mkdir()
+    t2_uid = pydicom.uid.generate_uid()
+    for n, f in enumerate(sorted(Path(t1.path).glob("*.dcm"))):
+        if n % 2:
+            continue
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = t2_uid, pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription, ds.ProtocolName, ds.SeriesNumber = "t2_tse_sag", "t2_tse_sag", 0
+        ds.SequenceName = "*tse2d1_15"
+        ds.PixelData = np.clip(np.sqrt(ds.pixel_array.astype(float)) * 40, 0, 4095).astype(np.uint16).tobytes()
+        ds.save_as(t2_dir / f.name, enforce_file_format=True)
+    return Path(truth.study_dir)
+
+
+def _refaced_t2(study: Path, out: Path, with_t1: bool) -> "np.ndarray":
+    """The T2w voxels refaced outside the chain (with the T1w's fit, or fitted on its own), via dcm2niix."""
+    import numpy as np
+
+    from incloud_kernel.deface.dicom import group_series, reface_session, write_datasets
+    from incloud_kernel.deface.reface import Refacer
+    from incloud_kernel.ingest.convert import convert_series
+
+    t2 = sorted((study / "series000").glob("*.dcm"))
+    groups = group_series(sorted(study.rglob("*.dcm")) if with_t1 else t2)
+    result = reface_session(groups, refacer_factory=lambda: Refacer(threads=1))
+    (t2_uid,) = [u for u, s in result.series.items() if s.kind == "T2w"]
+    write_datasets(result.refaced[t2_uid], [out / "dcm" / p.name for p in result.series[t2_uid].paths])
+    return np.asarray(nib.load(convert_series(out / "dcm", out / "nii", []).nifti).dataobj)
+
+
+def test_t2w_is_refaced_with_the_t1w_fit_of_its_study(ready, tmp_path: Path) -> None:
+    """T1w first, whatever the series numbers: the archived T2w is exactly the T2w refaced with the T1w's fit
+    (same scanner coordinates), not with a fit of its own (the two differ, so the check can fail)."""
+    import numpy as np
+
+    site, env = ready
+    study = _t1_and_t2_study(tmp_path / "src")
+    result = run_ingest(dict(env, INCLOUD_INGEST_REFACE="true"), study)
+    assert result.returncode == 0, result.stderr
+    niftis = {Path(f.relpath).name.rsplit("_", 1)[-1]: f.relpath for f in _files(site) if f.relpath.endswith(".nii.gz")}
+    assert sorted(niftis) == ["T1w.nii.gz", "T2w.nii.gz"], niftis
+    archived = np.asarray(nib.load(str(site.archive_root / niftis["T2w.nii.gz"])).dataobj)
+    with_t1 = _refaced_t2(study, tmp_path / "with_t1", with_t1=True)
+    alone = _refaced_t2(study, tmp_path / "alone", with_t1=False)
+    assert not np.array_equal(with_t1, alone)
+    assert np.array_equal(archived, with_t1)
+
+
+def _files(site: Site) -> list[DataFile]:
+    with transaction(site.engine) as db:
+        return list(db.scalars(select(DataFile)))

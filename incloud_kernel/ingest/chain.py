@@ -157,6 +157,8 @@ class IngestChain:
         self.cache_root = self.config.spool / "ingest" / "deid-cache"
         self.work_root = self.config.spool / "ingest" / "work"
         self._deid_context: Any = None
+        #: The study's T1w refacing fits by frame of reference: its T2w, FLAIR and PD series reuse them.
+        self._fits: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- steps with other components
     def _deidentify(self, ds: Dataset) -> Dataset:
@@ -195,21 +197,30 @@ class IngestChain:
         nib.save(image, str(tmp))
         os.replace(tmp, nifti)
 
-    def _structural(self, original: Dataset) -> bool:
-        """Whether the series is a structural head contrast (T1w, T2w, FLAIR, PD) by its descriptions."""
+    def _contrast(self, original: Dataset) -> str | None:
+        """The structural head contrast (T1w, T2w, FLAIR, PD) named in the original descriptions, else None."""
         try:
             from incloud_kernel.deface.dicom import contrast_of
         except ImportError:
-            return False
-        return contrast_of(original) is not None
+            return None
+        return contrast_of(original)
 
-    def _reface_dicom(self, suid: str, cache: Path) -> bool:
+    def _structural(self, original: Dataset) -> bool:
+        return self._contrast(original) is not None
+
+    def _is_t1w(self, original: Dataset) -> bool:
+        """T1w series are fitted first: the study's other structural series reuse the fit."""
+        return self._contrast(original) == "T1w"
+
+    def _reface_dicom(self, suid: str, cache: Path, kind: str | None) -> bool:
         """Reface the de-identified instances of a structural series in the cache, in place, BEFORE conversion
         (``incloud_kernel.deface.dicom``): only Pixel Data changes, so no faced de-identified copy is kept.
 
-        Returns False (nothing changed) when the series is not one regular 3D stack (localizer, 4D, enhanced
-        multi-frame): such a series is only refaced later if the naming rules call it anatomical. Any other
-        refusal (registration not good enough...) raises ChainFailure: the study is quarantined.
+        A T2w, FLAIR or PD series reuses the fit of the study's T1w in the same frame of reference (re-scored on
+        this series), as the refacer cannot fit a non-T1 contrast to its T1w template reliably.
+        Returns False (nothing changed) when the series is not one regular 3D stack (localizer, 4D, several
+        multi-frame instances): such a series is only refaced later if the naming rules call it anatomical.
+        Any other refusal (registration not good enough...) raises ChainFailure: the study is quarantined.
         """
         try:
             from incloud_kernel.deface.dicom import reface_session, write_datasets
@@ -220,7 +231,7 @@ class IngestChain:
         paths = sorted(cache.glob("*.dcm"))
         try:
             result = reface_session({suid: paths}, refacer_factory=lambda: Refacer(
-                min_score=d.min_registration_score, threads=d.threads))
+                min_score=d.min_registration_score, threads=d.threads), fits=self._fits, kinds={suid: kind})
         except IncloudError as exc:
             raise ChainFailure("reface", str(exc)) from None
         if suid in result.quarantined:
@@ -294,12 +305,17 @@ class IngestChain:
         # 2. per series: merge into the de-identified cache, convert, name, reface -- all before archiving,
         #    so that a failing series keeps the whole study out of the archive.
         #    Instances this run adds to the cache are removed again if the study fails (or needs no archiving).
+        #    T1w series are prepared first, so the study's other structural series reuse their refacing fit
+        #    (same scanner coordinates); everything is archived in series-number order.
         added: dict[str, list[Path]] = {}
+        self._fits = {}
+        by_number = sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0))
         try:
-            prepared: list[_Prepared | SeriesOutcome] = []
-            for suid in sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0)):
-                prepared.append(self._prepare_series(suid, series_files[suid], facts_src[suid], work,
-                                                     added.setdefault(suid, [])))
+            ready: dict[str, _Prepared | SeriesOutcome] = {}
+            for suid in sorted(by_number, key=lambda s: not self._is_t1w(facts_src[s])):
+                ready[suid] = self._prepare_series(suid, series_files[suid], facts_src[suid], work,
+                                                   added.setdefault(suid, []))
+            prepared = [ready[suid] for suid in by_number]
             # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
             for item in prepared:
                 if isinstance(item, SeriesOutcome):
@@ -376,7 +392,7 @@ class IngestChain:
         # Structural series are refaced as DICOM before conversion (de-identify -> reface -> dcm2niix): the
         # cache then only ever keeps refaced instances. A merge refaces the whole merged series again.
         refaced_dicom = bool(self.config.ingest.reface and self._structural(original)
-                             and self._reface_dicom(suid, cache))
+                             and self._reface_dicom(suid, cache, self._contrast(original)))
         # Convert everything cached for the series (a merge reconverts with the late instances).
         out = work / "nii" / suid
         try:
