@@ -261,25 +261,44 @@ class Participant:
         coarse = physical_grid(field) + sitk.GetArrayViewFromImage(field)  # head points (cz, cy, cx, 3)
         M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
         o = np.asarray(t.head_to_mni.GetTranslation())
-        bumps = self.face_bumps()
-        channels = [coarse @ M.T + o if to_mni else coarse]
-        if bumps:  # ungated bump displacement (in MNI axes for to_mni: the map is linear) and brain distance
-            disp = face.bump_displacement(bumps, coarse)
-            channels += [disp @ M.T if to_mni else disp, face.distance_at(coarse)[..., None]]
-        coarse = np.concatenate(channels, -1)
-        nc = coarse.shape[-1]
-        # separable trilinear upsampling: (nc, cz, cy, cx) -> (nc, z, y, x)
+        head = coarse
+        coarse = coarse @ M.T + o if to_mni else coarse
+        # separable trilinear upsampling: (3, cz, cy, cx) -> (3, z, y, x)
         w = [_lerp_matrix(int(n), float(sp) / step, c) for n, sp, c in zip(size, spacing, csize)]  # x, y, z
-        d = np.moveaxis(coarse, -1, 0).astype(np.float32) @ w[0].T
-        d = w[1] @ d
-        up = (w[2] @ d.reshape(nc, csize[2], -1)).reshape(nc, *size[::-1])
-        pts = up[:3]  # a C-contiguous view of up
-        if bumps:  # gate exactly 0 -> the voxel's point is bit-identical to the face-free one
-            up[3:6] *= face.gate(up[6], out=up[6])
-            pts += up[3:6]
+        pts = _upsample(np.moveaxis(coarse, -1, 0).astype(np.float32), w)
+        bumps = self.face_bumps()
+        if bumps:
+            self._add_face(pts, head, w, bumps, M if to_mni else None)
         if with_effects and self.effects:
             self.apply_effects(pts, to_mni)
         return pts
+
+    @staticmethod
+    def _add_face(pts: np.ndarray, head: np.ndarray, w: list[np.ndarray], bumps: list[face.Bump],
+                  M: np.ndarray | None) -> None:
+        """Add the face to ``points``' output in place: bump displacement and brain distance at the coarse nodes
+        (``head``: their template head points, (cz, cy, cx, 3)) upsampled like the points, the gate applied per
+        voxel (a voxel whose interpolated brain distance is under ``face.GATE_MM[0]`` gets exactly nothing).
+        Only the voxels next to a node with a non-zero bump are touched. ``M``: head -> MNI matrix, if the
+        points are MNI points."""
+        disp = face.bump_displacement(bumps, head)
+        live = np.argwhere(np.abs(disp).max(-1) > 0)  # node indices (z, y, x)
+        if not len(live):
+            return
+        rows, cols = [], []
+        for axis, wa in zip((2, 1, 0), w):  # numpy axis of the coarse grid for w's x, y, z
+            nlo, nhi = int(live[:, axis].min()), int(live[:, axis].max())
+            touched = np.flatnonzero(wa[:, nlo:nhi + 1].any(1))  # voxels that interpolate a live node
+            rows.append(slice(int(touched[0]), int(touched[-1]) + 1))
+            cols.append(slice(max(nlo - 1, 0), nhi + 2))  # every node those voxels interpolate
+        (xr, yr, zr), (xc, yc, zc) = rows, cols
+        if M is not None:
+            disp = disp @ M.T
+        chans = np.concatenate([disp, face.distance_at(head)[..., None]], -1)[zc, yc, xc]
+        sub = _upsample(np.moveaxis(chans, -1, 0).astype(np.float32),
+                        [w[0][xr, xc], w[1][yr, yc], w[2][zr, zc]])
+        sub[:3] *= face.gate(sub[3], out=sub[3])
+        pts[:, zr, yr, xr] += sub[:3]
 
     def apply_effects(self, pts: np.ndarray, to_mni: bool = False) -> None:
         """Apply the volume effects exactly (in place) to ``points(..., with_effects=False)`` output: only the
@@ -335,6 +354,15 @@ def _like(ref: sitk.Image, size: list[int], origin: np.ndarray, step: float | No
     img.SetSpacing([step] * 3 if step else ref.GetSpacing())
     img.SetOrigin([float(v) for v in origin])
     return img
+
+
+def _upsample(coarse: np.ndarray, w: list[np.ndarray]) -> np.ndarray:
+    """Separable linear interpolation of (channels, cz, cy, cx) by the x, y, z weight matrices ``w`` (each
+    (n, c)): (channels, nz, ny, nx) float32."""
+    nc, cz = coarse.shape[:2]
+    d = coarse @ w[0].T
+    d = w[1] @ d
+    return (w[2] @ d.reshape(nc, cz, -1)).reshape(nc, w[2].shape[0], w[1].shape[0], w[0].shape[0])
 
 
 def _lerp_matrix(n: int, ratio: float, coarse: int) -> np.ndarray:

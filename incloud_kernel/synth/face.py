@@ -32,6 +32,8 @@ FACE_SITES: dict[str, tuple[tuple[int, int, int], float]] = {
 }
 #: The gate: 0 up to this signed distance (mm) from the template brain, smooth ramp, 1 from the second value.
 GATE_MM = (6.0, 26.0)
+#: Bump displacements below this (mm, every component) are set to exactly 0: a step far below a voxel.
+CUTOFF_MM = 0.05
 #: Spacing (mm) and margin (mm, each side beyond the template head) of the brain distance map.
 DISTANCE_GRID_MM = 3.0
 DISTANCE_MARGIN_MM = 30.0
@@ -139,12 +141,14 @@ def distance_at(points: np.ndarray) -> np.ndarray:
 
 
 def bump_displacement(bumps: list[Bump], points: np.ndarray) -> np.ndarray:
-    """Sum of the bumps' Gaussian displacements (mm, float32, ungated) at template head LPS points (..., 3)."""
+    """Sum of the bumps' Gaussian displacements (mm, float32, ungated) at template head LPS points (..., 3);
+    exactly 0 where every component is under ``CUTOFF_MM`` (so renderers can skip the far tails)."""
     p = np.asarray(points, np.float32)
     out = np.zeros(p.shape, np.float32)
     for b in bumps:
         r2 = ((p - np.asarray(b.center_lps, np.float32)) ** 2).sum(-1)
         out += np.exp(r2 * np.float32(-0.5 / b.width_mm ** 2))[..., None] * np.asarray(b.shift_mm, np.float32)
+    out[np.abs(out).max(-1) < CUTOFF_MM] = 0.0
     return out
 
 
