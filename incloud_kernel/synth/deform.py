@@ -289,6 +289,8 @@ class Participant:
         for axis, wa in zip((2, 1, 0), w):  # numpy axis of the coarse grid for w's x, y, z
             nlo, nhi = int(live[:, axis].min()), int(live[:, axis].max())
             touched = np.flatnonzero(wa[:, nlo:nhi + 1].any(1))  # voxels that interpolate a live node
+            if not len(touched):  # live nodes only in the outer ring no voxel uses
+                return
             rows.append(slice(int(touched[0]), int(touched[-1]) + 1))
             cols.append(slice(max(nlo - 1, 0), nhi + 2))  # every node those voxels interpolate
         (xr, yr, zr), (xc, yc, zc) = rows, cols
