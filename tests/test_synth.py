@@ -103,14 +103,15 @@ def _front_depth(person) -> np.ndarray:
     # axes: x (R->L), y (A->P), z (I->S); 2 mm voxels; the box spans 100 x 80 x 100 mm in front of the face
     ref = grid((50, 40, 50), (2.0, 2.0, 2.0), np.eye(3), nose + np.array([0.0, 20.0, 0.0]))
     head = sample(t.head, person.points(ref, with_effects=False))  # (z, y, x)
-    inside = head > 0.3 * float(np.percentile(sitk_values(t.head), 90))
+    inside = head > 0.3 * float(np.percentile(_positive_values(t.head), 90))
     hit = inside.any(axis=1)
     depth = np.argmax(inside, axis=1).astype(float) * 2.0
     depth[~hit] = np.nan
     return depth
 
 
-def sitk_values(img) -> np.ndarray:
+def _positive_values(img) -> np.ndarray:
+    """The non-zero voxel values of a SimpleITK image."""
     import SimpleITK as sitk
 
     a = sitk.GetArrayViewFromImage(img)
