@@ -120,7 +120,7 @@ class DefaceSection:
     #: Brain dilation (mm) that stays bit-identical, plus a margin (mm) for registration error (on top of the
     #: 2 mm slack already in the template brain mask).
     protect_mm: float = 5.0
-    margin_mm: float = 1.0
+    margin_mm: float = 2.0
     #: Width (mm) over which the template face is blended into the subject.
     ramp_mm: float = 4.0
 

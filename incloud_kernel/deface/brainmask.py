@@ -71,7 +71,7 @@ def brain_distance(
 
 def protected_mask(
     shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, *, protect_mm: float = 5.0,
-    margin_mm: float = 3.0, template: Template | None = None,
+    margin_mm: float = 2.0, template: Template | None = None,
 ) -> np.ndarray:
     """Boolean mask of the subject grid that must stay bit-identical (brain + protect_mm + margin_mm)."""
     return brain_distance(shape, affine, subject_to_template, template) <= protect_mm + margin_mm

@@ -134,7 +134,7 @@ def reface_array(
     *,
     registration: Registration | None = None,
     protect_mm: float = 5.0,
-    margin_mm: float = 3.0,
+    margin_mm: float = 2.0,
     ramp_mm: float = 4.0,
     min_score: float = 0.8,
     seed: int = 0,
@@ -261,7 +261,7 @@ class Refacer:
         cfg = get_config().deface
         return {
             "protect_mm": getattr(cfg, "protect_mm", 5.0) if self.protect_mm is None else self.protect_mm,
-            "margin_mm": getattr(cfg, "margin_mm", 1.0) if self.margin_mm is None else self.margin_mm,
+            "margin_mm": getattr(cfg, "margin_mm", 2.0) if self.margin_mm is None else self.margin_mm,
             "ramp_mm": getattr(cfg, "ramp_mm", 4.0) if self.ramp_mm is None else self.ramp_mm,
             "min_score": cfg.min_registration_score if self.min_score is None else self.min_score,
             "threads": cfg.threads if self.threads is None else self.threads,

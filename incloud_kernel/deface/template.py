@@ -12,13 +12,15 @@ reproducibly by ``python -m incloud_kernel.deface.template`` from those files:
   bit-identical-brain test on the MNI152 head);
 - face (bit 2): pydeface's face region (everything below the plane through nose and upper lip, in front of
   the ear line) plus everything in front of the face line (y index >= 180) up to the eyebrows (z index
-  <= 130), so eyes, nose, mouth and chin are all inside; minus the (undilated) brain dilated by 8 mm;
+  <= 130), so eyes, nose, mouth and chin are all inside; minus the (undilated) brain dilated by
+  ``FACE_BRAIN_GAP_MM`` (10 mm): the face starts beyond the protected region (brain slack 2 + protect 5 +
+  margin 2 = 9 mm), so a well-placed template never has face inside it;
 - ears (bit 4): voxels lateral to the cranium (outside the brain dilated by 12 mm and more than 45 mm from
   the mid-sagittal plane) in the box around the auricles (y index 70-165, z index 35-150): both pinnae
   and the air around them;
 - head (bit 8): the template's head mask (:func:`incloud_kernel.deface.headmask.head_mask`);
 - face margin (bit 16): the face dilated by ``FACE_MARGIN_MM`` (15 mm), minus the face and the brain
-  dilated by 6 mm more (the same 8 mm around the undilated brain as the face). Replaced with the face, so
+  dilated by 8 mm more (the same 10 mm around the undilated brain as the face). Replaced with the face, so
   that a subject whose face lies up to that far from where the affine fit puts the average face still has
   every facial feature fully replaced, and the blend happens in the cheeks and forehead around them
   (:func:`face_margin`; derivable from the stored face and brain bits alone).
@@ -55,6 +57,8 @@ BRAIN_SLACK_MM = 2.0
 #: Room (mm) around the face that is replaced with it: how far a subject's facial features may lie from the
 #: affinely placed average face and still be replaced entirely (faces differ by more than an affine map).
 FACE_MARGIN_MM = 15.0
+#: The face keeps this distance (mm) from the undilated brain.
+FACE_BRAIN_GAP_MM = 10.0
 
 
 def mni_head_path() -> Path:
@@ -132,8 +136,9 @@ def dilate_mm(mask: np.ndarray, mm: float, voxel_mm: np.ndarray) -> np.ndarray:
 
 def face_margin(face: np.ndarray, brain: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
     """The shell of ``FACE_MARGIN_MM`` around ``face``, outside ``brain`` (the stored, 2 mm-slack brain) dilated
-    by 6 mm, so it keeps the face's own 8 mm distance from the undilated brain."""
-    return dilate_mm(face, FACE_MARGIN_MM, voxel_mm) & ~face & ~dilate_mm(brain, 8.0 - BRAIN_SLACK_MM, voxel_mm)
+    by 8 mm, so it keeps the face's own ``FACE_BRAIN_GAP_MM`` from the undilated brain."""
+    return dilate_mm(face, FACE_MARGIN_MM, voxel_mm) & ~face & ~dilate_mm(brain, FACE_BRAIN_GAP_MM - BRAIN_SLACK_MM,
+                                                                          voxel_mm)
 
 
 def build(out_dir: Path | None = None) -> Path:
@@ -166,7 +171,7 @@ def build(out_dir: Path | None = None) -> Path:
 
     i, j, k = np.meshgrid(*[np.arange(n) for n in head.shape], indexing="ij", sparse=True)
     face = pyface | ((j >= 180) & (k <= 130))
-    face &= ~dilate_mm(core, 8.0, vox)
+    face &= ~dilate_mm(core, FACE_BRAIN_GAP_MM, vox)
     mid_i = np.argwhere(brain)[:, 0].mean()
     cranium = dilate_mm(brain, 12.0, vox)
     ears = (np.abs(i - mid_i) * vox[0] > 45) & (j >= 70) & (j <= 165) & (k >= 35) & (k <= 150) & ~cranium
@@ -184,6 +189,7 @@ def build(out_dir: Path | None = None) -> Path:
         "mni_head_sha256": hashlib.sha256(mni_head_path().read_bytes()).hexdigest(),
         "brain_slack_mm": BRAIN_SLACK_MM,
         "face_margin_mm": FACE_MARGIN_MM,
+        "face_brain_gap_mm": FACE_BRAIN_GAP_MM,
         "head_to_mni_ras": np.round(head_to_mni, 6).tolist(),
         "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD, "margin": MARGIN},
     }, indent=1) + "\n")
