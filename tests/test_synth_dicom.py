@@ -223,3 +223,25 @@ def test_enhanced_multiframe_dciodvfy_no_errors(enhanced_study: StudyTruth) -> N
         assert not [line for line in lines if "Error" in line], s.kind
         unknown = [line for line in lines if "Warning" in line and not any(re.search(p, line) for p in KNOWN_WARNINGS)]
         assert not unknown, unknown
+
+
+def test_enhanced_dwi_only_where_dcm2niix_reads_its_b_values(tmp_path: Path) -> None:
+    """Enhanced DWI is written as Philips and Canon write it; asked for at a Siemens-like site it is refused
+    with a one-line reason, and a cohort-wide ``enhanced=True`` keeps that site's DWI single-frame (with its
+    b-values readable) while BOLD goes multi-frame."""
+    from incloud_kernel.errors import ValidationError
+    from incloud_kernel.synth.cohort import ENHANCED_DWI_MANUFACTURERS
+    from incloud_kernel.synth.sites import make_sites
+
+    siemens = next(s for s in make_sites(4, seed=1) if not s.manufacturer.startswith(ENHANCED_DWI_MANUFACTURERS))
+    with pytest.raises(ValidationError, match="enhanced DWI"):
+        make_study(tmp_path / "refused", seed=13, site=siemens, modalities=("dwi",), enhanced=["dwi"],
+                   secondary_capture=False, labels=False)
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    truth = make_study(tmp_path / "cohort", seed=13, site=siemens, modalities=("bold", "dwi"), enhanced=True,
+                       secondary_capture=False, labels=False, bold_volumes=4)
+    assert truth.series_of("bold")[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.4.1"
+    dwi = truth.series_of("dwi")[0]
+    assert dwi.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+    converted = dcm2niix(Path(truth.study_dir), tmp_path / "nii")
+    assert np.allclose(np.loadtxt(_nifti(converted, dwi.number).with_suffix(".bval")), truth.dwi["bvals"])

@@ -141,6 +141,12 @@ def _one_blas_thread(fn: Callable[..., StudyTruth]) -> Callable[..., StudyTruth]
     return wrapper
 
 
+#: Makers whose enhanced DWI dcm2niix reads b-values and vectors from (the standard MR Diffusion macro). For the
+#: Siemens- and GE-like sites it finds none (checked with dcm2niix v1.0.20260724, the pinned wheel), so their
+#: DWI is written single-frame, as GE's scanners do anyway.
+ENHANCED_DWI_MANUFACTURERS = ("Philips", "Canon")
+
+
 @_one_blas_thread
 def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities: Sequence[str] = MODALITIES,
                site: Site | None = None, age: int | None = None, sex: str | None = None,
@@ -156,8 +162,9 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
     (a whole study in a few seconds); otherwise 1 mm T1, 3.5 mm BOLD with 100 volumes, 2.5 mm DWI with 32
     directions. ``compress``: False -> explicit VR LE; True -> the site's codec for the T1 series, and for the
     DWI series too when that codec is JPEG-LS (cheap to encode); a transfer syntax UID -> that codec for every
-    MR series. ``enhanced``: True -> BOLD and DWI as Enhanced MR Image Storage (one multi-frame file each);
-    or a list of the kinds to write so (``["dwi"]``). Raises ``ValidationError`` for unknown modality
+    MR series. ``enhanced``: True -> BOLD and DWI as Enhanced MR Image Storage (one multi-frame file each; DWI
+    only at Philips- and Canon-like sites, see ``ENHANCED_DWI_MANUFACTURERS``); or a list of the kinds to write
+    so (``["dwi"]``: ValidationError at other sites). Raises ``ValidationError`` for unknown modality
     or diagnosis and ``IncloudError`` if the study folder already exists.
     """
     bad = [m for m in modalities if m not in MODALITIES]
@@ -213,6 +220,11 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
     bad = multiframe - {"bold", "dwi"}
     if bad:
         raise ValidationError(f"enhanced multi-frame is for bold and dwi, not {sorted(bad)[0]!r}")
+    if "dwi" in multiframe and not site.manufacturer.startswith(ENHANCED_DWI_MANUFACTURERS):
+        if enhanced is not True:
+            raise ValidationError(f"enhanced DWI is written as {' and '.join(ENHANCED_DWI_MANUFACTURERS)} scanners "
+                                  "write it (dcm2niix reads no b-values from it for other makers); choose such a site")
+        multiframe.discard("dwi")  # a cohort-wide --enhanced: this site's DWI stays single-frame
     clock = 0.0
     number = 1
     t1_ref: tuple[str, str] | None = None
