@@ -13,14 +13,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
-
 from incloud_kernel.deface import dicom as ddicom
-from incloud_kernel.deface.geometry import from_sitk, to_sitk
 from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.reface import Refacer, stored_data
-from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, LABELS_FILE, _own_data, dilate_mm
-from incloud_kernel.deface.testheads import make_head
+from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm
+from incloud_kernel.deface.testheads import make_head, synth_labels
 
 
 def seeds(text: str) -> list[int]:
@@ -42,18 +39,11 @@ def measure(img: nib.Nifti1Image, brain: np.ndarray, face: np.ndarray) -> tuple[
 def synth_head(seed: int, out: Path) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
     """A synthetic participant's T1w and its true brain and face+ears (template labels through its known chain)."""
     from incloud_kernel.synth import make_study
-    from incloud_kernel.synth.deform import Participant
 
     truth = make_study(out, seed=seed, small=True, modalities=("T1w",), secondary_capture=False, labels=False,
                        participant_id=f"sweep-{seed}")
     series = ddicom.read_series(sorted(Path(truth.series_of("T1w")[0].path).glob("*.dcm")))
-    p = truth.participant
-    person = Participant(seed=p["seed"], rotation_deg=p["rotation_deg"], translation_mm=p["translation_mm"],
-                         scale=p["scale"], warp_mm=p["warp_mm"], effects=[], face_mm=p["face_mm"])
-    labels = sitk.ReadImage(str(_own_data(LABELS_FILE)))
-    ref = to_sitk(np.zeros(series.raw.shape, np.float32), series.affine)
-    lab = from_sitk(sitk.Resample(labels, ref, person.fast_chain(ref, with_effects=False),
-                                  sitk.sitkNearestNeighbor, 0)).astype(np.uint8)
+    lab = synth_labels(truth.participant, series.raw.shape, series.affine)
     return series.image(), (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & ((lab & HEAD) > 0)
 
 

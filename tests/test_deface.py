@@ -20,14 +20,14 @@ import SimpleITK as sitk
 
 from conftest import missing
 from incloud_kernel.deface import dicom as ddicom
-from incloud_kernel.deface.geometry import block_downsample, from_sitk, to_sitk
+from incloud_kernel.deface.geometry import block_downsample
 from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.qc import render
 from incloud_kernel.deface.reface import Refacer, save_image, stored_data
 from incloud_kernel.deface.register import brain_displacement, register_to_mni, resample_to
 from incloud_kernel.deface.safety import DefaceQuarantine
 from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
-from incloud_kernel.deface.testheads import make_head
+from incloud_kernel.deface.testheads import make_head, synth_labels
 
 PARAMS = dict(threads=1)  # everything else from the site configuration defaults
 
@@ -101,16 +101,7 @@ def mni_case() -> Case:
 def _synth_truth(truth, series: ddicom.DicomSeries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True brain, face+ears tissue and face tissue of a synthetic participant on a series' grid (the template's labels
     carried by the participant's known pose and warp; planted brain-internal effects left out)."""
-    from incloud_kernel.deface.template import LABELS_FILE, _own_data
-    from incloud_kernel.synth.deform import Participant
-
-    p = truth.participant
-    person = Participant(seed=p["seed"], rotation_deg=p["rotation_deg"], translation_mm=p["translation_mm"],
-                         scale=p["scale"], warp_mm=p["warp_mm"], effects=[], face_mm=p["face_mm"])
-    labels = sitk.ReadImage(str(_own_data(LABELS_FILE)))
-    ref = to_sitk(np.zeros(series.raw.shape, np.float32), series.affine)
-    lab = sitk.Resample(labels, ref, person.fast_chain(ref, with_effects=False), sitk.sitkNearestNeighbor, 0)
-    lab = from_sitk(lab).astype(np.uint8)
+    lab = synth_labels(truth.participant, series.raw.shape, series.affine)
     head = (lab & HEAD) > 0
     return (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & head, ((lab & FACE) > 0) & head
 

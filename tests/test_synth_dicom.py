@@ -144,8 +144,7 @@ def cn_region_volume(cn: StudyTruth, region: str) -> float:
     from incloud_kernel.synth.structural import region_fractions, t1_grid
 
     p = cn.participant
-    part = Participant(seed=p["seed"], rotation_deg=p["rotation_deg"], translation_mm=p["translation_mm"], scale=p["scale"],
-                       warp_mm=p["warp_mm"], effects=[VolumeEffect(e["region"], e["factor"]) for e in cn.effects])
+    part = Participant.from_truth(p, [VolumeEffect(e["region"], e["factor"]) for e in cn.effects])
     ref = t1_grid(part, cn.series[0].voxel_mm[0])
     return float(region_fractions(part, ref, region).sum()) * float(np.prod(ref.GetSpacing())) / 1000
 

@@ -205,9 +205,6 @@ class IngestChain:
             return None
         return contrast_of(original)
 
-    def _structural(self, original: Dataset) -> bool:
-        return self._contrast(original) is not None
-
     def _is_t1w(self, original: Dataset) -> bool:
         """T1w series are fitted first: the study's other structural series reuse the fit."""
         return self._contrast(original) == "T1w"
@@ -308,7 +305,6 @@ class IngestChain:
         #    T1w series are prepared first, so the study's other structural series reuse their refacing fit
         #    (same scanner coordinates); everything is archived in series-number order.
         added: dict[str, list[Path]] = {}
-        self._fits = {}
         by_number = sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0))
         try:
             ready: dict[str, _Prepared | SeriesOutcome] = {}
@@ -328,6 +324,7 @@ class IngestChain:
                 added.pop(item.suid, None)
                 outcome.series.append(result)
         finally:
+            self._fits = {}  # a fit holds its last refaced volume: do not keep it past the study
             for suid, paths in added.items():
                 self._drop_from_cache(suid, paths)
         return outcome
@@ -391,8 +388,8 @@ class IngestChain:
             raise ChainFailure("merge", "late instances for a refaced series; send the whole series again")
         # Structural series are refaced as DICOM before conversion (de-identify -> reface -> dcm2niix): the
         # cache then only ever keeps refaced instances. A merge refaces the whole merged series again.
-        refaced_dicom = bool(self.config.ingest.reface and self._structural(original)
-                             and self._reface_dicom(suid, cache, self._contrast(original)))
+        kind = self._contrast(original)
+        refaced_dicom = bool(self.config.ingest.reface and kind and self._reface_dicom(suid, cache, kind))
         # Convert everything cached for the series (a merge reconverts with the late instances).
         out = work / "nii" / suid
         try:

@@ -151,6 +151,15 @@ class Participant:
             face_mm=face_mm,
         )
 
+    @classmethod
+    def from_truth(cls, p: dict[str, Any], effects: list[VolumeEffect] | None = None) -> "Participant":
+        """The participant a study's ground truth describes (``StudyTruth.participant``), with ``effects``
+        (none by default: the anatomy without planted changes). Truth written before faces existed has no
+        ``face_mm`` and was made with the template's own face (0)."""
+        return cls(seed=p["seed"], rotation_deg=p["rotation_deg"], translation_mm=p["translation_mm"],
+                   scale=p["scale"], warp_mm=p["warp_mm"], effects=list(effects or []),
+                   face_mm=p.get("face_mm", 0.0))
+
     def face_bumps(self) -> list[face.Bump]:
         """This participant's face bumps (template head LPS mm), derived from ``seed`` and ``face_mm``."""
         return list(face.face_bumps(int(self.seed), float(self.face_mm)))
