@@ -13,6 +13,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from incloud_kernel.config import DefaceSection
 from incloud_kernel.deface.geometry import block_downsample
 from incloud_kernel.deface.register import resample_to
 from incloud_kernel.deface.template import Template, load_template
@@ -70,8 +71,9 @@ def brain_distance(
 
 
 def protected_mask(
-    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, *, protect_mm: float = 5.0,
-    margin_mm: float = 2.0, template: Template | None = None,
+    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, *,
+    protect_mm: float = DefaceSection.protect_mm, margin_mm: float = DefaceSection.margin_mm,
+    template: Template | None = None,
 ) -> np.ndarray:
     """Boolean mask of the subject grid that must stay bit-identical (brain + protect_mm + margin_mm)."""
     return brain_distance(shape, affine, subject_to_template, template) <= protect_mm + margin_mm

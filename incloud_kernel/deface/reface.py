@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from incloud_kernel.config import DefaceSection
 from incloud_kernel.deface import safety
 from incloud_kernel.deface.blend import blend, weights
 from incloud_kernel.deface.brainmask import brain_distance, sigma_max, template_distances
@@ -133,10 +134,10 @@ def reface_array(
     affine: np.ndarray,
     *,
     registration: Registration | None = None,
-    protect_mm: float = 5.0,
-    margin_mm: float = 2.0,
-    ramp_mm: float = 4.0,
-    min_score: float = 0.8,
+    protect_mm: float = DefaceSection.protect_mm,
+    margin_mm: float = DefaceSection.margin_mm,
+    ramp_mm: float = DefaceSection.ramp_mm,
+    min_score: float = DefaceSection.min_registration_score,
     seed: int = 0,
     template: Template | None = None,
 ) -> RefaceResult:
@@ -260,9 +261,9 @@ class Refacer:
 
         cfg = get_config().deface
         return {
-            "protect_mm": getattr(cfg, "protect_mm", 5.0) if self.protect_mm is None else self.protect_mm,
-            "margin_mm": getattr(cfg, "margin_mm", 2.0) if self.margin_mm is None else self.margin_mm,
-            "ramp_mm": getattr(cfg, "ramp_mm", 4.0) if self.ramp_mm is None else self.ramp_mm,
+            "protect_mm": cfg.protect_mm if self.protect_mm is None else self.protect_mm,
+            "margin_mm": cfg.margin_mm if self.margin_mm is None else self.margin_mm,
+            "ramp_mm": cfg.ramp_mm if self.ramp_mm is None else self.ramp_mm,
             "min_score": cfg.min_registration_score if self.min_score is None else self.min_score,
             "threads": cfg.threads if self.threads is None else self.threads,
         }

@@ -50,8 +50,8 @@ def _registration_method(seed: int, iterations: int, n_voxels: int, min_step: fl
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     # REGULAR (a grid, each point jittered within its voxel) with a fixed seed: the same fit on every run, so a
     # re-run refaces a scan identically. SimpleITK reads a seed of 0 as "from the wall clock" (sitkWallClock),
-    # hence seed + 1. RANDOM with a fixed seed is not usable: its fits collapsed (scalings down to 0.2) on
-    # every fixed seed tried, while wall-clock seeds converged.
+    # hence seed + 1. Fixed samples let some affine fits collapse (the template squeezed flat along one axis);
+    # register_affine's similarity stage and stretch guard keep them out.
     reg.SetMetricSamplingStrategy(reg.REGULAR)
     reg.SetMetricSamplingPercentage(min(1.0, samples / max(1, n_voxels)), seed + 1)
     reg.SetInterpolator(sitk.sitkLinear)
