@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import SimpleITK as sitk
 
+from incloud_kernel.deface.blend import smoothstep
 from incloud_kernel.synth import face
 from incloud_kernel.synth.anatomy import REGIONS, Templates, load_templates, physical_grid
 
@@ -39,11 +40,6 @@ class VolumeEffect:
         return round((self.factor - 1.0) * 100.0, 6)
 
 
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return 1.0 - t * t * (3.0 - 2.0 * t)
-
-
 def radial_map(points_mni: np.ndarray, effect: VolumeEffect) -> np.ndarray:
     """Pull-back map of one volume effect on MNI LPS points (N, 3) -> MNI LPS points.
 
@@ -56,7 +52,7 @@ def radial_map(points_mni: np.ndarray, effect: VolumeEffect) -> np.ndarray:
     inner = np.asarray(r.radii) * max(1.0, s)
     rel = points_mni - r.center_lps
     rho = np.sqrt(((rel / inner) ** 2).sum(-1))
-    w = _smoothstep((rho - 1.0) / (TRANSITION - 1.0))
+    w = 1.0 - smoothstep((rho - 1.0) / (TRANSITION - 1.0))
     return r.center_lps + rel * (1.0 + (1.0 / s - 1.0) * w)[:, None]
 
 

@@ -57,12 +57,6 @@ class Bump:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def smoothstep(t: np.ndarray) -> np.ndarray:
-    """0 for t <= 0, 1 for t >= 1, 3t^2 - 2t^3 between."""
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def gate(signed_mm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Weight of the face bumps at a signed distance from the brain (mm): exactly 0 below ``GATE_MM[0]``.
     ``out`` (float32, may be ``signed_mm`` itself) receives it in place: a few passes over memory, no copies."""
@@ -111,11 +105,9 @@ def _refacer_brain() -> sitk.Image:
     same average head by its own registration, 2 mm slack; it reaches further into the skull base, orbits and
     spinal canal than the tissue maps) as a 0/1 image on the head's grid. Read-only; its labels file ships in
     the repository."""
-    from importlib import resources
+    from incloud_kernel.deface.template import BRAIN, LABELS_FILE, _own_data
 
-    from incloud_kernel.deface.template import BRAIN, LABELS_FILE
-
-    path = resources.files("incloud_kernel.deface") / "data" / LABELS_FILE
+    path = _own_data(LABELS_FILE)
     if not path.is_file():
         raise TemplateMissing("the refacing template labels are missing (incloud_kernel/deface/data)")
     labels = sitk.ReadImage(str(path))
