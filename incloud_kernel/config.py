@@ -163,6 +163,12 @@ class HubSection:
     authenticator: str = "native"
     #: Demo-only shared password for ``authenticator = "shared"`` (at least 8 characters).
     shared_password: str = ""
+    #: The admin users' own password for ``authenticator = "shared"`` (at least 32 characters; scripts/start.sh
+    #: sets it and prints it once). Admin names never log in with the shared password.
+    admin_password: str = ""
+    #: Embedded mode: the root-owned workstation launcher the hub's user may run through sudo (hub.launcher), so
+    #: each hub user's workstation runs as that user's own system account. Empty: no isolation (hub not root).
+    launcher: str = ""
     #: Workstation sizes offered in cluster mode: name, display_name, cores, memory (Slurm units), walltime.
     profiles: list[dict] = field(default_factory=lambda: [
         {"name": "small", "display_name": "Small: 1 core, 2 GB, 8 h", "cores": 1, "memory": "2G",

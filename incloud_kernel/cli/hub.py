@@ -39,7 +39,7 @@ def hub() -> None:
 def show(as_json: bool) -> None:
     """Print the hub settings of the site config (mode, URLs, authenticator, profiles)."""
     cfg = get_config()
-    data = {f"hub.{k}": v for k, v in vars(cfg.hub).items() if k != "shared_password"}
+    data = {f"hub.{k}": v for k, v in vars(cfg.hub).items() if k not in ("shared_password", "admin_password")}
     data["config file"] = str(config_file())
     data["API URL for workstations"] = cfg.hub.bind_url.rstrip("/") + "/services/incloud-api/"
     if as_json:
