@@ -79,6 +79,34 @@ def start(debug: bool) -> None:
     os.execv(args[0], args)
 
 
+@hub.command("admin-password")
+@click.argument("name", required=False)
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from standard input.")
+def admin_password(name: str | None, from_stdin: bool) -> None:
+    """Set an admin's hub password (NativeAuthenticator; sign-up never accepts an admin name).
+
+    Without --stdin a strong password is generated and printed once. Run it after the hub started once.
+    """
+    import secrets
+    import subprocess
+
+    cfg = get_config()
+    if cfg.hub.authenticator != "native":
+        raise ConfigError(f"hub.authenticator is {cfg.hub.authenticator!r}: admin passwords are set in the site "
+                          "config (hub.admin_password) or by the directory, not here")
+    name = name or (cfg.hub.admin_users[0] if cfg.hub.admin_users else "")
+    if name not in cfg.hub.admin_users:
+        raise ConfigError(f"{name or 'nobody'} is not in hub.admin_users")
+    password = sys.stdin.readline().rstrip("\n") if from_stdin else secrets.token_urlsafe(18)
+    r = subprocess.run([sys.executable, "-m", "hub.native", "set-password", name], input=password + "\n",
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise ConfigError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "could not set the password")
+    click.echo(r.stdout.strip())
+    if not from_stdin:
+        click.echo(f"password of {name} (shown once): {password}")
+
+
 @hub.command("ssh")
 def ssh() -> None:
     """Run the SSH entry point (OpenSSH, hub token as password) on hub.ssh_port, in the foreground (root)."""
