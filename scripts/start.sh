@@ -9,6 +9,7 @@
 #
 #   INCLOUD_HOME   site folder (default /var/lib/incloud when run as root, else ~/.local/share/incloud)
 #   INCLOUD_USER   the service user when run as root (default incloud)
+#   INCLOUD_LAUNCHER  where the root workstation launcher goes (default /usr/local/sbin/incloud-workstation)
 #   INCLOUD_DEMO=0 skip the demo project, users and synthetic scans
 set -euo pipefail
 source "$(dirname "$0")/lib/install.sh"
@@ -21,14 +22,15 @@ ensure_node_tools
 INCLOUD="$INCLOUD_VENV/bin/incloud"
 PY="$INCLOUD_VENV/bin/python"
 export PATH="$INCLOUD_VENV/bin:$PATH"
-LAUNCHER=/usr/local/sbin/incloud-workstation
+LAUNCHER=${INCLOUD_LAUNCHER:-/usr/local/sbin/incloud-workstation}
 if [ "$(id -u)" = 0 ]; then
   ensure_apt sudo util-linux
   export INCLOUD_HOME=${INCLOUD_HOME:-/var/lib/incloud}
   INCLOUD_USER=${INCLOUD_USER:-incloud}
   HOME_DIR=$INCLOUD_HOME
   hub_service_user "$INCLOUD_USER" "$HOME_DIR"   # also takes back a site an older start.sh left to root
-  hub_launcher_install "$INCLOUD_USER" "$LAUNCHER" incloud-users /home "$INCLOUD_VENV" /etc/sudoers.d/incloud
+  hub_launcher_install "$INCLOUD_USER" "$LAUNCHER" incloud-users /home "$INCLOUD_VENV" \
+    "/etc/sudoers.d/$INCLOUD_USER-workstation"
   run_exec() { as_service "$INCLOUD_USER" "$HOME_DIR" "$@"; }
   ISOLATION="the hub runs as $INCLOUD_USER; each user's workstation as that user's own system account"
 else

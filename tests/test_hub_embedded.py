@@ -264,3 +264,55 @@ def test_idle_named_workstation_is_culled_through_the_launcher(demo) -> None:  #
     wait_for(culled, 240, "the idle culler to remove the idle named workstation", interval=0.5)
     assert f"Culling server {alice.name}/ws1" in (demo.work / "hub.log").read_text()
     assert len(set(_pids_of(pwd.getpwnam(alice.name).pw_uid)) & before) < len(before), "nothing was stopped"
+
+
+def test_ssh_lands_beside_the_users_local_workstation(demo) -> None:  # type: ignore[no-untyped-def]
+    """Embedded mode's `incloud hub ssh`: the token logs in, the session is the user (not root) with the hub
+    variables of the user's running workstation server; with no workstation, one clear line."""
+    from services.hubstack import free_port, spawn, wait_for
+
+    require_tool("ssh")
+    if not Path("/usr/sbin/sshd").exists():
+        missing("openssh-server not installed")
+    pam = Path("/etc/pam.d/incloud-sshd")
+    assert not pam.exists(), "another incloud-sshd is set up on this machine"
+    alice = _user(demo, "alice")
+    token = alice.new_token(expires_in=600)
+    port = free_port()
+    log = open(demo.work / "sshd.log", "wb")
+    sshd = subprocess.Popen([str(VENV / "bin" / "incloud"), "hub", "ssh"], env={**demo.env,
+                            "INCLOUD_HUB_SSH_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    askpass = demo.work / "askpass"
+    askpass.write_text(f"#!/bin/sh\necho '{token}'\n")
+    askpass.chmod(0o700)
+
+    def ssh(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1",
+             "-o", "LogLevel=ERROR", f"{alice.name}@localhost", command],
+            env={**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"},
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True,
+                                        timeout=5).returncode == 0, 20, "sshd")
+        state = alice.hub_api("GET", f"/users/{alice.name}").json().get("servers", {})
+        if "" in state:
+            alice.hub_api("DELETE", f"/users/{alice.name}/server")
+            wait_for(lambda: "" not in alice.hub_api("GET", f"/users/{alice.name}").json().get("servers", {}), 60,
+                     "alice's workstation to stop")
+        r = ssh("id -un")
+        assert r.returncode != 0 and f"no workstation of {alice.name} is running" in r.stderr, r.stderr
+        result = spawn(alice, timeout=120)
+        assert result["ready"], result["message"]
+        r = ssh('id -u; id -un; echo "server=$JUPYTERHUB_SERVICE_PREFIX"')
+        assert r.returncode == 0, r.stderr[-800:]
+        import pwd
+
+        assert r.stdout.split() == [str(pwd.getpwnam(alice.name).pw_uid), alice.name,
+                                    f"server=/user/{alice.name}/"], r.stdout
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+        pam.unlink(missing_ok=True)
