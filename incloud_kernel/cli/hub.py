@@ -70,7 +70,8 @@ def start(debug: bool) -> None:
     click.echo(f"INCloud hub ({cfg.hub.mode} mode) at {cfg.hub.bind_url}")
     if cfg.hub.authenticator == "native":
         click.echo(f"  sign up at {cfg.hub.bind_url.rstrip('/')}/hub/signup; admins "
-                   f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize")
+                   f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize; admin names cannot sign "
+                   "up: set their passwords with `incloud hub admin-password NAME`")
     args = [str(exe), "-f", str(config_file())] + (["--debug"] if debug else [])
     os.chdir(state)
     # A hub started in the background by a script inherits SIGINT ignored; its services would inherit that too,
