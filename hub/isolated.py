@@ -96,6 +96,13 @@ class IsolatedSpawner(LocalProcessSpawner):
 def account_hook(launcher: list[str]):  # type: ignore[no-untyped-def]
     """``Authenticator.post_auth_hook``: the user's system account exists from the first login on."""
     async def hook(authenticator: Any, handler: Any, authentication: dict[str, Any]) -> dict[str, Any]:
-        await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]))
+        from tornado import web
+
+        try:
+            await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]))
+        except LauncherError as exc:  # e.g. a name that cannot be an account: the login page says why (403)
+            error = web.HTTPError(403, "no workstation account")
+            error.jupyterhub_message = str(exc)  # type: ignore[attr-defined]
+            raise error from None
         return authentication
     return hook

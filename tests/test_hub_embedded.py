@@ -87,6 +87,7 @@ def demo() -> Iterator[SimpleNamespace]:
     ports = [free_port() for _ in range(4)]
     url = f"http://127.0.0.1:{ports[0]}"
     names = {k: f"{prefix}{k}" for k in ("admin", "alice", "bob", "stranger")}
+    names["dotted"] = f"{prefix}.dotted"  # a hub name that cannot be a system account
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
     env.update({
         "INCLOUD_HOME": str(home), "INCLOUD_HUB_BIND_URL": url, "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{ports[1]}",
@@ -94,7 +95,7 @@ def demo() -> Iterator[SimpleNamespace]:
         "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
         "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
         "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({"admin": [names["admin"]],
-                                                 "researcher": [names["alice"], names["bob"]]}),
+                                                 "researcher": [names["alice"], names["bob"], names["dotted"]]}),
         "INCLOUD_HUB_LAUNCHER": str(wrapper),
         # A short idle timeout, so the culler acts within the test (production: an hour), long enough for the
         # other tests to use a workstation they just started.
@@ -240,6 +241,13 @@ def test_launcher_acts_only_on_workstation_accounts(demo) -> None:  # type: igno
         assert r.returncode == 1 and "not a workstation user" in r.stderr, (name, r.stderr)
     r = launcher("ensure-user", "../etc")
     assert r.returncode == 1 and "cannot be a system account" in r.stderr
+    # Through the login form: an allowed hub name that cannot be an account is refused with the reason (403).
+    from services.hubstack import HubUser
+
+    dotted = HubUser(SimpleNamespace(url=demo.url), demo.names["dotted"])  # type: ignore[arg-type]
+    with pytest.raises(requests.HTTPError) as info:
+        dotted.log_in(SHARED)
+    assert info.value.response.status_code == 403 and "cannot be a system account" in info.value.response.text
     r = launcher("signal", demo.names["alice"], "1", "9")  # pid 1 is root's: not alice's, so untouched
     assert r.returncode == 0 and json.loads(r.stdout) == {"alive": False}
     # Anything else through sudo is refused (no password, no rule).
