@@ -17,7 +17,8 @@ hub_service_user() {
       || { _hub_log "error: cannot create system user $user"; return 1; }
   fi
   mkdir -p "$home"
-  chown -R "$user:" "$home"
+  # Only what is not the service user's yet (a site an older start.sh or a root command left behind).
+  find "$home" \( ! -user "$user" -o ! -group "$user" \) -exec chown -h "$user:$user" {} +
   chmod 0700 "$home"
 }
 
