@@ -146,7 +146,7 @@ def _ssh_command(port: int, user: str, password: str, command: str, folder: Path
     argv = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1",
             "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", *(["-tt"] if tty else []), f"{user}@localhost",
-            command]
+            *([command] if command else [])]
     return argv, {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
 
 
@@ -208,6 +208,10 @@ def test_ssh_with_the_hub_token_lands_in_the_workstation_job(stack, alice, sshd)
     assert lines[0].startswith(f"job={job} step=") and lines[0] != f"job={job} step=", ok.stdout
     assert lines[1] == alice.name
     assert f"slurmstepd: [{job}." in lines[2], f"the session is not a step of job {job}: {lines[2]!r}"
+    # An interactive login (terminal, no command) gets a shell on a pseudo-terminal inside the same job.
+    out = _ssh_dialogue(port, alice.name, alice.token, "", folder,
+                        [("$ ", 'echo "tty=$(tty) job=$SLURM_JOB_ID"; exit')], timeout=120)
+    assert f"job={job}" in out and "tty=/dev/pts/" in out, out[-800:]
     bad = _ssh(port, alice.name, "not-a-token", "true", folder)
     assert bad.returncode != 0 and "Permission denied" in bad.stderr
 
