@@ -5,6 +5,7 @@ Never writes a secret into a setting that is logged; the cookie secret is a 0600
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -56,4 +57,45 @@ def configure(c: Any, cfg: Config | None = None) -> Config:
     c.JupyterHub.load_roles = roles.load_roles()
     c.JupyterHub.services = services(cfg)
     spawners.SETUPS[hub.mode](c, cfg, api_public_url(cfg))
+    portal(c, cfg)
     return cfg
+
+
+#: The portal's templates (home.html, page.html) and its assets, which the templates inline.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def ssh_command(cfg: Config, name: str) -> str:
+    """The SSH command a user types to reach their workstation (docs/hub.md, "SSH into the workstation")."""
+    host = urlparse(cfg.hub.bind_url).hostname or "localhost"
+    return f"ssh -p {cfg.hub.ssh_port} {name}@{host}"
+
+
+def portal(c: Any, cfg: Config) -> None:
+    """The home page after login: INCloud's templates first, the modules a user's groups open (hub.roles), live
+    status from the INCloud API in the page (never computed in the hub, which would block its event loop)."""
+    from voila_apps import DASHBOARDS
+
+    c.JupyterHub.template_paths = [str(TEMPLATES), str(STATIC), *list(c.JupyterHub.get("template_paths", []))]
+    c.JupyterHub.default_url = "/hub/home"
+    base = urlparse(cfg.hub.bind_url).path.rstrip("/")
+
+    def groups(user: Any) -> list[str]:
+        return sorted(g.name for g in user.groups) if user is not None else []
+
+    def modules(user: Any) -> list[roles.Module]:
+        return roles.modules_for(groups(user), bool(user and user.admin)) if user is not None else []
+
+    def dashboards(user: Any) -> list[Any]:
+        keys = {m.key for m in modules(user)}
+        return [d for d in DASHBOARDS if d.module in keys]
+
+    c.JupyterHub.template_vars = {
+        "incloud_site_name": cfg.site.name,
+        "incloud_api_prefix": f"{base}/services/{roles.API_SERVICE}/",
+        "incloud_roles": groups,
+        "incloud_modules": modules,
+        "incloud_dashboards": dashboards,
+        "incloud_ssh_command": lambda user: ssh_command(cfg, user.name) if user is not None else "",
+    }

@@ -7,6 +7,9 @@ to everybody by default.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable
+
 from incloud_kernel.errors import ConfigError
 
 API_SERVICE = "incloud-api"
@@ -70,3 +73,51 @@ def workstation_token_scopes() -> list[str]:
     API with exactly the user's INCloud permissions.
     """
     return ["users:activity!user", "access:servers!server", *_BASE, *sorted(CUSTOM_SCOPES)]
+
+
+# -- the portal's modules ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Module:
+    """One tile of the home page: shown to users holding ``scope`` (None: every user); ``built`` False says
+    honestly that the module is not built yet (shown only to the roles that will have it)."""
+
+    key: str
+    title: str
+    blurb: str
+    scope: str | None
+    built: bool = True
+
+
+#: The home page's modules, in display order. Which roles see one follows from ROLE_SCOPES (one source).
+MODULES: list[Module] = [
+    Module("archive", "Archive", "Projects, participants, sessions and series you may read.", "custom:incloud:read"),
+    Module("qc", "QC review", "Series waiting for a quality decision.", "custom:incloud:qc"),
+    Module("workstation", "Workstation", "JupyterLab with incloud_kernel, and SSH into it.", None),
+    Module("reservation", "Reservation", "Book scanner slots with a standard protocol.", "custom:incloud:write",
+           built=False),
+    Module("processing", "Processing", "Pipelines on the cluster: running and failed.", "custom:incloud:write",
+           built=False),
+    Module("features", "Feature library", "Query brain features across your projects.", "custom:incloud:write",
+           built=False),
+    Module("reports", "CADS reports", "Computer-aided diagnosis reports of your patients.",
+           "custom:incloud:reports", built=False),
+    Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",
+           "custom:incloud:upload", built=False),
+    Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:admin", built=False),
+    Module("health", "Site health", "Services, disk and queues of this site.", "custom:incloud:admin"),
+]
+
+
+def scopes_of(groups: Iterable[str], admin: bool = False) -> set[str]:
+    """The ``custom:incloud:*`` scopes that membership in ``groups`` grants (a hub admin holds them all)."""
+    if admin:
+        return set(CUSTOM_SCOPES)
+    return {scope for group in groups for scope in ROLE_SCOPES.get(group, [])}
+
+
+def modules_for(groups: Iterable[str], admin: bool = False) -> list[Module]:
+    """The modules a user with these groups sees on the home page: the built ones first, then those planned."""
+    scopes = scopes_of(groups, admin)
+    shown = [m for m in MODULES if m.scope is None or m.scope in scopes]
+    return [m for m in shown if m.built] + [m for m in shown if not m.built]

@@ -106,6 +106,23 @@ def _report_port(wait_listening: float = 60.0) -> None:
     threading.Thread(target=post_when_listening, name="report-port", daemon=True).start()
 
 
+def _seed_root() -> None:
+    """Put INCloud's dashboards (always the site's current ones) and example notebooks (once: they become the
+    user's own) into the server's root folder, as the user, before the server starts. A failure is one line in the
+    workstation log, never a failed start."""
+    root = os.path.expanduser(os.environ.get("JUPYTERHUB_ROOT_DIR") or os.getcwd())
+    try:
+        from pathlib import Path
+
+        import voila_apps
+        from incloud_kernel import notebooks
+
+        voila_apps.install(Path(root))
+        notebooks.install(Path(root))
+    except Exception as exc:  # noqa: BLE001 - the user still gets a workstation
+        print(f"hub.workstation: could not add INCloud's notebooks: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start ``COMMAND`` (a console script on PATH or an absolute path) in this process."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -116,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m hub.workstation [--report-port] COMMAND [ARGS...]")
     _lazy_rfc3987_syntax()
     _no_yarn_config_probe()
+    _seed_root()
     if report:
         _report_port()
     path = shutil.which(args[0])

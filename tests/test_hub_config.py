@@ -66,8 +66,8 @@ def test_cluster_profiles_are_site_config_data(tmp_path) -> None:  # type: ignor
     assert (key, conf["req_nprocs"], conf["req_memory"], conf["req_runtime"]) == ("tiny", "1", "1G", "01:00:00")
     assert cls.__name__ == "IncloudSlurmSpawner"
     assert c.BatchSpawnerBase.batchspawner_singleuser_cmd.endswith("/bin/python -m hub.workstation --report-port")
-    # Only JupyterLab's server extensions load in a workstation (spawn-to-ready); no argument needs shell quoting.
-    assert "--ServerApp.jpserver_extensions=voila.server_extension=False" in c.Spawner.args
+    # Only JupyterLab's, terminals and Voila (dashboards) load in a workstation; no argument needs shell quoting.
+    assert "--ServerApp.jpserver_extensions=voila.server_extension=True" in c.Spawner.args
     assert not any(ch in arg for arg in c.Spawner.args for ch in "{}'\" $")
     assert "timeout" in c.SlurmSpawner.batch_submit_cmd  # a dead controller cannot hang the spawn
 

@@ -64,19 +64,25 @@ def _kill_processes_of(uids: set[int]) -> None:
                 pass
 
 
-@pytest.fixture(scope="module")
-def demo() -> Iterator[SimpleNamespace]:
-    from services.hubstack import free_port, wait_for
-
+def require_isolated_hub(what: str) -> None:
+    """What an isolated hub needs (root, sudo, useradd, the proxy): missing() in one line otherwise."""
     from hub.spawners import proxy_command
-    from incloud_kernel.config import load_config
 
     if os.geteuid() != 0:
-        missing("the isolated demo test needs root (useradd, sudoers), as scripts/start.sh")
+        missing(f"{what} needs root (useradd, sudoers), as scripts/start.sh")
     for tool in ("sudo", "visudo", "useradd", "setpriv"):
         require_tool(tool)
     if not os.path.exists(proxy_command()):
         missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[SimpleNamespace]:
+    from services.hubstack import free_port, wait_for
+
+    from incloud_kernel.config import load_config
+
+    require_isolated_hub("the isolated demo test")
     prefix = "ic" + secrets.token_hex(3)
     svc, group = f"{prefix}svc", f"{prefix}ws"
     # Folders other accounts must traverse: not under pytest's private 0700 tmp.
@@ -133,29 +139,36 @@ def demo() -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(url=url, svc=svc, group=group, names=names, work=work, home=home, homes=homes,
                               wrapper=wrapper, env=env, proc=proc, secret_paths=secret_paths)
     finally:
-        if (work / "hub.log").exists():  # shown by pytest when a test failed
-            print("--- hub.log (tail) ---\n" + (work / "hub.log").read_text(errors="replace")[-6000:])
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-        uids = set()
-        for name in [*names.values(), svc]:
-            try:
-                import pwd
+        remove_isolated_hub(work, proc, [*names.values()], svc, group, sudoers)
 
-                uids.add(pwd.getpwnam(name).pw_uid)
-            except KeyError:
-                pass
-        _kill_processes_of(uids)
-        for name in names.values():
-            subprocess.run(["userdel", "-r", "-f", name], capture_output=True, timeout=30)
-        subprocess.run(["userdel", "-f", svc], capture_output=True, timeout=30)
-        subprocess.run(["groupdel", group], capture_output=True, timeout=30)
-        sudoers.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+
+def remove_isolated_hub(work: Path, proc: subprocess.Popen | None, users: list[str], svc: str, group: str,
+                        sudoers: Path) -> None:
+    """Stop an isolated hub started by a test and remove everything of it: processes of its accounts, the
+    accounts, the group, the sudoers rule and the work folder (the hub log's tail is printed first)."""
+    import pwd
+
+    if (work / "hub.log").exists():  # shown by pytest when a test failed
+        print("--- hub.log (tail) ---\n" + (work / "hub.log").read_text(errors="replace")[-6000:])
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+    uids = set()
+    for name in [*users, svc]:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            pass
+    _kill_processes_of(uids)
+    for name in users:
+        subprocess.run(["userdel", "-r", "-f", name], capture_output=True, timeout=30)
+    subprocess.run(["userdel", "-f", svc], capture_output=True, timeout=30)
+    subprocess.run(["groupdel", group], capture_output=True, timeout=30)
+    sudoers.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _user(demo, short: str, password: str = SHARED):  # type: ignore[no-untyped-def]

@@ -32,6 +32,7 @@ from incloud_kernel.errors import DatabaseError, IncloudError, NotFound, Permiss
 from incloud_kernel.site import Site
 
 from hub.roles import API_SERVICE
+from hub.services.api import portal
 
 log = logging.getLogger("incloud.api")
 
@@ -209,8 +210,8 @@ class OpenApiHandler(BaseHandler):
         self.send(openapi(self.api.prefix))
 
 
-class IndexHandler(BaseHandler):
-    """The service's landing page: the route list (browsers without a session are sent to the hub login)."""
+class BrowserHandler(BaseHandler):
+    """A route a browser may open without a session: it is sent through the service's OAuth handshake first."""
 
     async def prepare(self) -> None:
         if "text/html" in self.request.headers.get("Accept", "") and not self.hub_auth.get_token(self):
@@ -222,8 +223,46 @@ class IndexHandler(BaseHandler):
     def get_oauth_login_url(self) -> str:
         return HubOAuthenticated.get_login_url(self)
 
+
+class IndexHandler(BrowserHandler):
+    """The service's landing page: the route list (browsers without a session are sent to the hub login)."""
+
     async def get(self) -> None:
         self.send({"service": API_SERVICE, "openapi": url_path_join(self.api.prefix, "openapi.json")})
+
+
+async def _hub_answers(api_url: str) -> bool:
+    from tornado.httpclient import AsyncHTTPClient
+
+    try:
+        r = await AsyncHTTPClient().fetch(api_url.rstrip("/") + "/", request_timeout=3, raise_error=False)
+    except OSError:
+        return False
+    return r.code == 200
+
+
+class PortalStatusHandler(BaseHandler):
+    """The home page's live module status for the caller (JSON; ``hub.services.api.portal``)."""
+
+    async def status(self) -> dict[str, Any]:
+        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
+        hub_ok = "custom:incloud:admin" in scopes and await _hub_answers(self.hub_auth.api_url)
+        return await self.in_db(lambda db, actor: portal.status(db, actor, self.api.site, scopes, hub_ok))
+
+    async def get(self) -> None:
+        self.send(await self.status())
+
+
+class PortalFrameHandler(BrowserHandler, PortalStatusHandler):
+    """The same status as a tiny page for the home page's hidden frame, which hands it to the home page
+    (``postMessage`` to the same origin only). A frame navigation carries the service's OAuth session; a script
+    request from the hub's page could not (the service's cookie is not the hub's, and its xsrf cookie is only set
+    on navigations)."""
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", "frame-ancestors 'self'")
+        self.finish(portal.post_message_page(await self.status()))
 
 
 class CallbackHandler(HubOAuthCallbackHandler):
@@ -266,6 +305,8 @@ ROUTES: list[Route] = [
           _lister(permissions.list_series)),
     Route("api/files", ListHandler, "Files of your projects", _lister(permissions.list_files)),
     Route(r"api/files/([0-9]+)/content", FileContentHandler, "Bytes of one file"),
+    Route("api/portal", PortalStatusHandler, "Live status of the home page's modules you may see"),
+    Route("portal", PortalFrameHandler, "The same status for the home page's frame (HTML)"),
     Route("oauth_callback", CallbackHandler, "OAuth handshake with the hub"),
 ]
 
