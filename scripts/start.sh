@@ -119,7 +119,9 @@ password=$(sed -n 's/^shared_password = "\(.*\)"$/\1/p' "$SITE_FILE")
 cat <<EOF
 
 INCloud is running.
-  Open:      $URL/hub/login
+  Open:      $URL/hub/login   then the home page shows your modules; start with the Archive tile's
+             "Open the archive browser" (as researcher), and INCloud/examples/01-getting-started.ipynb in
+             your workstation
   Users:     ${DEMO_USERS[*]}   (admin is the site and hub admin)
   Password:  ${password:-see $SITE_FILE}   (the demo's shared password, for every user but admin)
   Admin:     ${ADMIN_PASSWORD:-(printed when it was set; it is in $SITE_FILE)}

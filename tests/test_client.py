@@ -42,3 +42,16 @@ def test_importing_incloud_kernel_and_its_client_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-1000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_series_can_be_named_by_id_row_or_dict() -> None:
+    import pandas as pd
+
+    from incloud_kernel.client import _series_id
+    from incloud_kernel.errors import ValidationError
+
+    frame = pd.DataFrame([{"id": 7, "suffix": "T1w"}])
+    assert _series_id(7) == _series_id("7") == _series_id({"id": 7}) == _series_id(frame.iloc[0]) == 7
+    for bad in (None, "x", {"suffix": "T1w"}):
+        with pytest.raises(ValidationError, match="series"):
+            _series_id(bad)

@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -88,7 +89,8 @@ def seed_demo(env: dict[str, str]) -> dict[str, list[int]]:
     with records.transaction(site) as db:
         projects.create_project(db, console, "DEMO", "Demo cohort (synthetic)")
         projects.create_project(db, console, "OTHER", "Somebody else's study")
-        for who, role in (("researcher", "member"), ("reviewer", "collaborator"), ("clinician", "collaborator")):
+        members = [(who, "member") for who in ("researcher", *env.get("INCLOUD_TEST_EXTRA", "").split())]
+        for who, role in (*members, ("reviewer", "collaborator"), ("clinician", "collaborator")):
             projects.grant(db, console, "DEMO", env["INCLOUD_TEST_PREFIX"] + who, role)
         projects.add_site_admin(db, console, env["INCLOUD_TEST_PREFIX"] + "admin")
         plan = []
@@ -120,6 +122,14 @@ def seed_demo(env: dict[str, str]) -> dict[str, list[int]]:
 
 @pytest.fixture(scope="module")
 def portal() -> Iterator[SimpleNamespace]:
+    with portal_stack() as stack:
+        yield stack
+
+
+@contextmanager
+def portal_stack(extra_researchers: int = 0) -> Iterator[SimpleNamespace]:
+    """The isolated hub with DEMO (also for bench/bench_portal.py: ``extra_researchers`` more DEMO members,
+    named ``r000``, ``r001``...); everything of it is removed on exit."""
     from services.hubstack import free_port, wait_for
     from test_hub_embedded import _bash, remove_isolated_hub, require_isolated_hub
 
@@ -134,7 +144,7 @@ def portal() -> Iterator[SimpleNamespace]:
     sudoers = Path(f"/etc/sudoers.d/{prefix}-incloud")
     ports = [free_port() for _ in range(4)]
     url = f"http://127.0.0.1:{ports[0]}"
-    names = {k: f"{prefix}{k}" for k in (*EXPECTED, "outsider")}
+    names = {k: f"{prefix}{k}" for k in (*EXPECTED, "outsider", *(f"r{i:03d}" for i in range(extra_researchers)))}
     venv = workstation_venv(work / "venv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
     env.update({
@@ -144,7 +154,8 @@ def portal() -> Iterator[SimpleNamespace]:
         "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
         "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
         "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({
-            "admin": [names["admin"]], "researcher": [names["researcher"], names["outsider"]],
+            "admin": [names["admin"]],
+            "researcher": [names["researcher"], names["outsider"], *(names[k] for k in names if k[1:].isdigit())],
             "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]]}),
         "INCLOUD_HUB_LAUNCHER": str(wrapper), "INCLOUD_HUB_WORKSTATION_VENV": str(venv),
         "INCLOUD_HUB_START_TIMEOUT": "120",
@@ -157,7 +168,8 @@ def portal() -> Iterator[SimpleNamespace]:
         assert r.returncode == 0, r.stderr
         r = _bash(f'(as_service {svc} "{home}" "{incloud}" init)', env)
         assert r.returncode == 0, r.stderr
-        series = seed_demo({**env, "INCLOUD_TEST_PREFIX": prefix})
+        series = seed_demo({**env, "INCLOUD_TEST_PREFIX": prefix,
+                            "INCLOUD_TEST_EXTRA": " ".join(k for k in names if k[1:].isdigit())})
         r = _bash(f'hub_service_user {svc} "{home}"', env)  # the seeded files become the service user's
         assert r.returncode == 0, r.stderr
         log = open(work / "hub.log", "wb")
