@@ -168,6 +168,7 @@ def remove_isolated_hub(work: Path, proc: subprocess.Popen | None, users: list[s
     subprocess.run(["userdel", "-f", svc], capture_output=True, timeout=30)
     subprocess.run(["groupdel", group], capture_output=True, timeout=30)
     sudoers.unlink(missing_ok=True)
+    Path(f"/etc/profile.d/{group}.sh").unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -5,7 +5,8 @@
 #
 #   hub_service_user USER HOME                  system user USER (no login shell) owning HOME, mode 0700
 #   hub_launcher_install USER WRAPPER GROUP HOME_BASE VENV SUDOERS
-#                                               root-owned WRAPPER + sudoers rule "USER may run WRAPPER as root"
+#                                               root-owned WRAPPER + sudoers rule "USER may run WRAPPER as root",
+#                                               /etc/profile.d/GROUP.sh: the group's login shells use VENV
 #   as_service USER HOME CMD...                 run CMD as USER (same pid: exec), HOME as its home, from /
 
 _hub_log() { printf '[incloud] %s\n' "$*" >&2; }
@@ -31,6 +32,12 @@ hub_launcher_install() {
   "$venv/bin/python" -m hub.launcher install "$wrapper" "$group" "$home_base" "$venv" "$user" "$sudoers" \
     || { _hub_log "error: cannot install the workstation launcher"; return 1; }
   visudo -cqf "$sudoers" || { rm -f "$sudoers"; _hub_log "error: invalid sudoers rule $sudoers"; return 1; }
+  # JupyterLab's terminal is a login shell (/etc/profile resets PATH): workstation users' login shells put the
+  # INCloud venv first, so `python`, `jupyter` and `incloud` there are the workstation's.
+  printf '%s\n' "# Written by INCloud (scripts/lib/hub.sh): members of $group use the INCloud venv." \
+    "case \" \$(id -nG 2>/dev/null) \" in *\" $group \"*) PATH=\"$venv/bin:\$PATH\" ;; esac" \
+    > "/etc/profile.d/$group.sh"
+  chmod 0644 "/etc/profile.d/$group.sh"
 }
 
 as_service() {
