@@ -99,6 +99,18 @@ def summary(label: str, rows: list[dict[str, float]]) -> str:
             f"content median {statistics.median(content):.2f} s (max {max(content):.2f}), n={len(rows)}")
 
 
+def server_times(stack, pattern: str, last: int) -> str:
+    """Median and max of the server's own time for the ``last`` requests matching ``pattern`` (from the hub log,
+    where JupyterHub and the INCloud API log each request's duration): the share of the page time spent serving."""
+    import re
+
+    times = [float(m.group(1)) for m in re.finditer(pattern + r"[^\n]*? ([0-9.]+)ms", (stack.work / "hub.log")
+                                                      .read_text(errors="replace"))][-last:]
+    if not times:
+        return "no server times logged"
+    return f"server time median {statistics.median(times):.0f} ms, max {max(times):.0f} ms (n={len(times)})"
+
+
 def start_workstations(stack, users: list[str]) -> float:
     from test_portal import running_workstation
 
@@ -126,6 +138,8 @@ def main() -> None:
         print(summary(f"home, {args.users} users at once", result["many"])
               + f"; errors {len(result['errors'])}; wall {result['wall']:.1f} s")
         errors(result)
+        print("  hub GET /hub/home: " + server_times(stack, r"200 GET /hub/home ", args.users))
+        print("  API GET portal: " + server_times(stack, r"200 GET /services/incloud-api/portal ", args.users))
         if args.skip_dashboard:
             return
         print(f"started {args.users} workstations in {start_workstations(stack, users):.1f} s")
