@@ -59,3 +59,26 @@ def test_built_modules_first_and_every_module_reaches_some_role() -> None:
     assert reached | {m.key for m in modules_for([], admin=True)} == {m.key for m in MODULES}
     assert [m.key for m in modules_for([])] == ["workstation"]
     json.dumps([m.__dict__ for m in MODULES])
+
+
+def test_workstation_gets_dashboards_replaced_and_examples_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What hub/workstation.py puts into a server's root: dashboards are the site's (replaced at every start),
+    examples become the user's (an edited one is kept, a missing one comes back)."""
+    import nbformat
+    import voila_apps
+    from incloud_kernel import notebooks
+
+    dashboards, examples = voila_apps.install(tmp_path), notebooks.install(tmp_path)
+    assert sorted(p.name for p in dashboards.iterdir()) == sorted(d.notebook for d in voila_apps.DASHBOARDS)
+    assert sorted(p.name for p in examples.iterdir()) == sorted(notebooks.NOTEBOOKS)
+    for folder in (dashboards, examples):
+        for path in folder.iterdir():
+            nbformat.validate(nbformat.read(path, as_version=4))
+    (dashboards / "archive.ipynb").write_text("stale")
+    (examples / notebooks.NOTEBOOKS[0]).write_text("mine")
+    (examples / notebooks.NOTEBOOKS[1]).unlink()
+    voila_apps.install(tmp_path), notebooks.install(tmp_path)
+    assert (dashboards / "archive.ipynb").read_text() != "stale"
+    assert (examples / notebooks.NOTEBOOKS[0]).read_text() == "mine"
+    assert (examples / notebooks.NOTEBOOKS[1]).exists()
+    assert all(d.render_path == f"voila/render/INCloud/dashboards/{d.notebook}" for d in voila_apps.DASHBOARDS)
