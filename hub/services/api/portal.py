@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import text
 
 from incloud_kernel.archive import permissions
+from incloud_kernel.archive.models import Project, QCStatus
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.site import Site
 
@@ -53,15 +54,13 @@ def archive_status(db: Any, actor: Actor) -> dict[str, Any]:
 
 
 def _project_code(db: Any, project_id: int) -> str:
-    from incloud_kernel.archive.models import Project
-
     row = db.get(Project, project_id)
     return row.code if row is not None else "?"
 
 
 def qc_status(db: Any, actor: Actor) -> dict[str, Any]:
-    return {"waiting": permissions.count_series(db, actor, qc_status="pending"),
-            "failed": permissions.count_series(db, actor, qc_status="fail")}
+    return {"waiting": permissions.count_series(db, actor, qc_status=QCStatus.pending.value),
+            "failed": permissions.count_series(db, actor, qc_status=QCStatus.failed.value)}
 
 
 def _count_entries(path: Any) -> int | None:
