@@ -38,8 +38,8 @@ def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_
     assert {"T1w", "bold", "dwi"} <= suffixes
     check_bids(site.archive_root)
     # The burned-in secondary capture was held back by de-identification: quarantined alone, with its reason.
-    (held,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
-    assert held["step"] == "deidentify" and held["reason"].startswith("burned-in-annotation") and held["files"] == 1
+    (held,) = Quarantine(site.config.quarantine).entries()
+    assert held.step == "deidentify" and held.reason.startswith("burned-in-annotation") and len(held.files) == 1
     from incloud_kernel.deid.verify import verify
 
     cache = site.config.spool / "ingest" / "deid-cache"

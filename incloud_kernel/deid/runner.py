@@ -1,19 +1,17 @@
 """Batch de-identification over files, folders, DICOMDIR files and zip archives, in N processes.
 
 Output tree: ``OUT/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
-Every file that cannot be passed goes to the quarantine root with its original bytes and a reason file; the
-batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
+Every file that cannot be passed goes to the site quarantine (``incloud_kernel.quarantine``, origin ``deid``) with
+its original bytes, a value-free reason and what a release needs (output folder, options); the batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
 and pydicom's warnings, which can quote values, are silenced in workers).
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import struct
 import time
 import warnings
@@ -35,6 +33,7 @@ from incloud_kernel.deid.deidentify import deidentify_with_record
 from incloud_kernel.deid.errors import DeidError
 from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.writer import LONG_VRS, encode_file
+from incloud_kernel.quarantine import Entry, Quarantine
 
 PIXEL_DATA = 0x7FE00010
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
@@ -274,38 +273,45 @@ def _read(job: Job) -> pydicom.FileDataset:
 
 
 def _quarantine(job: Job, reason: str, root: Path) -> str:
-    """Copy the original bytes and write ``<name>.reason.txt``; returns the quarantine file path."""
-    digest = hashlib.sha256(job.label.encode("utf-8", "replace")).hexdigest()[:16]
-    folder = root / time.strftime("%Y%m%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{digest}.bin"
-    if job.member is None:
-        shutil.copyfile(job.path, target)
-    else:
-        target.write_bytes(_read_bytes(job))
-    # The quarantine is identified data (original bytes), so naming the source path here is allowed.
-    (folder / f"{digest}.reason.txt").write_text(f"source: {job.label}\nreason: {reason}\n")
-    return str(target)
+    """Hold the original bytes in a new quarantine entry (0700/0600); returns the entry id.
+
+    The record keeps what ``release_deid`` needs: the output folder, the options and ``original`` (the input's
+    path: the entry holds identified bytes anyway, and a reviewer must know where they came from).
+    """
+    ctx: DeidContext = _WORKER["context"]
+    gz = job.member is None and _is_gzip(job)
+    source: Path | bytes = Path(job.path) if job.member is None else _read_bytes(job)
+    entry = Quarantine(root).put(
+        "deid", [(source, "original.dcm.gz" if gz else "original.dcm")], reason=reason, step="deidentify",
+        source="zip member" if job.member else "file",
+        release={"out": str(_WORKER["out"]), "options": list(ctx.options), "allow_burned_in": ctx.allow_burned_in,
+                 "original": job.label})
+    return entry.id
+
+
+def _deidentify_one(job: Job) -> Result:
+    """De-identify one input into the worker's output folder; raises DeidError or anything the steps raise."""
+    ctx: DeidContext = _WORKER["context"]
+    ds = _read(job)
+    new, record = deidentify_with_record(ds, ctx, shared=True)
+    rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
+    target = _WORKER["out"] / rel
+    made = _WORKER["made"]
+    if target.parent not in made:  # one mkdir per series folder, not per file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        made.add(target.parent)
+    data = encode_file(new)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return Result(job, "done", output=str(rel), record=dict(vars(record)))
 
 
 def process(job: Job) -> Result:
     """De-identify one input inside a worker (or the parent when jobs=1)."""
-    ctx: DeidContext = _WORKER["context"]
     try:
         try:
-            ds = _read(job)
-            new, record = deidentify_with_record(ds, ctx, shared=True)
-            rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
-            target = _WORKER["out"] / rel
-            made = _WORKER["made"]
-            if target.parent not in made:  # one mkdir per series folder, not per file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            data = encode_file(new)
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            return Result(job, "done", output=str(rel), record=dict(vars(record)))
+            return _deidentify_one(job)
         except DeidError as exc:
             reason = exc.reason
         except Exception as exc:  # noqa: BLE001 - type only, never the text
@@ -322,7 +328,6 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
     summary = Summary()
     start = time.perf_counter()
     out_root.mkdir(parents=True, exist_ok=True)
-    quarantine_root.mkdir(parents=True, exist_ok=True)
     initargs = (context, str(out_root), str(quarantine_root))
 
     def handle(result: Result) -> None:
@@ -350,3 +355,25 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
                 handle(result)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def release_deid(entry: Entry, context: DeidContext) -> Result:
+    """De-identify the entry's held file again into its recorded output folder (``Result.output`` is relative to it).
+
+    ``context`` is built by the caller from the recorded options (and ``allow_burned_in``, which a reviewer may
+    grant for this release). Raises DeidError (value-free reason) when it fails again: the entry stays.
+    """
+    (held,) = entry.paths()
+    saved = dict(_WORKER)
+    try:
+        with warnings.catch_warnings():
+            _init_worker(context, entry.release["out"], str(entry.path.parent))
+            try:
+                return _deidentify_one(Job(str(held)))
+            except DeidError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - type only, never the text
+                raise DeidError("de-identification failed", reason=f"error:{type(exc).__name__}") from None
+    finally:
+        _WORKER.clear()
+        _WORKER.update(saved)
