@@ -36,12 +36,22 @@ def restrict_umask() -> int:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) and make it 0700 whatever the umask; returns it.
+    """Create ``path`` and its missing parents 0700 whatever the umask; returns it.
 
-    Raises OSError. A folder that already exists with a wider mode is narrowed: an older site created with
-    the default umask gets its roots closed by the next ``incloud init`` or command that opens them.
+    Raises OSError. A folder that already exists with a wider mode is narrowed (its existing parents are left
+    alone): an older site created with the default umask gets its roots closed by the next ``incloud init`` or
+    command that opens them.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process
+            pass
     if path.stat().st_mode & 0o777 != 0o700:
         os.chmod(path, 0o700)
     return path
