@@ -85,6 +85,8 @@ def show(entry_id: str, root: Path | None, as_json: bool) -> None:
     click.echo(f"entry    {entry.id}\norigin   {entry.origin} (step {entry.step}, source {entry.source})\n"
                f"held     {_when(entry.created)}: {entry.reason}\nfolder   {entry.path}")
     click.echo(f"release  {_release_meaning(entry)}")
+    if entry.release.get("original"):  # deid: the input's path (the entry holds its identified bytes anyway)
+        click.echo(f"original {entry.release['original']}")
     for attempt in entry.attempts:
         click.echo(f"tried    {_when(attempt['at'])} by {attempt['by']}: {attempt['reason']}")
     click.echo(f"files    {len(entry.files)} ({_size(entry.size)})")
