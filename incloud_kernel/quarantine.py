@@ -211,6 +211,14 @@ class Quarantine:
                 found.append(entry)
         return sorted(found, key=lambda e: (e.created, e.id))
 
+    def unrecorded(self) -> list[str]:
+        """Folders of the root without a record: an entry being written, or data left in an older layout (before
+        this format: ``<date>/``, ``orphans/``, ``corrupt/``, ``<job>/reason.json``). Listed so nothing is
+        overlooked; never deleted by this module."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not (p / RECORD).is_file())
+
     def get(self, entry_id: str) -> Entry:
         """The entry ``entry_id``; raises NotFound."""
         path = self.root / check_id(entry_id)

@@ -18,6 +18,7 @@ from incloud_kernel.archive.models import DataFile, Series
 from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
+from incloud_kernel.quarantine import Quarantine
 from incloud_kernel.site import Site
 from ingest_data import PATIENT, add_secondary_capture, make_small_study
 

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from incloud_kernel.quarantine import Quarantine
 from test_ingest_chain import check_bids
 from test_ingest_orthanc import archived, edge, orthanc_instances, start_worker, stop, wait_for  # noqa: F401
 

@@ -202,3 +202,6 @@ def test_deface_keeps_refused_images_in_the_site_quarantine_never_under_out(site
     assert res.returncode == 0 and len(Quarantine(named).entries()) == 1
     listing = incloud(env, "quarantine", "list", "--root", str(named))
     assert "deface" in listing.stdout and "1 entry" in listing.stdout
+    (named / "20260101").mkdir()  # the older de-identification layout: listed, never ignored
+    listing = incloud(env, "quarantine", "list", "--root", str(named))
+    assert "1 entry" in listing.stdout and "1 folder(s) without a record" in listing.stdout

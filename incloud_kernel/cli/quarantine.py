@@ -59,7 +59,8 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(root: Path | None, origin: str | None, as_json: bool) -> None:
     """One line per entry: id, origin, step, files, size, when, reason (never a header value or a path)."""
-    entries = _quarantine(root).entries(origin)
+    q = _quarantine(root)
+    entries = q.entries(origin)
     if as_json:
         click.echo(json.dumps([{"id": e.id, "origin": e.origin, "step": e.step, "reason": e.reason,
                                 "files": len(e.files), "bytes": e.size, "created": e.created,
@@ -70,6 +71,10 @@ def list_cmd(root: Path | None, origin: str | None, as_json: bool) -> None:
         click.echo(f"{e.id}  {e.origin:7} {e.step:11} {len(e.files):5} file(s) {_size(e.size):>9}  "
                    f"{_when(e.created)}  {e.reason}{tried}")
     click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    other = q.unrecorded()
+    if other:
+        click.echo(f"also {len(other)} folder(s) without a record (being written, or an older layout; inspect by "
+                   f"hand under {q.root}): {', '.join(other[:10])}{' ...' if len(other) > 10 else ''}")
 
 
 @quarantine.command("show")
