@@ -2,8 +2,9 @@
 
 Output tree: ``OUT/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
 Every file that cannot be passed goes to the site quarantine (``incloud_kernel.quarantine``, origin ``deid``) with
-its original bytes, a value-free reason and what a release needs (output folder, options); the batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
-and pydicom's warnings, which can quote values, are silenced in workers).
+its original bytes, a value-free reason and what a release needs (output folder, options); the batch continues.
+Messages and reasons never carry header values (pydicom exception texts are never used, and pydicom's warnings,
+which can quote values, are silenced in workers).
 """
 from __future__ import annotations
 
@@ -134,10 +135,11 @@ def _zip_or_file(f: Path, jobs: list[Job], add: Callable[[Job], None]) -> Job:
 _WORKER: dict = {}
 
 
-def _init_worker(context: DeidContext, out_root: str, quarantine_root: str) -> None:
+def _init_worker(context: DeidContext, out_root: str, quarantine_root: str | None) -> None:
     warnings.simplefilter("ignore")  # pydicom warnings can quote header values
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root), made=set())
+    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root) if quarantine_root else None,
+                   made=set())
 
 
 def _read_bytes(job: Job) -> bytes:
@@ -289,34 +291,30 @@ def _quarantine(job: Job, reason: str, root: Path) -> str:
     return entry.id
 
 
-def _deidentify_one(job: Job) -> Result:
-    """De-identify one input into the worker's output folder; raises DeidError or anything the steps raise."""
-    ctx: DeidContext = _WORKER["context"]
-    ds = _read(job)
-    new, record = deidentify_with_record(ds, ctx, shared=True)
-    rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
-    target = _WORKER["out"] / rel
-    made = _WORKER["made"]
-    if target.parent not in made:  # one mkdir per series folder, not per file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        made.add(target.parent)
-    data = encode_file(new)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return Result(job, "done", output=str(rel), record=dict(vars(record)))
-
-
 def process(job: Job) -> Result:
     """De-identify one input inside a worker (or the parent when jobs=1)."""
+    ctx: DeidContext = _WORKER["context"]
     try:
         try:
-            return _deidentify_one(job)
+            ds = _read(job)
+            new, record = deidentify_with_record(ds, ctx, shared=True)
+            rel = Path(record.pseudonym) / record.study_uid / record.series_uid / f"{record.sop_uid}.dcm"
+            target = _WORKER["out"] / rel
+            made = _WORKER["made"]
+            if target.parent not in made:  # one mkdir per series folder, not per file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            data = encode_file(new)
+            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            return Result(job, "done", output=str(rel), record=dict(vars(record)))
         except DeidError as exc:
             reason = exc.reason
         except Exception as exc:  # noqa: BLE001 - type only, never the text
             reason = f"error:{type(exc).__name__}"
-        _quarantine(job, reason, _WORKER["quarantine"])
+        if _WORKER["quarantine"] is not None:  # None: a release, whose entry already holds the bytes
+            _quarantine(job, reason, _WORKER["quarantine"])
         return Result(job, "quarantined", reason=reason)
     except Exception as exc:  # noqa: BLE001 - even quarantine failed (disk full...): report, keep going
         return Result(job, "failed", reason=f"quarantine-failed:{type(exc).__name__}")
@@ -361,19 +359,18 @@ def release_deid(entry: Entry, context: DeidContext) -> Result:
     """De-identify the entry's held file again into its recorded output folder (``Result.output`` is relative to it).
 
     ``context`` is built by the caller from the recorded options (and ``allow_burned_in``, which a reviewer may
-    grant for this release). Raises DeidError (value-free reason) when it fails again: the entry stays.
+    grant for this release). Raises DeidError (value-free reason) when it fails again: the entry stays, and no
+    second entry is made.
     """
     (held,) = entry.paths()
     saved = dict(_WORKER)
     try:
         with warnings.catch_warnings():
-            _init_worker(context, entry.release["out"], str(entry.path.parent))
-            try:
-                return _deidentify_one(Job(str(held)))
-            except DeidError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - type only, never the text
-                raise DeidError("de-identification failed", reason=f"error:{type(exc).__name__}") from None
+            _init_worker(context, entry.release["out"], None)
+            result = process(Job(str(held)))
     finally:
         _WORKER.clear()
         _WORKER.update(saved)
+    if result.status != "done":
+        raise DeidError("de-identification failed again", reason=result.reason or "deid-failed")
+    return result
