@@ -53,7 +53,11 @@ class DatabaseSection:
 
 @dataclass
 class StorageSection:
-    """Filesystem roots. Empty values default to folders under ``$INCLOUD_HOME``."""
+    """Filesystem roots. Empty values default to folders under ``$INCLOUD_HOME``.
+
+    Each root is the service user's alone: created 0700 (an existing one is narrowed by ``incloud init``), files in
+    it 0600 (docs/security.md). ``quarantine`` holds identified originals (``incloud quarantine``).
+    """
 
     archive_root: str = ""
     spool: str = ""

@@ -27,6 +27,7 @@ from incloud_kernel.deid import DeidContext
 from incloud_kernel.deid.options import OPTIONS, SITE_DEFAULT
 from incloud_kernel.deid.runner import enumerate_jobs, run_batch
 from incloud_kernel.deid.verify import verify
+from incloud_kernel.quarantine import Quarantine
 from test_deid import KEY, NAME, PID, PLANTED, planted
 
 PYDICOM_FILES = Path(get_testdata_file("MR_small.dcm")).parent
@@ -155,12 +156,16 @@ def test_bad_inputs_go_to_quarantine_with_original_bytes_and_a_value_free_reason
     assert got == expected and summary.failed == 0
     qroot = tmp_path / "q-out"
     originals = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "src").iterdir()}
-    quarantined = list(qroot.rglob("*.bin"))
-    assert len(quarantined) == sum(1 for v in expected.values() if v)
-    for q in quarantined:
-        assert hashlib.sha256(q.read_bytes()).hexdigest() in originals
-        reason = q.with_suffix(".reason.txt").read_text().splitlines()[1]
-        assert reason.startswith("reason: ") and not any(v.lower() in reason.lower() for v in PLANTED)
+    entries = Quarantine(qroot).entries("deid")
+    assert len(entries) == sum(1 for v in expected.values() if v)
+    for entry in entries:
+        (held,) = entry.paths()
+        digest = hashlib.sha256(held.read_bytes()).hexdigest()
+        assert digest in originals and digest == entry.files[0].sha256 and held.stat().st_mode & 0o777 == 0o600
+        assert entry.reason == expected[Path(entry.release["original"]).name]
+        assert entry.release["out"] == str(tmp_path / "out")
+        record = (entry.path / "record.json").read_text()
+        assert not any(v.lower() in record.lower() for v in PLANTED)
     out = _outputs(tmp_path / "out")
     big = next(ds for ds in out.values() if ds.get("NumberOfFrames") == 64)
     assert big.PixelData == np.arange(64 * 256 * 256, dtype=np.uint16).tobytes()

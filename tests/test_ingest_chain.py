@@ -18,6 +18,7 @@ from incloud_kernel.archive.models import DataFile, Series
 from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
+from incloud_kernel.quarantine import Quarantine
 from incloud_kernel.site import Site
 from ingest_data import PATIENT, add_secondary_capture, make_small_study
 
@@ -126,8 +127,8 @@ def test_a_failing_series_quarantines_the_whole_study(ready, tmp_path: Path) -> 
     assert result.returncode != 0
     assert "quarantined at step name" in result.stderr and "Traceback" not in result.stderr
     assert series_rows(site) == [] and file_count(site) == 0
-    reasons = list(site.config.quarantine.glob("*/reason.json"))
-    assert len(reasons) == 1 and json.loads(reasons[0].read_text())["step"] == "name"
+    reasons = Quarantine(site.config.quarantine).entries()
+    assert len(reasons) == 1 and reasons[0].step == "name" and reasons[0].release["project"] == "P1"
     status = subprocess.run([INCLOUD, "ingest", "status"], capture_output=True, text=True,
                             env=dict(os.environ, **env), timeout=60)
     assert "step name" in status.stdout
@@ -151,9 +152,9 @@ def test_burned_in_secondary_capture_is_quarantined_alone_and_the_rest_archived(
     assert result.returncode == 0, result.stderr
     assert sorted((r.datatype, r.suffix) for r in series_rows(site)) == [("anat", "T1w"), ("dwi", "dwi"),
                                                                          ("func", "bold")]
-    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
-    assert reason["step"] == "deidentify" and reason["reason"].startswith("burned-in-annotation")
-    assert reason["files"] == 1 and reason["job_id"].endswith("-held-1")
+    (reason,) = Quarantine(site.config.quarantine).entries()
+    assert reason.step == "deidentify" and reason.reason.startswith("burned-in-annotation")
+    assert len(reason.files) == 1 and reason.id.endswith("-held-1") and reason.origin == "ingest"
     status = subprocess.run([INCLOUD, "ingest", "status"], capture_output=True, text=True,
                             env=dict(os.environ, **env), timeout=60)
     assert "burned-in-annotation" in status.stdout
@@ -180,8 +181,8 @@ def test_a_deidentification_failure_of_an_imaging_series_quarantines_the_whole_s
     result = run_ingest(env, tmp_path / "src")
     assert result.returncode != 0 and "quarantined at step deidentify" in result.stderr
     assert series_rows(site) == [] and file_count(site) == 0  # never half-archived
-    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
-    assert reason["files"] == 8 + 4 * 8 + 4 * 8
+    (reason,) = Quarantine(site.config.quarantine).entries()
+    assert len(reason.files) == 8 + 4 * 8 + 4 * 8
 
 
 def test_a_series_the_refacer_refuses_quarantines_the_whole_study(ready, tmp_path: Path) -> None:

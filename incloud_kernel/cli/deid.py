@@ -82,7 +82,7 @@ def run(sources: tuple[str, ...], out: str, options: tuple[str, ...], basic_only
     for reason, count in sorted(summary.reasons.items()):
         click.echo(f"  {count} x {reason}")
     if summary.quarantined:
-        click.echo(f"quarantine: {site.config.quarantine}")
+        click.echo(f"quarantine: {site.config.quarantine} (incloud quarantine list --origin deid)")
     click.echo(f"audit: {audit.audit_path}")
     if summary.failed:
         sys.exit(1)
