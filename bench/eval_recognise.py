@@ -50,13 +50,14 @@ class Recogniser:
             return best.rect, "cnn"
         return None, "none"
 
-    def embed(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    def embed(self, rgb: np.ndarray, box: tuple[int, int, int, int], label: str = "") -> np.ndarray:
         """128-D embedding of the face in ``rgb`` (H x W x 3 uint8); ``box`` (left, top, right, bottom pixels)
-        is used when no detector finds a face. Counts which way the face was found in ``found``."""
+        is used when no detector finds a face. Counts which way the face was found in ``found`` under
+        ``label:how`` (how = hog, cnn or box)."""
         rect, how = self.detect(rgb)
         if rect is None:
             rect, how = self._dlib.rectangle(*[int(v) for v in box]), "box"
-        self.found[how] += 1
+        self.found[f"{label}:{how}" if label else how] += 1
         shape = self.shape(rgb, rect)
         return np.asarray(self.net.compute_face_descriptor(rgb, shape), dtype=np.float64)
 

@@ -128,7 +128,11 @@ def one_mm_seconds(head: Head, data: np.ndarray, threads: int) -> dict[str, floa
     return {"shape": list(img.shape), "seconds": time.perf_counter() - t0}
 
 
-def evaluate(s: Settings, log=print) -> dict:
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def evaluate(s: Settings, log=_log) -> dict:
     """Run the whole evaluation; returns the figures as a JSON-ready dict (see the module docstring)."""
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(s.threads)
     mni_img = nib.load(mni_head_path())
@@ -159,10 +163,10 @@ def evaluate(s: Settings, log=print) -> dict:
                 for c, v in vols.items():
                     pics = renders(head, v, views if c == "original" else s.probe_views, thr)
                     if c == "original":
-                        gallery.append(recogniser.embed(pics[0], _face_box(head, GALLERY_VIEW)))
+                        gallery.append(recogniser.embed(pics[0], _face_box(head, GALLERY_VIEW), "gallery"))
                         pics = pics[1:]
                     for view, pic in zip(s.probe_views, pics):
-                        probes[c][0].append(recogniser.embed(pic, _face_box(head, view)))
+                        probes[c][0].append(recogniser.embed(pic, _face_box(head, view), c))
                         probes[c][1].append(identity)
                     if s.renders_dir is not None and k < 2:
                         from PIL import Image
@@ -217,10 +221,15 @@ def print_tables(result: dict) -> None:
                   f"{_summary([p[c]['front'] for p in h['pairs']])}, sides "
                   f"{_summary([p[c]['right'] for p in h['pairs']] + [p[c]['left'] for p in h['pairs']])}")
     if "recognition" in result:
-        print(f"\nre-identification against the originals' frontal renders (faces found by {result['recognition_found']})")
+        found = result["recognition_found"]
+
+        def how(label: str) -> str:
+            return ", ".join(f"{k}: {found.get(f'{label}:{k}', 0)}" for k in ("hog", "cnn", "box"))
+
+        print(f"\nre-identification against the originals' frontal renders (gallery faces found by {how('gallery')})")
         for c, r in result["recognition"].items():
             print(f"  {c:>10}: rank-1 {r['rank1']:.2f}, top-5 {r['top5']:.2f} over {r['probes']} probes "
-                  f"(chance {r['chance_rank1']:.2f} / {r['chance_top5']:.2f})")
+                  f"(chance {r['chance_rank1']:.2f} / {r['chance_top5']:.2f}); faces found by {how(c)}")
 
 
 def main() -> None:

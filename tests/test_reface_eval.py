@@ -41,6 +41,27 @@ def _depths(head, data):
     return surface_depths(_canonical(head, data), surface_threshold(head.data))
 
 
+@pytest.mark.parametrize("affine", [np.eye(4), np.diag([-2.0, 2.0, 2.0, 1.0])], ids=["RAS", "mirrored"])
+def test_skin_mesh_normals_point_out_and_the_render_sees_the_near_side(affine):
+    """A ball with a bump on its anterior side: normals point outwards whatever the affine's handedness, and
+    the front render (lit from the viewer) is bright where the bump faces the camera, black around the ball."""
+    from incloud_kernel.deface.identity import project, render_mesh, skin_mesh
+
+    g = np.indices((48, 48, 48)).astype(np.float32) - 24
+    ball = (np.sqrt((g**2).sum(0)) < 14) * 100.0
+    world = np.einsum("ij,jxyz->ixyz", affine[:3, :3], g)
+    ball[np.sqrt(((world - np.array([0, 15, 0])[:, None, None, None] * np.abs(affine[1, 1])) ** 2).sum(0))
+         < 5 * np.abs(affine[1, 1])] = 100.0  # a nose on the anterior (+y) side
+    mesh = skin_mesh(ball.astype(np.float32), affine, 50.0, smooth_vox=0)
+    centre = mesh.verts.mean(0)
+    assert np.mean(((mesh.verts - centre) * mesh.normals).sum(1) > 0) > 0.99
+    pic = render_mesh(mesh, centre=centre, size=96, pixel_mm=float(np.abs(affine[0, 0])))
+    assert pic[0, 0].sum() == 0 and pic[48, 48].sum() > 0
+    tip = mesh.verts[np.argmax(mesh.verts[:, 1])]
+    u, v = np.rint(project(tip[None], centre=centre, size=96, pixel_mm=float(np.abs(affine[0, 0])))[0]).astype(int)
+    assert pic[v, u].mean() > 150  # the nose tip faces the light at the camera
+
+
 def test_only_packaged_heads_that_are_not_the_template_are_used(head):
     from bench.eval_heads import CANDIDATES
 

@@ -47,10 +47,11 @@ def skin_mesh(data: np.ndarray, affine: np.ndarray, threshold: float | None = No
     verts = verts - 1.0
     a = np.asarray(affine, dtype=float)
     mm = verts @ a[:3, :3].T + a[:3, 3]
-    if np.linalg.det(a[:3, :3]) < 0:  # a mirroring affine reverses the winding
+    # scikit-image winds its triangles so that the right-hand normal points into the tissue (higher values);
+    # reversed here so that it points out into the air, unless a mirroring affine already reversed it
+    if np.linalg.det(a[:3, :3]) > 0:
         faces = faces[:, ::-1]
     normals = _vertex_normals(mm, faces)
-    # marching cubes winds triangles so that their normals face the lower values (air): outward
     return SkinMesh(verts=mm.astype(np.float32), faces=faces.astype(np.int64), normals=normals)
 
 
