@@ -121,9 +121,13 @@ def render_mesh(mesh: SkinMesh, *, centre: np.ndarray, yaw_deg: float = 0.0, pit
         nv = np.einsum("kc,tcd->tkd", w, nrm[f]).reshape(-1, 3)
         u, v = np.floor(p[:, 0]).astype(np.int64), np.floor(p[:, 1]).astype(np.int64)
         ok = (u >= 0) & (u < size) & (v >= 0) & (v < size)
-        nv = nv[ok] / np.maximum(np.linalg.norm(nv[ok], axis=1, keepdims=True), 1e-12)
-        # fancy assignment keeps the last write for a repeated index: the nearest sample wins
-        shade_buf[(v * size + u)[ok]] = ambient + (1.0 - ambient) * np.clip(nv @ lvec, 0.0, 1.0)
+        idx = (v * size + u)[ok]
+        # NumPy does not promise which write wins for a repeated index: keep each pixel's last (nearest) sample
+        _, last = np.unique(idx[::-1], return_index=True)
+        last = len(idx) - 1 - last
+        nv = nv[ok][last]
+        nv /= np.maximum(np.linalg.norm(nv, axis=1, keepdims=True), 1e-12)
+        shade_buf[idx[last]] = ambient + (1.0 - ambient) * np.clip(nv @ lvec, 0.0, 1.0)
     img = shade_buf.reshape(size, size)[..., None] * SKIN_RGB[None, None, :]
     img = np.clip(img, 0.0, 1.0) ** (1 / 2.2)  # display gamma
     return np.rint(img * 255).astype(np.uint8)
