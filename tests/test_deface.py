@@ -22,6 +22,7 @@ from conftest import missing
 from incloud_kernel.deface import dicom as ddicom
 from incloud_kernel.deface.geometry import block_downsample
 from incloud_kernel.deface.headmask import head_mask
+from incloud_kernel.deface.identity import edge_ratio
 from incloud_kernel.deface.qc import render
 from incloud_kernel.deface.reface import Refacer, save_image, stored_data
 from incloud_kernel.deface.register import brain_displacement, register_to_mni, resample_to
@@ -32,21 +33,6 @@ from incloud_kernel.quarantine import Quarantine
 from incloud_kernel.synth.deform import Participant
 
 PARAMS = dict(threads=1)  # everything else from the site configuration defaults
-
-
-def edge_ratio(orig: np.ndarray, new: np.ndarray, w: np.ndarray, head: np.ndarray) -> float:
-    """Mean neighbour step across the replaced/untouched border inside the head, new over original."""
-    o, n = orig.astype(np.float64), new.astype(np.float64)
-    num = den = 0.0
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        a, b = tuple(a), tuple(b)
-        border = ((w[a] > 0) != (w[b] > 0)) & head[a] & head[b]
-        num += np.abs(n[a] - n[b])[border].sum()
-        den += np.abs(o[a] - o[b])[border].sum()
-    return num / den
 
 
 class Case:
