@@ -51,16 +51,19 @@ def _slice(study: dict, series_uid: str, number: int, description: str, z: int, 
 
 
 def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int = 4,
-                     patient_id: str = PATIENT["PatientID"]) -> dict[str, list[Path]]:
-    """Write a T1w, a BOLD and a DWI series under ``out``; returns series description -> files."""
+                     patient_id: str = PATIENT["PatientID"], extra_series: tuple[str, ...] = (),
+                     study_uid: str | None = None) -> dict[str, list[Path]]:
+    """Write a T1w, a BOLD and a DWI series under ``out``, plus one single-volume series per description in
+    ``extra_series`` (e.g. ``gre_field_mapping``: no default BIDS rule names it); returns description -> files."""
     rng = np.random.default_rng(seed)
-    study = {"StudyInstanceUID": generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
+    study = {"StudyInstanceUID": study_uid or generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
              "FrameOfReferenceUID": generate_uid(), "PatientID": patient_id}
     yy, xx = np.mgrid[:16, :16]
     head = ((yy - 8) ** 2 + (xx - 8) ** 2 < 40).astype(float)
     written: dict[str, list[Path]] = {}
     specs = [("t1_mprage", 1, 1, 2.3, {}), ("bold_rest", 2, bold_volumes, 2.0, {}),
              ("dwi_b1000", 3, 4, 6.0, {})]
+    specs += [(description, 4 + i, 1, 0.5, {}) for i, description in enumerate(extra_series)]
     for description, number, volumes, tr, _ in specs:
         series_uid = generate_uid()
         folder = out / description
