@@ -113,3 +113,69 @@ def add_secondary_capture(out: Path, like: Path) -> Path:
     path = out / "sc_000.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+#: Identities planted by ``plant_identities``: every value is made of distinctive words only, so a scan for
+#: them (``leakscan.identity_needles``) cannot match ordinary text. Device attributes (StationName,
+#: DeviceSerialNumber) are left out: the site's default options retain them by choice.
+PLANTED = {
+    "PatientName": "Quenzelmark^Ottiline",
+    "PatientID": "QZ90817263",
+    "PatientBirthDate": "19610723",
+    "OtherPatientIDs": "QZOTHER4711",
+    "AccessionNumber": "ACQZ55102",
+    "InstitutionName": "Brightwater Ostmarkklinik",
+    "InstitutionAddress": "Zwiebelfeldweg Hinterbrunnstadt",
+    "ReferringPhysicianName": "Vandersloot^Hieronymus",
+    "OperatorsName": "Krzyzanowska^Dobromila",
+    "RequestingPhysician": "Pfefferkorn^Adalbrand",
+}
+#: Where the surname and other tokens are planted beyond the identifying attributes themselves (issue 11,
+#: item 1 and "Done when"): free text the profile keeps or cleans, private tags and nested sequences.
+PLANTED_TEXT = {
+    "SequenceName": "*tfl_Quenzelmark",
+    "ImageComments": "Quenzelmark ACQZ55102 Ostmarkklinik",
+    "ProtocolName": "Quenzelmark Vandersloot",  # X/D in the basic profile
+    "RequestedProcedureDescription": "Quenzelmark Ottiline",  # X/Z
+    "StudyComments": "QZ90817263 Hinterbrunnstadt",
+    "AdditionalPatientHistory": "Ottiline 19610723",
+    "PatientComments": "Vandersloot Krzyzanowska",
+}
+
+
+def plant_identities(files: list[Path]) -> set[str]:
+    """Rewrite ``files`` with ``PLANTED`` and ``PLANTED_TEXT`` values, a private block and nested sequences that
+    hold them too (and an original UID); returns the original UIDs now in the files (to look for them later)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    referenced = generate_uid()
+    uids: set[str] = {referenced}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword, value in {**PLANTED, **PLANTED_TEXT}.items():
+            if keyword == "ProtocolName":  # keep the naming rules' word in it
+                value = f"{ds.SeriesDescription} {value}"
+            setattr(ds, keyword, value)
+        block = ds.private_block(0x0029, "QZVENDOR 1.0", create=True)
+        block.add_new(0x10, "LO", PLANTED["PatientName"])
+        block.add_new(0x11, "LT", PLANTED_TEXT["ImageComments"])
+        block.add_new(0x12, "UI", referenced)
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "QZ1", "99QZ", "Quenzelmark Ottiline"
+        request = Dataset()
+        request.RequestedProcedureDescription = PLANTED_TEXT["RequestedProcedureDescription"]
+        request.ScheduledProcedureStepDescription = "Vandersloot Ostmarkklinik"
+        request.RequestedProcedureID = "RPQZ4411"
+        request.ScheduledProtocolCodeSequence = Sequence([code])  # nested two levels deep
+        ds.RequestAttributesSequence = Sequence([request])
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+        ref.ReferencedSOPInstanceUID = referenced
+        ds.ReferencedStudySequence = Sequence([ref])
+        ds.ProcedureCodeSequence = Sequence([code])
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            uids.add(str(ds.get(keyword)))
+        ds.save_as(path, enforce_file_format=True)
+    return uids

@@ -119,3 +119,17 @@ def scan_database(engine: Any, needles: list[str]) -> list[Leak]:
                 text = "\t".join("" if v is None else str(v) for v in row).encode("utf-8", "replace")
                 leaks += [Leak(f"database table {table.name}", "row", n) for n in _find(text, needles)]
     return leaks
+
+
+def summary(leaks: list[Leak], root: Path | None = None) -> str:
+    """One line per kind of place (file name with UIDs and labels folded, where in it) with the needles found."""
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for leak in leaks:
+        path = leak.path
+        if root is not None and path.startswith(str(root)):
+            path = path[len(str(root)):].lstrip("/")
+        path = re.sub(r"[0-9]+(\.[0-9]+){2,}", "<uid>", path)
+        path = re.sub(r"(sub|ses)-[A-Za-z0-9]+", r"\1-*", path)
+        path = re.sub(r"/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f-]{36}", "/<orthanc file>", path)
+        kinds.setdefault((path, leak.where), set()).add(leak.needle)
+    return "\n".join(f"{p} [{w}]: {', '.join(sorted(n))}" for (p, w), n in sorted(kinds.items()))
