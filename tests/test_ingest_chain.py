@@ -171,6 +171,13 @@ def test_series_no_rule_names_are_archived_under_sourcedata(ready, tmp_path: Pat
         listed = permissions.list_series(db, Actor("alice"), datatype="sourcedata")
         assert len(listed) == 2
         assert len(permissions.list_series(db, Actor("mallory"), datatype="sourcedata")) == 0
+    # Exported with the project, as valid BIDS with a README in sourcedata/.
+    from incloud_kernel.archive.export import export_bids
+
+    export_bids(site, SYSTEM, "P1", tmp_path / "export")
+    assert (tmp_path / "export" / "sourcedata" / "README").exists()
+    assert len(list((tmp_path / "export").glob("sourcedata/sub-*/ses-*/*.dicom/*.dcm"))) == 16
+    check_bids(tmp_path / "export")
     # Nothing of the study is left behind: re-sending it archives nothing new.
     again = run_ingest(env, tmp_path / "src")
     assert again.returncode == 0 and again.stdout.count("unchanged") == 5, again.stdout
