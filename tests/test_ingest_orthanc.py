@@ -234,3 +234,35 @@ def test_a_poison_study_is_retried_then_quarantined_and_the_feed_goes_on(edge: E
     assert all(j.get("retry_at") for j in jobs if j["state"] == "failed")
     log = (edge.home / "worker.log").read_text()
     assert "Traceback" not in log and "HOSP555000" not in log
+
+
+def test_a_study_that_kills_its_worker_is_quarantined_after_max_attempts(edge: Edge, site: Site,
+                                                                         tmp_path: Path) -> None:
+    """A worker that dies during a study (here SIGKILL, as a crash inside a library or the OOM killer would)
+    counts as a failed attempt of that study: after ``ingest.max_attempts`` the next worker quarantines it
+    instead of running it again, so a poison study cannot kill workers forever."""
+    make_small_study(tmp_path / "a", seed=8)
+    edge.env["INCLOUD_INGEST_MAX_ATTEMPTS"] = "2"
+    assert edge.store(*all_files(tmp_path / "a"), aet="SCANNER1").returncode == 0
+    jobs = edge.home / "spool" / "ingest" / "jobs"
+    killed: set[str] = set()
+    for _ in range(2):
+        worker = start_worker(edge)
+        deadline = time.monotonic() + 120
+        running: list[str] = []
+        while not running:
+            assert time.monotonic() < deadline, "the worker never started the job"
+            running = [p.stem for p in jobs.glob("*.json") if p.stem not in killed
+                       and json.loads(p.read_text()).get("state") == "running"]
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed.update(running)
+    worker = start_worker(edge)
+    try:
+        wait_for(lambda: orthanc_instances(edge) == 0 and any(site.config.quarantine.glob("*/reason.json")))
+    finally:
+        stop(worker)
+    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    assert reason["reason"] == "WorkerGone: the worker stopped during the job (after 2 attempts)"
+    assert reason["files"] == 8 + 4 * 8 + 4 * 8 and archived(site) == []
