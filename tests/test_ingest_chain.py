@@ -361,3 +361,35 @@ def test_t2w_is_refaced_with_the_t1w_fit_of_its_study(ready, tmp_path: Path) -> 
 def _files(site: Site) -> list[DataFile]:
     with transaction(site.engine) as db:
         return list(db.scalars(select(DataFile)))
+
+
+def test_a_study_is_archived_in_one_transaction(ready, tmp_path: Path) -> None:
+    """A real fault while archiving the study's second series (its BIDS folder is read-only, ``chattr +i``)
+    rolls back the first series too: nothing of the study is archived, it is quarantined with the class and a
+    value-free message; once the folder is writable the same files archive completely."""
+    import pydicom
+
+    from conftest import require_tool
+    from incloud_kernel.deid import DeidContext, deidentify
+    from incloud_kernel.ingest import chain as chain_module
+
+    require_tool("chattr")
+    site, env = ready
+    files = make_small_study(tmp_path / "src")
+    clean = deidentify(pydicom.dcmread(files["t1_mprage"][0]), DeidContext.for_site(site))
+    participant = chain_module.IngestChain(site)._participant_label(clean)
+    session = chain_module._label("s", site.secret_key(), "session:" + str(clean.StudyInstanceUID), 8)
+    blocked = site.archive_root / f"sub-{participant}" / f"ses-{session}" / "func"
+    blocked.mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(blocked)], check=True)
+    try:
+        result = run_ingest(env, tmp_path / "src")
+    finally:
+        subprocess.run(["chattr", "-i", str(blocked)], check=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "quarantined at step archive: StorageError" in result.stderr and "not permitted" in result.stderr
+    assert series_rows(site) == [] and file_count(site) == 0
+    assert not list(site.archive_root.rglob("*.nii.gz"))  # the T1w written before the fault was removed
+    again = run_ingest(env, tmp_path / "src")
+    assert again.returncode == 0, again.stderr
+    assert len(series_rows(site)) == 3

@@ -396,19 +396,24 @@ class IngestChain:
                 ready[suid] = self._prepare_series(suid, series_files[suid], facts_src[suid], work,
                                                    added.setdefault(suid, []))
             prepared = [ready[suid] for suid in by_number]
-            # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
-            for item in prepared:
-                if isinstance(item, SeriesOutcome):
-                    outcome.series.append(item)
-                    continue
-                self.step = "archive"
-                result = self._archive(item.suid, item.name, item.params, item.payload, outcome, item.original,
-                                       item.existing)
-                self.step = "backup"
-                self._backup(result.relpaths)
+            # 3. archive every series of the study in ONE transaction (all or nothing: a failure rolls back the
+            #    rows and removes the files written), then back up and remember which instances the archive holds.
+            done: list[_Prepared] = []
+            self.step = "archive"
+            with records.transaction(self.site) as db:
+                for item in prepared:
+                    if isinstance(item, SeriesOutcome):
+                        outcome.series.append(item)
+                        continue
+                    result = self._archive(db, item.suid, item.name, item.params, item.payload, outcome,
+                                           item.original, item.existing)
+                    done.append(item)
+                    outcome.series.append(result)
+            self.step = "backup"
+            self._backup([relpath for s in outcome.series for relpath in s.relpaths])
+            for item in done:
                 self._mark_archived(item)
                 added.pop(item.suid, None)
-                outcome.series.append(result)
             outcome.accounted = received
         finally:
             self._fits = {}  # a fit holds its last refaced volume: do not keep it past the study
@@ -577,44 +582,44 @@ class IngestChain:
             has_files = db.scalar(select(DataFile.id).where(DataFile.series_id == row.id).limit(1)) is not None
             return row.id, has_files
 
-    def _archive(self, suid: str, name: BidsName, params: dict[str, Any], payload: dict[str, Any],
+    def _archive(self, db: Any, suid: str, name: BidsName, params: dict[str, Any], payload: dict[str, Any],
                  study: StudyOutcome, original: Dataset, existing: tuple[int, bool] | None) -> SeriesOutcome:
+        """Add (or merge) one series in the study's ``records.transaction`` ``db``."""
         status = "archived"
-        with records.transaction(self.site) as db:
-            project = db.scalar(select(Project).where(Project.code == study.project))
-            if project is None:
-                if study.project != self.config.dicom.unassigned_project:
-                    raise ChainFailure("archive", f"project {study.project} does not exist")
-                project = create_project(db, self.actor, study.project, "Unassigned inbox",
-                                         "Studies no routing rule assigned; a coordinator moves them.")
-            participant = db.scalar(select(Participant).where(Participant.label == study.participant))
-            if participant is None:
-                participant = records.add_participant(db, self.actor, project, study.participant)
-            elif participant.project_id != project.id:
-                raise ChainFailure("archive", "participant already belongs to another project")
-            session = db.scalar(select(Session).where(Session.participant_id == participant.id,
-                                                      Session.label == study.session))
-            if session is None:
-                session = records.add_session(db, self.actor, participant, study.session)
-            # Series row, file rows and audit events commit together (records.register_series /
-            # replace_files in this transaction); a failure removes the files written, a crash leaves only
-            # orphan files for the sweeper -- never a series without its files.
-            if existing is None:
-                series, rows = self._add_series_with_run(db, session, name, dict(name.entities), params, suid,
-                                                         original, payload)
-            else:
-                series = db.get(Series, existing[0])
-                assert series is not None
-                if existing[1]:  # merge: the reconverted files replace the old ones, rows swapped in one commit
-                    series.params = params
-                    rows = records.replace_files(self.site, self.actor, series, payload, db=db)
-                    status = "merged"
-                else:  # a series row without files (left by an older release): give it its files
-                    rows = records.add_files(self.site, self.actor, series, payload, db=db,
-                                             overwrite_unrecorded=True)
-            audit(db, self.actor, "series.ready_for_qc", "series", series.id)
-            series_id, stem = series.id, records.bids_stem(series)
-            relpaths = [r.relpath for r in rows]
+        project = db.scalar(select(Project).where(Project.code == study.project))
+        if project is None:
+            if study.project != self.config.dicom.unassigned_project:
+                raise ChainFailure("archive", f"project {study.project} does not exist")
+            project = create_project(db, self.actor, study.project, "Unassigned inbox",
+                                     "Studies no routing rule assigned; a coordinator moves them.")
+        participant = db.scalar(select(Participant).where(Participant.label == study.participant))
+        if participant is None:
+            participant = records.add_participant(db, self.actor, project, study.participant)
+        elif participant.project_id != project.id:
+            raise ChainFailure("archive", "participant already belongs to another project")
+        session = db.scalar(select(Session).where(Session.participant_id == participant.id,
+                                                  Session.label == study.session))
+        if session is None:
+            session = records.add_session(db, self.actor, participant, study.session)
+        # Series row, file rows and audit events commit together (records.register_series /
+        # replace_files in this transaction); a failure removes the files written, a crash leaves only
+        # orphan files for the sweeper -- never a series without its files.
+        if existing is None:
+            series, rows = self._add_series_with_run(db, session, name, dict(name.entities), params, suid,
+                                                     original, payload)
+        else:
+            series = db.get(Series, existing[0])
+            assert series is not None
+            if existing[1]:  # merge: the reconverted files replace the old ones, rows swapped in one commit
+                series.params = params
+                rows = records.replace_files(self.site, self.actor, series, payload, db=db)
+                status = "merged"
+            else:  # a series row without files (left by an older release): give it its files
+                rows = records.add_files(self.site, self.actor, series, payload, db=db,
+                                         overwrite_unrecorded=True)
+        audit(db, self.actor, "series.ready_for_qc", "series", series.id)
+        series_id, stem = series.id, records.bids_stem(series)
+        relpaths = [r.relpath for r in rows]
         return SeriesOutcome(suid, status, series_id, relpaths, Path(stem).name)
 
     def _add_series_with_run(self, db: Any, session: Session, name: BidsName, entities: dict[str, str],
