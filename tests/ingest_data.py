@@ -179,3 +179,38 @@ def plant_identities(files: list[Path]) -> set[str]:
             uids.add(str(ds.get(keyword)))
         ds.save_as(path, enforce_file_format=True)
     return uids
+
+
+def make_ct(paths: list[Path]) -> None:
+    """Turn a series written by ``make_small_study`` into a CT series (CT Image Storage, Hounsfield rescale)."""
+    import pydicom
+    from pydicom.uid import CTImageStorage
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.Modality, ds.RescaleIntercept, ds.RescaleSlope, ds.KVP = "CT", -1024, 1, 120
+        ds.save_as(path, enforce_file_format=True)
+
+
+def add_structured_report(out: Path, like: Path) -> Path:
+    """A Basic Text SR (a dose report's kind: no pixels, nothing dcm2niix converts) in the study of ``like``."""
+    import pydicom
+
+    src = pydicom.dcmread(like)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR Storage
+    sop = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    for keyword in (*PATIENT, "StudyInstanceUID", "StudyDate", "StudyTime"):
+        if keyword in src:
+            setattr(ds, keyword, src.data_element(keyword).value)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, sop, "SR"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 90, 1
+    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sr_000.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -19,7 +19,7 @@ from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
 from incloud_kernel.site import Site
-from ingest_data import PATIENT, add_secondary_capture, make_small_study
+from ingest_data import PATIENT, add_secondary_capture, add_structured_report, make_ct, make_small_study
 from leakscan import identity_needles, scan_database, scan_tree
 
 INCLOUD = str(Path(sys.executable).with_name("incloud"))
@@ -181,6 +181,29 @@ def test_series_no_rule_names_are_archived_under_sourcedata(ready, tmp_path: Pat
     # Nothing of the study is left behind: re-sending it archives nothing new.
     again = run_ingest(env, tmp_path / "src")
     assert again.returncode == 0 and again.stdout.count("unchanged") == 5, again.stdout
+
+
+def test_ct_and_a_report_dcm2niix_cannot_convert_are_archived_under_sourcedata(ready, tmp_path: Path) -> None:
+    """CT is converted and kept with its DICOM; a structured report (no image) is kept as its DICOM only, with
+    the conversion's reason in its sidecar: nothing of the study is dropped or quarantined."""
+    site, env = ready
+    files = make_small_study(tmp_path / "src", extra_series=("ct_head",))
+    make_ct(files["ct_head"])
+    add_structured_report(tmp_path / "src" / "sr", files["t1_mprage"][0])
+    result = run_ingest(env, tmp_path / "src")
+    assert result.returncode == 0, result.stderr
+    by_suffix = {r.suffix: r for r in series_rows(site) if r.datatype == "sourcedata"}
+    assert sorted(by_suffix) == ["CT", "SR"] and by_suffix["CT"].modality == "CT"
+    assert by_suffix["CT"].params["Instances"] == 8 and by_suffix["SR"].params == {"Instances": 1,
+                                                                                 "Converted": False}
+    root = site.archive_root
+    assert len(list(root.glob("sourcedata/sub-*/ses-*/*_acq-series4_CT.dicom/*.dcm"))) == 8
+    assert list(root.glob("sourcedata/sub-*/ses-*/*_acq-series4_CT.nii.gz"))
+    (sr_json,) = root.glob("sourcedata/sub-*/ses-*/*_acq-series90_SR.json")
+    assert "dcm2niix" in json.loads(sr_json.read_text())["ConversionError"]
+    assert len(list(root.glob("sourcedata/sub-*/ses-*/*_acq-series90_SR.dicom/*.dcm"))) == 1
+    assert not list(site.config.quarantine.glob("*/reason.json"))
+    check_bids(root)
 
 
 def test_skip_is_no_longer_a_choice_for_unmatched_series(ready, tmp_path: Path) -> None:
