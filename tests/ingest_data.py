@@ -86,33 +86,42 @@ def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int
     return written
 
 
-def add_secondary_capture(out: Path, like: Path) -> Path:
-    """A burned-in secondary capture (BurnedInAnnotation YES) in the study of ``like``, in its own series."""
+def _companion(like: Path, sop_class: str, modality: str, number: int) -> FileDataset:
+    """A new single-instance series of ``sop_class`` in the study (and of the patient) of ``like``."""
     import pydicom
-    from pydicom.uid import SecondaryCaptureImageStorage
 
     src = pydicom.dcmread(like)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    sop = generate_uid()
-    meta.MediaStorageSOPInstanceUID = sop
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     for keyword in (*PATIENT, "StudyInstanceUID", "StudyDate", "StudyTime"):
         if keyword in src:
             setattr(ds, keyword, src.data_element(keyword).value)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
-    ds.Modality, ds.ConversionType = "OT", "WSD"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 99, "screen save"
-    ds.InstanceNumber, ds.BurnedInAnnotation = 1, "YES"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, modality
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), number, 1
+    return ds
+
+
+def _save(ds: FileDataset, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def add_secondary_capture(out: Path, like: Path) -> Path:
+    """A burned-in secondary capture (BurnedInAnnotation YES) in the study of ``like``, in its own series."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    ds = _companion(like, SecondaryCaptureImageStorage, "OT", 99)
+    ds.ConversionType, ds.SeriesDescription, ds.BurnedInAnnotation = "WSD", "screen save", "YES"
     ds.Rows, ds.Columns = 16, 16
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = bytes(256)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sc_000.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return _save(ds, out, "sc_000.dcm")
 
 
 #: Identities planted by ``plant_identities``: every value is made of distinctive words only, so a scan for
@@ -195,22 +204,6 @@ def make_ct(paths: list[Path]) -> None:
 
 def add_structured_report(out: Path, like: Path) -> Path:
     """A Basic Text SR (a dose report's kind: no pixels, nothing dcm2niix converts) in the study of ``like``."""
-    import pydicom
-
-    src = pydicom.dcmread(like)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR Storage
-    sop = generate_uid()
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    for keyword in (*PATIENT, "StudyInstanceUID", "StudyDate", "StudyTime"):
-        if keyword in src:
-            setattr(ds, keyword, src.data_element(keyword).value)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, sop, "SR"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 90, 1
+    ds = _companion(like, "1.2.840.10008.5.1.4.1.1.88.11", "SR", 90)  # Basic Text SR Storage
     ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sr_000.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return _save(ds, out, "sr_000.dcm")
