@@ -64,7 +64,9 @@ def test_planted_identities_end_up_nowhere_outside_quarantine(edge, site: Site, 
         stop(worker)
     # Every instance archived (the field map under sourcedata/) or quarantined with a reason.
     assert accounted() == total and all(q["reason"] for q in quarantined())
-    assert sorted(r[0] for r in archived(site)) == ["MR", "T1w", "bold", "dwi"], quarantined()
+    # (today all four series are archived, the field map under sourcedata/ as "MR"; a series the de-identifier
+    # holds back would be counted in the quarantine instead)
+    assert {r[0] for r in archived(site)} <= {"MR", "T1w", "bold", "dwi"}
     home = Path(site.config.home)
     needles = identity_needles([*PLANTED.values(), *PLANTED_TEXT.values()], extra=originals)
     leaks = scan_tree(home, needles, exclude=[site.config.quarantine]) + scan_database(site.engine, needles)
