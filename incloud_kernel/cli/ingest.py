@@ -130,6 +130,10 @@ def status(as_json: bool) -> None:
         worker = j.get("worker") or {}
         click.echo(f"  {j['job_id']}  worker pid {worker.get('pid', '?')} on {worker.get('host', '?')}: "
                    "no heartbeat; the next worker ingests the study again")
+    click.echo(f"waiting for a retry: {len(st.retrying)}")
+    for r in st.retrying:
+        click.echo(f"  orthanc study {r['orthanc_study']}  attempt(s) failed {r.get('failures')}  "
+                   f"step {r.get('step')}: {r.get('reason')}")
     click.echo(f"failed (quarantined): {len(st.failed)}")
     for f in st.failed:
         click.echo(f"  {f['job_id']}  step {f['step']}: {f['reason']}")
