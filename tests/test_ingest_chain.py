@@ -19,6 +19,7 @@ from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
 from incloud_kernel.quarantine import Quarantine
+from incloud_kernel.ingest.quarantine import list_quarantine
 from incloud_kernel.site import Site
 from ingest_data import PATIENT, add_secondary_capture, add_structured_report, make_ct, make_small_study
 from leakscan import identity_needles, scan_database, scan_tree
@@ -203,7 +204,7 @@ def test_ct_and_a_report_dcm2niix_cannot_convert_are_archived_under_sourcedata(r
     (sr_json,) = root.glob("sourcedata/sub-*/ses-*/*_acq-series90_SR.json")
     assert "dcm2niix" in json.loads(sr_json.read_text())["ConversionError"]
     assert len(list(root.glob("sourcedata/sub-*/ses-*/*_acq-series90_SR.dicom/*.dcm"))) == 1
-    assert not list(site.config.quarantine.glob("*/reason.json"))
+    assert not list_quarantine(site.config.quarantine)
     check_bids(root)
 
 
@@ -240,7 +241,7 @@ def test_a_patient_in_two_projects_is_archived_in_both(ready, tmp_path: Path) ->
             per_project[code] = per_project.get(code, 0) + 1
     assert sorted(owners.values()) == ["P1", "P2"]  # one participant per project, distinct labels
     assert per_project == {"P1": 3, "P2": 6}
-    assert not list(site.config.quarantine.glob("*/reason.json"))
+    assert not list_quarantine(site.config.quarantine)
     again = run_ingest(env, tmp_path / "second", "P2")
     assert again.returncode == 0 and again.stdout.count("unchanged") == 3  # idempotent in the second project
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from incloud_kernel.ingest.quarantine import list_quarantine
 from incloud_kernel.site import Site
 from ingest_data import PLANTED, PLANTED_TEXT, make_small_study, plant_identities
 from leakscan import Leak, identity_needles, scan_database, scan_tree, summary
@@ -52,7 +53,7 @@ def test_planted_identities_end_up_nowhere_outside_quarantine(edge, site: Site, 
     assert edge.store(*all_files(tmp_path / "src"), aet="SCANNER1").returncode == 0
 
     def quarantined() -> list[dict]:
-        return [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+        return [vars(q) for q in list_quarantine(site.config.quarantine)]
 
     def accounted() -> int:
         return sum(r[2] for r in archived(site)) + sum(q["files"] for q in quarantined())

@@ -22,6 +22,7 @@ from incloud_kernel.archive.models import DataFile, Project, Series
 from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
+from incloud_kernel.ingest.quarantine import list_quarantine
 from incloud_kernel.site import Site
 from ingest_data import make_small_study
 
@@ -219,13 +220,13 @@ def test_a_poison_study_is_retried_then_quarantined_and_the_feed_goes_on(edge: E
         assert edge.store(*all_files(tmp_path / "good"), aet="SCANNER1").returncode == 0
         worker = start_worker(edge)
         wait_for(lambda: len(archived(site)) == 3 and orthanc_instances(edge) == 0
-                 and any(site.config.quarantine.glob("*/reason.json")))
+                 and list_quarantine(site.config.quarantine))
         assert worker.poll() is None, "the worker died"
     finally:
         subprocess.run(["chattr", "-i", str(blocked)], check=True)
         if worker is not None:
             stop(worker)
-    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    (reason,) = [vars(q) for q in list_quarantine(site.config.quarantine)]
     assert reason["step"] == "cache" and reason["files"] == 8 + 4 * 8 + 4 * 8
     assert reason["reason"] == "PermissionError: Operation not permitted (after 3 attempts)"
     jobs = [json.loads(p.read_text()) for p in (edge.home / "spool" / "ingest" / "jobs").glob("*.json")]
@@ -260,9 +261,9 @@ def test_a_study_that_kills_its_worker_is_quarantined_after_max_attempts(edge: E
         killed.update(running)
     worker = start_worker(edge)
     try:
-        wait_for(lambda: orthanc_instances(edge) == 0 and any(site.config.quarantine.glob("*/reason.json")))
+        wait_for(lambda: orthanc_instances(edge) == 0 and list_quarantine(site.config.quarantine))
     finally:
         stop(worker)
-    (reason,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+    (reason,) = [vars(q) for q in list_quarantine(site.config.quarantine)]
     assert reason["reason"] == "WorkerGone: the worker stopped during the job (after 2 attempts)"
     assert reason["files"] == 8 + 4 * 8 + 4 * 8 and archived(site) == []
