@@ -29,13 +29,16 @@ from functools import lru_cache
 from typing import Callable
 
 from pydicom import Dataset
+from pydicom.charset import decode_bytes, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.valuerep import VR
 
 from incloud_kernel.deid.csa import clean_csa2
 from incloud_kernel.deid.dates import shift_da, shift_dt
+from incloud_kernel.deid.errors import InvalidInput
 from incloud_kernel.deid.options import OPTIONS, SAFE_PRIVATE_INDEX
 from incloud_kernel.deid.table import load_iod_types, load_table, repeating_match
 from incloud_kernel.deid.uids import is_well_known
@@ -52,6 +55,8 @@ COMBINED_BY_TYPE: dict[str, dict[int, str]] = {
 COMBINED_UNDER_TYPE_1 = {a: by_type[1] for a, by_type in COMBINED_BY_TYPE.items()}
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+#: Value Representations of PS3.5 (pydicom's list): anything else in an explicit-VR file is corrupt input.
+KNOWN_VRS = frozenset(v.value for v in VR)
 #: Code items (Code Value, Coding Scheme Designator/Version, Code Meaning...) are coded concepts, not identity.
 CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080105, 0x00080106, 0x00080107,
                        0x00080119, 0x00080120, 0x0040A040, 0x0040A010})
@@ -349,7 +354,13 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
     tags = plan.tags if depth == 0 else plan.nested
     for tag_obj in sorted(src_dict, key=int):  # int keys: BaseTag's own comparisons are slow
         tag = int(tag_obj)
+        if tag < 0x00080000:  # command, file meta or directory groups inside a dataset: invalid there, dropped
+            st.note("X", tag)  # (the file meta is rebuilt; a reader would take these for a second meta)
+            continue
         raw = src_dict[tag_obj]
+        if type(raw) is RawDataElement and raw.VR is not None and raw.VR not in KNOWN_VRS:
+            # Garbage read as an element (a corrupt length upstream): written back, no reader could parse it.
+            raise InvalidInput(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has no valid VR", reason="unknown-vr")
         if type(raw) is RawDataElement and (raw.value is not None or raw.length == 0) and \
                 (raw.VR is not None or implicit) and raw.VR != "UN":  # UN: pydicom resolves the real VR
             raw_vr = raw.VR or _dictionary_vr(tag)
@@ -495,6 +506,8 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
     """
     tokens: set[str] = set()
 
+    encodings = getattr(ds, "_character_set", None) or [default_encoding]
+
     def walk(d: Dataset, depth: int) -> None:
         tags = plan.tags if depth == 0 else plan.nested
         for elem in d:
@@ -504,6 +517,13 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
                 for item in elem.value or []:
                     walk(item, depth + 1)
                 continue
+            value = elem.value
+            if isinstance(value, (bytes, bytearray)) and not (tag >> 16) & 1:
+                # A public text attribute stored as OB/UN (a VR the dictionary disagrees with): its text counts.
+                vr = _dictionary_vr(tag) or vr
+                if vr not in ("PN", "DA", "DT", "AE", *TEXT_VRS):
+                    continue
+                value = decode_bytes(bytes(value), encodings, {0x5C}).split("\\")
             action = tags.get(tag)
             if vr == "PN":
                 pass
@@ -515,7 +535,7 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
                     continue
             else:
                 continue
-            for v in _values(elem.value):
+            for v in _values(value):
                 text = str(v if v is not None else "")
                 if vr in ("DA", "DT"):
                     tokens.update(_date_forms(text))

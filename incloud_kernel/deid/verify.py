@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 import pydicom
 from pydicom import Dataset
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from incloud_kernel.deid.options import OPTIONS
 from incloud_kernel.deid.profile import CODE_TAGS, DUMMIES, plan_for
@@ -141,10 +141,13 @@ def source_candidates(ds: Dataset) -> list[Candidate]:
         if tag >> 16 == 0x0002 and tag != 0x00020003:
             continue  # file meta other than the instance UID is no identity
         kw = keyword_for_tag(tag) or ""
+        vr = elem.VR
+        if vr in ("OB", "UN") and kw and not (tag >> 16) & 1:  # a public attribute stored with a wrong VR
+            vr = dictionary_VR(tag) if len(dictionary_VR(tag)) == 2 else vr
         for s in _strings(elem.value):
             s = s.strip().strip("\x00").strip()
             if s:
-                out.append(Candidate(tag, elem.VR, s, bool((tag >> 16) & 1), "Birth" in kw))
+                out.append(Candidate(tag, vr, s, bool((tag >> 16) & 1), "Birth" in kw))
     return out
 
 
