@@ -55,13 +55,14 @@ OPTION_SETS = [(), SITE_DEFAULT, SITE_DEFAULT + ("clean_descriptors", "clean_str
 TABLE = load_table().rule_sets["basic_profile"].tags
 #: Public attributes the random part may use: single VR, not retired, not in the table (so kept: never planted
 #: there), not file meta / pixel module / character set / SOP identification (those decide what a file *is*).
+NOT_RANDOM_GROUPS = (0, 2, 4, 0x28, 0x7FE0)  # command, file meta, directory, pixel module, pixel data
 PUBLIC = sorted(
-    tag for tag, (vr, vm, _name, retired, kw) in DicomDictionary.items()
-    if kw and not retired and len(vr) == 2 and vr != "SQ" and tag not in TABLE and (tag >> 16) not in (0, 2, 4, 0x28, 0x7FE0)
+    tag for tag, (vr, _vm, _name, retired, kw) in DicomDictionary.items()
+    if kw and not retired and len(vr) == 2 and vr != "SQ" and tag not in TABLE and (tag >> 16) not in NOT_RANDOM_GROUPS
     and tag not in (0x00080005, 0x00080016, 0x00080018, 0x00200013) and not (tag >> 16) & 1
 )
 PUBLIC_SQ = sorted(tag for tag, (vr, _vm, _n, retired, kw) in DicomDictionary.items()
-                   if kw and not retired and vr == "SQ" and tag not in TABLE and (tag >> 16) not in (0, 2, 4, 0x28, 0x7FE0))
+                   if kw and not retired and vr == "SQ" and tag not in TABLE and (tag >> 16) not in NOT_RANDOM_GROUPS)
 ALL_VRS = ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW",
            "PN", "SH", "SL", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"]
 TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 -.,", max_size=40)

@@ -35,28 +35,40 @@ def _deid(src: pydicom.Dataset, options, tmp_path: Path) -> tuple[Path, Path]:
     return source, _write(out, tmp_path / "out" / "a.dcm")
 
 
-def test_surname_in_sequence_name_under_site_default_is_reported(tmp_path):
+def _sequence_name_case(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(source, output, leaky output): a surname typed into Sequence Name, which Table E.1-1 does not list; the
+    leaky output holds it as the de-identifier used to write it (kept, like every unlisted attribute)."""
     src = planted()
-    src.SequenceName = "Quixotic_tfl3d"  # a surname typed at the console; Sequence Name is not in Table E.1-1
+    src.SequenceName = "Quixotic_tfl3d"
     source, output = _deid(src, SITE_DEFAULT, tmp_path)
-    report = verify([output], [source])
-    where = [leak.where for leak in report.leaks]
-    assert "(0018,0024)" in where, [str(leak) for leak in report.leaks]
+    out = pydicom.dcmread(output)
+    out.SequenceName = "Quixotic_tfl3d"
+    return source, output, _write(out, tmp_path / "leaky" / "a.dcm")
+
+
+def test_surname_in_sequence_name_under_site_default_is_cut(tmp_path):
+    """The table keeps Sequence Name; the safety net cuts the patient's own name out of unlisted text."""
+    source, output, _ = _sequence_name_case(tmp_path)
+    assert pydicom.dcmread(output).SequenceName == "_tfl3d"
+    assert verify([output], [source]).leaks == []
+
+
+def test_verify_reports_a_surname_in_sequence_name(tmp_path):
+    source, _, leaky = _sequence_name_case(tmp_path)
+    report = verify([leaky], [source])
+    assert "(0018,0024)" in [leak.where for leak in report.leaks], [str(leak) for leak in report.leaks]
     assert all("Quixotic" not in str(leak) for leak in report.leaks + report.retained)
 
 
-def _cli_verify(src: pydicom.Dataset, tmp_path: Path):
-    """``incloud deid verify`` on ``src`` de-identified with the site default options."""
+def _cli_verify(output: Path, source: Path):
     from incloud_kernel.cli import cli
 
-    source, output = _deid(src, SITE_DEFAULT, tmp_path)
     return CliRunner().invoke(cli, ["deid", "verify", str(output), "--against", str(source)])
 
 
 def test_cli_verify_fails_on_the_sequence_name_surname(tmp_path):
-    src = planted()
-    src.SequenceName = "Quixotic_tfl3d"
-    result = _cli_verify(src, tmp_path)
+    source, _, leaky = _sequence_name_case(tmp_path)
+    result = _cli_verify(leaky, source)
     assert result.exit_code == 1, result.output
     assert "LEAK" in result.output and "(0018,0024)" in result.output and "0 leak(s)" not in result.output
     assert "quixotic" not in result.output.lower()
@@ -97,7 +109,8 @@ def test_a_value_retained_by_option_is_named_so_and_only_in_its_own_attribute(tm
 def test_cli_verify_lists_retained_values_apart_from_leaks(tmp_path):
     src = planted()
     src.StationName = "QXSCANNER01"
-    result = _cli_verify(src, tmp_path)
+    source, output = _deid(src, SITE_DEFAULT, tmp_path)
+    result = _cli_verify(output, source)
     assert result.exit_code == 0, result.output
     assert "RETAINED" in result.output and "retained by option retain_device_identity" in result.output
     assert " 0 leak(s)" in result.output and "qxscanner01" not in result.output.lower()
@@ -148,3 +161,17 @@ def test_generator_takes_the_strictest_type_of_an_iod_and_reads_1c_as_1(tmp_path
     built = gen_iod_types.build(data, {"00080080", "00081140", "00100020"})
     assert built["sop_classes"] == {"1.2.3": "toy-image"}
     assert built["iods"]["toy-image"] == {"top": {"00080080": "2"}, "nested": {"00080080": "1", "00081140": "2"}}
+
+
+def test_unlisted_text_loses_the_patients_words_only_as_whole_words(tmp_path):
+    """The safety net for text Table E.1-1 does not list cuts the patient's name and IDs as whole words, so that
+    technical values that merely contain the letters stay intact (they end up in BIDS sidecars)."""
+    src = planted()
+    src.PatientName = "Wei^Lin"
+    src.SequenceName = "weighted_se Lin"
+    src.ReceiveCoilName = "QX-778812-ZB coil"  # the Patient ID
+    src.TransmitCoilName = "Linear body"
+    source, output = _deid(src, SITE_DEFAULT, tmp_path)
+    out = pydicom.dcmread(output)
+    assert (out.SequenceName, out.ReceiveCoilName, out.TransmitCoilName) == ("weighted_se", "coil", "Linear body")
+    assert verify([output], [source]).leaks == []

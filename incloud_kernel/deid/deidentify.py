@@ -22,7 +22,7 @@ from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.errors import BurnedInText, InvalidInput
 from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.options import BASIC_PROFILE, OPTIONS
-from incloud_kernel.deid.profile import WalkState, apply, identity_tokens, make_scrubber, plan_for
+from incloud_kernel.deid.profile import WalkState, apply, identity_guard, identity_tokens, make_scrubber, plan_for
 from incloud_kernel.deid.table import load_table
 from incloud_kernel.deid.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -99,7 +99,8 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
             tokens_cache.append(make_scrubber(identity_tokens(ds, plan)))
         return tokens_cache[0](text)
 
-    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub)
+    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub,
+                      guard=identity_guard(ds, plan))  # the patient's names/IDs out of unlisted text
     new = apply(ds, state)
 
     if "SOPInstanceUID" not in new:  # only in the file meta: carry it into the dataset, mapped

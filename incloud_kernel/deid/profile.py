@@ -40,6 +40,7 @@ from incloud_kernel.deid.csa import clean_csa2
 from incloud_kernel.deid.dates import shift_da, shift_dt
 from incloud_kernel.deid.errors import InvalidInput
 from incloud_kernel.deid.options import OPTIONS, SAFE_PRIVATE_INDEX
+from incloud_kernel.deid.peek import peek_element
 from incloud_kernel.deid.table import load_iod_types, load_table, repeating_match
 from incloud_kernel.deid.uids import is_well_known
 
@@ -151,6 +152,8 @@ class WalkState:
     scrub: Callable[[str], str]
     changes: dict[str, set[str]] = field(default_factory=dict)
     in_clean_content: bool = False  # inside a sequence cleaned by Clean Structured Content
+    #: The patient's own identity words, cut out of text the table does not list (None: no such safety net).
+    guard: IdentityGuard | None = None
 
     def note(self, action: str, tag: int) -> None:
         self.changes.setdefault(action, set()).add(_tag_name(tag))
@@ -368,7 +371,9 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                 action = tags.get(tag, "K")
                 if action == "K":
                     if raw_vr not in ("SQ", "UI", "PN") and \
-                            not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS):
+                            not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS) and \
+                            not (st.guard is not None and raw_vr in TEXT_VRS and tag not in tags
+                                 and tag not in CODE_TAGS and st.guard.hit(raw.value)):
                         out_dict[tag_obj] = raw  # as Dataset.__setitem__ does for a public raw element
                         continue
                     if raw_vr == "UI" and tag not in tags and _class_uid_tag(tag):
@@ -430,6 +435,10 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                     out.add(_clean(elem, st, depth))
                     st.in_clean_content = saved
                 st.note(context, tag)
+            elif st.guard is not None and vr in TEXT_VRS and tag not in CODE_TAGS and not _is_empty(elem) and \
+                    (cut := st.guard.cut_element(elem)) is not None:
+                out.add(cut)  # the patient's own name or ID in text the table does not list (Sequence Name...)
+                st.note("C", tag)
             else:
                 out.add(elem)
             continue
@@ -506,8 +515,6 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
     """
     tokens: set[str] = set()
 
-    encodings = getattr(ds, "_character_set", None) or [default_encoding]
-
     def walk(d: Dataset, depth: int) -> None:
         tags = plan.tags if depth == 0 else plan.nested
         for elem in d:
@@ -523,7 +530,6 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
                 vr = _dictionary_vr(tag) or vr
                 if vr not in ("PN", "DA", "DT", "AE", *TEXT_VRS):
                     continue
-                value = decode_bytes(bytes(value), encodings, {0x5C}).split("\\")
             action = tags.get(tag)
             if vr == "PN":
                 pass
@@ -531,21 +537,114 @@ def identity_tokens(ds: Dataset, plan: Plan) -> set[str]:
                 if not ("Birth" in _tag_name(tag) or (action not in (None, "K") and tag not in plan.retained)):
                     continue
             elif vr in TEXT_VRS or vr == "AE":
-                if action not in ("X", "Z", "D", "U") or tag >> 16 & 1:
+                if action not in ("X", "Z", "D", "U") or tag >> 16 & 1 or tag in DESCRIPTOR_TAGS:
                     continue
             else:
                 continue
-            for v in _values(value):
-                text = str(v if v is not None else "")
-                if vr in ("DA", "DT"):
-                    tokens.update(_date_forms(text))
-                else:
-                    tokens.update(_text_tokens(text.replace("^", " ").replace("=", " ")))
-                    tokens.add(text.strip())
+            _add_tokens(tokens, vr, value, ds)
 
     walk(ds, 0)
     tokens.discard("")
     return tokens
+
+
+#: Descriptors (the Clean Descriptors / Clean Structured Content columns): free-text containers. Their words are
+#: not identities in themselves (a series description "T1 MPRAGE" is not a person); identities are cut from them.
+DESCRIPTOR_TAGS = frozenset(t for key in ("clean_descriptors", "clean_structured_content")
+                            for t, a in load_table().rule_sets[key].tags.items() if a == "C")
+#: The patient's own identifiers besides names: Accession Number, Admission ID, and the Patient group (0010).
+_GUARD_GROUPS = (0x0010,)
+_GUARD_TAGS = frozenset({0x00080050, 0x00380010})
+
+
+class IdentityGuard:
+    """The patient's names, identifiers and birth date, cut (as whole words) out of text the table does not list.
+
+    Why: Table E.1-1 keeps every attribute it does not list, and some of those are free text typed at the console
+    (Sequence Name, coil and software names): a surname put there would pass through. Code items (value, scheme,
+    meaning) are coded concepts, not typed text, and are left alone. Built from the top level
+    of the instance without converting its elements (the fast path copies raw elements); whole-word matching
+    (letters and digits around a word stop it) so that technical values ("Head_32", "T2 weighted") are not cut up
+    by chance substrings.
+    """
+
+    def __init__(self, tokens: set[str]) -> None:
+        words = sorted((t for t in tokens if len(t) >= 3 and not (t.isdigit() and len(t) < 4)), key=len,
+                       reverse=True)
+        self.words = tuple(words)
+        self._text, self._raw = _guard_patterns(self.words)
+
+    def hit(self, raw: bytes) -> bool:
+        """True if the stored bytes may hold an identity word (non-ASCII text is always checked decoded)."""
+        if self._raw is None or not raw:
+            return False
+        return not raw.isascii() or self._raw.search(raw) is not None
+
+    def cut_element(self, elem: DataElement) -> DataElement | None:
+        """``elem`` with the identity words cut out, or None when it holds none."""
+        if self._text is None:
+            return None
+        values = _values(elem.value)
+        cut = [self._cut(str(v)) if v is not None else v for v in values]
+        if cut == [v if v is None else str(v) for v in values]:
+            return None
+        return DataElement(elem.tag, elem.VR, cut if len(cut) > 1 else cut[0])
+
+    def _cut(self, text: str) -> str:
+        return re.sub(r"\s{2,}", " ", self._text.sub("", text)).strip()
+
+
+@lru_cache(maxsize=256)
+def _guard_patterns(words: tuple[str, ...]) -> tuple[re.Pattern | None, re.Pattern | None]:
+    """(text pattern, ASCII bytes pattern) matching any of ``words`` as a whole word, case-insensitive."""
+    if not words:
+        return None, None
+    text = re.compile(r"(?<![^\W_])(?:" + "|".join(re.escape(w) for w in words) + r")(?![^\W_])", re.IGNORECASE)
+    ascii_words = [w.encode("ascii") for w in words if w.isascii()]
+    raw = re.compile(rb"(?<![A-Za-z0-9])(?:" + b"|".join(re.escape(w) for w in ascii_words) + rb")(?![A-Za-z0-9])",
+                     re.IGNORECASE) if ascii_words else re.compile(rb"(?!x)x")
+    return text, raw
+
+
+def identity_guard(ds: Dataset, plan: Plan) -> IdentityGuard:
+    """The guard of one instance: every Person Name at its top level, the patient's identifiers the plan removes
+    or replaces (Patient group, Accession Number, Admission ID) and the birth date; read without conversion."""
+    tokens: set[str] = set()
+    for tag, raw in ds._dict.items():  # noqa: SLF001 - peeked, never converted in place
+        tag = int(tag)
+        if (tag >> 16) & 1:
+            continue
+        vr = (raw.VR if raw.VR not in (None, "UN", "OB") else None) or _dictionary_vr(tag)
+        if vr == "PN":
+            pass
+        elif vr in ("DA", "DT"):
+            if "Birth" not in _tag_name(tag):
+                continue
+        elif vr in TEXT_VRS:
+            if not ((tag >> 16) in _GUARD_GROUPS or tag in _GUARD_TAGS) or tag in plan.retained or \
+                    plan.tags.get(tag) not in ("X", "Z", "D", "U"):
+                continue
+        else:
+            continue
+        elem = peek_element(ds, tag)
+        if elem is not None:
+            _add_tokens(tokens, vr, elem.value, ds)
+    tokens.discard("")
+    return IdentityGuard(tokens)
+
+
+def _add_tokens(tokens: set[str], vr: str, value: object, ds: Dataset) -> None:
+    """Add the tokens of one element's value (see ``identity_tokens``); bytes are decoded in ``ds``'s charset."""
+    if isinstance(value, (bytes, bytearray)):
+        encodings = getattr(ds, "_character_set", None) or [default_encoding]
+        value = decode_bytes(bytes(value), encodings, {0x5C}).split("\\")
+    for v in _values(value):
+        text = str(v if v is not None else "")
+        if vr in ("DA", "DT"):
+            tokens.update(_date_forms(text))
+        else:
+            tokens.update(_text_tokens(text.replace("^", " ").replace("=", " ")))
+            tokens.add(text.strip())
 
 
 def make_scrubber(tokens: set[str]) -> Callable[[str], str]:

@@ -28,9 +28,8 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from incloud_kernel.deid.options import OPTIONS
-from incloud_kernel.deid.profile import CODE_TAGS, DUMMIES, plan_for
+from incloud_kernel.deid.profile import CODE_TAGS, DESCRIPTOR_TAGS, DUMMIES, plan_for
 from incloud_kernel.deid.runner import enumerate_jobs
-from incloud_kernel.deid.table import load_table
 
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "DS", "IS", "SV", "UV", "AT", "OF", "OD", "OL", "OV"})
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -40,10 +39,7 @@ RAW_LEN = 8  # values at least this long are searched in the raw file bytes
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
 _PN_SPLIT = re.compile(r"[^0-9A-Za-z\u00C0-\uFFFF]+")  # name components: split at anything not a letter/digit
 CODE_TO_OPTION = {o.code: name for name, o in OPTIONS.items()}
-#: Descriptors (what Clean Descriptors / Clean Structured Content clean): free-text containers, not identities in
-#: themselves (a study description "BRAIN" is not a person); the identities inside them are searched for.
-DESCRIPTORS = frozenset(t for key in ("clean_descriptors", "clean_structured_content")
-                        for t, a in load_table().rule_sets[key].tags.items() if a == "C")
+DESCRIPTORS = DESCRIPTOR_TAGS  # searched for identities, not identities themselves (see profile)
 #: Coded and product values the profile keeps by design: code items (value, scheme, meaning...), the coding
 #: scheme's own description, the scanner's make and model. A match there is a *coincidence* only when the output
 #: holds exactly a value the same attribute had in the sources (a test file's "PATIENT" plan intent vs a name
