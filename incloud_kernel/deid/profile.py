@@ -31,7 +31,7 @@ from typing import Callable
 from pydicom import Dataset
 from pydicom.charset import decode_bytes, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.valuerep import VR
@@ -555,6 +555,12 @@ DESCRIPTOR_TAGS = frozenset(t for key in ("clean_descriptors", "clean_structured
 #: The patient's own identifiers besides names: Accession Number, Admission ID, and the Patient group (0010).
 _GUARD_GROUPS = (0x0010,)
 _GUARD_TAGS = frozenset({0x00080050, 0x00380010})
+#: Every public tag the guard may read (dictionary PN, Patient group text, birth dates...): a set intersection
+#: with the dataset's tags finds them without looking at the others.
+_GUARD_CANDIDATES = frozenset(
+    tag for tag, (vr, _vm, _name, _retired, kw) in DicomDictionary.items()
+    if not (tag >> 16) & 1 and (vr == "PN" or tag in _GUARD_TAGS or ((tag >> 16) in _GUARD_GROUPS and vr in TEXT_VRS)
+                                or ("Birth" in kw and vr in ("DA", "DT"))))
 
 
 class IdentityGuard:
@@ -569,8 +575,8 @@ class IdentityGuard:
     """
 
     def __init__(self, tokens: set[str]) -> None:
-        words = sorted((t for t in tokens if len(t) >= 3 and not (t.isdigit() and len(t) < 4)), key=len,
-                       reverse=True)
+        words = sorted((t for t in tokens if len(t) >= 3 and not (t.isdigit() and len(t) < 4)
+                        and any(c.isalnum() for c in t)), key=len, reverse=True)
         self.words = tuple(words)
         self._text, self._raw = _guard_patterns(self.words)
 
@@ -610,10 +616,9 @@ def identity_guard(ds: Dataset, plan: Plan) -> IdentityGuard:
     """The guard of one instance: every Person Name at its top level, the patient's identifiers the plan removes
     or replaces (Patient group, Accession Number, Admission ID) and the birth date; read without conversion."""
     tokens: set[str] = set()
-    for tag, raw in ds._dict.items():  # noqa: SLF001 - peeked, never converted in place
-        tag = int(tag)
-        if (tag >> 16) & 1:
-            continue
+    src = ds._dict  # noqa: SLF001 - peeked, never converted in place
+    for tag in sorted(src.keys() & _GUARD_CANDIDATES):
+        raw = src[tag]
         vr = (raw.VR if raw.VR not in (None, "UN", "OB") else None) or _dictionary_vr(tag)
         if vr == "PN":
             pass
@@ -653,7 +658,8 @@ def make_scrubber(tokens: set[str]) -> Callable[[str], str]:
     Words are cut even inside longer words ("Quixotic" out of "Quixotic_tfl3d"): removing a little too much is
     safe, keeping a name is not. Tokens under 3 characters, and numbers under 4 digits, are too common to cut.
     """
-    words = sorted((t for t in tokens if len(t) >= 3 and not (t.isdigit() and len(t) < 4)), key=len, reverse=True)
+    words = sorted((t for t in tokens if len(t) >= 3 and not (t.isdigit() and len(t) < 4)
+                    and any(c.isalnum() for c in t)), key=len, reverse=True)
     if not words:
         return lambda text: text
     pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
