@@ -175,3 +175,20 @@ def test_unlisted_text_loses_the_patients_words_only_as_whole_words(tmp_path):
     out = pydicom.dcmread(output)
     assert (out.SequenceName, out.ReceiveCoilName, out.TransmitCoilName) == ("weighted_se", "coil", "Linear body")
     assert verify([output], [source]).leaks == []
+
+
+def test_a_coded_value_equal_to_its_own_source_value_is_a_listed_coincidence_not_a_leak(tmp_path):
+    """A vendor's phantom whose institution is the manufacturer: the kept Manufacturer is not a leak of the
+    institution, but it is listed; the same words in a non-coded kept attribute are a leak."""
+    src = planted()
+    src.InstitutionName = src.Manufacturer = "Zyxworth Systems"
+    source, output = _deid(src, SITE_DEFAULT, tmp_path)
+    report = verify([output], [source])
+    assert report.leaks == []
+    assert [(c.where, c.source_attribute) for c in report.coincidences] == [("(0008,0070)", "InstitutionName")]
+    result = _cli_verify(output, source)
+    assert "CODED" in result.output and "1 coded coincidence(s)" in result.output, result.output
+    out = pydicom.dcmread(output)
+    out.SoftwareVersions = "Zyxworth Systems"
+    report = verify([_write(out, tmp_path / "leaky" / "a.dcm")], [source])
+    assert ("(0018,1020)", "InstitutionName") in {(leak.where, leak.source_attribute) for leak in report.leaks}
