@@ -21,5 +21,6 @@ if [ "${1:-}" = "--keep-pins" ]; then PINS=(-c "$REPO/constraints.txt"); fi
   echo "# Regenerate: scripts/lock.sh"
   "$TMP/venv/bin/pip" freeze --exclude incloud --exclude pip --exclude setuptools --exclude wheel | LC_ALL=C sort -f
 } > "$TMP/constraints.txt"
-mv "$TMP/constraints.txt" "$REPO/constraints.txt"
-echo "wrote $REPO/constraints.txt ($(grep -vc '^#' "$REPO/constraints.txt") pins)"
+OUT=${LOCK_OUT:-$REPO/constraints.txt}  # LOCK_OUT=FILE: write elsewhere (to compare)
+mv "$TMP/constraints.txt" "$OUT"
+echo "wrote $OUT ($(grep -vc "^#" "$OUT") pins)"

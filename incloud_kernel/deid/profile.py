@@ -19,7 +19,11 @@ Beyond the table (safety nets, stricter than the standard requires):
 - a PN element the table does not list is treated as D; a UI element the table does not list is mapped (U)
   unless it is a registered UID of the standard or a ``...ClassUID``;
 - inside a sequence whose action is D (e.g. Content Sequence), free-text values the table does not list
-  (Text Value...) become dummies; inside one whose action is C (Clean Structured Content) they are cleaned.
+  (Text Value...) become dummies; inside one whose action is C (Clean Structured Content) they are cleaned;
+- elsewhere, text the table does not list (Sequence Name...) loses the patient's own names and IDs
+  (``IdentityGuard``);
+- an element with no valid VR refuses the file (``InvalidInput``); command/meta group elements in a dataset
+  are dropped.
 """
 from __future__ import annotations
 
