@@ -7,6 +7,8 @@
 # Usage: scripts/lock.sh [--keep-pins]   (--keep-pins: install with the current constraints.txt, i.e. only add
 # pins for packages that are new in pyproject.toml). Review the diff, run the tests, commit.
 # It never touches the platform venv (/opt/incloud/venv) and never installs outside its temporary folder.
+# LOCK_OUT=FILE writes FILE instead of constraints.txt. Checked: `LOCK_OUT=/tmp/c.txt scripts/lock.sh --keep-pins`
+# gives the committed pins exactly (215 packages).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d)
@@ -14,8 +16,8 @@ trap 'rm -rf "$TMP"' EXIT
 PINS=()
 if [ "${1:-}" = "--keep-pins" ]; then PINS=(-c "$REPO/constraints.txt"); fi
 /usr/bin/python3 -m venv "$TMP/venv"
-"$TMP/venv/bin/pip" install -q -U pip wheel setuptools
-"$TMP/venv/bin/pip" install -q "${PINS[@]}" "$REPO[hub,test]"
+"$TMP/venv/bin/pip" install -q -U pip wheel setuptools 2>&1 | { grep -v '^WARNING: Location' || true; }
+"$TMP/venv/bin/pip" install -q "${PINS[@]}" "$REPO[hub,test]" 2>&1 | { grep -v '^WARNING: Location' || true; }
 {
   echo "# Pinned versions that work together (pip freeze of the platform venv, /usr/bin/python3 $(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'), $(. /etc/os-release; echo "$NAME" | cut -d' ' -f1) $(. /etc/os-release; echo "$VERSION_ID"))."
   echo "# Regenerate: scripts/lock.sh"
