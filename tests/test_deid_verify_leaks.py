@@ -192,3 +192,17 @@ def test_a_coded_value_equal_to_its_own_source_value_is_a_listed_coincidence_not
     out.SoftwareVersions = "Zyxworth Systems"
     report = verify([_write(out, tmp_path / "leaky" / "a.dcm")], [source])
     assert ("(0018,1020)", "InstitutionName") in {(leak.where, leak.source_attribute) for leak in report.leaks}
+
+
+def test_the_patients_name_in_a_nested_code_meaning_is_cut_and_the_coded_parts_stay(tmp_path):
+    """A procedure code whose meaning was typed with the patient's name (Procedure Code Sequence is not in Table
+    E.1-1, so it is kept): the guard cuts the name from the Code Meaning; Code Value and scheme stay as coded."""
+    src = planted()
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "MRHEAD", "99LOCAL"
+    item.CodeMeaning = f"MR head {NAME.split('^')[0]}"
+    src.ProcedureCodeSequence = [item]
+    source, output = _deid(src, SITE_DEFAULT, tmp_path)
+    (out,) = pydicom.dcmread(output).ProcedureCodeSequence
+    assert (out.CodeValue, out.CodingSchemeDesignator, out.CodeMeaning) == ("MRHEAD", "99LOCAL", "MR head")
+    assert verify([output], [source]).leaks == []

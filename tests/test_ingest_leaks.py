@@ -4,11 +4,10 @@ with an extra field-map series go through storescu -> Orthanc -> the ingest work
 archived or quarantined, and no planted value and no original UID is anywhere under the site folder (archive,
 database, spool, Orthanc's storage and index, logs) outside the quarantine, nor in the database rows.
 
-Two faults outside the ingest chain are known and named precisely (the test is an expected failure while they
-remain, and fails on any other leak): the de-identifier keeps SequenceName and ProcedureCodeSequence/CodeMeaning
-(neither is in the generated E.1-1 table) with the patient's name in them, so they reach the archived DICOM and
-dcm2niix's sidecars; and Orthanc's SQLite index keeps the identities and original UIDs of deleted studies in
-its free pages and write-ahead log.
+One fault outside the ingest chain is known and named precisely (the test is an expected failure while it
+remains, and fails on any other leak): Orthanc's SQLite index keeps the identities and original UIDs of deleted
+studies in its free pages and write-ahead log. (The de-identifier's identity guard now cuts the patient's name
+from SequenceName and a nested CodeMeaning, which Table E.1-1 keeps.)
 """
 from __future__ import annotations
 
@@ -31,17 +30,12 @@ from test_ingest_orthanc import (  # noqa: F401 - the edge fixture
     wait_for,
 )
 
-#: Words of PatientName planted into SequenceName and a nested CodeMeaning, which the de-identifier keeps today.
-KEPT_BY_DEID = {"*tfl_quenzelmark", "quenzelmark", "ottiline", "quenzelmark ottiline"}
-
 
 def known_fault(leak: Leak, home: Path) -> str | None:
     """Which known fault outside the ingest chain a leak is, or None (then it fails the test)."""
     rel = Path(leak.path).relative_to(home) if leak.path.startswith(str(home)) else Path(leak.path)
     if rel.parts[:3] == ("spool", "orthanc", "index"):
         return "Orthanc's SQLite index keeps deleted studies' values (free pages, WAL)"
-    if leak.needle in KEPT_BY_DEID and rel.suffix in (".dcm", ".json") and rel.parts[0] in ("archive", "spool"):
-        return "de-identifier keeps SequenceName / ProcedureCodeSequence CodeMeaning"
     return None
 
 

@@ -65,6 +65,9 @@ KNOWN_VRS = frozenset(v.value for v in VR)
 #: Code items (Code Value, Coding Scheme Designator/Version, Code Meaning...) are coded concepts, not identity.
 CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080105, 0x00080106, 0x00080107,
                        0x00080119, 0x00080120, 0x0040A040, 0x0040A010})
+#: What the identity guard never cuts: the code item's coded parts. Code Meaning is read by people and typed at
+#: consoles (a procedure code's meaning can carry the patient's name), so the guard does look at it.
+GUARD_EXEMPT = CODE_TAGS - {0x00080104}
 DUMMY_TEXT = "ANONYMOUS"
 DUMMIES: dict[str, object] = {
     "AE": "ANON", "AS": "000Y", "CS": "ANONYMOUS", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
@@ -377,7 +380,7 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                     if raw_vr not in ("SQ", "UI", "PN") and \
                             not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS) and \
                             not (st.guard is not None and raw_vr in TEXT_VRS and tag not in tags
-                                 and tag not in CODE_TAGS and st.guard.hit(raw.value)):
+                                 and tag not in GUARD_EXEMPT and st.guard.hit(raw.value)):
                         out_dict[tag_obj] = raw  # as Dataset.__setitem__ does for a public raw element
                         continue
                     if raw_vr == "UI" and tag not in tags and _class_uid_tag(tag):
@@ -439,7 +442,7 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                     out.add(_clean(elem, st, depth))
                     st.in_clean_content = saved
                 st.note(context, tag)
-            elif st.guard is not None and vr in TEXT_VRS and tag not in CODE_TAGS and not _is_empty(elem) and \
+            elif st.guard is not None and vr in TEXT_VRS and tag not in GUARD_EXEMPT and not _is_empty(elem) and \
                     (cut := st.guard.cut_element(elem)) is not None:
                 out.add(cut)  # the patient's own name or ID in text the table does not list (Sequence Name...)
                 st.note("C", tag)
@@ -571,8 +574,8 @@ class IdentityGuard:
     """The patient's names, identifiers and birth date, cut (as whole words) out of text the table does not list.
 
     Why: Table E.1-1 keeps every attribute it does not list, and some of those are free text typed at the console
-    (Sequence Name, coil and software names): a surname put there would pass through. Code items (value, scheme,
-    meaning) are coded concepts, not typed text, and are left alone. Built from the top level
+    (Sequence Name, coil and software names): a surname put there would pass through. Code items' coded parts
+    (value, scheme, version) are left alone; their Code Meaning is text people read and is guarded. Built from the top level
     of the instance without converting its elements (the fast path copies raw elements); whole-word matching
     (letters and digits around a word stop it) so that technical values ("Head_32", "T2 weighted") are not cut up
     by chance substrings.
