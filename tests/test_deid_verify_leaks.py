@@ -206,3 +206,25 @@ def test_the_patients_name_in_a_nested_code_meaning_is_cut_and_the_coded_parts_s
     (out,) = pydicom.dcmread(output).ProcedureCodeSequence
     assert (out.CodeValue, out.CodingSchemeDesignator, out.CodeMeaning) == ("MRHEAD", "99LOCAL", "MR head")
     assert verify([output], [source]).leaks == []
+
+
+def test_a_code_meaning_is_excused_only_for_words_its_own_source_had(tmp_path):
+    """The guard cuts the patient's name from a Code Meaning; what is left ("Observer type") is the source code's
+    own words, which here match a nested observer's name: a listed coincidence, not a leak (pydicom's test-SR has
+    the same). A Code Meaning that gained a word of another identity is a leak."""
+    src = planted()
+    src.OperatorsName = "Kettleby^Rita"
+    observer = pydicom.Dataset()
+    observer.VerifyingObserverName = "Observer^Verifying"  # nested: the guard reads top-level names only
+    src.VerifyingObserverSequence = [observer]
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "X1", "99LOCAL"
+    item.CodeMeaning = f"Observer type {NAME.split('^')[0]}"
+    src.ProcedureCodeSequence = [item]
+    source, output = _deid(src, SITE_DEFAULT, tmp_path)
+    assert pydicom.dcmread(output).ProcedureCodeSequence[0].CodeMeaning == "Observer type"
+    assert verify([output], [source]).leaks == []
+    out = pydicom.dcmread(output)
+    out.ProcedureCodeSequence[0].CodeMeaning = "Observer type Rita"
+    report = verify([_write(out, tmp_path / "leaky" / "a.dcm")], [source])
+    assert "(0008,0104)" in [leak.where.split(".")[-1] for leak in report.leaks]
