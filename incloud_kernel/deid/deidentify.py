@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaSto
 from incloud_kernel.deid.burned_in import burned_in_reason
 from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.errors import BurnedInText, InvalidInput
+from incloud_kernel.deid.groups import apply_in_bulk
 from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.options import BASIC_PROFILE, OPTIONS
 from incloud_kernel.deid.profile import TEXT_VRS, WalkState, apply, make_scrubber, plan_for
@@ -128,7 +129,7 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         return tokens_cache[0](text)
 
     state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub)
-    new = apply(ds, state)
+    new = apply_in_bulk(ds, apply, state, plan.tags)  # = apply(ds, state), faster
 
     if "SOPInstanceUID" not in new:  # only in the file meta: carry it into the dataset, mapped
         new.SOPInstanceUID = context.map_uid(_sop_value(ds, "SOPInstanceUID"))
