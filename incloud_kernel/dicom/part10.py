@@ -130,24 +130,38 @@ def write_file(path: Path | str, chunks: Iterable[Chunk], mode: int = 0o666) -> 
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        pending: list[memoryview] = []
+        pending: list = []
         for chunk in chunks:
             if isinstance(chunk, FileRange):
                 _writev_all(fd, pending)
                 pending = []
                 _copy_range(chunk, fd)
-            elif len(chunk):
-                pending.append(memoryview(chunk).cast("B"))
+            else:
+                pending.append(chunk)
         _writev_all(fd, pending)
     finally:
         os.close(fd)
 
 
-def _writev_all(fd: int, views: list[memoryview]) -> None:
+def _writev_all(fd: int, buffers: list) -> None:
+    """Write the buffers in order; small ones are joined first (one copy is cheaper than many iovecs)."""
+    views: list[memoryview] = []
+    small: list = []
+    for buf in buffers:
+        view = memoryview(buf)
+        if view.nbytes < 65536:
+            small.append(buf)
+            continue
+        if small:
+            views.append(memoryview(b"".join(small)))
+            small = []
+        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    if small:
+        views.append(memoryview(b"".join(small)))
     while views:
         done = os.writev(fd, views[:1024])  # IOV_MAX
-        while views and done >= len(views[0]):
-            done -= len(views[0])
+        while views and done >= views[0].nbytes:
+            done -= views[0].nbytes
             views.pop(0)
         if views and done:
             views[0] = views[0][done:]
