@@ -88,7 +88,7 @@ def check_instance(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MediaStorageDirectoryStorage:
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
-    if 0x00041220 in ds._dict:  # noqa: SLF001 - Directory Record Sequence, looked up without conversion
+    if 0x00041220 in ds:  # Directory Record Sequence (``in`` converts nothing)
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if not _sop_value(ds, keyword):
@@ -151,7 +151,6 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
     meta = FileMetaDataset()
     sop_class = peek(new, 0x00080016)
     sop_instance = peek(new, 0x00080018)
-    meta_dict = meta._dict  # noqa: SLF001 - raw elements (explicit VR LE), converted on access
     for tag, vr, value in ((0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
                            (0x00020003, "UI", sop_instance), (0x00020010, "UI", _transfer_syntax(ds)),
                            (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
@@ -159,9 +158,9 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         data = value if isinstance(value, bytes) else str(value).encode("ascii", "replace")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        meta_dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+        meta[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)  # as read
     if src_meta is not None:
-        for tag in src_meta._dict:  # noqa: SLF001 - tags only: the values are not needed (nor converted)
+        for tag in src_meta.keys():  # tags only: the values are not needed (nor converted)
             tag = int(tag)
             if tag not in (0x00020000, 0x00020001, 0x00020002, 0x00020010):
                 state.note("U" if tag == 0x00020003 else "X" if tag not in (0x00020012, 0x00020013) else "D", tag)

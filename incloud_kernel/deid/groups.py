@@ -31,6 +31,7 @@ from incloud_kernel.dicom import part10
 #: Shared Functional Groups Sequence and Per-frame Functional Groups Sequence (PS3.3 C.7.6.16).
 FUNCTIONAL_GROUPS = frozenset({0x52009229, 0x52009230})
 _CHARSET = 0x00080005
+_GROUP_TAG_BYTES = (b"\x00\x52\x29\x92", b"\x00\x52\x30\x92")  # the two tags as stored (little endian)
 #: VRs whose values the profile can only keep, empty or remove: never read to decide (pixel data and the like).
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV"})
 
@@ -74,10 +75,10 @@ class _Bulk:
             if vr == "SQ" or undefined:
                 seq = rawseq.RawSequence(self.stored(span), implicit, self.encoding, undefined)
                 sequences[tag] = seq
+                # Stored directly: Dataset.__setitem__ walks a sequence's items (pixel representation), parsing it.
                 mini._dict[tag_obj] = DataElement(tag_obj, "SQ", seq, is_undefined_length=undefined)  # noqa: SLF001
             else:
-                mini._dict[tag_obj] = RawDataElement(tag_obj, vr, length, value[start:end], start,  # noqa: SLF001
-                                                     implicit, True)
+                mini[tag_obj] = RawDataElement(tag_obj, vr, length, value[start:end], start, implicit, True)
         mini.set_original_encoding(implicit, True, self.char_set)
         return mini, sequences
 
@@ -86,8 +87,7 @@ class _Bulk:
         without opening them)."""
         mini, sequences = self.mini(spans)
         result = self.apply(mini, self.state, 1, "")
-        unopened = {tag for tag, seq in sequences.items()
-                    if seq._raw is not None and tag not in result._dict}  # noqa: SLF001
+        unopened = {tag for tag, seq in sequences.items() if not seq.parsed and tag not in result}
         return writer.encode_each(result, self.implicit, self.writer_encoding), unopened
 
     def private_unit(self, spans: list[rawseq.Span]) -> list[tuple[int, bytes]]:
@@ -130,7 +130,7 @@ class _Bulk:
         if len(spans) > 1 and all(self._one_item(span) for span in spans):
             batch = Dataset(parent_encoding=self.encoding)
             seq = rawseq.RawSequence(b"".join(self.stored(span) for span in spans), implicit, self.encoding, True)
-            batch._dict[BaseTag(tag)] = DataElement(BaseTag(tag), "SQ", seq, is_undefined_length=True)  # noqa: SLF001
+            batch._dict[BaseTag(tag)] = DataElement(BaseTag(tag), "SQ", seq, is_undefined_length=True)  # noqa: SLF001 - see mini()
             batch.set_original_encoding(implicit, True, self.char_set)
             result = self.apply(batch, self.state, 1, "").get(tag)
             if result is None:
@@ -217,7 +217,7 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
     sequence goes through ``apply`` itself. A deferred value is decided by ``apply`` on a zero-length stand-in
     with the same tag and VR: kept (the stand-in comes back) means the deferred original is kept.
     """
-    elements = ds._dict  # noqa: SLF001 - looked at without converting anything
+    elements = {tag: ds.get_item(tag, keep_deferred=True) for tag in ds.keys()}  # as stored: nothing converted
     bulk = [tag for tag in FUNCTIONAL_GROUPS if tag in elements and is_bulk_candidate(elements[tag])
             and plan_tags.get(tag, "K") == "K"]
     raws = {tag: elements[tag] for tag in bulk}  # taken now: cleaning free text may convert ds's elements in place
@@ -230,10 +230,9 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
     rest = Dataset({tag: stand_ins.get(tag, elem) for tag, elem in elements.items() if int(tag) not in bulk})
     rest.set_original_encoding(implicit, little, ds.original_character_set)
     new = apply(rest, state, 0, "")
-    new_elements = new._dict  # noqa: SLF001
     for tag, stand_in in stand_ins.items():
-        if new_elements.get(tag) is stand_in:
-            new_elements[tag] = deferred[tag]  # kept: the original, still deferred (copied file to file)
+        if tag in new and new.get_item(tag, keep_deferred=True) is stand_in:
+            new[tag] = deferred[tag]  # kept: the original, still deferred (copied file to file)
     if not bulk:
         return new
     char_set = ds._character_set  # noqa: SLF001 - what pydicom passes to items as their parent encoding
@@ -275,10 +274,12 @@ def read_dataset(fp: BinaryIO, buf: bytes, implicit: bool, defer_size: int | Non
             return True
         return False
 
+    # Most files have no functional groups: then pydicom reads without a callback per element.
+    stop = stop_at_groups if any(buf.find(tag) >= 0 for tag in _GROUP_TAG_BYTES) else None
     while True:
-        part = pydicom_read_dataset(fp, implicit, True, stop_when=stop_at_groups, defer_size=defer_size,
+        part = pydicom_read_dataset(fp, implicit, True, stop_when=stop, defer_size=defer_size,
                                     parent_encoding=encoding)
-        elements.update(part._dict)  # noqa: SLF001 - raw elements as read
+        elements.update((tag, part.get_item(tag, keep_deferred=True)) for tag in part.keys())  # as read
         if char_set is None:
             char_set = part.original_character_set
             encoding = part._character_set  # noqa: SLF001 - what pydicom passes on to later elements

@@ -35,7 +35,7 @@ def peek_element(ds: Dataset, keyword: str | int) -> DataElement | None:
     tag = _tag(keyword) if isinstance(keyword, str) else keyword
     if tag is None:
         return None
-    elem = ds._dict.get(tag)  # noqa: SLF001 - the raw form is what we must not lose
+    elem = ds.get_item(tag, keep_deferred=True)  # the raw form is what we must not lose
     if elem is None:
         return None
     if type(elem) is RawDataElement and (elem.value is not None or elem.length == 0):
@@ -50,7 +50,7 @@ def peek(ds: Dataset, keyword: str | int, default: Any = None) -> Any:
     (as pydicom would return them: stripped of padding); anything else is converted by pydicom.
     """
     tag = _tag(keyword) if isinstance(keyword, str) else keyword
-    raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    raw = ds.get_item(tag, keep_deferred=True) if tag is not None else None
     if raw is None and tag is not None:
         return default
     if type(raw) is RawDataElement and raw.is_little_endian and raw.value is not None:
@@ -69,7 +69,7 @@ def peek(ds: Dataset, keyword: str | int, default: Any = None) -> Any:
 def raw_length(ds: Dataset, keyword: str | int) -> int | None:
     """The stored value length in bytes without reading or converting the value (None: absent/undefined)."""
     tag = _tag(keyword) if isinstance(keyword, str) else keyword
-    elem = ds._dict.get(tag)  # noqa: SLF001
+    elem = ds.get_item(tag, keep_deferred=True)
     if elem is None:
         return None
     if type(elem) is RawDataElement:

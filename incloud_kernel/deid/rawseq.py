@@ -169,6 +169,11 @@ class RawSequence(Sequence):
         self.is_undefined_length = undefined_length
 
     @property
+    def parsed(self) -> bool:
+        """Whether anything has looked into the items yet."""
+        return self._raw is None
+
+    @property
     def _list(self) -> list:  # type: ignore[override]
         if self._raw is not None:
             raw, self._raw = self._raw, None

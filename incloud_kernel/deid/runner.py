@@ -195,7 +195,6 @@ def _parse_part10(data: bytes | mmap.mmap, path: str | None = None) -> pydicom.F
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
     meta = FileMetaDataset()
-    raw_meta = meta._dict  # noqa: SLF001 - raw elements, converted on access as dcmread's would be
     pos, size = 132, len(data)
     while pos + 8 <= size:
         group, element, vr = _EXPLICIT_META.unpack_from(data, pos)
@@ -215,9 +214,9 @@ def _parse_part10(data: bytes | mmap.mmap, path: str | None = None) -> pydicom.F
         if length == 0xFFFFFFFF or start + length > size:
             return None
         tag = BaseTag((group << 16) | element)
-        raw_meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)
+        meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)  # as read
         pos = start + length
-    ts_elem = raw_meta.get(0x00020010)
+    ts_elem = meta.get_item(0x00020010)
     if ts_elem is None:
         return None
     ts = ts_elem.value.decode("ascii", "replace").strip(" \x00")
@@ -275,7 +274,7 @@ def _read(job: Job) -> pydicom.FileDataset:
     if "PixelData" in ds:
         expected = _native_pixel_length(ds)
         try:
-            raw = ds._dict[PIXEL_DATA]  # noqa: SLF001 - kept raw: copied to the output as read
+            raw = ds.get_item(PIXEL_DATA, keep_deferred=True)  # kept raw (or deferred): copied as read
             if type(raw) is RawDataElement and raw.value is not None:
                 actual = len(raw.value)
             elif type(raw) is RawDataElement and raw.length != 0xFFFFFFFF and size is not None:
