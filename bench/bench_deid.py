@@ -15,7 +15,7 @@ it prints the CPU seconds of each run's own process (``time.process_time``: INCl
 process; `cp` is a child, timed with ``resource``), less sensitive to the other work on a shared machine, and the
 load average before and after. Only installed packages are used: nothing is downloaded, nothing from tests/.
 
-    /opt/incloud/venv/bin/python bench/bench_deid.py [--n 2000] [--rounds 3] [--copies 20] [--work DIR]
+    /opt/incloud/venv/bin/python bench/bench_deid.py [--n 2000] [--rounds 3] [--copies 10] [--work DIR]
 """
 from __future__ import annotations
 
@@ -242,7 +242,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="files of the uniform corpus (0: skip it)")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the heterogeneous corpus (0: skip)")
-    parser.add_argument("--copies", type=int, default=20, help="enhanced files against cp (0: skip)")
+    parser.add_argument("--copies", type=int, default=10,
+                        help="enhanced files against cp (0: skip); beyond ~20 (450 MB) both become disk-bound here")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-deid-"))

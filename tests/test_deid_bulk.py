@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel
 import pydicom
 import pydicom.filereader
+import pydicom.uid
 import pytest
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
@@ -69,6 +70,18 @@ def planted_enhanced(philips: Path, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def planted_implicit(planted_enhanced: Path, tmp_path_factory) -> Path:
+    """The planted file in implicit VR little endian: headers without VRs, sequences known by undefined length."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(planted_enhanced)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    path = tmp_path_factory.mktemp("implicit") / "implicit.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return path
+
+
 def _decoded(data: bytes) -> list[tuple[str, str, str]]:
     back = pydicom.dcmread(io.BytesIO(data))
     return sorted((str(e.tag), e.VR, repr(e.value)) for e in [*back.file_meta, *back.iterall()])
@@ -94,9 +107,10 @@ def _bulk(path: Path, options: tuple[str, ...]) -> tuple[bytes, dict, pydicom.Fi
 
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=["basic", "site-default", "all"])
-@pytest.mark.parametrize("which", ["philips", "planted", "enhanced-ct"])
-def test_bulk_output_is_element_identical_to_the_general_walk(which, options, philips, planted_enhanced):
-    path = {"philips": philips, "planted": planted_enhanced,
+@pytest.mark.parametrize("which", ["philips", "planted", "planted-implicit", "enhanced-ct"])
+def test_bulk_output_is_element_identical_to_the_general_walk(which, options, philips, planted_enhanced,
+                                                              planted_implicit):
+    path = {"philips": philips, "planted": planted_enhanced, "planted-implicit": planted_implicit,
             "enhanced-ct": Path(get_testdata_file("liver_1frame.dcm"))}[which]
     reference, ref_changes = _general(path, options)
     data, changes, _ = _bulk(path, options)

@@ -224,6 +224,9 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
     deferred = {tag: elem for tag, elem in elements.items() if _is_deferred_binary(elem)}
     if not bulk and not deferred:
         return apply(ds, state, 0, "")
+    for tag, elem in elements.items():
+        if type(elem) is RawDataElement and elem.value is None and elem.length and tag not in deferred:
+            elements[tag] = ds[tag]  # deferred but not decidable on a stand-in (implicit VR): read, as apply would
     implicit, little = ds.original_encoding
     stand_ins = {tag: RawDataElement(elem.tag, elem.VR, 0, b"", elem.value_tell, False, True)
                  for tag, elem in deferred.items()}
