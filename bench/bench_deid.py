@@ -115,6 +115,12 @@ def make_heterogeneous(folder: Path) -> list[str]:
     return kinds
 
 
+def cpu_now() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def run_ours(sources: list[Path], out: Path, jobs: int = 1) -> tuple[int, float, float]:
     """(files done, wall seconds, CPU seconds of this process; the latter only meaningful for jobs=1)."""
     from incloud_kernel.deid import DeidContext
@@ -187,25 +193,27 @@ def bench_heterogeneous(work: Path, rounds: int) -> None:
     syntaxes = make_heterogeneous(src)
     files = sorted(src.iterdir())
     size = sum(p.stat().st_size for p in files) / 2**20
-    os.sync()
     print(f"\n[2] heterogeneous corpus: {len(files)} files ({size:.1f} MiB, {len(set(syntaxes))} transfer syntaxes, "
-          f"incl. the 22 MiB enhanced MR) x {rounds} rounds; load average before: {load()}")
-    done = wall = cpu = 0.0
-    for r in range(rounds):
-        d, w, c = run_ours([src], work / f"hetero-ours{r}", 1)
-        done, wall, cpu = done + d, wall + w, cpu + c
-    ours, ours_cpu = done / wall, done / cpu
-    print(f"incloud deid, 1 process : {ours:8.1f} files/s wall  ({ours_cpu:7.1f} files/s per CPU second; "
-          f"CPU {cpu:.1f} s)")
-    os.sync()
-    done = wall = cpu = 0.0
-    for r in range(rounds):
-        d, w, c = run_dicognito(files, work / f"hetero-dicognito{r}")
-        done, wall, cpu = done + d, wall + w, cpu + c
-    dicog, dicog_cpu = done / wall, done / cpu
-    print(f"dicognito,    1 process : {dicog:8.1f} files/s wall  ({dicog_cpu:7.1f} files/s per CPU second; "
-          f"CPU {cpu:.1f} s)")
+          f"incl. the 22 MiB enhanced MR) x {rounds} rounds, the tools alternating; load average before: {load()}")
+    totals = {"incloud": [0.0, 0.0, 0.0, 0.0, 0.0], "dicognito": [0.0, 0.0, 0.0, 0.0, 0.0]}
+    for r in range(rounds):  # alternate, so that both see the same load on a shared machine
+        for name in ("incloud", "dicognito"):
+            os.sync()
+            user, system = cpu_now()
+            if name == "incloud":
+                done, wall, cpu = run_ours([src], work / f"hetero-ours{r}", 1)
+            else:
+                done, wall, cpu = run_dicognito(files, work / f"hetero-dicognito{r}")
+            user2, system2 = cpu_now()
+            for k, v in enumerate((done, wall, cpu, user2 - user, system2 - system)):
+                totals[name][k] += v
+    rates = {}
+    for name, (done, wall, cpu, user, system) in totals.items():
+        rates[name] = (done / wall, done / cpu)
+        print(f"{name:10s} 1 process : {done / wall:8.1f} files/s wall  ({done / cpu:7.1f} files/s per CPU second; "
+              f"CPU {cpu:.1f} s = user {user:.1f} + system {system:.1f})")
     print(f"load average after: {load()}")
+    (ours, ours_cpu), (dicog, dicog_cpu) = rates["incloud"], rates["dicognito"]
     print(f"RATIO heterogeneous incloud(1) / dicognito(1) = {ours / dicog:.2f}x wall, {ours_cpu / dicog_cpu:.2f}x CPU "
           f"(goal >= 3x)")
 
@@ -220,11 +228,13 @@ def bench_enhanced(work: Path, copies: int) -> None:
     print(f"\n[3] enhanced multi-frame MR: {one.stat().st_size / 2**20:.1f} MiB, 176 frames, x {copies} files; "
           f"load average before: {load()}")
     wall = cpu = 0.0
+    user, system = cpu_now()
     for i, link in enumerate(links):  # one batch each: same UIDs, so each needs its own output folder
         _, w, c = run_ours([link], work / f"enh-ours{i}", 1)
         wall, cpu = wall + w, cpu + c
+    user2, system2 = cpu_now()
     print(f"incloud deid, 1 process : {copies / wall:8.1f} files/s, {mb / wall:7.1f} MB/s wall  "
-          f"(CPU {cpu:.2f} s)")
+          f"(CPU {cpu:.2f} s = user {user2 - user:.2f} + system {system2 - system:.2f})")
     # cp right after ours (ours' dirty pages still being written back), then again after a sync (as ours
     # started): the faster of the two is the reference, which favours cp.
     after = run_cp(links, work / "enh-cp-after")
