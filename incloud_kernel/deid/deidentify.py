@@ -29,6 +29,7 @@ from incloud_kernel.deid.table import load_table
 from incloud_kernel.deid.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = b"\x00" * 128
+_DIRECTORY_RECORDS = BaseTag(0x00041220)  # Directory Record Sequence: a DICOMDIR
 
 
 @dataclass
@@ -88,7 +89,7 @@ def check_instance(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MediaStorageDirectoryStorage:
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
-    if 0x00041220 in ds:  # Directory Record Sequence (``in`` converts nothing)
+    if _DIRECTORY_RECORDS in ds:  # ``in`` converts nothing
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if not _sop_value(ds, keyword):
@@ -148,9 +149,9 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
 
     # File meta: rebuilt from scratch; the source's (application titles, private info) is not carried over.
     src_meta = getattr(ds, "file_meta", None)
-    meta = FileMetaDataset()
     sop_class = peek(new, 0x00080016)
     sop_instance = peek(new, 0x00080018)
+    meta_elements = {}
     for tag, vr, value in ((0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
                            (0x00020003, "UI", sop_instance), (0x00020010, "UI", _transfer_syntax(ds)),
                            (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
@@ -158,7 +159,8 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         data = value if isinstance(value, bytes) else str(value).encode("ascii", "replace")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        meta[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)  # as read
+        meta_elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+    meta = FileMetaDataset(meta_elements)  # raw (explicit VR LE), converted on access as read ones are
     if src_meta is not None:
         for tag in src_meta.keys():  # tags only: the values are not needed (nor converted)
             tag = int(tag)

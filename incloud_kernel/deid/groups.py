@@ -217,16 +217,18 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
     sequence goes through ``apply`` itself. A deferred value is decided by ``apply`` on a zero-length stand-in
     with the same tag and VR: kept (the stand-in comes back) means the deferred original is kept.
     """
-    elements = {tag: ds.get_item(tag, keep_deferred=True) for tag in ds.keys()}  # as stored: nothing converted
+    elements = dict(ds.items())  # as stored (raw, deferred): items() converts nothing
     bulk = [tag for tag in FUNCTIONAL_GROUPS if tag in elements and is_bulk_candidate(elements[tag])
             and plan_tags.get(tag, "K") == "K"]
     raws = {tag: elements[tag] for tag in bulk}  # taken now: cleaning free text may convert ds's elements in place
-    deferred = {tag: elem for tag, elem in elements.items() if _is_deferred_binary(elem)}
-    if not bulk and not deferred:
+    unread = [tag for tag, elem in elements.items()
+              if type(elem) is RawDataElement and elem.value is None and elem.length]  # deferred by pydicom
+    if not bulk and not unread:
         return apply(ds, state, 0, "")
-    for tag, elem in elements.items():
-        if type(elem) is RawDataElement and elem.value is None and elem.length and tag not in deferred:
-            elements[tag] = ds[tag]  # deferred but not decidable on a stand-in (implicit VR): read, as apply would
+    deferred = {tag: elements[tag] for tag in unread if _is_deferred_binary(elements[tag])}
+    for tag in unread:
+        if tag not in deferred:
+            elements[tag] = ds[tag]  # not decidable on a stand-in (implicit VR...): read, as apply would
     implicit, little = ds.original_encoding
     stand_ins = {tag: RawDataElement(elem.tag, elem.VR, 0, b"", elem.value_tell, False, True)
                  for tag, elem in deferred.items()}
@@ -252,10 +254,10 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
     return new
 
 
-def _is_deferred_binary(elem: object) -> bool:
-    """A public element of a binary VR whose value pydicom has not read (explicit VR little endian)."""
-    return type(elem) is RawDataElement and elem.value is None and elem.length not in (0, part10.UNDEFINED_LENGTH) \
-        and elem.VR in _BINARY_VRS and not elem.is_implicit_VR and elem.is_little_endian \
+def _is_deferred_binary(elem: RawDataElement) -> bool:
+    """A deferred public element of a binary VR (explicit VR little endian): decidable on a stand-in."""
+    return elem.length != part10.UNDEFINED_LENGTH and elem.VR in _BINARY_VRS and not elem.is_implicit_VR \
+        and elem.is_little_endian \
         and not (int(elem.tag) >> 16) & 1
 
 
@@ -278,11 +280,14 @@ def read_dataset(fp: BinaryIO, buf: bytes, implicit: bool, defer_size: int | Non
         return False
 
     # Most files have no functional groups: then pydicom reads without a callback per element.
-    stop = stop_at_groups if any(buf.find(tag) >= 0 for tag in _GROUP_TAG_BYTES) else None
+    small = isinstance(buf, bytes)  # in memory: a quick search; a mapped (large) file: the callback
+    stop = stop_at_groups if not small or any(buf.find(tag) >= 0 for tag in _GROUP_TAG_BYTES) else None
     while True:
         part = pydicom_read_dataset(fp, implicit, True, stop_when=stop, defer_size=defer_size,
                                     parent_encoding=encoding)
-        elements.update((tag, part.get_item(tag, keep_deferred=True)) for tag in part.keys())  # as read
+        if stop is None:
+            return part  # no functional groups: pydicom's own dataset, as read
+        elements.update(part.items())  # as read: items() converts nothing
         if char_set is None:
             char_set = part.original_character_set
             encoding = part._character_set  # noqa: SLF001 - what pydicom passes on to later elements

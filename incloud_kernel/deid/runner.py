@@ -39,6 +39,7 @@ from incloud_kernel.deid.writer import write_file
 from incloud_kernel.dicom.part10 import LONG_VRS
 
 PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAG = BaseTag(PIXEL_DATA)
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
 DEFER_SIZE = 2 * 1024 * 1024
 #: Files up to this size are read with one system call and parsed from memory.
@@ -178,6 +179,7 @@ def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
 
 
 _EXPLICIT_META = struct.Struct("<HH2s")
+_TRANSFER_SYNTAX = BaseTag(0x00020010)
 _FAST_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # -> implicit VR
 
 
@@ -194,7 +196,7 @@ def _parse_part10(data: bytes | mmap.mmap, path: str | None = None) -> pydicom.F
     """
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
-    meta = FileMetaDataset()
+    raw_meta: dict[BaseTag, RawDataElement] = {}
     pos, size = 132, len(data)
     while pos + 8 <= size:
         group, element, vr = _EXPLICIT_META.unpack_from(data, pos)
@@ -214,9 +216,10 @@ def _parse_part10(data: bytes | mmap.mmap, path: str | None = None) -> pydicom.F
         if length == 0xFFFFFFFF or start + length > size:
             return None
         tag = BaseTag((group << 16) | element)
-        meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)  # as read
+        raw_meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)
         pos = start + length
-    ts_elem = meta.get_item(0x00020010)
+    meta = FileMetaDataset(raw_meta)  # raw elements, converted on access as dcmread's would be
+    ts_elem = meta.get_item(_TRANSFER_SYNTAX)
     if ts_elem is None:
         return None
     ts = ts_elem.value.decode("ascii", "replace").strip(" \x00")
@@ -274,7 +277,7 @@ def _read(job: Job) -> pydicom.FileDataset:
     if "PixelData" in ds:
         expected = _native_pixel_length(ds)
         try:
-            raw = ds.get_item(PIXEL_DATA, keep_deferred=True)  # kept raw (or deferred): copied as read
+            raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)  # kept raw (or deferred): copied as read
             if type(raw) is RawDataElement and raw.value is not None:
                 actual = len(raw.value)
             elif type(raw) is RawDataElement and raw.length != 0xFFFFFFFF and size is not None:

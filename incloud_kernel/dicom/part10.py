@@ -130,34 +130,31 @@ def write_file(path: Path | str, chunks: Iterable[Chunk], mode: int = 0o666) -> 
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        pending: list = []
+        views: list[memoryview] = []  # written with one writev: encoded runs joined, memoryviews as they are
+        run: list = []
         for chunk in chunks:
-            if isinstance(chunk, FileRange):
-                _writev_all(fd, pending)
-                pending = []
+            kind = type(chunk)
+            if kind is bytes or kind is bytearray:
+                run.append(chunk)
+                continue
+            if run:
+                views.append(memoryview(b"".join(run)))
+                run = []
+            if kind is FileRange:
+                _writev_all(fd, views)
+                views = []
                 _copy_range(chunk, fd)
-            else:
-                pending.append(chunk)
-        _writev_all(fd, pending)
+            else:  # a memoryview (pixels of an array): not copied
+                view = memoryview(chunk)
+                views.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+        if run:
+            views.append(memoryview(b"".join(run)))
+        _writev_all(fd, views)
     finally:
         os.close(fd)
 
 
-def _writev_all(fd: int, buffers: list) -> None:
-    """Write the buffers in order; small ones are joined first (one copy is cheaper than many iovecs)."""
-    views: list[memoryview] = []
-    small: list = []
-    for buf in buffers:
-        view = memoryview(buf)
-        if view.nbytes < 65536:
-            small.append(buf)
-            continue
-        if small:
-            views.append(memoryview(b"".join(small)))
-            small = []
-        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
-    if small:
-        views.append(memoryview(b"".join(small)))
+def _writev_all(fd: int, views: list[memoryview]) -> None:
     while views:
         done = os.writev(fd, views[:1024])  # IOV_MAX
         while views and done >= views[0].nbytes:
