@@ -57,7 +57,7 @@ class _Bulk:
 
     def stored(self, span: rawseq.Span) -> bytes:
         """A sequence element's value as stored, without the closing delimiter of an undefined length."""
-        _, _, start, length, end = span
+        _, _, start, length, end, _ = span
         return self.value[start:end - 8] if length == part10.UNDEFINED_LENGTH else self.value[start:end]
 
     def mini(self, spans: list[rawseq.Span]) -> tuple[Dataset, dict[int, rawseq.RawSequence]]:
@@ -66,7 +66,7 @@ class _Bulk:
         mini = Dataset(parent_encoding=self.encoding)
         sequences: dict[int, rawseq.RawSequence] = {}
         for span in spans:
-            tag, a, start, length, end = span
+            tag, a, start, length, end, _ = span
             tag_obj = BaseTag(tag)
             vr = None if implicit else value[a + 4:a + 6].decode("ascii")
             undefined = length == part10.UNDEFINED_LENGTH
@@ -97,7 +97,7 @@ class _Bulk:
         private elements differ only inside such sequences reuse the result (keyed on the rest).
         """
         value = self.value
-        full = b"".join(value[a:end] for _, a, _, _, end in spans)
+        full = b"".join(value[a:end] for _, a, _, _, end, _ in spans)
         hit = self.private.get(full)
         if hit is not None:
             return hit
@@ -118,7 +118,7 @@ class _Bulk:
     def _skeleton(self, spans: list[rawseq.Span], opaque: frozenset[int]) -> tuple:
         value = self.value
         return (opaque, tuple((tag, length == part10.UNDEFINED_LENGTH) if tag in opaque else value[a:end]
-                              for tag, a, _, length, end in spans))
+                              for tag, a, _, length, end, _ in spans))
 
     def public_column(self, tag: int, keys: list[bytes], spans: list[rawseq.Span]) -> None:
         """Outputs of the distinct values of one public element (a functional group macro) across items.
@@ -153,11 +153,13 @@ class _Bulk:
 
     def _one_item(self, span: rawseq.Span) -> bool:
         """Whether the element is a sequence of exactly one item (what a functional group macro is)."""
-        _, a, _, length, _ = span
+        _, a, _, length, _, items = span
         if self.implicit and length != part10.UNDEFINED_LENGTH:
             return False  # implicit VR: only an undefined length says "sequence" without the dictionary
         if not self.implicit and self.value[a + 4:a + 6] != b"SQ":
             return False
+        if items >= 0:
+            return items == 1  # counted when the header walk found the element's end
         try:
             return len(rawseq.item_elements(self.stored(span), self.implicit)) == 1
         except rawseq.MalformedSequence:
@@ -199,7 +201,7 @@ def deidentify_groups(raw: RawDataElement, apply: Apply, state: object, encoding
     body: list[bytes] = []
     public = bulk.public
     for spans, found in zip(items, outputs):
-        for tag, a, _, _, end in spans:
+        for tag, a, _, _, end, _ in spans:
             if not (tag >> 16) & 1:
                 found.extend(public[value[a:end]])
         found.sort()
@@ -295,7 +297,7 @@ def read_dataset(fp: BinaryIO, buf: bytes, implicit: bool, defer_size: int | Non
             break
         tag = stopped.pop()
         pos = fp.tell()
-        _, _, start, _, end = rawseq.element_end(buf, pos, implicit)
+        _, _, start, _, end, _ = rawseq.element_end(buf, pos, implicit)
         tag_obj = BaseTag(tag)
         elements[tag_obj] = RawDataElement(tag_obj, None if implicit else "SQ", part10.UNDEFINED_LENGTH,
                                            buf[start:end - 8], start, implicit, True)

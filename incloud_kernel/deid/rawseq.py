@@ -34,11 +34,13 @@ class MalformedSequence(ValueError):
     """Element headers that do not add up (truncated, bad VR, stray delimiter); carries no value."""
 
 
-Span = tuple[int, int, int, int, int]  # tag, element start, value start, value length, element end
+#: tag, element start, value start, value length, element end, and for an undefined length the number of items
+#: at its first level (-1 for a defined length: not walked)
+Span = tuple[int, int, int, int, int, int]
 
 
 def element_end(buf: bytes, pos: int, implicit: bool) -> Span:
-    """(tag, ``pos``, value start, value length, end) of the element whose header starts at ``pos``.
+    """(tag, ``pos``, value start, value length, end, items) of the element whose header starts at ``pos``.
 
     ``end`` is past the value, or past the Sequence Delimitation Item for an undefined length (whatever nests
     inside: items of defined or undefined length, sequences, encapsulated fragments).
@@ -64,17 +66,20 @@ def element_end(buf: bytes, pos: int, implicit: bool) -> Span:
         end = start + length
         if end > len(buf):
             raise MalformedSequence("value runs past the end")
-        return (group << 16) | element, pos, start, length, end
-    return (group << 16) | element, pos, start, length, undefined_end(buf, start, implicit)
+        return (group << 16) | element, pos, start, length, end, -1
+    end, count = undefined_end(buf, start, implicit)
+    return (group << 16) | element, pos, start, length, end, count
 
 
-def undefined_end(buf: bytes, pos: int, implicit: bool) -> int:
-    """Position past the Sequence Delimitation Item closing the undefined-length value starting at ``pos``.
+def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
+    """(position past the Sequence Delimitation Item closing the undefined-length value starting at ``pos``,
+    number of items at its first level).
 
     Only headers are read: items of defined length and elements of defined length are stepped over by their
     length; undefined lengths open a level that a Sequence Delimitation Item closes.
     """
     depth = 1
+    count = 0
     size = len(buf)
     unpack_tag = _TAG_LENGTH.unpack_from
     unpack_explicit = _EXPLICIT.unpack_from
@@ -86,12 +91,14 @@ def undefined_end(buf: bytes, pos: int, implicit: bool) -> int:
             if group == 0xFFFE:
                 pos += 8
                 if element == ITEM:
+                    if depth == 1:
+                        count += 1
                     if length != UNDEFINED_LENGTH:
                         pos += length
                 elif element == SEQUENCE_END:
                     depth -= 1
                     if depth == 0:
-                        return pos
+                        return pos, count
                 elif element != ITEM_END:
                     raise MalformedSequence("unknown delimiter")
             elif implicit:
