@@ -179,7 +179,8 @@ def deidentify_groups(raw: RawDataElement, apply: Apply, state: object, encoding
     implicit = raw.is_implicit_VR
     value = raw.value
     bulk = _Bulk(value, implicit, apply, state, encoding, char_set, writer_encoding)
-    items = rawseq.item_elements(value, implicit)
+    known = _ITEMS.get(id(value))
+    items = known[1] if known is not None and known[0] is value else rawseq.item_elements(value, implicit)
     # 1. private units item by item; public elements gathered by tag (distinct stored bytes only).
     outputs: list[list[tuple[int, bytes]]] = []
     pending: dict[int, dict[bytes, rawseq.Span]] = {}
@@ -208,6 +209,17 @@ def deidentify_groups(raw: RawDataElement, apply: Apply, state: object, encoding
         body.append(part10.item(b"".join(chunk for _, chunk in found)))
     data = b"".join(body)
     return RawDataElement(raw.tag, "SQ", len(data), data, 0, implicit, True)
+
+
+#: The item walk the reader made of the last few functional groups values it kept raw: (value, items) by id.
+_ITEMS: dict[int, tuple[bytes, list[list[rawseq.Span]]]] = {}
+
+
+def _remember_items(value: bytes, items: list[list[rawseq.Span]]) -> None:
+    """Keep the reader's walk for ``deidentify_groups`` (the same value object: checked by identity)."""
+    while len(_ITEMS) >= 4:
+        del _ITEMS[next(iter(_ITEMS))]
+    _ITEMS[id(value)] = (value, items)
 
 
 def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int, str]) -> Dataset:
@@ -296,12 +308,18 @@ def read_dataset(fp: BinaryIO, buf: bytes, implicit: bool, defer_size: int | Non
         if not stopped:
             break
         tag = stopped.pop()
-        pos = fp.tell()
-        _, _, start, _, end, _ = rawseq.element_end(buf, pos, implicit)
+        start = fp.tell() + (8 if implicit else 12)  # past the header pydicom stopped at
+        view = memoryview(buf)[start:]  # positions relative to the value; nothing copied
+        try:
+            items, length = rawseq.sequence_items(view, implicit, closed=True)
+            value = bytes(view[:length - 8])
+        finally:
+            view.release()
+        _remember_items(value, items)
         tag_obj = BaseTag(tag)
-        elements[tag_obj] = RawDataElement(tag_obj, None if implicit else "SQ", part10.UNDEFINED_LENGTH,
-                                           buf[start:end - 8], start, implicit, True)
-        fp.seek(end)
+        elements[tag_obj] = RawDataElement(tag_obj, None if implicit else "SQ", part10.UNDEFINED_LENGTH, value,
+                                           start, implicit, True)
+        fp.seek(start + length)
     ds = Dataset(elements, parent_encoding=default_encoding)
     ds.set_original_encoding(implicit, True, char_set)
     return ds

@@ -128,12 +128,23 @@ def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
 
 def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
     """The elements (``Span``s) of each item of a sequence value (the value without its closing delimiter)."""
+    return sequence_items(value, implicit)[0]
+
+
+def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = False) -> tuple[list[list[Span]], int]:
+    """(the elements of each item, where the walk ended) of the sequence value at the start of ``value``.
+
+    ``closed``: the value runs on to its Sequence Delimitation Item (an undefined length read from a file);
+    the walk ends past it, and a value without one is malformed. Otherwise the walk ends at the end of ``value``.
+    """
     result: list[list[Span]] = []
     pos, size = 0, len(value)
     try:
         while pos < size:
             group, element, length = _TAG_LENGTH.unpack_from(value, pos)
             if (group, element) == (0xFFFE, SEQUENCE_END):
+                if closed:
+                    return result, pos + 8
                 break
             if (group, element) != (0xFFFE, ITEM):
                 raise MalformedSequence("not an item")
@@ -158,7 +169,9 @@ def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
             result.append(spans)
     except struct.error:
         raise MalformedSequence("truncated item") from None
-    return result
+    if closed:
+        raise MalformedSequence("no delimiter before the end")
+    return result, pos
 
 
 class RawSequence(Sequence):
