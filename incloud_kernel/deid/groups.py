@@ -1,17 +1,20 @@
 """The Shared and Per-frame Functional Groups Sequences of enhanced multi-frame instances, de-identified in bulk.
 
 An enhanced MR of 176 frames carries 176 per-frame items of ~100 elements each, nearly all repeated from frame
-to frame (echo, frame type, pixel measures, orientation, VOI LUT...). Walking them with pydicom objects costs
-more than copying the pixel data. Here the sequence stays raw bytes (``deid.rawseq``): each item is cut into its
-top-level elements from the element headers alone, and every distinct element (by its stored bytes) is
-de-identified once, by the profile's own ``apply`` on a small dataset of just the elements not seen before;
-repeats reuse the encoded result. The decisions are therefore exactly ``apply``'s (nothing of the profile is
-restated here), and the output bytes are what ``deid.writer`` gives for the sequence ``apply`` would build.
+to frame (echo, frame type, pixel measures, orientation...). Walking them with pydicom objects costs many times
+more than copying the pixel data. Here (``read_dataset``) the sequences stay raw bytes, their end found from the
+element headers (``deid.rawseq``); each item is cut into its top-level elements (the functional group macros)
+the same way, and every distinct macro (by its stored bytes) is de-identified once, by the profile's own
+``apply``: the distinct values of one macro across all frames go to ``apply`` together, as the items of one
+sequence, and its output items are dealt back. The decisions are therefore exactly ``apply``'s (nothing of the
+profile is restated here), and the output bytes are what ``deid.writer`` gives for the sequence ``apply`` builds.
+``apply_in_bulk`` is where ``deidentify`` comes in; it also keeps large deferred values (pixel data) unread.
 
-Why per element is sound: ``apply`` decides a public element from its tag, its value and where it sits (depth,
-enclosing action), never from its neighbours; a private element depends on its block's creator, so all private
-elements of an item go to ``apply`` together, as one unit. Nested sequences given to ``apply`` are
-``RawSequence``s: one it removes whole (a private sequence) is never parsed.
+Why this is sound: ``apply`` decides a public element from its tag, its value and where it sits (depth,
+enclosing action), never from its neighbours, and walks the items of a sequence one by one with the same
+arguments; a private element depends on its block's creator, so all private elements of an item go to
+``apply`` together, as one unit. Nested sequences given to ``apply`` are ``RawSequence``s: one it removes
+without opening (a private sequence) is never parsed, and cannot have influenced the result.
 
 Never logs or raises with a value: ``MalformedSequence`` / ``NotEncodable`` make the caller use ``apply`` itself.
 """
@@ -260,7 +263,7 @@ def apply_in_bulk(ds: Dataset, apply: Apply, state: object, plan_tags: dict[int,
         try:
             done = deidentify_groups(raws[tag], apply, state, char_set, char_set, writer_encoding)
         except (rawseq.MalformedSequence, part10.NotEncodable):
-            one = Dataset({tag: raws[tag]})  # apply decides a public element alone (see the module doc)
+            one = Dataset({tag: raws[tag]}, parent_encoding=char_set)  # apply decides it alone (module doc)
             one.set_original_encoding(implicit, little, ds.original_character_set)
             done = apply(one, state, 0, "").get(tag)
         if done is not None:
