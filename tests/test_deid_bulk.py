@@ -197,3 +197,46 @@ def test_broken_functional_groups_go_to_the_general_path_or_quarantine(philips, 
     run_batch(enumerate_jobs([cut]), _ctx(()), tmp_path / "out", tmp_path / "q", on_result=results.append)
     assert results[0].status == "quarantined" and results[0].reason.startswith(("truncated", "unreadable")), \
         results[0].reason
+
+
+def test_header_walk_never_crashes_on_mangled_sequences(philips):
+    """Random byte flips and cuts in real per-frame groups: the walk either gives spans that stay inside the
+    value, in order, or refuses with MalformedSequence (which sends the file to pydicom); nothing else."""
+    import random
+
+    data = philips.read_bytes()
+    start = data.index(b"\x00\x52\x30\x92") + 12
+    value = data[start:start + 40_000]  # the first frames' items
+    rng = random.Random(11)
+    outcomes = {"walked": 0, "refused": 0}
+    for _ in range(400):
+        mangled = bytearray(value)
+        for _ in range(rng.randint(1, 4)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        mangled = bytes(mangled[:rng.randint(len(mangled) // 2, len(mangled))])
+        try:
+            items = rawseq.item_elements(mangled, False)
+        except rawseq.MalformedSequence:
+            outcomes["refused"] += 1
+            continue
+        outcomes["walked"] += 1
+        last = 0
+        for spans in items:
+            for tag, a, begin, length, end, _ in spans:
+                assert last <= a < begin <= end <= len(mangled)
+                last = end
+    assert outcomes["walked"] and outcomes["refused"]
+
+
+def test_raw_sequence_is_parsed_only_when_looked_into(philips):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _read(Job(str(philips)))
+        reference = pydicom.dcmread(philips).PerFrameFunctionalGroupsSequence
+    raw = ds.get_item(PER_FRAME, keep_deferred=True)
+    assert isinstance(raw, pydicom.dataelem.RawDataElement)  # kept raw by the reader, not parsed
+    seq = rawseq.RawSequence(raw.value, False, ["iso8859"], True)
+    assert not seq.parsed
+    assert len(seq) == 176 and seq.parsed
+    assert seq[5].PlanePositionSequence[0].ImagePositionPatient == \
+        reference[5].PlanePositionSequence[0].ImagePositionPatient
