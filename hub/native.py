@@ -7,6 +7,10 @@ when nativeauthenticator supports JupyterHub 6.
 It also checks login passwords with bcrypt in a worker thread: upstream runs bcrypt (about 0.3 s of CPU, more on a
 loaded node) on the hub's event loop, so 50 concurrent logins queued one after another and stalled every other
 request of the hub meanwhile. Sign-up still hashes on the loop (upstream calls ``create_user`` synchronously).
+
+No first-come admin: upstream pre-approves whoever signs up first under an admin name. Here sign-up refuses every
+name in ``admin_users``; an admin's password is set by the site operator (``incloud hub admin-password``, which runs
+``python -m hub.native set-password NAME`` against the hub's database) and is never printed again.
 """
 from __future__ import annotations
 
@@ -65,6 +69,14 @@ class IncloudNativeAuthenticator(NativeAuthenticator):
         self.add_login_attempt(username)
         return None
 
+    def create_user(self, username: str, password: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        """Upstream's sign-up, except that an admin name can never be claimed through the form."""
+        if self.normalize_username(username) in self.admin_users:
+            self.log.warning("sign-up refused for an admin name (set admin passwords with incloud hub "
+                             "admin-password)")
+            return None
+        return super().create_user(username, password, **kwargs)
+
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
         return [(pattern, LoginHandler if handler is NativeLoginHandler else handler)
                 for pattern, handler in super().get_handlers(app)]
@@ -73,3 +85,65 @@ class IncloudNativeAuthenticator(NativeAuthenticator):
 def _password_matches(stored: bytes, password: str) -> bool:
     """bcrypt check of ``password`` against the stored salt+hash (releases the GIL while hashing)."""
     return hmac.compare_digest(stored, bcrypt.hashpw(password.encode(), stored))
+
+
+def set_password(db_url: str, username: str, password: str) -> bool:
+    """Create or reset ``username``'s approved NativeAuthenticator account in the hub database ``db_url``.
+
+    Returns True when the account was new. Raises RuntimeError (one line) when the hub has never started on that
+    database (its tables are made by the hub, not here) or the password is shorter than 10 characters.
+    """
+    from nativeauthenticator.orm import UserInfo
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.orm import Session
+
+    if len(password) < 10:
+        raise RuntimeError("the password must have at least 10 characters")
+    engine = create_engine(db_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        if "users" not in tables:
+            raise RuntimeError("the hub has not started on this database yet: start it once (incloud hub start)")
+        if "users_info" not in tables:
+            UserInfo.__table__.create(engine)
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        with Session(engine) as db:
+            info = db.query(UserInfo).filter(UserInfo.username == username).first()
+            created = info is None
+            if created:
+                info = UserInfo(username=username, password=hashed, is_authorized=True)
+                db.add(info)
+            else:
+                info.password, info.is_authorized = hashed, True
+            db.commit()
+        return created
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hub.native set-password NAME`` (password on stdin): for ``incloud hub admin-password``."""
+    import sys
+
+    from incloud_kernel.config import get_config
+
+    from hub.spawners import state_dir
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "set-password":
+        print("usage: python -m hub.native set-password NAME  (password on stdin)", file=sys.stderr)
+        return 2
+    cfg = get_config()
+    db_url = cfg.hub.db_url or f"sqlite:///{state_dir(cfg) / 'jupyterhub.sqlite'}"
+    try:
+        created = set_password(db_url, args[1], sys.stdin.readline().rstrip("\n"))
+    except Exception as exc:  # noqa: BLE001 - one line, never the password
+        print(f"incloud hub admin-password: {exc if isinstance(exc, RuntimeError) else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    print(f"{'created' if created else 'reset'} the password of {args[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -165,17 +165,31 @@ def common(c: Any, cfg: Config, api_url: str) -> None:
 
 
 def embedded(c: Any, cfg: Config, api_url: str) -> None:
-    """Workstations as local processes of the hub's own system user (one machine, demos, laptops)."""
+    """Workstations as local processes: isolated (each user's own system account, through ``hub.launcher``) when
+    ``hub.launcher`` is set, else processes of the hub's own, non-root user (a laptop: one person, no isolation).
+
+    A hub running as root without a launcher is refused: its workstations would be root shells for every user.
+    """
+    from incloud_kernel.errors import ConfigError
+
+    from hub.isolated import account_hook
+
     common(c, cfg, api_url)
-    # SimpleLocalProcessSpawner runs servers as the hub's own system user, so hub users need no system account
-    # (LocalProcessSpawner would setuid to one and fail for demo users). No isolation between users: embedded
-    # is for one machine, demos and laptops; clusters use the Slurm set-up. Each user gets their own folder.
+    hub = cfg.hub
+    if hub.launcher:
+        launcher = ["sudo", "-n", hub.launcher]
+        c.JupyterHub.spawner_class = "hub.isolated.IsolatedSpawner"
+        c.IsolatedSpawner.launcher = launcher
+        # The account exists from the first login on (useradd through the launcher); spawn checks it again.
+        c.Authenticator.post_auth_hook = account_hook(launcher)
+        return
+    if os.geteuid() == 0:
+        raise ConfigError("embedded mode refuses to run workstations as root: run the hub as the incloud user with "
+                          "hub.launcher set (scripts/start.sh does both; see docs/hub.md)")
     c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
     c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir(cfg) / "users" / "{username}")
     c.Spawner.notebook_dir = str(state_dir(cfg) / "users" / "{username}")
     c.LocalProcessSpawner.pre_spawn_hook = _make_user_dir(state_dir(cfg) / "users")
-    if os.geteuid() == 0:
-        c.Spawner.args = [*workstation_args(), "--allow-root"]
 
 
 def _make_user_dir(root: Path):  # type: ignore[no-untyped-def]

@@ -2,30 +2,56 @@
 # README command A: install INCloud and start it on embedded defaults (SQLite, local Dask, local spawner)
 # with demo content, then print where to log in. Safe to run again: it reuses what exists.
 #
+# As root, nothing of INCloud runs as root: the site and the hub belong to the system user $INCLOUD_USER, and
+# each hub user's workstation runs as that user's own system account (created at first login by the root
+# launcher hub/launcher.py, the only command the service user may run through sudo). As another user, the hub
+# and the workstations run as that user (a laptop: one person, no isolation between hub users).
+#
 #   INCLOUD_HOME   site folder (default /var/lib/incloud when run as root, else ~/.local/share/incloud)
+#   INCLOUD_USER   the service user when run as root (default incloud)
+#   INCLOUD_LAUNCHER  where the root workstation launcher goes (default /usr/local/sbin/incloud-workstation)
 #   INCLOUD_DEMO=0 skip the demo project, users and synthetic scans
 set -euo pipefail
 source "$(dirname "$0")/lib/install.sh"
+source "$(dirname "$0")/lib/hub.sh"
 
 ensure_apt curl procps dcmtk orthanc orthanc-dicomweb
 ensure_venv
 ensure_node_tools
 
-if [ "$(id -u)" = 0 ]; then export INCLOUD_HOME=${INCLOUD_HOME:-/var/lib/incloud}; fi
 INCLOUD="$INCLOUD_VENV/bin/incloud"
+PY="$INCLOUD_VENV/bin/python"
 export PATH="$INCLOUD_VENV/bin:$PATH"
-"$INCLOUD" init
-HOME_DIR=$("$INCLOUD" config show --json | "$INCLOUD_VENV/bin/python" -c \
+LAUNCHER=${INCLOUD_LAUNCHER:-/usr/local/sbin/incloud-workstation}
+if [ "$(id -u)" = 0 ]; then
+  ensure_apt sudo util-linux
+  export INCLOUD_HOME=${INCLOUD_HOME:-/var/lib/incloud}
+  INCLOUD_USER=${INCLOUD_USER:-incloud}
+  HOME_DIR=$INCLOUD_HOME
+  hub_service_user "$INCLOUD_USER" "$HOME_DIR"   # also takes back a site an older start.sh left to root
+  hub_launcher_install "$INCLOUD_USER" "$LAUNCHER" incloud-users /home "$INCLOUD_VENV" \
+    "/etc/sudoers.d/$INCLOUD_USER-workstation"
+  run_exec() { as_service "$INCLOUD_USER" "$HOME_DIR" "$@"; }
+  ISOLATION="the hub runs as $INCLOUD_USER; each user's workstation as that user's own system account"
+else
+  run_exec() { exec "$@"; }
+  ISOLATION="none: the hub and every workstation run as $(id -un)"
+fi
+run() { ( run_exec "$@" ); }
+run "$INCLOUD" init
+HOME_DIR=$(run "$INCLOUD" config show --json | "$PY" -c \
   'import json,sys; print(next(r["value"] for r in json.load(sys.stdin) if r["name"]=="home"))')
-mkdir -p "$HOME_DIR"
+run mkdir -p "$HOME_DIR"
 SITE_FILE="$HOME_DIR/incloud.toml"
 DEMO_USERS=(admin researcher reviewer clinician)
+new_password() { "$PY" -c "import secrets; print(secrets.token_urlsafe($1))"; }
 
-# Embedded demo site: one shared demo password (printed below), kept in the site file, mode 0600.
+# Embedded demo site: one shared demo password for the demo users and the admin's own password (printed once,
+# when it is set), kept in the site file, mode 0600, owned by the service user.
+ADMIN_PASSWORD=""
 if [ ! -f "$SITE_FILE" ]; then
-  password=$("$INCLOUD_VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(9))')
-  umask 077
-  cat > "$SITE_FILE" <<EOF
+  ADMIN_PASSWORD=$(new_password 33)
+  ( umask 077; cat > "$SITE_FILE" <<EOF
 # Written by scripts/start.sh for the embedded demo site. See docs/config.md.
 [site]
 name = "INCloud demo site"
@@ -33,7 +59,8 @@ name = "INCloud demo site"
 [hub]
 mode = "embedded"
 authenticator = "shared"
-shared_password = "$password"
+shared_password = "$(new_password 9)"
+admin_password = "$ADMIN_PASSWORD"
 admin_users = ["admin"]
 
 [hub.group_members]
@@ -42,33 +69,43 @@ researcher = ["researcher"]
 qc_reviewer = ["reviewer"]
 clinician = ["clinician"]
 EOF
-  umask 022
+  )
+elif ! grep -q '^admin_password = ' "$SITE_FILE"; then  # a site from before admins had their own password
+  ADMIN_PASSWORD=$(new_password 33)
+  sed -i "s/^\(shared_password = .*\)$/\1\nadmin_password = \"$ADMIN_PASSWORD\"/" "$SITE_FILE"
 fi
+if [ "$(id -u)" = 0 ]; then
+  grep -q '^launcher = ' "$SITE_FILE" || sed -i "s|^mode = \"embedded\"$|&\nlauncher = \"$LAUNCHER\"|" "$SITE_FILE"
+  chown "$INCLOUD_USER:" "$SITE_FILE"
+fi
+chmod 0600 "$SITE_FILE"
 
 if [ "${INCLOUD_DEMO:-1}" = 1 ]; then
-  if ! "$INCLOUD" projects list --json | grep -q '"DEMO"'; then
+  if ! run "$INCLOUD" projects list --json | grep -q '"DEMO"'; then
     log "creating the demo project with synthetic, de-identified and refaced scans (a few minutes)"
-    "$INCLOUD" projects create DEMO --name "Demo cohort (synthetic)"
-    "$INCLOUD" grant researcher DEMO member
-    "$INCLOUD" grant reviewer DEMO collaborator
-    "$INCLOUD" grant clinician DEMO collaborator
-    "$INCLOUD" projects admins add admin
-    rm -rf "$HOME_DIR/demo-dicom"
-    "$INCLOUD" synth cohort "$HOME_DIR/demo-dicom" --participants 3 --seed 7 --small
+    run "$INCLOUD" projects create DEMO --name "Demo cohort (synthetic)"
+    run "$INCLOUD" grant researcher DEMO member
+    run "$INCLOUD" grant reviewer DEMO collaborator
+    run "$INCLOUD" grant clinician DEMO collaborator
+    run "$INCLOUD" projects admins add admin
+    run rm -rf "$HOME_DIR/demo-dicom"
+    run "$INCLOUD" synth cohort "$HOME_DIR/demo-dicom" --participants 3 --seed 7 --small
     for study in "$HOME_DIR"/demo-dicom/*/; do
-      "$INCLOUD" ingest "$study" --project DEMO
+      run "$INCLOUD" ingest "$study" --project DEMO
     done
   fi
 fi
 
 LOG="$HOME_DIR/hub/hub.log"
-mkdir -p "$HOME_DIR/hub"
-URL=$("$INCLOUD" hub config --json | "$INCLOUD_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["hub.bind_url"])')
+run mkdir -p "$HOME_DIR/hub"
+run touch "$LOG"
+chmod 0600 "$LOG"
+URL=$(run "$INCLOUD" hub config --json | "$INCLOUD_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["hub.bind_url"])')
 if curl -sf "$URL/hub/api/" >/dev/null 2>&1; then
   log "the hub is already running at $URL"
 else
   log "starting the hub (log: $LOG)"
-  nohup "$INCLOUD" hub start > "$LOG" 2>&1 &
+  ( trap '' HUP; run_exec "$INCLOUD" hub start ) >> "$LOG" 2>&1 < /dev/null &
   echo $! > "$HOME_DIR/hub/hub.pid"
   for _ in $(seq 1 120); do curl -sf "$URL/hub/api/" >/dev/null 2>&1 && break; sleep 0.5; done
   if ! curl -sf "$URL/hub/api/" >/dev/null 2>&1; then
@@ -84,7 +121,9 @@ cat <<EOF
 INCloud is running.
   Open:      $URL/hub/login
   Users:     ${DEMO_USERS[*]}   (admin is the site and hub admin)
-  Password:  ${password:-see $SITE_FILE}   (the demo's shared password, in $SITE_FILE)
+  Password:  ${password:-see $SITE_FILE}   (the demo's shared password, for every user but admin)
+  Admin:     ${ADMIN_PASSWORD:-(printed when it was set; it is in $SITE_FILE)}
+  Isolation: $ISOLATION
   Site:      $HOME_DIR   (incloud config show; incloud archive ls)
   In a notebook:  import incloud_kernel; client = incloud_kernel.connect(); client.series(project="DEMO")
   Stop:      kill \$(cat $HOME_DIR/hub/hub.pid)

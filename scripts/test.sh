@@ -7,7 +7,7 @@ source "$(dirname "$0")/lib/postgres.sh"
 
 # Debian packages for the real components the tests drive.
 ensure_apt postgresql dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-postgresql \
-           slurm-wlm munge chromium chromium-driver openssh-client openssh-server curl procps \
+           slurm-wlm munge chromium chromium-driver openssh-client openssh-server sudo curl procps \
            podman runc debootstrap uidmap
 ensure_venv
 ensure_node_tools

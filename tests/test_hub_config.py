@@ -1,6 +1,9 @@
 """The hub's settings come from the site config: modes, profiles as data, roles and custom scopes, services."""
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import pytest
 from traitlets.config import Config as Traits
 
@@ -9,19 +12,50 @@ from incloud_kernel.errors import ConfigError
 
 
 def _configure(tmp_path, **env):  # type: ignore[no-untyped-def]
+    """The hub's settings for ``env``; as a non-root hub unless a test patches ``os.geteuid`` itself."""
+    from unittest import mock
+
     from hub.hubconfig import configure
 
     c = Traits()
-    configure(c, load_config(env={"INCLOUD_HOME": str(tmp_path), **env}))
+    cfg = load_config(env={"INCLOUD_HOME": str(tmp_path), **env})
+    if isinstance(os.geteuid, mock.Mock) or not hasattr(os, "geteuid"):
+        configure(c, cfg)
+    else:
+        with mock.patch("os.geteuid", lambda: 1000):
+            configure(c, cfg)
     return c
 
 
 def test_embedded_default_is_a_local_spawner_with_native_sign_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    c = _configure(tmp_path)
-    assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")  # no system account needed
+    c = _configure(tmp_path)  # a laptop: the hub and its workstations run as one (non-root) person
+    assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")
+    assert "--allow-root" not in c.Spawner.args
     assert c.JupyterHub.authenticator_class == "hub.native.IncloudNativeAuthenticator"
     assert c.NativeAuthenticator.open_signup is False
     assert c.Spawner.environment["INCLOUD_API_URL"] == "http://127.0.0.1:8000/services/incloud-api/"
+
+
+def test_embedded_hub_never_gives_root_workstations(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("os.geteuid", mock.Mock(return_value=0))
+    with pytest.raises(ConfigError, match="refuses to run workstations as root"):
+        _configure(tmp_path)
+    c = _configure(tmp_path, INCLOUD_HUB_LAUNCHER="/usr/local/sbin/incloud-workstation")
+    assert c.JupyterHub.spawner_class == "hub.isolated.IsolatedSpawner"
+    assert c.IsolatedSpawner.launcher == ["sudo", "-n", "/usr/local/sbin/incloud-workstation"]
+    assert callable(c.Authenticator.post_auth_hook)  # the system account is made at first login
+    assert "--allow-root" not in c.Spawner.args
+
+
+def test_shared_demo_password_never_opens_an_admin_account(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    shared = {"INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": "demo-password",
+              "INCLOUD_HUB_GROUP_MEMBERS": '{"researcher": ["ana"]}'}
+    with pytest.raises(ConfigError, match="admin_password must have at least 32"):
+        _configure(tmp_path, **shared)
+    c = _configure(tmp_path, **shared, INCLOUD_HUB_ADMIN_PASSWORD="x" * 32)
+    assert c.SharedPasswordAuthenticator.admin_password == "x" * 32
+    assert c.SharedPasswordAuthenticator.allow_all is False
+    assert c.SharedPasswordAuthenticator.allowed_users == {"admin", "ana"}
 
 
 def test_cluster_profiles_are_site_config_data(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,46 +137,130 @@ def test_file_access_through_the_api(stack, alice) -> None:  # type: ignore[no-u
     assert client.read_file(stack.file_ids[0]) == b'{"RepetitionTime": 2.3}'
 
 
-def test_ssh_with_the_hub_token_as_password(stack, alice, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Real OpenSSH client and server; the password is the user's hub token, checked by the hub."""
-    from hub.ssh_token import write_sshd_setup
+def _ssh_command(port: int, user: str, password: str, command: str, folder: Path,
+                 tty: bool = False) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the real OpenSSH client, ``password`` typed at its keyboard-interactive prompt."""
+    askpass = folder / "askpass"
+    askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
+    askpass.chmod(0o700)
+    argv = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1",
+            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", *(["-tt"] if tty else []), f"{user}@localhost",
+            *([command] if command else [])]
+    return argv, {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+
+
+def _ssh(port: int, user: str, password: str, command: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    argv, env = _ssh_command(port, user, password, command, folder)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def _workstation_job(stack, user) -> str:  # type: ignore[no-untyped-def]
+    out = subprocess.run(["squeue", "-h", "-u", user.name, "-t", "RUNNING", "-n", "spawner-jupyterhub", "-o", "%i"],
+                         capture_output=True, text=True, timeout=10,
+                         env={**os.environ, "SLURM_CONF": stack.env["SLURM_CONF"]}).stdout.split()
+    assert len(out) == 1, f"expected one running workstation job of {user.name}, got {out}"
+    return out[0]
+
+
+@pytest.fixture
+def sshd(stack):  # type: ignore[no-untyped-def]
+    """`incloud hub ssh` (the real command, as root) on a free port; stopped and its PAM file removed after."""
     from services.hubstack import free_port, wait_for
 
     require_tool("ssh")
     if not Path("/usr/sbin/sshd").exists():
         missing("openssh-server not installed")
-    _logged_in_with_workstation(stack, alice)
     port = free_port()
-    service = f"incloud-sshd-{os.getpid()}"
+    pam = Path("/etc/pam.d/incloud-sshd")
+    assert not pam.exists(), "another incloud-sshd is set up on this machine"
     folder = Path(tempfile.mkdtemp(prefix="incloud-ssh-"))
-    cmd = write_sshd_setup(str(folder), port, stack.url + "/hub/api", service=service)
-    sshd = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"))
+    log = open(folder / "log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("incloud")), "hub", "ssh"],
+                            env={**stack.env, "INCLOUD_HUB_SSH_PORT": str(port)}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-                                        capture_output=True, timeout=5).returncode == 0, 20, "sshd")
-
-        def ssh(password: str, command: str) -> subprocess.CompletedProcess[str]:
-            askpass = folder / "askpass"
-            askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
-            askpass.chmod(0o700)
-            return subprocess.run(
-                ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1",
-                 "-o", "ConnectTimeout=10", f"{alice.name}@127.0.0.1", command],
-                env={**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"},
-                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-
-        ok = ssh(alice.token, "/opt/incloud/venv/bin/python -c 'import incloud_kernel, getpass; "
-                              "print(getpass.getuser())'")
-        assert ok.returncode == 0, ok.stderr[-500:]
-        assert ok.stdout.strip().splitlines()[-1] == alice.name
-        bad = ssh("not-a-token", "true")
-        assert bad.returncode != 0 and "Permission denied" in bad.stderr
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"incloud hub ssh exited: {(folder / 'log').read_text()[-1000:]}")
+            return subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True,
+                                  timeout=5).returncode == 0
+        wait_for(listening, 20, "sshd")
+        yield port, folder
     finally:
-        sshd.terminate()
-        sshd.wait(10)
-        Path(f"/etc/pam.d/{service}").unlink(missing_ok=True)
+        proc.terminate()
+        proc.wait(10)
+        pam.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ssh_with_the_hub_token_lands_in_the_workstation_job(stack, alice, sshd) -> None:  # type: ignore[no-untyped-def]
+    """`incloud hub ssh`; a real OpenSSH client whose password is the user's hub token lands, as that user, in a
+    step of the user's running workstation job (never on the login host); a wrong token is refused."""
+    port, folder = sshd
+    _logged_in_with_workstation(stack, alice)
+    job = _workstation_job(stack, alice)
+    ok = _ssh(port, alice.name, alice.token, 'echo "job=$SLURM_JOB_ID step=$SLURM_STEP_ID"; id -un; '
+              'tr "\\0" " " < /proc/$PPID/cmdline; echo; /opt/incloud/venv/bin/python -c "import incloud_kernel"',
+              folder)
+    assert ok.returncode == 0, ok.stderr[-800:]
+    lines = ok.stdout.strip().splitlines()
+    assert lines[0].startswith(f"job={job} step=") and lines[0] != f"job={job} step=", ok.stdout
+    assert lines[1] == alice.name
+    assert f"slurmstepd: [{job}." in lines[2], f"the session is not a step of job {job}: {lines[2]!r}"
+    # An interactive login (terminal, no command) gets a shell on a pseudo-terminal inside the same job.
+    out = _ssh_dialogue(port, alice.name, alice.token, "", folder,
+                        [("$ ", 'echo "tty=$(tty) job=$SLURM_JOB_ID"; exit')], timeout=120)
+    assert f"job={job}" in out and "tty=/dev/pts/" in out, out[-800:]
+    bad = _ssh(port, alice.name, "not-a-token", "true", folder)
+    assert bad.returncode != 0 and "Permission denied" in bad.stderr
+
+
+def test_ssh_without_a_workstation_says_so_and_offers_to_start_one(stack, alice, sshd) -> None:  # type: ignore[no-untyped-def]
+    port, folder = sshd
+    _logged_in_with_workstation(stack, alice)
+    stack.stop_server(alice)
+    r = _ssh(port, alice.name, alice.token, "id -un", folder)
+    assert r.returncode != 0
+    assert f"no workstation of {alice.name} is running" in r.stderr, r.stderr
+    assert f"/hub/api/users/{alice.name}/server" in r.stderr and alice.token not in r.stderr + r.stdout
+    # On a terminal the session offers to start one through the hub API (the token is asked again), then lands in it.
+    out = _ssh_dialogue(port, alice.name, alice.token, 'echo "job=$SLURM_JOB_ID"; id -un', folder,
+                        [("[y/N]", "y"), ("Hub token", alice.token)])
+    job = _workstation_job(stack, alice)
+    assert f"job={job}" in out and out.strip().splitlines()[-1].strip() == alice.name, out[-800:]
+
+
+def _ssh_dialogue(port: int, user: str, password: str, command: str, folder: Path,
+                  answers: list[tuple[str, str]], timeout: float = 180) -> str:
+    """ssh -tt: answer each prompt once it is shown (getpass flushes what was typed before it asked)."""
+    import select
+
+    argv, env = _ssh_command(port, user, password, command, folder, tty=True)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    out, pending = b"", list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+            if pending and pending[0][0].encode() in out.rsplit(b"\n", 1)[-1]:
+                proc.stdin.write(pending.pop(0)[1].encode() + b"\n")
+                proc.stdin.flush()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = out.decode(errors="replace").replace("\r", "")
+    assert proc.returncode == 0, text[-800:]
+    assert not pending, f"never asked {pending[0][0]!r}: {text[-800:]}"
+    return text
 
 
 def _concrete(path: str) -> str:
@@ -285,3 +370,20 @@ def test_slurm_controller_down_fails_the_spawn_without_hanging(stack, alice) -> 
     finally:
         slurm("start", stack.slurm_dir)
 
+
+def test_admin_name_cannot_be_claimed_by_sign_up(stack) -> None:  # type: ignore[no-untyped-def]
+    """No first-come admin: the admin's password was set by `incloud hub admin-password`; the sign-up form refuses
+    the admin name, so nobody can take it over (upstream pre-approves an admin name's sign-up)."""
+    from services.hubstack import PASSWORD, HubUser
+
+    squatter = HubUser(stack, stack.admin.name)
+    with pytest.raises(AssertionError, match="sign-up refused"):
+        squatter.sign_up("an0ther-Strong-passw0rd")
+    try:
+        squatter.log_in("an0ther-Strong-passw0rd")
+    except requests.HTTPError:
+        pass
+    assert not squatter.logged_in
+    admin = HubUser(stack, stack.admin.name)
+    admin.log_in(PASSWORD)
+    assert admin.logged_in

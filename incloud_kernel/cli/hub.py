@@ -39,7 +39,7 @@ def hub() -> None:
 def show(as_json: bool) -> None:
     """Print the hub settings of the site config (mode, URLs, authenticator, profiles)."""
     cfg = get_config()
-    data = {f"hub.{k}": v for k, v in vars(cfg.hub).items() if k != "shared_password"}
+    data = {f"hub.{k}": v for k, v in vars(cfg.hub).items() if k not in ("shared_password", "admin_password")}
     data["config file"] = str(config_file())
     data["API URL for workstations"] = cfg.hub.bind_url.rstrip("/") + "/services/incloud-api/"
     if as_json:
@@ -70,13 +70,42 @@ def start(debug: bool) -> None:
     click.echo(f"INCloud hub ({cfg.hub.mode} mode) at {cfg.hub.bind_url}")
     if cfg.hub.authenticator == "native":
         click.echo(f"  sign up at {cfg.hub.bind_url.rstrip('/')}/hub/signup; admins "
-                   f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize")
+                   f"({', '.join(cfg.hub.admin_users)}) approve users at /hub/authorize; admin names cannot sign "
+                   "up: set their passwords with `incloud hub admin-password NAME`")
     args = [str(exe), "-f", str(config_file())] + (["--debug"] if debug else [])
     os.chdir(state)
     # A hub started in the background by a script inherits SIGINT ignored; its services would inherit that too,
     # and JupyterHub stops services with SIGINT first, so shutdown would wait on them. Restore the default.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(args[0], args)
+
+
+@hub.command("admin-password")
+@click.argument("name", required=False)
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from standard input.")
+def admin_password(name: str | None, from_stdin: bool) -> None:
+    """Set an admin's hub password (NativeAuthenticator; sign-up never accepts an admin name).
+
+    Without --stdin a strong password is generated and printed once. Run it after the hub started once.
+    """
+    import secrets
+    import subprocess
+
+    cfg = get_config()
+    if cfg.hub.authenticator != "native":
+        raise ConfigError(f"hub.authenticator is {cfg.hub.authenticator!r}: admin passwords are set in the site "
+                          "config (hub.admin_password) or by the directory, not here")
+    name = name or (cfg.hub.admin_users[0] if cfg.hub.admin_users else "")
+    if name not in cfg.hub.admin_users:
+        raise ConfigError(f"{name or 'nobody'} is not in hub.admin_users")
+    password = sys.stdin.readline().rstrip("\n") if from_stdin else secrets.token_urlsafe(18)
+    r = subprocess.run([sys.executable, "-m", "hub.native", "set-password", name], input=password + "\n",
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise ConfigError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "could not set the password")
+    click.echo(r.stdout.strip())
+    if not from_stdin:
+        click.echo(f"password of {name} (shown once): {password}")
 
 
 @hub.command("ssh")

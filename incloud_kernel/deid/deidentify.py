@@ -14,7 +14,6 @@ from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
@@ -24,7 +23,7 @@ from incloud_kernel.deid.errors import BurnedInText, InvalidInput
 from incloud_kernel.deid.groups import apply_in_bulk
 from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.options import BASIC_PROFILE, OPTIONS
-from incloud_kernel.deid.profile import TEXT_VRS, WalkState, apply, make_scrubber, plan_for
+from incloud_kernel.deid.profile import WalkState, apply, identity_guard, identity_tokens, make_scrubber, plan_for
 from incloud_kernel.deid.table import load_table
 from incloud_kernel.deid.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -46,33 +45,6 @@ class DeidRecord:
     series_uid: str
     pseudonym: str
     changes: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _identity_tokens(ds: Dataset, plan_tags: dict[int, str]) -> set[str]:
-    """Every text value the table removes or replaces (names, IDs, addresses...), for cleaning free text."""
-    tokens: set[str] = set()
-
-    def walk(d: Dataset) -> None:
-        for elem in d:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    walk(item)
-                continue
-            if elem.VR not in TEXT_VRS and elem.VR not in ("PN", "DA", "DT"):
-                continue
-            if elem.VR != "PN" and plan_tags.get(int(elem.tag)) in (None, "K", "C", "U"):
-                continue
-            values = list(elem.value) if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
-            for v in values:
-                text = str(v or "").strip()
-                if not text:
-                    continue
-                tokens.add(text)
-                for part in text.replace("=", "^").replace(",", " ").replace("^", " ").split():
-                    tokens.add(part)
-
-    walk(ds)
-    return tokens
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -117,7 +89,7 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         reason = burned_in_reason(ds)
         if reason:
             raise BurnedInText(f"held back: {reason}", reason=reason)
-    plan = plan_for(context.options)
+    plan = plan_for(context.options, _sop_value(ds, "SOPClassUID"))  # combined actions: the IOD's Types
     dates_shifted = "retain_long_modified_dates" in context.options
     offset = context.date_offset(ds) if dates_shifted else None
     pseudonym = context.pseudonym(ds)
@@ -126,10 +98,11 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
 
     def scrub(text: str) -> str:
         if not tokens_cache:
-            tokens_cache.append(make_scrubber(_identity_tokens(ds, plan.tags)))
+            tokens_cache.append(make_scrubber(identity_tokens(ds, plan)))
         return tokens_cache[0](text)
 
-    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub)
+    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub,
+                      guard=identity_guard(ds, plan))  # the patient's names/IDs out of unlisted text
     new = apply_in_bulk(ds, apply, state, plan.tags)  # = apply(ds, state), faster
 
     if "SOPInstanceUID" not in new:  # only in the file meta: carry it into the dataset, mapped
@@ -170,7 +143,9 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
     ts = pydicom.uid.UID(str(peek(meta, 0x00020010)))
     if ts.is_transfer_syntax:
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
-    out = FileDataset("", new, preamble=PREAMBLE, file_meta=meta,
+    # Values left deferred in the source file (large pixel data, never read) are read from it on access.
+    source = getattr(ds, "filename", None)
+    out = FileDataset(source if isinstance(source, str) else "", new, preamble=PREAMBLE, file_meta=meta,
                       is_implicit_VR=bool(implicit), is_little_endian=little is not False)
     # Keep the source's encoding and character set, so kept raw elements are written as read (fast path).
     out.set_original_encoding(bool(implicit), little is not False, ds.original_character_set)

@@ -1,20 +1,19 @@
 """Batch de-identification over files, folders, DICOMDIR files and zip archives, in N processes.
 
 Output tree: ``OUT/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
-Every file that cannot be passed goes to the quarantine root with its original bytes and a reason file; the
-batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
-and pydicom's warnings, which can quote values, are silenced in workers).
+Every file that cannot be passed goes to the site quarantine (``incloud_kernel.quarantine``, origin ``deid``) with
+its original bytes, a value-free reason and what a release needs (output folder, options); the batch continues.
+Messages and reasons never carry header values (pydicom exception texts are never used, and pydicom's warnings,
+which can quote values, are silenced in workers).
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import logging
 import mmap
 import multiprocessing as mp
 import os
-import shutil
 import struct
 import time
 import warnings
@@ -37,6 +36,7 @@ from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid import groups
 from incloud_kernel.deid.writer import write_file
 from incloud_kernel.dicom.part10 import LONG_VRS
+from incloud_kernel.quarantine import Entry, Quarantine
 
 PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAG = BaseTag(PIXEL_DATA)
@@ -138,10 +138,11 @@ def _zip_or_file(f: Path, jobs: list[Job], add: Callable[[Job], None]) -> Job:
 _WORKER: dict = {}
 
 
-def _init_worker(context: DeidContext, out_root: str, quarantine_root: str) -> None:
+def _init_worker(context: DeidContext, out_root: str, quarantine_root: str | None) -> None:
     warnings.simplefilter("ignore")  # pydicom warnings can quote header values
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root), made=set())
+    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root) if quarantine_root else None,
+                   made=set())
 
 
 def _read_bytes(job: Job) -> bytes:
@@ -292,18 +293,20 @@ def _read(job: Job) -> pydicom.FileDataset:
 
 
 def _quarantine(job: Job, reason: str, root: Path) -> str:
-    """Copy the original bytes and write ``<name>.reason.txt``; returns the quarantine file path."""
-    digest = hashlib.sha256(job.label.encode("utf-8", "replace")).hexdigest()[:16]
-    folder = root / time.strftime("%Y%m%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{digest}.bin"
-    if job.member is None:
-        shutil.copyfile(job.path, target)
-    else:
-        target.write_bytes(_read_bytes(job))
-    # The quarantine is identified data (original bytes), so naming the source path here is allowed.
-    (folder / f"{digest}.reason.txt").write_text(f"source: {job.label}\nreason: {reason}\n")
-    return str(target)
+    """Hold the original bytes in a new quarantine entry (0700/0600); returns the entry id.
+
+    The record keeps what ``release_deid`` needs: the output folder, the options and ``original`` (the input's
+    path: the entry holds identified bytes anyway, and a reviewer must know where they came from).
+    """
+    ctx: DeidContext = _WORKER["context"]
+    gz = job.member is None and _is_gzip(job)
+    source: Path | bytes = Path(job.path) if job.member is None else _read_bytes(job)
+    entry = Quarantine(root).put(
+        "deid", [(source, "original.dcm.gz" if gz else "original.dcm")], reason=reason, step="deidentify",
+        source="zip member" if job.member else "file",
+        release={"out": str(_WORKER["out"]), "options": list(ctx.options), "allow_burned_in": ctx.allow_burned_in,
+                 "original": job.label})
+    return entry.id
 
 
 def process(job: Job) -> Result:
@@ -327,7 +330,8 @@ def process(job: Job) -> Result:
             reason = exc.reason
         except Exception as exc:  # noqa: BLE001 - type only, never the text
             reason = f"error:{type(exc).__name__}"
-        _quarantine(job, reason, _WORKER["quarantine"])
+        if _WORKER["quarantine"] is not None:  # None: a release, whose entry already holds the bytes
+            _quarantine(job, reason, _WORKER["quarantine"])
         return Result(job, "quarantined", reason=reason)
     except Exception as exc:  # noqa: BLE001 - even quarantine failed (disk full...): report, keep going
         return Result(job, "failed", reason=f"quarantine-failed:{type(exc).__name__}")
@@ -339,7 +343,6 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
     summary = Summary()
     start = time.perf_counter()
     out_root.mkdir(parents=True, exist_ok=True)
-    quarantine_root.mkdir(parents=True, exist_ok=True)
     initargs = (context, str(out_root), str(quarantine_root))
 
     def handle(result: Result) -> None:
@@ -367,3 +370,24 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
                 handle(result)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def release_deid(entry: Entry, context: DeidContext) -> Result:
+    """De-identify the entry's held file again into its recorded output folder (``Result.output`` is relative to it).
+
+    ``context`` is built by the caller from the recorded options (and ``allow_burned_in``, which a reviewer may
+    grant for this release). Raises DeidError (value-free reason) when it fails again: the entry stays, and no
+    second entry is made.
+    """
+    (held,) = entry.paths()
+    saved = dict(_WORKER)
+    try:
+        with warnings.catch_warnings():
+            _init_worker(context, entry.release["out"], None)
+            result = process(Job(str(held)))
+    finally:
+        _WORKER.clear()
+        _WORKER.update(saved)
+    if result.status != "done":
+        raise DeidError("de-identification failed again", reason=result.reason or "deid-failed")
+    return result

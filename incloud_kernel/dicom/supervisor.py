@@ -2,7 +2,8 @@
 when it dies, stop it cleanly on SIGTERM/SIGINT.
 
 The supervisor never reads DICOM data and never logs anything Orthanc received; Orthanc's own log goes to a file
-under the spool with ``DeidentifyLogs`` on.
+under the spool with ``DeidentifyLogs`` on. Orthanc runs with umask 077: its storage area, index and log (received,
+identified instances) are the service user's alone (docs/security.md).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable
 import requests
 
 from incloud_kernel.errors import IncloudError
+from incloud_kernel.site import PRIVATE_UMASK, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,12 @@ class OrthancSupervisor:
 
     def start(self) -> None:
         """Start Orthanc and wait until it answers; raises OrthancStartError (one line) if it does not."""
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        logfh = open(self.log_file, "ab")
+        private_dir(self.log_file.parent)
+        logfh = os.fdopen(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             self.process = subprocess.Popen(
                 [self.binary, str(self.config_file)], stdout=logfh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=dicom_env(), cwd=str(self.config_file.parent),
+                stdin=subprocess.DEVNULL, env=dicom_env(), cwd=str(self.config_file.parent), umask=PRIVATE_UMASK,
             )
         except OSError as exc:
             raise OrthancStartError(f"cannot run {self.binary}: {exc.strerror or type(exc).__name__}") from None

@@ -236,8 +236,11 @@ class HubStack:
         wait_for(self._hub_up, 60, "JupyterHub behind configurable-http-proxy")
         wait_for(lambda: requests.get(self.api_url + "health", timeout=5).status_code == 401, 30,
                  "INCloud API service")
+        # No first-come admin: the admin's password is set by the operator's command, never by sign-up.
+        r = subprocess.run([str(VENV / "bin" / "incloud"), "hub", "admin-password", f"{self.prefix}admin", "--stdin"],
+                           input=PASSWORD + "\n", env=self.env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-500:]
         self.admin = HubUser(self, f"{self.prefix}admin")
-        self.admin.sign_up()
         self.admin.log_in()
         assert self.admin.logged_in, "admin login failed"
         self.admin_token = self.admin.new_token(expires_in=3600)

@@ -6,6 +6,7 @@ The real protocol, as JupyterLab speaks it: POST /api/kernels, then execute_requ
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -65,3 +66,36 @@ def run_code(base_url: str, server_prefix: str, token: str, code: str, timeout: 
             ws.close()
     finally:
         requests.delete(f"{api}/{kernel_id}", headers=headers, timeout=30)
+
+
+def run_in_terminal(base_url: str, server_prefix: str, token: str, command: str, timeout: float = 60) -> str:
+    """Open a JupyterLab terminal (POST /api/terminals, terminado websocket), type ``command`` and return what the
+    terminal printed between two markers; the terminal is deleted afterwards."""
+    api = base_url.rstrip("/") + server_prefix.rstrip("/")
+    headers = {"Authorization": f"token {token}"}
+    r = requests.post(api + "/api/terminals", headers=headers, timeout=60)
+    r.raise_for_status()
+    name = r.json()["name"]
+    marker = uuid.uuid4().hex[:8]
+    try:
+        ws = websocket.create_connection(api.replace("http://", "ws://", 1) + f"/terminals/websocket/{name}",
+                                         header=[f"Authorization: token {token}"], timeout=timeout)
+        try:
+            # The markers are printed by the shell, so the echo of the typed line does not count.
+            ws.send(json.dumps(["stdin", f"printf '%s\\n' B{marker}; {command}; printf '%s\\n' E{marker}\r"]))
+            text = ""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                kind, *payload = json.loads(ws.recv())
+                if kind == "stdout":
+                    text += payload[0]
+                    # Strip terminal control sequences (bash's bracketed-paste switches surround each command).
+                    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text).replace("\r", "")
+                    lines = [line.strip() for line in plain.split("\n")]
+                    if f"E{marker}" in lines:
+                        return "\n".join(lines[lines.index(f"B{marker}") + 1:lines.index(f"E{marker}")])
+            raise TimeoutError(f"terminal did not finish within {timeout} s: {text[-500:]!r}")
+        finally:
+            ws.close()
+    finally:
+        requests.delete(f"{api}/api/terminals/{name}", headers=headers, timeout=30)
