@@ -17,6 +17,9 @@ from pathlib import Path
 import requests
 
 INCLOUD = str(Path(sys.executable).with_name("incloud"))
+#: What the supervisor logs when it begins a scrub (right before stopping Orthanc) and when it has finished one.
+SCRUBBING = "DICOM edge empty and idle"
+SCRUBBED = "DICOM edge scrubbed"
 
 
 def free_port() -> int:
@@ -71,6 +74,24 @@ class Edge:
     def store(self, *files: Path, aet: str = "SCANNER1", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         return dcmtk("storescu", "-aet", aet, "-aec", self.ae_title, *extra, "127.0.0.1", str(self.port),
                      *[str(f) for f in files])
+
+    def log_count(self, text: str) -> int:
+        """How many lines of the supervisor's log hold ``text`` (e.g. ``SCRUBBED``)."""
+        try:
+            return (self.home / "serve-dicom.log").read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
+    def wait_log(self, text: str, more_than: int, timeout: float = 120) -> None:
+        """Wait until the supervisor's log holds ``text`` more than ``more_than`` times."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_count(text) > more_than:
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"incloud serve dicom exited with {self.process.returncode}")
+            time.sleep(0.1)
+        raise TimeoutError(f"the DICOM edge did not log {text!r}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
