@@ -310,14 +310,19 @@ def test_edge_scrub_leaves_no_identified_remnant_once_empty(quick_scrub_edge: Ed
     assert edge.get("/statistics").json()["CountInstances"] == 1
 
 
-def test_instance_stored_during_a_scrub_is_not_lost(quick_scrub_edge: Edge, tmp_path: Path) -> None:
-    """A store sent the moment the supervisor begins a scrub is either accepted (and kept) or refused; sent
-    again as a scanner does, it is accepted, and the edge, no longer empty, is not scrubbed again."""
+@pytest.mark.parametrize("moment", ["stopping", "stopped"])
+def test_instance_stored_during_a_scrub_is_not_lost(quick_scrub_edge: Edge, tmp_path: Path, moment: str) -> None:
+    """A store sent the moment the supervisor begins a scrub (Orthanc being stopped), or once Orthanc has exited
+    (its port closed until the restart), is either accepted and kept, or refused; sent again as a scanner does,
+    it is accepted, and the edge, no longer empty, is not scrubbed again."""
     edge = quick_scrub_edge
     assert edge.store(Path(get_testdata_file("MR_small.dcm"))).returncode == 0
     scrubbing, scrubbed = edge.log_count(SCRUBBING), edge.log_count(SCRUBBED)
+    pid_file = edge.home / "spool" / "orthanc" / "orthanc.pid"
     _delete_everything(edge)
     edge.wait_log(SCRUBBING, scrubbing)  # Orthanc is being stopped now
+    while moment == "stopped" and pid_file.exists() and edge.log_count(SCRUBBED) == scrubbed:
+        time.sleep(0.01)  # the supervisor removes the pid file once Orthanc has exited
     late = _copy_with(tmp_path, "CT_small.dcm", SOPInstanceUID=pydicom.uid.generate_uid())
     outcomes = []
     for _ in range(120):  # a scanner retries an association that was refused or aborted
