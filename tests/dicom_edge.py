@@ -110,6 +110,9 @@ def start_edge(env: dict[str, str], *, allowed: str = "SCANNER1,SCANNER2", stabl
                 INCLOUD_DICOM_PORT=str(port), INCLOUD_DICOM_HTTP_PORT=str(http_port),
                 INCLOUD_DICOM_ALLOWED_CALLING_AETS=allowed, INCLOUD_DICOM_STABLE_AGE=str(stable_age),
                 **(extra_env or {}))
+    # No scrub restart in the middle of a test that is not about it (a test's storescu does not retry as a
+    # scanner does); a test asks for one with INCLOUD_DICOM_SCRUB_QUIET_TIME in its environment or extra_env.
+    full.setdefault("INCLOUD_DICOM_SCRUB_QUIET_TIME", "3600")
     home = Path(full["INCLOUD_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "serve-dicom.log", "ab")

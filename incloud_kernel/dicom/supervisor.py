@@ -125,12 +125,13 @@ class OrthancSupervisor:
 
     def compact_index(self) -> None:
         """Compact the stopped Orthanc's index (no-op without a SQLite index) and note where its change feed
-        stands; a failure is logged, never fatal: Orthanc still runs, and the next scrub tries again."""
+        stands. A failure (disk full...) is logged, never fatal: Orthanc runs on, and the index is compacted again
+        after the edge next holds something and empties, or at the supervisor's stop."""
         if self.index_file is None:
             return
+        self.activity.scrubbed()  # also after a failure: no restart every quiet period while the disk is full
         try:
             vacuum_index(self.index_file)
-            self.activity.scrubbed()
             self.activity.observe(*index_state(self.index_file))
         except ScrubError as exc:
             log.error("%s", exc)
@@ -170,6 +171,8 @@ class OrthancSupervisor:
         log.info("DICOM edge empty and idle: restarting Orthanc to scrub its index")
         self._halt()
         self.compact_index()
+        if self._stopping:  # SIGTERM during the scrub: run_forever stops now
+            return True
         self.start()  # OrthancStartError: run_forever's restart loop takes over
         self.scrubs += 1
         log.info("DICOM edge scrubbed (scrub %d)", self.scrubs)
