@@ -340,3 +340,17 @@ def test_instance_stored_during_a_scrub_is_not_lost(quick_scrub_edge: Edge, tmp_
     assert [item["Type"] for item in found] == ["Instance"]
     assert edge.get("/statistics").json()["CountInstances"] == 1
     assert edge.log_count(SCRUBBING) == scrubbing + 1
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_unusable_scrub_quiet_time_is_one_line_error(tmp_path: Path, value: str) -> None:
+    import subprocess
+
+    from dicom_edge import INCLOUD
+
+    env = dict(os.environ, INCLOUD_HOME=str(tmp_path / "home"),
+               INCLOUD_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", INCLOUD_DICOM_SCRUB_QUIET_TIME=value)
+    result = subprocess.run([INCLOUD, "serve", "dicom"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "scrub_quiet_time" in result.stderr.lower() and "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "spool" / "orthanc" / "orthanc.pid").exists()
