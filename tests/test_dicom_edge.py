@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +16,7 @@ import requests
 from pydicom.data import get_testdata_file
 
 from conftest import missing, require_tool
-from dicom_edge import SCRUBBED, SCRUBBING, Edge, dcmtk, start_edge
+from dicom_edge import INCLOUD, SCRUBBED, SCRUBBING, Edge, dcmtk, start_edge
 from incloud_kernel.config import load_config
 from incloud_kernel.dicom.index_scrub import EdgeActivity, index_state, vacuum_index
 from incloud_kernel.dicom.orthanc_client import OrthancClient
@@ -344,10 +345,6 @@ def test_instance_stored_during_a_scrub_is_not_lost(quick_scrub_edge: Edge, tmp_
 
 @pytest.mark.parametrize("value", ["0", "-5", "soon"])
 def test_unusable_scrub_quiet_time_is_one_line_error(tmp_path: Path, value: str) -> None:
-    import subprocess
-
-    from dicom_edge import INCLOUD
-
     env = dict(os.environ, INCLOUD_HOME=str(tmp_path / "home"),
                INCLOUD_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", INCLOUD_DICOM_SCRUB_QUIET_TIME=value)
     result = subprocess.run([INCLOUD, "serve", "dicom"], env=env, capture_output=True, text=True, timeout=60)
