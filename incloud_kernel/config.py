@@ -95,6 +95,10 @@ class DicomSection:
     #: or ``*`` glob). No match: the ``unassigned_project`` inbox.
     routing: list[dict[str, Any]] = field(default_factory=list)
     unassigned_project: str = "unassigned"
+    #: Edge scrubbing (SQLite index only): once Orthanc has held something, is empty again and nothing arrived
+    #: or left for this many seconds, the supervisor restarts Orthanc (a few s) around a compaction of its index,
+    #: so no deleted study's values stay in it (docs/security.md). Senders retry a store refused meanwhile.
+    scrub_quiet_time: float = 30.0
 
 
 @dataclass
