@@ -9,7 +9,7 @@ import nibabel as nib
 from incloud_kernel.deface.brainmask import template_distances
 from incloud_kernel.deface.reface import Refacer
 from incloud_kernel.deface.template import load_template
-from incloud_kernel.deface.testheads import make_head
+from template_heads import make_head
 
 
 def main() -> None:

@@ -1,28 +1,45 @@
 #!/usr/bin/env python3
-"""Benchmark: de-identification files/s on >= 2,000 single-frame 256x256 MR instances.
+"""Benchmark: de-identification throughput against dicognito and against `cp`, all in the same run.
 
-Runs, on the same generated corpus in the same process run: INCloud on 1 process, dicognito (installed) on 1
-process, INCloud with --jobs 2. Each reads every file, de-identifies it and writes it to its own output folder.
-Prints both rates and the ratio (goal: INCloud 1 process >= 3x dicognito), in wall-clock files/s and, because
-the development machine is shared, also per second of the process's own CPU time (less sensitive to load).
+Three measurements, one after the other in one run on this machine:
+1. uniform corpus: >= 2,000 generated single-frame 256x256 MR instances: INCloud 1 process, dicognito 1 process,
+   INCloud --jobs 2 (goal: INCloud >= 3x dicognito);
+2. heterogeneous corpus: the real test files that ship with pydicom (JPEG 2000, JPEG-LS, RLE, JPEG, big endian,
+   implicit VR, SR, RT, waveforms, enhanced CT...) and nibabel (Siemens mosaic and DWI with CSA headers), plus
+   the 22 MiB Philips enhanced multi-frame MR that nibabel ships gzipped (nicom/tests/data/philips_mprage.dcm.gz,
+   decompressed here), each processed --rounds times: INCloud 1 process vs dicognito 1 process (goal >= 3x);
+3. the enhanced multi-frame file alone, --copies times: INCloud 1 process vs `cp` of the same files, in MB/s
+   (goal >= 0.5 of cp).
+Every tool reads every file, de-identifies (or copies) it and writes it to its own folder. Besides wall-clock rates
+it prints the CPU seconds of each run's own process (``time.process_time``: INCloud and dicognito run in this
+process; `cp` is a child, timed with ``resource``), less sensitive to the other work on a shared machine, and the
+load average before and after. Only installed packages are used: nothing is downloaded, nothing from tests/.
 
-    /opt/incloud/venv/bin/python bench/bench_deid.py [--n 2000] [--work DIR]
+    /opt/incloud/venv/bin/python bench/bench_deid.py [--n 2000] [--rounds 3] [--copies 10] [--work DIR]
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
 import os
+import resource
 import shutil
+import subprocess
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
 KEY = b"bench-key-0123456789abcdef012345"
+PYDICOM_FILES = Path(get_testdata_file("MR_small.dcm")).parent
+NIBABEL_FILES = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
+ENHANCED_GZ = NIBABEL_FILES / "philips_mprage.dcm.gz"
 
 
 def make_corpus(folder: Path, n: int) -> None:
@@ -51,24 +68,76 @@ def make_corpus(folder: Path, n: int) -> None:
         ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
 
 
-def run_ours(src: Path, out: Path, jobs: int) -> tuple[float, float]:
-    """(files/s wall, files/s of this process's CPU time; the latter only meaningful for jobs=1)."""
+def make_enhanced(path: Path) -> Path:
+    """The Philips enhanced MR (176 frames of 256x256, 22 MiB) as a plain Part 10 file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.decompress(ENHANCED_GZ.read_bytes()))
+    return path
+
+
+def make_heterogeneous(folder: Path) -> list[str]:
+    """The shipped test instances both tools can rewrite, one file each (.gz decompressed), plus the enhanced MR.
+
+    Left out: files that are not instances (DICOMDIRs, READMEs, CSA dumps, raw datasets without file meta,
+    fragments without SOP Class) and the deliberately truncated ones (INCloud quarantines them, so they would
+    measure the quarantine, not de-identification), and any file dicognito raises on (named in the output).
+    """
+    from dicognito.anonymizer import Anonymizer
+
+    folder.mkdir(parents=True)
+    kinds: list[str] = []
+    skipped: list[str] = []
+    probe = Anonymizer(seed="probe")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for src in sorted([*PYDICOM_FILES.rglob("*"), *NIBABEL_FILES.glob("*")]):
+            if not src.is_file() or src == ENHANCED_GZ or "trunc" in src.name.lower() or "DICOMDIR" in src.name:
+                continue
+            data = src.read_bytes()
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            if len(data) < 132 or data[128:132] != b"DICM":
+                continue
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds or "DirectoryRecordSequence" in ds:
+                    continue
+                probe.anonymize(pydicom.dcmread(io.BytesIO(data)))  # dicognito must take it too
+            except Exception:  # noqa: BLE001 - not a file both tools can take
+                skipped.append(src.name)
+                continue
+            name = f"{len(kinds):03d}_{src.name.removesuffix('.gz')}"
+            (folder / name).write_bytes(data)
+            kinds.append(str(ds.file_meta.get("TransferSyntaxUID", "?")))
+    make_enhanced(folder / "zz_philips_enhanced_mr.dcm")
+    if skipped:
+        print(f"left out (dicognito fails on them): {', '.join(skipped)}")
+    return kinds
+
+
+def cpu_now() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def run_ours(sources: list[Path], out: Path, jobs: int = 1) -> tuple[int, float, float]:
+    """(files done, wall seconds, CPU seconds of this process; the latter only meaningful for jobs=1)."""
     from incloud_kernel.deid import DeidContext
     from incloud_kernel.deid.runner import enumerate_jobs, run_batch
 
-    job_list = enumerate_jobs([src])
-    cpu = time.process_time()
-    summary = run_batch(job_list, DeidContext(key=KEY), out, out.parent / f"{out.name}-q", n_jobs=jobs)
-    cpu = time.process_time() - cpu
-    assert summary.done == len(job_list), summary
-    return summary.done / summary.seconds, summary.done / cpu
+    job_list = enumerate_jobs(sources)
+    start, cpu = time.perf_counter(), time.process_time()
+    summary = run_batch(job_list, DeidContext(key=KEY, allow_burned_in=True), out, out.parent / f"{out.name}-q",
+                        n_jobs=jobs)
+    assert summary.done == len(job_list), summary.reasons
+    return summary.done, time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_dicognito(src: Path, out: Path) -> tuple[float, float]:
+def run_dicognito(files: list[Path], out: Path) -> tuple[int, float, float]:
     from dicognito.anonymizer import Anonymizer
 
     out.mkdir(parents=True)
-    files = sorted(src.glob("*.dcm"))
     anonymizer = Anonymizer(seed="bench")
     start, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -77,31 +146,125 @@ def run_dicognito(src: Path, out: Path) -> tuple[float, float]:
             ds = pydicom.dcmread(f)
             anonymizer.anonymize(ds)
             ds.save_as(out / f.name)
-    return len(files) / (time.perf_counter() - start), len(files) / (time.process_time() - cpu)
+    return len(files), time.perf_counter() - start, time.process_time() - cpu
+
+
+def run_cp(files: list[Path], out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the `cp` child) copying ``files`` into ``out`` with one `cp` process."""
+    out.mkdir(parents=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(["cp", *map(str, files), str(out)], check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def load() -> str:
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+def bench_uniform(work: Path, n: int) -> None:
+    src = work / "corpus"
+    t0 = time.perf_counter()
+    make_corpus(src, n)
+    size = sum(p.stat().st_size for p in src.iterdir()) / 2**20
+    print(f"\n[1] uniform corpus: {n} single-frame 256x256 MR instances ({size:.0f} MiB), made in "
+          f"{time.perf_counter() - t0:.1f} s; load average before: {load()}")
+    os.sync()
+    done, wall, cpu = run_ours([src], work / "ours1", 1)
+    ours, ours_cpu = done / wall, done / cpu
+    print(f"incloud deid, 1 process : {ours:8.1f} files/s wall  ({ours_cpu:7.1f} files/s per CPU second; "
+          f"CPU {cpu:.1f} s)")
+    os.sync()
+    done, wall, cpu = run_dicognito(sorted(src.glob("*.dcm")), work / "dicognito")
+    dicog, dicog_cpu = done / wall, done / cpu
+    print(f"dicognito,    1 process : {dicog:8.1f} files/s wall  ({dicog_cpu:7.1f} files/s per CPU second; "
+          f"CPU {cpu:.1f} s)")
+    done, wall, _ = run_ours([src], work / "ours2", 2)
+    print(f"incloud deid, --jobs 2  : {done / wall:8.1f} files/s wall")
+    print(f"load average after: {load()}")
+    print(f"RATIO uniform incloud(1) / dicognito(1) = {ours / dicog:.2f}x wall, {ours_cpu / dicog_cpu:.2f}x CPU "
+          f"(goal >= 3x); jobs 2 / jobs 1 = {done / wall / ours:.2f}x")
+
+
+def bench_heterogeneous(work: Path, rounds: int) -> None:
+    src = work / "hetero"
+    syntaxes = make_heterogeneous(src)
+    files = sorted(src.iterdir())
+    size = sum(p.stat().st_size for p in files) / 2**20
+    print(f"\n[2] heterogeneous corpus: {len(files)} files ({size:.1f} MiB, {len(set(syntaxes))} transfer syntaxes, "
+          f"incl. the 22 MiB enhanced MR) x {rounds} rounds, the tools alternating; load average before: {load()}")
+    totals = {"incloud": [0.0, 0.0, 0.0, 0.0, 0.0], "dicognito": [0.0, 0.0, 0.0, 0.0, 0.0]}
+    for r in range(rounds):  # alternate, so that both see the same load on a shared machine
+        for name in ("incloud", "dicognito"):
+            os.sync()
+            user, system = cpu_now()
+            if name == "incloud":
+                done, wall, cpu = run_ours([src], work / f"hetero-ours{r}", 1)
+            else:
+                done, wall, cpu = run_dicognito(files, work / f"hetero-dicognito{r}")
+            user2, system2 = cpu_now()
+            for k, v in enumerate((done, wall, cpu, user2 - user, system2 - system)):
+                totals[name][k] += v
+    rates = {}
+    for name, (done, wall, cpu, user, system) in totals.items():
+        rates[name] = (done / wall, done / cpu)
+        print(f"{name:10s} 1 process : {done / wall:8.1f} files/s wall  ({done / cpu:7.1f} files/s per CPU second; "
+              f"CPU {cpu:.1f} s = user {user:.1f} + system {system:.1f})")
+    print(f"load average after: {load()}")
+    (ours, ours_cpu), (dicog, dicog_cpu) = rates["incloud"], rates["dicognito"]
+    print(f"RATIO heterogeneous incloud(1) / dicognito(1) = {ours / dicog:.2f}x wall, {ours_cpu / dicog_cpu:.2f}x CPU "
+          f"(goal >= 3x)")
+
+
+def bench_enhanced(work: Path, copies: int) -> None:
+    one = make_enhanced(work / "enhanced-src" / "philips.dcm")
+    links = [one.parent / f"philips{i:03d}.dcm" for i in range(copies)]
+    for link in links:
+        os.link(one, link)
+    mb = one.stat().st_size / 1e6 * copies
+    os.sync()  # each measurement starts without the previous one's dirty pages (writeback is charged to the writer)
+    print(f"\n[3] enhanced multi-frame MR: {one.stat().st_size / 2**20:.1f} MiB, 176 frames, x {copies} files; "
+          f"load average before: {load()}")
+    wall = cpu = 0.0
+    user, system = cpu_now()
+    for i, link in enumerate(links):  # one batch each: same UIDs, so each needs its own output folder
+        _, w, c = run_ours([link], work / f"enh-ours{i}", 1)
+        wall, cpu = wall + w, cpu + c
+    user2, system2 = cpu_now()
+    print(f"incloud deid, 1 process : {copies / wall:8.1f} files/s, {mb / wall:7.1f} MB/s wall  "
+          f"(CPU {cpu:.2f} s = user {user2 - user:.2f} + system {system2 - system:.2f})")
+    # cp right after ours (ours' dirty pages still being written back), then again after a sync (as ours
+    # started): the faster of the two is the reference, which favours cp.
+    after = run_cp(links, work / "enh-cp-after")
+    os.sync()
+    clean = run_cp(links, work / "enh-cp-clean")
+    for label, (w, c) in (("right after incloud", after), ("after a sync", clean)):
+        print(f"cp, {label:19s}: {copies / w:8.1f} files/s, {mb / w:7.1f} MB/s wall  (CPU {c:.2f} s)")
+    cp_wall, cp_cpu = min(after, clean)
+    print(f"load average after: {load()}")
+    print(f"RATIO enhanced incloud / cp = {cp_wall / wall:.2f} (MB/s, goal >= 0.5); CPU incloud / cp = "
+          f"{cpu / max(cp_cpu, 1e-9):.1f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=2000, help="files of the uniform corpus (0: skip it)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the heterogeneous corpus (0: skip)")
+    parser.add_argument("--copies", type=int, default=10,
+                        help="enhanced files against cp (0: skip); beyond ~20 (450 MB) both become disk-bound here")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-deid-"))
+    print(f"bench_deid on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     try:
-        src = work / "corpus"
-        t0 = time.perf_counter()
-        make_corpus(src, args.n)
-        print(f"corpus: {args.n} single-frame 256x256 MR instances ({sum(p.stat().st_size for p in src.iterdir()) / 2**20:.0f} MiB) "
-              f"made in {time.perf_counter() - t0:.1f} s")
-        print("load average before: %.2f %.2f %.2f" % os.getloadavg())
-        ours1, ours1_cpu = run_ours(src, work / "ours1", 1)
-        print(f"incloud deid, 1 process : {ours1:8.1f} files/s wall  ({ours1_cpu:7.1f} files/s per CPU second)")
-        dicog, dicog_cpu = run_dicognito(src, work / "dicognito")
-        print(f"dicognito,    1 process : {dicog:8.1f} files/s wall  ({dicog_cpu:7.1f} files/s per CPU second)")
-        ours2, _ = run_ours(src, work / "ours2", 2)
-        print(f"incloud deid, --jobs 2  : {ours2:8.1f} files/s wall")
-        print("load average after : %.2f %.2f %.2f" % os.getloadavg())
-        print(f"ratio incloud(1) / dicognito(1) = {ours1 / dicog:.2f}x wall, {ours1_cpu / dicog_cpu:.2f}x CPU "
-              f"(goal >= 3x); jobs 2 / jobs 1 = {ours2 / ours1:.2f}x")
+        if args.n:
+            bench_uniform(work, args.n)
+        if args.rounds:
+            bench_heterogeneous(work, args.rounds)
+        if args.copies:
+            bench_enhanced(work, args.copies)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -19,11 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 import requests  # noqa: E402
 
-from services.hubstack import HubStack, HubUser  # noqa: E402
+from hubstack import HubStack, HubUser  # noqa: E402  (bench/hubstack.py, beside this script)
 
 
 def seed_series(stack: HubStack, n: int) -> None:
@@ -98,7 +96,7 @@ def main() -> None:
         seed_series(stack, 200)
 
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        from services.hubstack import free_port
+        from hubstack import free_port
 
         anchor = [bare_server_seconds(free_port()) for _ in range(3)]
         spawn = []

@@ -11,36 +11,104 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.uid import generate_uid
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from dicom_edge import dcmtk, free_port, start_edge  # noqa: E402
-
+INCLOUD = str(Path(sys.executable).with_name("incloud"))
 ENV = dict(os.environ, TCP_NODELAY="1")
 N = 2000
 
 
-def make_instances(folder: Path, n: int = N) -> list[Path]:
-    """``n`` MR instances of about 128 KB (256x256 16-bit) in one study."""
-    from ingest_data import _slice
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+def wait_rest(url: str, auth: tuple[str, str], proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until Orthanc's REST API answers (``GET /system``); raises SystemExit when ``proc`` exits or time runs out."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with status {proc.returncode}")
+        try:
+            if requests.get(f"{url}/system", auth=auth, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"no answer from {url} within {timeout:.0f} s")
+
+
+@dataclass
+class Edge:
+    """``incloud serve dicom`` run by this benchmark (the product's own command, on free ports)."""
+
+    env: dict[str, str]
+    home: Path
+    port: int
+    url: str
+    auth: tuple[str, str]
+    process: subprocess.Popen
+    ae_title: str = "INCLOUD"
+
+    def get(self, path: str):  # type: ignore[no-untyped-def]
+        import requests
+
+        return requests.get(self.url + path, auth=self.auth, timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def start_edge(env: dict[str, str], stable_age: int) -> Edge:
+    from incloud_kernel.config import load_config
+    from incloud_kernel.dicom.orthanc_config import rest_credentials
+
+    port, http = free_port(), free_port()
+    full = dict(ENV, **env, INCLOUD_DICOM_PORT=str(port), INCLOUD_DICOM_HTTP_PORT=str(http),
+                INCLOUD_DICOM_ALLOWED_CALLING_AETS="SCANNER1", INCLOUD_DICOM_STABLE_AGE=str(stable_age))
+    home = Path(full["INCLOUD_HOME"])
+    credentials = rest_credentials(load_config(env=full))  # made once, before Orthanc's configuration reads them
+    proc = subprocess.Popen([INCLOUD, "serve", "dicom"], env=full, stdout=open(home / "serve-dicom.log", "ab"),
+                            stderr=subprocess.STDOUT)
+    edge = Edge(full, home, port, f"http://127.0.0.1:{http}", (credentials.username, credentials.password), proc)
+    wait_rest(edge.url, edge.auth, proc)
+    return edge
+
+
+def make_instances(folder: Path, n: int = N) -> list[Path]:
+    """``n`` MR instances of about 128 KB (256x256 16-bit) in one series of one study (invented values)."""
     folder.mkdir(parents=True)
-    study = {"StudyInstanceUID": generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
-             "FrameOfReferenceUID": generate_uid()}
-    pixels = np.random.default_rng(0).integers(0, 4000, size=(256, 256))
-    series = generate_uid()
+    pixels = np.random.default_rng(0).integers(0, 4000, size=(256, 256), dtype=np.uint16).tobytes()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
     files = []
     for i in range(n):
-        ds = _slice(study, series, 1, "bench", i % 100, 100, i // 100, pixels, 2.0, {})
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.Modality = "Bench^Instance", "BENCH1", "20260102", "MR"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 1, i + 1, "bench"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(i % 100) * 2], [1, 0, 0, 0, 1, 0]
+        ds.Rows = ds.Columns = 256
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels
         path = folder / f"{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
@@ -84,15 +152,7 @@ def bench_bare_orthanc(folder: Path, work: Path, serve_config: Path) -> float:
     path.write_text(json.dumps(cfg))
     proc = subprocess.Popen(["Orthanc", str(path)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import requests
-
-        user, pw = next(iter(cfg["RegisteredUsers"].items()))
-        for _ in range(300):
-            try:
-                if requests.get(f"http://127.0.0.1:{http}/system", auth=(user, pw), timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+        wait_rest(f"http://127.0.0.1:{http}", next(iter(cfg["RegisteredUsers"].items())), proc)
         return send(port, folder, cfg["DicomAet"])
     finally:
         proc.terminate()
@@ -110,6 +170,7 @@ def main() -> None:
         from incloud_kernel.archive.projects import create_project
         from incloud_kernel.config import load_config
         from incloud_kernel.db import transaction
+        from incloud_kernel.quarantine import Quarantine
         from incloud_kernel.site import Site
 
         env = {"INCLOUD_HOME": str(work / "home"), "INCLOUD_DATABASE_URL": f"sqlite:///{work}/incloud.sqlite"}
@@ -135,25 +196,18 @@ def main() -> None:
                 requests.delete(f"{edge.url}/studies/{sid}", auth=edge.auth, timeout=60)
             # End to end: T1w+BOLD+DWI, first instance sent -> all series archived and ready for QC.
             study = work / "study"
-            try:
-                from incloud_kernel.synth import make_study
+            from incloud_kernel.synth import make_study
 
-                make_study(study, seed=11, small=True, participant_id="bench01", secondary_capture=True)
-                kind, reface = "synth.make_study(small=True)", "true"
-            except ImportError:
-                shutil.rmtree(study, ignore_errors=True)
-                from ingest_data import make_small_study
-
-                make_small_study(study, nz=32, bold_volumes=40)
-                kind, reface = "tests/ingest_data.make_small_study (synth incomplete; refacing off)", "false"
+            make_study(study, seed=11, small=True, participant_id="bench01", secondary_capture=True)
+            kind, reface = "synth.make_study(small=True)", "true"
             n_study = sum(1 for _ in study.rglob("*.dcm"))
             wenv = dict(edge.env, INCLOUD_INGEST_REFACE=reface)
             log = open(work / "worker.log", "wb")
             worker = subprocess.Popen([str(Path(sys.executable).with_name("incloud")), "ingest", "worker"],
                                       env=wenv, stdout=log, stderr=subprocess.STDOUT)
             t0 = time.monotonic()
-            r = dcmtk("storescu", "-aet", "SCANNER1", "-aec", edge.ae_title, "+sd", "+r", "+sp", "*.dcm",
-                      "127.0.0.1", str(edge.port), str(study))
+            r = subprocess.run(["storescu", "-aet", "SCANNER1", "-aec", edge.ae_title, "+sd", "+r", "+sp", "*.dcm",
+                                "127.0.0.1", str(edge.port), str(study)], env=ENV, capture_output=True, text=True)
             if r.returncode != 0:
                 raise SystemExit("storescu failed: " + r.stderr[-500:])
             from sqlalchemy import func, select
@@ -170,11 +224,11 @@ def main() -> None:
             t_e2e = time.monotonic() - t0
             worker.terminate()
             worker.wait()
-            held = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
+            held = Quarantine(site.config.quarantine).entries()
             print(f"end-to-end ({kind}, {n_study} instances, StableAge {edge.env['INCLOUD_DICOM_STABLE_AGE']} s): "
                   f"{t_e2e:.1f} s from first instance to T1w+BOLD+DWI archived and ready for QC (goal < 120 s)")
             print(f"quarantined alongside: {len(held)} entr(y/ies): "
-                  + ", ".join(f"{h['files']} instance(s) at {h['step']}: {h['reason']}" for h in held))
+                  + ", ".join(f"{len(h.files)} instance(s) at {h.step}: {h.reason}" for h in held))
         finally:
             edge.stop()
     finally:

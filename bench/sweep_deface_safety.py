@@ -1,6 +1,6 @@
 """Issue 5, beyond the tests: refacing safety over many heads with known anatomy.
 
-For deformed template heads (incloud_kernel.deface.testheads) and small synthetic-cohort participants
+For deformed template heads (bench/template_heads.py) and small synthetic-cohort participants
 (incloud_kernel.synth, 2 mm T1w), prints per head: voxels changed inside the true brain dilated by 5 mm (must be
 0) and the share of face and ear voxels changed (must be >= 95 %), with the site's default refacing settings.
 Run: /opt/incloud/venv/bin/python bench/sweep_deface_safety.py [--heads 0-7] [--synth 1-8,21,33,40,41]
@@ -17,7 +17,8 @@ from incloud_kernel.deface import dicom as ddicom
 from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.reface import Refacer, stored_data
 from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm
-from incloud_kernel.deface.testheads import make_head, synth_labels
+from incloud_kernel.synth.deform import Participant
+from template_heads import make_head
 
 
 def seeds(text: str) -> list[int]:
@@ -43,7 +44,7 @@ def synth_head(seed: int, out: Path) -> tuple[nib.Nifti1Image, np.ndarray, np.nd
     truth = make_study(out, seed=seed, small=True, modalities=("T1w",), secondary_capture=False, labels=False,
                        participant_id=f"sweep-{seed}")
     series = ddicom.read_series(sorted(Path(truth.series_of("T1w")[0].path).glob("*.dcm")))
-    lab = synth_labels(truth.participant, series.raw.shape, series.affine)
+    lab = Participant.from_truth(truth.participant).template_labels(series.raw.shape, series.affine)
     return series.image(), (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & ((lab & HEAD) > 0)
 
 

@@ -158,7 +158,8 @@ class Client:
 
     def series(self, project: str | None = None, modality: str | None = None,
                **filters: Any):  # type: ignore[no-untyped-def]
-        """Series of your projects; filters: modality, datatype, suffix, qc_status, session, participant."""
+        """Series of your projects; filters: modality, datatype, suffix, qc_status, session, participant.
+        ``datatype="sourcedata"``: series no BIDS rule names (de-identified DICOM + NIfTI under sourcedata/)."""
         return self._frame("series", project=project, modality=modality, **filters)
 
     def files(self, project: str | None = None, **filters: Any):  # type: ignore[no-untyped-def]

@@ -53,7 +53,11 @@ class DatabaseSection:
 
 @dataclass
 class StorageSection:
-    """Filesystem roots. Empty values default to folders under ``$INCLOUD_HOME``."""
+    """Filesystem roots. Empty values default to folders under ``$INCLOUD_HOME``.
+
+    Each root is the service user's alone: created 0700 (an existing one is narrowed by ``incloud init``), files in
+    it 0600 (docs/security.md). ``quarantine`` holds identified originals (``incloud quarantine``).
+    """
 
     archive_root: str = ""
     spool: str = ""
@@ -91,6 +95,10 @@ class DicomSection:
     #: or ``*`` glob). No match: the ``unassigned_project`` inbox.
     routing: list[dict[str, Any]] = field(default_factory=list)
     unassigned_project: str = "unassigned"
+    #: Edge scrubbing (SQLite index only): once Orthanc has held something, is empty again and nothing arrived
+    #: or left for this many seconds, the supervisor restarts Orthanc (a few s) around a compaction of its index,
+    #: so no deleted study's values stay in it (docs/security.md). Senders retry a store refused meanwhile.
+    scrub_quiet_time: float = 30.0
 
 
 @dataclass
@@ -210,13 +218,33 @@ class IngestSection:
     #: ``image_type`` (all listed values present), ``min_volumes`` / ``max_volumes``, ``min_tr`` / ``max_tr``
     #: (seconds), ``has_bvals``.
     bids_rules: list[dict[str, Any]] = field(default_factory=list)
-    #: Series no rule names: ``skip`` (logged, kept out of the archive) or ``quarantine`` the whole study.
-    unmatched: str = "skip"
+    #: Series no rule names: ``sourcedata`` (archived as de-identified DICOM plus its dcm2niix conversion under
+    #: ``sourcedata/sub-*/ses-*/``, listed as datatype ``sourcedata``) or ``quarantine`` the whole study. There
+    #: is no choice that drops a series: every received instance ends archived or quarantined.
+    unmatched: str = "sourcedata"
     #: Command run after each archive commit with the new archive-relative paths as arguments; empty: none.
     backup_command: str = ""
     #: Seconds between heartbeats a worker writes into the journal of the job it runs; a running job whose
     #: heartbeat is older than 3 intervals (or whose worker pid is gone on this host) is shown as interrupted.
     heartbeat_interval: float = 5.0
+    #: A study whose job fails for a reason other than its data (disk full, database down, a library crash) is
+    #: tried this many times in all, then quarantined with the exception's class; the worker goes on.
+    max_attempts: int = 3
+    #: Seconds before the first retry of such a study; doubled for each further attempt.
+    retry_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.unmatched not in UNMATCHED_CHOICES:
+            raise ConfigError(f"ingest.unmatched must be one of {', '.join(UNMATCHED_CHOICES)} (got "
+                              f"{self.unmatched!r}; 'skip' was removed: no series is ever dropped)")
+        if self.max_attempts < 1:
+            raise ConfigError("ingest.max_attempts must be at least 1")
+        if self.retry_backoff < 0:
+            raise ConfigError("ingest.retry_backoff must not be negative")
+
+
+#: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
+UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
 
 SECTIONS: dict[str, type] = {

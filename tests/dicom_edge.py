@@ -17,6 +17,9 @@ from pathlib import Path
 import requests
 
 INCLOUD = str(Path(sys.executable).with_name("incloud"))
+#: What the supervisor logs when it begins a scrub (right before stopping Orthanc) and when it has finished one.
+SCRUBBING = "DICOM edge empty and idle"
+SCRUBBED = "DICOM edge scrubbed"
 
 
 def free_port() -> int:
@@ -72,6 +75,24 @@ class Edge:
         return dcmtk("storescu", "-aet", aet, "-aec", self.ae_title, *extra, "127.0.0.1", str(self.port),
                      *[str(f) for f in files])
 
+    def log_count(self, text: str) -> int:
+        """How many lines of the supervisor's log hold ``text`` (e.g. ``SCRUBBED``)."""
+        try:
+            return (self.home / "serve-dicom.log").read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
+    def wait_log(self, text: str, more_than: int, timeout: float = 120) -> None:
+        """Wait until the supervisor's log holds ``text`` more than ``more_than`` times."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_count(text) > more_than:
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"incloud serve dicom exited with {self.process.returncode}")
+            time.sleep(0.1)
+        raise TimeoutError(f"the DICOM edge did not log {text!r}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -89,6 +110,9 @@ def start_edge(env: dict[str, str], *, allowed: str = "SCANNER1,SCANNER2", stabl
                 INCLOUD_DICOM_PORT=str(port), INCLOUD_DICOM_HTTP_PORT=str(http_port),
                 INCLOUD_DICOM_ALLOWED_CALLING_AETS=allowed, INCLOUD_DICOM_STABLE_AGE=str(stable_age),
                 **(extra_env or {}))
+    # No scrub restart in the middle of a test that is not about it (a test's storescu does not retry as a
+    # scanner does); a test asks for one with INCLOUD_DICOM_SCRUB_QUIET_TIME in its environment or extra_env.
+    full.setdefault("INCLOUD_DICOM_SCRUB_QUIET_TIME", "3600")
     home = Path(full["INCLOUD_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "serve-dicom.log", "ab")

@@ -51,16 +51,19 @@ def _slice(study: dict, series_uid: str, number: int, description: str, z: int, 
 
 
 def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int = 4,
-                     patient_id: str = PATIENT["PatientID"]) -> dict[str, list[Path]]:
-    """Write a T1w, a BOLD and a DWI series under ``out``; returns series description -> files."""
+                     patient_id: str = PATIENT["PatientID"], extra_series: tuple[str, ...] = (),
+                     study_uid: str | None = None) -> dict[str, list[Path]]:
+    """Write a T1w, a BOLD and a DWI series under ``out``, plus one single-volume series per description in
+    ``extra_series`` (e.g. ``gre_field_mapping``: no default BIDS rule names it); returns description -> files."""
     rng = np.random.default_rng(seed)
-    study = {"StudyInstanceUID": generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
+    study = {"StudyInstanceUID": study_uid or generate_uid(), "StudyDate": "20260102", "StudyTime": "101500",
              "FrameOfReferenceUID": generate_uid(), "PatientID": patient_id}
     yy, xx = np.mgrid[:16, :16]
     head = ((yy - 8) ** 2 + (xx - 8) ** 2 < 40).astype(float)
     written: dict[str, list[Path]] = {}
     specs = [("t1_mprage", 1, 1, 2.3, {}), ("bold_rest", 2, bold_volumes, 2.0, {}),
              ("dwi_b1000", 3, 4, 6.0, {})]
+    specs += [(description, 4 + i, 1, 0.5, {}) for i, description in enumerate(extra_series)]
     for description, number, volumes, tr, _ in specs:
         series_uid = generate_uid()
         folder = out / description
@@ -83,30 +86,124 @@ def make_small_study(out: Path, *, seed: int = 0, nz: int = 8, bold_volumes: int
     return written
 
 
-def add_secondary_capture(out: Path, like: Path) -> Path:
-    """A burned-in secondary capture (BurnedInAnnotation YES) in the study of ``like``, in its own series."""
+def _companion(like: Path, sop_class: str, modality: str, number: int) -> FileDataset:
+    """A new single-instance series of ``sop_class`` in the study (and of the patient) of ``like``."""
     import pydicom
-    from pydicom.uid import SecondaryCaptureImageStorage
 
     src = pydicom.dcmread(like)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    sop = generate_uid()
-    meta.MediaStorageSOPInstanceUID = sop
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     for keyword in (*PATIENT, "StudyInstanceUID", "StudyDate", "StudyTime"):
         if keyword in src:
             setattr(ds, keyword, src.data_element(keyword).value)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
-    ds.Modality, ds.ConversionType = "OT", "WSD"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 99, "screen save"
-    ds.InstanceNumber, ds.BurnedInAnnotation = 1, "YES"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, modality
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), number, 1
+    return ds
+
+
+def _save(ds: FileDataset, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def add_secondary_capture(out: Path, like: Path) -> Path:
+    """A burned-in secondary capture (BurnedInAnnotation YES) in the study of ``like``, in its own series."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    ds = _companion(like, SecondaryCaptureImageStorage, "OT", 99)
+    ds.ConversionType, ds.SeriesDescription, ds.BurnedInAnnotation = "WSD", "screen save", "YES"
     ds.Rows, ds.Columns = 16, 16
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = bytes(256)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sc_000.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return _save(ds, out, "sc_000.dcm")
+
+
+#: Identities planted by ``plant_identities``: every value is made of distinctive words only, so a scan for
+#: them (``leakscan.identity_needles``) cannot match ordinary text. Device attributes (StationName,
+#: DeviceSerialNumber) are left out: the site's default options retain them by choice.
+PLANTED = {
+    "PatientName": "Quenzelmark^Ottiline",
+    "PatientID": "QZ90817263",
+    "PatientBirthDate": "19610723",
+    "OtherPatientIDs": "QZOTHER4711",
+    "AccessionNumber": "ACQZ55102",
+    "InstitutionName": "Brightwater Ostmarkklinik",
+    "InstitutionAddress": "Zwiebelfeldweg Hinterbrunnstadt",
+    "ReferringPhysicianName": "Vandersloot^Hieronymus",
+    "OperatorsName": "Krzyzanowska^Dobromila",
+    "RequestingPhysician": "Pfefferkorn^Adalbrand",
+}
+#: Where the surname and other tokens are planted beyond the identifying attributes themselves (issue 11,
+#: item 1 and "Done when"): free text the profile keeps or cleans, private tags and nested sequences.
+PLANTED_TEXT = {
+    "SequenceName": "*tfl_Quenzelmark",
+    "ImageComments": "Quenzelmark ACQZ55102 Ostmarkklinik",
+    "ProtocolName": "Quenzelmark Vandersloot",  # X/D in the basic profile
+    "RequestedProcedureDescription": "Quenzelmark Ottiline",  # X/Z
+    "StudyComments": "QZ90817263 Hinterbrunnstadt",
+    "AdditionalPatientHistory": "Ottiline 19610723",
+    "PatientComments": "Vandersloot Krzyzanowska",
+}
+
+
+def plant_identities(files: list[Path]) -> set[str]:
+    """Rewrite ``files`` with ``PLANTED`` and ``PLANTED_TEXT`` values, a private block and nested sequences that
+    hold them too (and an original UID); returns the original UIDs now in the files (to look for them later)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    referenced = generate_uid()
+    uids: set[str] = {referenced}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword, value in {**PLANTED, **PLANTED_TEXT}.items():
+            if keyword == "ProtocolName":  # keep the naming rules' word in it
+                value = f"{ds.SeriesDescription} {value}"
+            setattr(ds, keyword, value)
+        block = ds.private_block(0x0029, "QZVENDOR 1.0", create=True)
+        block.add_new(0x10, "LO", PLANTED["PatientName"])
+        block.add_new(0x11, "LT", PLANTED_TEXT["ImageComments"])
+        block.add_new(0x12, "UI", referenced)
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "QZ1", "99QZ", "Quenzelmark Ottiline"
+        request = Dataset()
+        request.RequestedProcedureDescription = PLANTED_TEXT["RequestedProcedureDescription"]
+        request.ScheduledProcedureStepDescription = "Vandersloot Ostmarkklinik"
+        request.RequestedProcedureID = "RPQZ4411"
+        request.ScheduledProtocolCodeSequence = Sequence([code])  # nested two levels deep
+        ds.RequestAttributesSequence = Sequence([request])
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+        ref.ReferencedSOPInstanceUID = referenced
+        ds.ReferencedStudySequence = Sequence([ref])
+        ds.ProcedureCodeSequence = Sequence([code])
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            uids.add(str(ds.get(keyword)))
+        ds.save_as(path, enforce_file_format=True)
+    return uids
+
+
+def make_ct(paths: list[Path]) -> None:
+    """Turn a series written by ``make_small_study`` into a CT series (CT Image Storage, Hounsfield rescale)."""
+    import pydicom
+    from pydicom.uid import CTImageStorage
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.Modality, ds.RescaleIntercept, ds.RescaleSlope, ds.KVP = "CT", -1024, 1, 120
+        ds.save_as(path, enforce_file_format=True)
+
+
+def add_structured_report(out: Path, like: Path) -> Path:
+    """A Basic Text SR (a dose report's kind: no pixels, nothing dcm2niix converts) in the study of ``like``."""
+    ds = _companion(like, "1.2.840.10008.5.1.4.1.1.88.11", "SR", 90)  # Basic Text SR Storage
+    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    return _save(ds, out, "sr_000.dcm")

@@ -22,29 +22,17 @@ from conftest import missing
 from incloud_kernel.deface import dicom as ddicom
 from incloud_kernel.deface.geometry import block_downsample
 from incloud_kernel.deface.headmask import head_mask
+from incloud_kernel.deface.identity import edge_ratio
 from incloud_kernel.deface.qc import render
 from incloud_kernel.deface.reface import Refacer, save_image, stored_data
 from incloud_kernel.deface.register import brain_displacement, register_to_mni, resample_to
 from incloud_kernel.deface.safety import DefaceQuarantine
 from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
-from incloud_kernel.deface.testheads import make_head, synth_labels
+from heads import make_head
+from incloud_kernel.quarantine import Quarantine
+from incloud_kernel.synth.deform import Participant
 
 PARAMS = dict(threads=1)  # everything else from the site configuration defaults
-
-
-def edge_ratio(orig: np.ndarray, new: np.ndarray, w: np.ndarray, head: np.ndarray) -> float:
-    """Mean neighbour step across the replaced/untouched border inside the head, new over original."""
-    o, n = orig.astype(np.float64), new.astype(np.float64)
-    num = den = 0.0
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        a, b = tuple(a), tuple(b)
-        border = ((w[a] > 0) != (w[b] > 0)) & head[a] & head[b]
-        num += np.abs(n[a] - n[b])[border].sum()
-        den += np.abs(o[a] - o[b])[border].sum()
-    return num / den
 
 
 class Case:
@@ -101,7 +89,7 @@ def mni_case() -> Case:
 def _synth_truth(truth, series: ddicom.DicomSeries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True brain, face+ears tissue and face tissue of a synthetic participant on a series' grid (the template's labels
     carried by the participant's known pose and warp; planted brain-internal effects left out)."""
-    lab = synth_labels(truth.participant, series.raw.shape, series.affine)
+    lab = Participant.from_truth(truth.participant).template_labels(series.raw.shape, series.affine)
     head = (lab & HEAD) > 0
     return (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & head, ((lab & FACE) > 0) & head
 
@@ -364,15 +352,18 @@ def test_cli_refaces_a_file_with_qc_and_quarantines_a_bad_one(tmp_path, syntheti
     nib.save(synthetic.img, src / "head.nii.gz")
     nib.save(_bad("phantom", tmp_path), src / "ball.nii.gz")
     dst = tmp_path / "out"
-    res = CliRunner().invoke(deface, [str(src), str(dst), "--qc", str(tmp_path / "qc"), "--threads", "1"])
+    qroot = tmp_path / "held"
+    res = CliRunner().invoke(deface, [str(src), str(dst), "--qc", str(tmp_path / "qc"), "--threads", "1",
+                                      "--quarantine", str(qroot)])
     assert res.exit_code == 0, res.output
     assert "refaced 1, quarantined 1" in res.output
     assert "Traceback" not in res.output
     out = nib.load(dst / "head.nii.gz")
     assert out.get_data_dtype() == synthetic.img.get_data_dtype()
-    assert not (dst / "ball.nii.gz").exists()
-    assert (dst / "quarantine" / "ball.nii.gz").exists()  # nothing lost
-    assert list((tmp_path / "qc").glob("*.png"))
+    assert sorted(p.name for p in dst.rglob("*")) == ["head.nii.gz"]  # no face-intact original under OUT
+    (entry,) = Quarantine(qroot).entries()
+    assert entry.origin == "deface" and entry.paths()[0].read_bytes() == (src / "ball.nii.gz").read_bytes()
+    assert entry.id in res.output and list((tmp_path / "qc").glob("*.png"))
 
 
 def _elements(ds: pydicom.Dataset) -> dict:
@@ -389,10 +380,14 @@ def test_dicom_session_refaced_in_place_t2_reuses_t1_fit(tmp_path, synth_study):
     truth, t1_files, t2_files, loc_files = synth_study
     src = Path(truth.study_dir)
     dst = tmp_path / "out"
-    res = CliRunner().invoke(deface, [str(src), str(dst), "--threads", "1", "--qc", str(tmp_path / "qc")])
+    qroot = tmp_path / "held"
+    res = CliRunner().invoke(deface, [str(src), str(dst), "--threads", "1", "--qc", str(tmp_path / "qc"),
+                                      "--quarantine", str(qroot)])
     assert res.exit_code == 0, res.output
     assert "refaced 2, quarantined 1" in res.output, res.output
-    assert (dst / "quarantine" / loc_files[0].relative_to(src)).exists()
+    (entry,) = Quarantine(qroot).entries()
+    assert sorted(f.name for f in entry.files) == sorted(f.relative_to(src).as_posix() for f in loc_files)
+    assert not any((dst / f.relative_to(src)).exists() for f in loc_files)
     for files in (t1_files, t2_files):
         before = ddicom.read_series(files)
         after = ddicom.read_series([dst / f.relative_to(src) for f in files])

@@ -94,11 +94,13 @@ def planted(study_uid: str = "1.2.826.0.1.3680043.8.498.1", sop_uid: str = "1.2.
     level1 = Dataset()
     level1.PlanePositionSequence = Sequence([level2])
     ds.SharedFunctionalGroupsSequence = Sequence([level1])
-    if ref_uid:
+    if ref_uid:  # at the top level (X/Z/U*: Type 3 in the MR IOD, so removed) and nested (strictest Type: U)
         ref = Dataset()
         ref.ReferencedSOPClassUID = ds.SOPClassUID
         ref.ReferencedSOPInstanceUID = ref_uid
         ds.ReferencedImageSequence = Sequence([ref])
+        ds.DerivationImageSequence = Sequence([Dataset()])
+        ds.DerivationImageSequence[0].SourceImageSequence = Sequence([copy.deepcopy(ref)])
     # A private block with a name, and a private sequence holding a name.
     block = ds.private_block(0x0011, "ACME HOSPITAL", create=True)
     block.add_new(0x01, "LO", NAME)
@@ -136,26 +138,85 @@ def test_table_is_the_generated_full_table_with_its_edition():
         assert table.rule_sets[option.table_key].code == option.code
 
 
-def test_generator_parses_the_installed_idiscore_table():
+#: The shape of idiscore's ``_public_dicom.py`` (the generator's input), a few rows of it.
+IDISCORE_SAMPLE = '''
+from idiscore.identifiers import PrivateTags, RepeatingGroup, SingleTag
+from idiscore.nema import ActionCodes, RawNemaRuleSet
+
+basic_profile = RawNemaRuleSet(
+    name="Basic Application Level Confidentiality Profile",
+    code="113100",
+    rules=[
+        (SingleTag("00080050"), ActionCodes.EMPTY),  # AccessionNumber
+        (
+            SingleTag("0008002a"),
+            ActionCodes.REMOVE_OR_EMPTY_OR_DUMMY,
+        ),  # AcquisitionDateTime
+        (RepeatingGroup("60xx4000"), ActionCodes.REMOVE),  # OverlayComments
+        (PrivateTags(), ActionCodes.REMOVE),  # Private Attributes
+    ],
+)
+retain_safe_private = RawNemaRuleSet(
+    name="Retain Safe Private Option",
+    code="113111",
+    rules=[(PrivateTags(), ActionCodes.CLEAN)],  # Private Attributes
+)
+'''
+
+
+def test_generator_parses_idiscores_table_without_idiscore():
+    """idiscore (GPL, not importable with pydicom 3) is no dependency: the generator reads its data file as text."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import gen_deid_table
-    import importlib.util
 
-    spec = importlib.util.find_spec("idiscore")
-    source = (Path(list(spec.submodule_search_locations)[0]) / "_public_dicom.py").read_text()
-    sets = gen_deid_table.parse(source)
-    assert set(sets) >= {o.table_key for o in OPTIONS.values()} | {"basic_profile"}
-    assert len(sets["basic_profile"]["tags"]) > 400
+    sets = gen_deid_table.parse(IDISCORE_SAMPLE)
+    assert sets["basic_profile"]["tags"] == {"00080050": "Z", "0008002a": "X/Z/D"}
+    assert sets["basic_profile"]["repeating"] == {"60xx4000": "X"} and sets["basic_profile"]["private"] == "X"
+    assert sets["retain_safe_private"]["private"] == "C"
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.lower().startswith("idiscore") for d in deps["dependencies"])
 
 
-def test_combined_actions_resolve_to_the_strictest_type():
-    plan = plan_for(())
+def test_combined_actions_resolve_to_the_strictest_type_for_an_unknown_sop_class():
     tag = pydicom.datadict.tag_for_keyword
-    assert plan.tags[tag("AcquisitionDate")] == "Z"  # X/Z
-    assert plan.tags[tag("ProtocolName")] == "D"  # X/D
-    assert plan.tags[tag("ContentDate")] == "D"  # Z/D
-    assert plan.tags[tag("InstitutionName")] == "D"  # X/Z/D
-    assert plan.tags[tag("ReferencedImageSequence")] == "U"  # X/Z/U*
+    for plan in (plan_for(()), plan_for((), "1.2.3.4.5.6.7.8.9")):  # no class / a private class
+        assert plan.tags[tag("AcquisitionDate")] == "Z"  # X/Z
+        assert plan.tags[tag("ProtocolName")] == "D"  # X/D
+        assert plan.tags[tag("ContentDate")] == "D"  # Z/D
+        assert plan.tags[tag("InstitutionName")] == "D"  # X/Z/D
+        assert plan.tags[tag("ReferencedImageSequence")] == "U"  # X/Z/U*
+        assert plan.iod is None
+
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_combined_actions_resolve_from_the_attribute_type_in_the_iod():
+    """PS3.3 Types per IOD (generated table): Type 3 -> X, Type 2 -> Z, Type 1 -> D/U, at the top level; inside
+    sequence items the IOD's nested Type."""
+    tag = pydicom.datadict.tag_for_keyword
+    mr = plan_for((), MR_IMAGE)
+    assert mr.iod == "mr-image"
+    assert mr.tags[tag("InstitutionName")] == "X"  # X/Z/D, General Equipment: Type 3
+    assert mr.tags[tag("ProtocolName")] == "X"  # X/D, General Series: Type 3
+    assert mr.tags[tag("ContentDate")] == "Z"  # Z/D, General Image: Type 2C
+    assert mr.tags[tag("AcquisitionDate")] == "X"  # X/Z, General Image: Type 3
+    assert mr.tags[tag("ReferencedImageSequence")] == "X"  # X/Z/U*, General Image: Type 3
+    assert mr.tags[tag("PatientID")] == "Z"  # Z/D, Patient: Type 2
+    assert mr.tags[tag("ContrastBolusAgent")] == "Z"  # Z/D, Contrast/Bolus: Type 2
+    enhanced = plan_for((), ENHANCED_MR_IMAGE)
+    assert enhanced.tags[tag("ContentDate")] == "D"  # Multi-frame: Type 1
+    assert enhanced.tags[tag("DeviceSerialNumber")] == "D"  # Enhanced General Equipment: Type 1
+    assert enhanced.nested[tag("ReferencedImageSequence")] == "Z"  # in functional groups: Type 2
+    assert mr.nested[tag("InstitutionName")] == "D"  # only nested where Type 1 (e.g. Equivalent Code...)
+    ct = plan_for((), CT_IMAGE)
+    assert ct.tags[tag("InstitutionName")] == "X" and ct.tags[tag("ContentDate")] == "Z"
+    out = deidentify(planted(), ctx(()))  # MR_small: MR Image Storage
+    assert "InstitutionName" not in out and not out.ContentDate and "ProtocolName" not in out
 
 
 # --- one test per action code, on a real attribute -----------------------------------------------------------
@@ -170,14 +231,19 @@ def test_action_Z_empties_accession_number():
     assert "AccessionNumber" in out and not out.AccessionNumber
 
 
-def test_action_D_replaces_institution_name_with_a_dummy():
-    out = deidentify(planted(), ctx(()))
-    assert out.InstitutionName == "ANONYMOUS" and out.ContentDate == "19000101"
+def test_action_D_replaces_a_dummy():
+    src = planted()
+    src.ClinicalTrialSponsorName = "Quillfeather Trials"  # D
+    out = deidentify(src, ctx(()))
+    assert out.ClinicalTrialSponsorName == "ANONYMOUS"
+    enhanced = planted()
+    enhanced.SOPClassUID = ENHANCED_MR_IMAGE  # Content Date is Type 1 in the enhanced IOD: Z/D -> D
+    assert deidentify(enhanced, ctx(())).ContentDate == "19000101"
 
 
 def test_action_K_keeps_device_serial_number_under_retain_device_identity():
     assert deidentify(planted(), ctx(("retain_device_identity",))).DeviceSerialNumber == "SN-4471"
-    assert deidentify(planted(), ctx(())).DeviceSerialNumber != "SN-4471"
+    assert deidentify(planted(), ctx(())).get("DeviceSerialNumber") != "SN-4471"
 
 
 def test_action_C_shifts_study_date_by_the_participant_offset():
@@ -351,7 +417,8 @@ def test_references_follow_the_instances_they_point_to():
     a_uid, b_uid = "1.2.826.0.1.3680043.8.498.7.1", "1.2.826.0.1.3680043.8.498.7.2"
     a = deidentify(planted(sop_uid=a_uid), ctx())
     b = deidentify(planted(sop_uid=b_uid, ref_uid=a_uid), ctx())
-    assert b.ReferencedImageSequence[0].ReferencedSOPInstanceUID == a.SOPInstanceUID
+    assert "ReferencedImageSequence" not in b  # X/Z/U*: Type 3 in the MR Image IOD, so X
+    assert b.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == a.SOPInstanceUID
     assert b.StudyInstanceUID == a.StudyInstanceUID and b.PatientID == a.PatientID
     deep = b.ProcedureCodeSequence[0]
     assert "RequestAttributesSequence" not in deep

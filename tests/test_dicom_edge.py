@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,9 +16,13 @@ import requests
 from pydicom.data import get_testdata_file
 
 from conftest import missing, require_tool
-from dicom_edge import Edge, dcmtk, start_edge
+from dicom_edge import INCLOUD, SCRUBBED, SCRUBBING, Edge, dcmtk, start_edge
 from incloud_kernel.config import load_config
+from incloud_kernel.dicom.index_scrub import EdgeActivity, index_state, vacuum_index
+from incloud_kernel.dicom.orthanc_client import OrthancClient
 from incloud_kernel.dicom.orthanc_config import build_config, rest_credentials
+from ingest_data import PLANTED, PLANTED_TEXT, make_small_study, plant_identities
+from leakscan import identity_needles, scan_tree, summary
 
 
 @pytest.fixture
@@ -28,6 +33,23 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
     e = start_edge(env)
     yield e
     e.stop()
+
+
+@pytest.fixture
+def quick_scrub_edge(tmp_path: Path) -> Iterator[Edge]:
+    """An edge that scrubs once it has been empty and unchanged for 1 s (the default is 30 s)."""
+    require_tool("Orthanc")
+    require_tool("storescu")
+    env = {"INCLOUD_HOME": str(tmp_path / "home"), "INCLOUD_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite"}
+    e = start_edge(env, extra_env={"INCLOUD_DICOM_SCRUB_QUIET_TIME": "1"})
+    yield e
+    e.stop()
+
+
+def _delete_everything(edge: Edge) -> None:
+    """Delete every instance through REST exactly as the ingest worker does after archiving."""
+    OrthancClient(edge.url, edge.auth).delete_instances(list(edge.get("/instances").json()))
+    assert edge.get("/statistics").json()["CountInstances"] == 0
 
 
 def _copy_with(tmp_path: Path, name: str, **changes: str) -> Path:
@@ -216,3 +238,116 @@ def test_postgresql_index_plugin_runs_live(tmp_path: Path, pg_url: str) -> None:
     with engine.connect() as conn:  # the index lives in PostgreSQL: patient, study, series, instance rows
         assert conn.execute(text("SELECT count(*) FROM resources")).scalar() == 4
     engine.dispose()
+
+
+def test_vacuum_index_leaves_no_deleted_row_in_the_file_or_beside_it(tmp_path: Path) -> None:
+    """SQLite keeps deleted rows in free pages and in the WAL; the compaction the scrub runs keeps neither,
+    keeps every live row and the AUTOINCREMENT sequence (Orthanc's change feed number)."""
+    import sqlite3
+
+    index = tmp_path / "index"
+    db = sqlite3.connect(index, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE Resources (internalId INTEGER PRIMARY KEY AUTOINCREMENT, value TEXT)")
+    db.execute("CREATE TABLE Changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, internalId INTEGER)")
+    rows = [(f"Quenzelmark^Ottiline {i}" * 20,) for i in range(300)]
+    db.executemany("INSERT INTO Resources (value) VALUES (?)", rows)
+    db.executemany("INSERT INTO Changes (internalId) VALUES (?)", [(i,) for i in range(7)])
+    db.execute("DELETE FROM Resources")
+    db.execute("DELETE FROM Changes")
+    db.execute("INSERT INTO Resources (value) VALUES ('kept')")
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    needles = identity_needles([PLANTED["PatientName"]])
+    assert scan_tree(tmp_path, needles), "the deleted rows must still be in the files before the compaction"
+    db.close()
+    assert vacuum_index(index) is True
+    assert scan_tree(tmp_path, needles) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    assert index_state(index) == (7, 1)
+    assert vacuum_index(tmp_path / "absent") is False and index_state(tmp_path / "absent") == (0, 0)
+
+
+def test_edge_activity_is_due_only_after_holding_something_then_quiet_and_empty() -> None:
+    activity = EdgeActivity(quiet=30)
+    activity.observe(5, 0, now=0)  # the baseline read from the index before Orthanc starts
+    assert not activity.due(now=100)  # never held anything: no restart for nothing
+    activity.observe(9, 4, now=100)  # a study arrived
+    assert not activity.due(now=200)  # not empty
+    activity.observe(9, 0, now=210)  # deleted by the worker
+    assert not activity.due(now=230)  # not quiet long enough
+    assert activity.due(now=240.5)
+    assert activity.unchanged(9, 0) and not activity.unchanged(10, 4)
+    activity.scrubbed()
+    activity.observe(9, 0, now=300)
+    assert not activity.due(now=1000)  # nothing new since the scrub
+    activity.observe(12, 0, now=1000)  # stored and deleted between two looks: still counts as held
+    assert activity.due(now=1031)
+
+
+def test_edge_scrub_leaves_no_identified_remnant_once_empty(quick_scrub_edge: Edge, tmp_path: Path) -> None:
+    """Issue 11: a study with planted identities stored by storescu and deleted through REST as the worker does
+    leaves nothing in the edge's folder (storage, SQLite index and its WAL, Orthanc's log) once it is scrubbed."""
+    edge = quick_scrub_edge
+    files = make_small_study(tmp_path / "src", seed=5, patient_id=PLANTED["PatientID"],
+                             extra_series=("gre_field_mapping",))
+    paths = [p for series in files.values() for p in series]
+    originals = plant_identities(paths)
+    assert edge.store(*paths).returncode == 0
+    needles = identity_needles([*PLANTED.values(), *PLANTED_TEXT.values()], extra=originals)
+    orthanc = edge.home / "spool" / "orthanc"
+    assert scan_tree(orthanc, needles), "the scan must see the study while Orthanc holds it"
+    last = edge.get("/changes?last").json()["Last"]
+    scrubbed = edge.log_count(SCRUBBED)
+    _delete_everything(edge)
+    edge.wait_log(SCRUBBED, scrubbed)
+    leaks = scan_tree(edge.home, needles)
+    assert leaks == [], "identified remnants after the scrub:\n" + summary(leaks, edge.home)
+    index = orthanc / "index" / "index"
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    # Orthanc is back, its change feed goes on from where the worker's cursor stands, and it takes studies again.
+    assert edge.get("/changes?last").json()["Last"] == last
+    assert edge.store(Path(get_testdata_file("MR_small.dcm"))).returncode == 0
+    assert edge.get("/statistics").json()["CountInstances"] == 1
+
+
+@pytest.mark.parametrize("moment", ["stopping", "stopped"])
+def test_instance_stored_during_a_scrub_is_not_lost(quick_scrub_edge: Edge, tmp_path: Path, moment: str) -> None:
+    """A store sent the moment the supervisor begins a scrub (Orthanc being stopped), or once Orthanc has exited
+    (its port closed until the restart), is either accepted and kept, or refused; sent again as a scanner does,
+    it is accepted, and the edge, no longer empty, is not scrubbed again."""
+    edge = quick_scrub_edge
+    assert edge.store(Path(get_testdata_file("MR_small.dcm"))).returncode == 0
+    scrubbing, scrubbed = edge.log_count(SCRUBBING), edge.log_count(SCRUBBED)
+    pid_file = edge.home / "spool" / "orthanc" / "orthanc.pid"
+    _delete_everything(edge)
+    edge.wait_log(SCRUBBING, scrubbing)  # Orthanc is being stopped now
+    while moment == "stopped" and pid_file.exists() and edge.log_count(SCRUBBED) == scrubbed:
+        time.sleep(0.01)  # the supervisor removes the pid file once Orthanc has exited
+    late = _copy_with(tmp_path, "CT_small.dcm", SOPInstanceUID=pydicom.uid.generate_uid())
+    outcomes = []
+    for _ in range(120):  # a scanner retries an association that was refused or aborted
+        result = edge.store(late)
+        outcomes.append(result.returncode)
+        if result.returncode == 0:
+            break
+        time.sleep(0.5)
+    assert outcomes[-1] == 0, outcomes
+    edge.wait_log(SCRUBBED, scrubbed)  # the scrub that was under way has finished
+    edge.wait_ready()
+    sop = str(pydicom.dcmread(late).SOPInstanceUID)
+    time.sleep(3)  # longer than the quiet time: a scrub now would have to stop a non-empty edge
+    found = requests.post(f"{edge.url}/tools/lookup", data=sop, auth=edge.auth, timeout=30).json()
+    assert [item["Type"] for item in found] == ["Instance"]
+    assert edge.get("/statistics").json()["CountInstances"] == 1
+    assert edge.log_count(SCRUBBING) == scrubbing + 1
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_unusable_scrub_quiet_time_is_one_line_error(tmp_path: Path, value: str) -> None:
+    env = dict(os.environ, INCLOUD_HOME=str(tmp_path / "home"),
+               INCLOUD_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", INCLOUD_DICOM_SCRUB_QUIET_TIME=value)
+    result = subprocess.run([INCLOUD, "serve", "dicom"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "scrub_quiet_time" in result.stderr.lower() and "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "spool" / "orthanc" / "orthanc.pid").exists()

@@ -22,6 +22,7 @@ from incloud_kernel.archive.models import DataFile, Project, Series
 from incloud_kernel.archive.permissions import SYSTEM
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.db import transaction
+from incloud_kernel.ingest.quarantine import list_quarantine
 from incloud_kernel.site import Site
 from ingest_data import make_small_study
 
@@ -193,3 +194,76 @@ def _up(edge: Edge) -> bool:
         return edge.get("/system").status_code == 200
     except Exception:  # noqa: BLE001
         return False
+
+
+def test_a_poison_study_is_retried_then_quarantined_and_the_feed_goes_on(edge: Edge, site: Site,
+                                                                         tmp_path: Path) -> None:
+    """A real fault in a real step -- the de-identified cache folder of one series is read-only, even for root
+    (``chattr +i``) -- makes the study fail with PermissionError: retried with back-off, quarantined after
+    ``ingest.max_attempts`` with the class and a value-free message, while the worker lives on and archives the
+    next study."""
+    import pydicom
+
+    from incloud_kernel.deid import DeidContext, deidentify
+
+    require_tool("chattr")
+    poison = make_small_study(tmp_path / "poison", seed=6, patient_id="HOSP555000")
+    make_small_study(tmp_path / "good", seed=7, patient_id="HOSP777000")
+    clean = deidentify(pydicom.dcmread(poison["t1_mprage"][0]), DeidContext.for_site(site))
+    blocked = site.config.spool / "ingest" / "deid-cache" / str(clean.SeriesInstanceUID)
+    blocked.mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(blocked)], check=True)
+    edge.env.update(INCLOUD_INGEST_MAX_ATTEMPTS="3", INCLOUD_INGEST_RETRY_BACKOFF="0.5")
+    worker = None
+    try:
+        assert edge.store(*all_files(tmp_path / "poison"), aet="SCANNER1").returncode == 0
+        assert edge.store(*all_files(tmp_path / "good"), aet="SCANNER1").returncode == 0
+        worker = start_worker(edge)
+        wait_for(lambda: len(archived(site)) == 3 and orthanc_instances(edge) == 0
+                 and list_quarantine(site.config.quarantine))
+        assert worker.poll() is None, "the worker died"
+    finally:
+        subprocess.run(["chattr", "-i", str(blocked)], check=True)
+        if worker is not None:
+            stop(worker)
+    (reason,) = [vars(q) for q in list_quarantine(site.config.quarantine)]
+    assert reason["step"] == "cache" and reason["files"] == 8 + 4 * 8 + 4 * 8
+    assert reason["reason"] == "PermissionError: Operation not permitted (after 3 attempts)"
+    jobs = [json.loads(p.read_text()) for p in (edge.home / "spool" / "ingest" / "jobs").glob("*.json")]
+    failed = sorted(j["attempt"] for j in jobs if j["state"] == "failed")
+    assert failed == [1, 2] and sorted(j["state"] for j in jobs).count("quarantined") == 1
+    assert all(j.get("retry_at") for j in jobs if j["state"] == "failed")
+    log = (edge.home / "worker.log").read_text()
+    assert "Traceback" not in log and "HOSP555000" not in log
+
+
+def test_a_study_that_kills_its_worker_is_quarantined_after_max_attempts(edge: Edge, site: Site,
+                                                                         tmp_path: Path) -> None:
+    """A worker that dies during a study (here SIGKILL, as a crash inside a library or the OOM killer would)
+    counts as a failed attempt of that study: after ``ingest.max_attempts`` the next worker quarantines it
+    instead of running it again, so a poison study cannot kill workers forever."""
+    make_small_study(tmp_path / "a", seed=8)
+    edge.env["INCLOUD_INGEST_MAX_ATTEMPTS"] = "2"
+    assert edge.store(*all_files(tmp_path / "a"), aet="SCANNER1").returncode == 0
+    jobs = edge.home / "spool" / "ingest" / "jobs"
+    killed: set[str] = set()
+    for _ in range(2):
+        worker = start_worker(edge)
+        deadline = time.monotonic() + 120
+        running: list[str] = []
+        while not running:
+            assert time.monotonic() < deadline, "the worker never started the job"
+            running = [p.stem for p in jobs.glob("*.json") if p.stem not in killed
+                       and json.loads(p.read_text()).get("state") == "running"]
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed.update(running)
+    worker = start_worker(edge)
+    try:
+        wait_for(lambda: orthanc_instances(edge) == 0 and list_quarantine(site.config.quarantine))
+    finally:
+        stop(worker)
+    (reason,) = [vars(q) for q in list_quarantine(site.config.quarantine)]
+    assert reason["reason"] == "WorkerGone: the worker stopped during the job (after 2 attempts)"
+    assert reason["files"] == 8 + 4 * 8 + 4 * 8 and archived(site) == []

@@ -30,3 +30,25 @@ def test_other_host_without_heartbeat_for_three_intervals_is_interrupted() -> No
 
 def test_finished_states_are_shown_as_recorded() -> None:
     assert job_state({"state": "archived", "heartbeat": 0}, 5.0, now=1e9) == "archived"
+
+
+def test_failed_attempts_back_off_exponentially_and_are_shown_until_cleared(site, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``Retries``: attempt n waits ``retry_backoff * 2**(n-1)``; the study is listed by the status (step, reason,
+    attempts) until it is archived or quarantined."""
+    import time
+
+    from incloud_kernel.ingest.feed import IngestPaths, Retries
+    from incloud_kernel.ingest.status import ingest_status
+
+    retries = Retries(IngestPaths.of(site).retries)
+    before = time.time()
+    assert retries.failed("abc", step="convert", reason="OSError: No space left on device", backoff=10) == 1
+    first = retries.get("abc")["next"]
+    assert retries.failed("abc", step="convert", reason="OSError: No space left on device", backoff=10) == 2
+    second = retries.get("abc")["next"]
+    assert before + 10 <= first < second and second >= before + 20
+    assert retries.due(now=second - 1) == [] and retries.due(now=second + 1) == ["abc"]
+    (shown,) = ingest_status(site).retrying
+    assert shown["orthanc_study"] == "abc" and shown["failures"] == 2 and shown["step"] == "convert"
+    retries.clear("abc")
+    assert ingest_status(site).retrying == []

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from incloud_kernel.quarantine import Quarantine
 from test_ingest_chain import check_bids
 from test_ingest_orthanc import archived, edge, orthanc_instances, start_worker, stop, wait_for  # noqa: F401
 
@@ -38,8 +39,8 @@ def test_synthetic_study_arrives_refaced_deidentified_and_valid(edge, site, tmp_
     assert {"T1w", "bold", "dwi"} <= suffixes
     check_bids(site.archive_root)
     # The burned-in secondary capture was held back by de-identification: quarantined alone, with its reason.
-    (held,) = [json.loads(p.read_text()) for p in site.config.quarantine.glob("*/reason.json")]
-    assert held["step"] == "deidentify" and held["reason"].startswith("burned-in-annotation") and held["files"] == 1
+    (held,) = Quarantine(site.config.quarantine).entries()
+    assert held.step == "deidentify" and held.reason.startswith("burned-in-annotation") and len(held.files) == 1
     from incloud_kernel.deid.verify import verify
 
     cache = site.config.spool / "ingest" / "deid-cache"

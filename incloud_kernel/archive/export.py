@@ -21,6 +21,7 @@ from incloud_kernel import __version__
 from incloud_kernel.archive import permissions as perm
 from incloud_kernel.archive.integrity import ChecksumMismatch, Progress, copy_verified
 from incloud_kernel.archive.models import DataFile, Participant, Project, Series, Session
+from incloud_kernel.archive.records import SOURCEDATA
 from incloud_kernel.archive.storage import check_label, safe_relpath
 from incloud_kernel.errors import StorageError, ValidationError
 from incloud_kernel.db import transaction
@@ -28,6 +29,9 @@ from incloud_kernel.site import Site
 
 #: BIDS version the export declares (bids-validator 1.15 knows it).
 BIDS_VERSION = "1.9.0"
+SOURCEDATA_README = (b"Series that no BIDS naming rule of the site named (field maps, localizers, CT, PET, reports...),\n"
+                     b"as de-identified DICOM (<name>.dicom/) and, where dcm2niix could convert them, NIfTI + JSON.\n"
+                     b"Named sub-<p>_ses-<s>_acq-series<SeriesNumber>_<Modality>. Archived by INCloud's ingest chain.\n")
 
 #: BIDS sidecar fields copied from ``Series.params`` when a series has no JSON file of its own. ``params`` use
 #: BIDS names and units (seconds, degrees, tesla), as ``records.add_series`` documents.
@@ -221,6 +225,10 @@ def _export(site: Site, actor: perm.Actor, project_ref: str | int, dest: Path,
                 if rel.endswith(ext) and rel[: -len(ext)] + ".json" not in names and sid in series:
                     _write(dest, rel[: -len(ext)] + ".json", _json_bytes(_sidecar(series[sid])))
                     report.sidecars_written += 1
+
+    # BIDS: a README SHOULD be at the root of sourcedata/ (series no naming rule covered; see docs/ingest.md).
+    if any(f.relpath.startswith(f"{SOURCEDATA}/") for f in files):
+        _write(dest, f"{SOURCEDATA}/README", SOURCEDATA_README)
 
     # Derivative datasets need their own description.
     for top in sorted({PurePosixPath(f.relpath).parts[1] for f in files

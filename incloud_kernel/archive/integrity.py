@@ -2,7 +2,7 @@
 
 - ``sweep`` clears what a crash leaves between "file renamed into place" and "row committed": stale
   ``.incloud-tmp-*`` files are deleted (they are never complete data) and files without a row are *moved to the
-  quarantine* (``<quarantine>/orphans/<UTC stamp>/<relpath>``), not adopted. Why not adopt: the row carries
+  site quarantine* (one entry per sweep, origin ``archive``, files kept under their relpath), not adopted. Why not adopt: the row carries
   what the path cannot (series, project, kind), and the writer that died never reported success, so its caller
   retries; an adopted file would make that retry fail with "already exists". Quarantine keeps the bytes for an
   operator, so nothing is lost. Only leftovers older than a grace period are touched, so a live writer's
@@ -11,7 +11,10 @@
 - ``backup`` mirrors the archive to the backup root, incrementally by SHA-256, with a ``sha256sum``-style
   manifest; a corrupt archive copy never overwrites a good backup copy.
 - ``restore`` brings back a lost or corrupt file from the backup, only after the backup copy's SHA-256 matches
-  the row; the damaged copy is kept in the quarantine first.
+  the row; the damaged copy is kept in the quarantine first (one entry per restore run).
+- ``release_archive`` says what releasing such an entry means: an orphan goes back to its relpath only once a row
+  records that path with the same SHA-256 (nothing else may be adopted, see above); a damaged copy is never
+  released (the archive holds the good copy; purge it once investigated).
 
 This module must never change or delete a DataFile row, never delete a file that has a row, never write a
 file whose checksum differs from its row into the archive, and never put a patient-identifying value into a
@@ -19,13 +22,10 @@ message (it names relative paths, which hold internal labels only). All of it is
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
@@ -35,6 +35,7 @@ from incloud_kernel.archive.models import AuditEvent, DataFile
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.archive.storage import CHUNK, TMP_PREFIX, fsync_dir, safe_relpath, sha256_file
 from incloud_kernel.db import transaction
+from incloud_kernel.quarantine import Entry, Quarantine, ReleaseFailed
 from incloud_kernel.errors import NotFound, PermissionDenied, StorageError, ValidationError
 from incloud_kernel.site import Site
 
@@ -139,7 +140,7 @@ def copy_verified(source: Path, dest_root: Path, rel: str, expected_sha256: str 
     digest, size = hashlib.sha256(), 0
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src, open(tmp, "wb") as out:
+        with open(source, "rb") as src, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             for chunk in iter(lambda: src.read(CHUNK), b""):
                 out.write(chunk)
                 digest.update(chunk)
@@ -167,25 +168,6 @@ def _hash(path: Path, on_bytes: Callable[[int], None]) -> str:
             digest.update(chunk)
             on_bytes(len(chunk))
     return digest.hexdigest()
-
-
-def _move_aside(path: Path, dest: Path) -> None:
-    """Move ``path`` to ``dest`` (another filesystem is fine: copy, fsync, then unlink)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(path, dest)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    shutil.copy2(path, dest)
-    with open(dest, "rb") as fh:
-        os.fsync(fh.fileno())
-    path.unlink()
-
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +212,7 @@ def sweep(site: Site, actor: Actor, *, grace_seconds: float = DEFAULT_GRACE_SECO
             leftovers.append(("temp", f))
         elif f.rel not in rows and not is_dataset_metadata(PurePosixPath(f.rel)):
             leftovers.append(("orphan", f))
-    qdir = site.config.quarantine / "orphans" / _stamp()
+    quarantine, entry = Quarantine(site.config.quarantine), None
     for kind, f in leftovers:
         if f.mtime > cutoff:
             report.too_recent.append(f.rel)
@@ -248,9 +230,14 @@ def sweep(site: Site, actor: Actor, *, grace_seconds: float = DEFAULT_GRACE_SECO
                 f.path.unlink(missing_ok=True)
                 report.removed_temp.append(f.rel)
             else:
-                _move_aside(f.path, qdir / f.rel)
+                if entry is None:
+                    entry = quarantine.put("archive", [(f.path, f.rel)], reason="file without a database row",
+                                           step="sweep", source="archive sweep", release={"kind": "orphan"},
+                                           move=True)
+                else:
+                    quarantine.add(entry, f.path, f.rel, move=True)
                 report.quarantined.append(f.rel)
-                report.quarantine_dir = str(qdir)
+                report.quarantine_dir = str(entry.files_dir)
         except OSError as exc:
             raise StorageError(f"cannot sweep {f.rel}: {exc.strerror or type(exc).__name__}") from None
     if not dry_run and (report.removed_temp or report.quarantined):
@@ -509,7 +496,7 @@ def restore(site: Site, actor: Actor, relpaths: list[str] | None = None, *,
                 raise NotFound(f"no archive file is recorded at {rel}")
             targets.append(rel)
     report = RestoreReport()
-    qdir = site.config.quarantine / "corrupt" / _stamp()
+    quarantine, entry = Quarantine(site.config.quarantine), None
     total, done = sum(rows[r][2] for r in targets), 0
     progress(0, total)
     for rel in targets:
@@ -526,16 +513,43 @@ def restore(site: Site, actor: Actor, relpaths: list[str] | None = None, *,
                 report.failed.append((rel, "backup copy does not match the recorded SHA-256"))
             else:
                 if path.is_file():  # keep the damaged bytes for whoever investigates
-                    try:
-                        qdir.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(path, qdir / rel)
-                    except OSError as exc:
-                        raise StorageError(f"cannot keep the damaged copy of {rel} in the quarantine: "
-                                           f"{exc.strerror or type(exc).__name__}") from None
-                    report.quarantine_dir = str(qdir)
+                    if entry is None:
+                        entry = quarantine.put("archive", [(path, rel)], reason="damaged archive copy",
+                                               step="restore", source="archive restore",
+                                               release={"kind": "damaged"})
+                    else:
+                        quarantine.add(entry, path, rel)
+                    report.quarantine_dir = str(entry.files_dir)
                 copy_verified(copy, root, rel, sha)
                 report.restored.append(rel)
                 _audit(site, actor, "archive.restore", "data_file", str(fid), relpath=rel)
         done += size
         progress(done, total)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Release from the quarantine
+# ---------------------------------------------------------------------------------------------------------------
+
+def release_archive(site: Site, actor: Actor, entry: Entry) -> str:
+    """Put a swept orphan back at its relpath, only when a row now records that path with the file's SHA-256.
+
+    That happens when the writer's commit landed after the sweep, or an operator recorded the file; anything
+    else would adopt a file without a row (see the module docstring). A damaged copy (from ``restore``) is
+    never put back. Raises ReleaseFailed (value-free reason, the entry stays) and PermissionDenied.
+    """
+    _require_admin(actor, "release archive files from the quarantine")
+    if entry.release.get("kind") != "orphan":
+        raise ReleaseFailed("a damaged copy is never put back (the archive holds the restored one): purge it")
+    rows = _rows(site)
+    for held in entry.files:
+        row = rows.get(held.name)
+        if row is None or row[1] != held.sha256:
+            raise ReleaseFailed(f"no row records {held.name} with this content: nothing to put back, purge it")
+        if (site.archive_root / held.name).exists():
+            raise ReleaseFailed(f"{held.name} exists in the archive again: purge the entry")
+    for held in entry.files:
+        copy_verified(entry.files_dir / held.name, site.archive_root, held.name, held.sha256)
+    _audit(site, actor, "archive.release", "quarantine", entry.id, files=len(entry.files))
+    return f"put {len(entry.files)} file(s) back into the archive"

@@ -54,6 +54,12 @@ from incloud_kernel.errors import StorageError, ValidationError
 #: BIDS datatypes (BIDS 1.9 folder names) a raw series may be filed under.
 DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf", "pet", "meg", "eeg", "ieeg", "beh", "micr",
                        "nirs", "motion"})
+#: The datatype of a series no BIDS rule names: its files live under ``sourcedata/`` (BIDS 1.9 "Source vs. raw
+#: vs. derived data": source data MUST be kept in a separate sourcedata directory, named following BIDS where
+#: possible) as ``sourcedata/sub-<p>/ses-<s>/<stem>.nii.gz|.json`` and ``<stem>.dicom/<instance>.dcm``.
+SOURCEDATA = "sourcedata"
+#: A DICOM instance of a sourcedata series: ``dicom/<de-identified SOPInstanceUID>.dcm``.
+_SOURCE_DICOM = re.compile(r"dicom/([0-9]+(\.[0-9]+)*)\.dcm")
 #: BIDS entities in the order they appear in a file name (after sub and ses).
 ENTITY_ORDER = ("task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt",
                 "part", "proc", "hemi", "space", "split", "recording", "chunk", "seg", "res", "den", "label",
@@ -342,7 +348,7 @@ def add_series(db: DB, actor: Actor, session: int | Session, datatype: str, suff
     datatype, entity or QC status, an unsafe label, or a BIDS name another series of the session already has.
     """
     ses = permissions.get_session(db, actor, session, Action.write)
-    if datatype not in DATATYPES:
+    if datatype not in DATATYPES and datatype != SOURCEDATA:
         raise ValidationError(f"unknown BIDS datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
     check_label(suffix, "BIDS suffix")
     if not isinstance(modality, str) or not _MODALITY.fullmatch(modality):
@@ -410,9 +416,12 @@ def add_derivative(db: DB, actor: Actor, session: int | Session, pipeline: str, 
 
 def bids_stem_for(participant: str, session: str, datatype: str, suffix: str,
                   entities: Mapping[str, str]) -> str:
-    """``sub-<p>/ses-<s>/<datatype>/sub-<p>_ses-<s>[_<key>-<value>...]_<suffix>`` (no extension)."""
+    """``sub-<p>/ses-<s>/<datatype>/sub-<p>_ses-<s>[_<key>-<value>...]_<suffix>`` (no extension); for
+    ``SOURCEDATA``: ``sourcedata/sub-<p>/ses-<s>/sub-<p>_ses-<s>[_...]_<suffix>``."""
     parts = [f"sub-{participant}", f"ses-{session}"]
     parts += [f"{key}-{entities[key]}" for key in ENTITY_ORDER if key in entities]
+    if datatype == SOURCEDATA:
+        return f"{SOURCEDATA}/sub-{participant}/ses-{session}/{'_'.join(parts)}_{suffix}"
     return f"sub-{participant}/ses-{session}/{datatype}/{'_'.join(parts)}_{suffix}"
 
 
@@ -427,7 +436,10 @@ def derivative_folder(derivative: Derivative, participant: str, session: str) ->
 
 
 def series_relpath(series: Series, extension: str) -> str:
-    """Where a series' file with ``extension`` (``nii.gz``, ``json``, ``bval``...) lives in the archive."""
+    """Where a series' file with ``extension`` (``nii.gz``, ``json``, ``bval``...) lives in the archive; a
+    ``SOURCEDATA`` series also takes ``dicom/<uid>.dcm`` keys, stored as ``<stem>.dicom/<uid>.dcm``."""
+    if series.datatype == SOURCEDATA and _SOURCE_DICOM.fullmatch(extension):
+        return str(safe_relpath(f"{bids_stem(series)}.{extension}"))
     ext = extension[1:] if extension.startswith(".") else extension
     if not _EXTENSION.fullmatch(ext):
         raise ValidationError(f"file extension must be lower-case letters and digits separated by dots, "
@@ -719,7 +731,7 @@ def _remove_unrecorded(engine: Any, root: Path, relpaths: list[str]) -> None:
 
 
 __all__ = [
-    "DATATYPES", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
+    "DATATYPES", "SOURCEDATA", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
     "write_participants_tsv", "add_participant", "update_participant", "add_session", "add_series",
     "set_qc_status", "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
     "add_files", "register_series", "register_derivative", "replace_files", "remove",

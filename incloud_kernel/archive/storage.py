@@ -2,7 +2,8 @@
 
 A write is: temp file in the target folder, fsync, atomic rename, fsync of the folder. Only then may the
 caller record the file's row in the database (in one transaction); ``archive.integrity`` sweeps what a crash
-between the two leaves behind. Never writes outside the root, never follows a name with ``..``.
+between the two leaves behind. Never writes outside the root, never follows a name with ``..``, never makes a
+file readable by another system user (files are created 0600 whatever the umask; docs/security.md).
 """
 from __future__ import annotations
 
@@ -72,10 +73,11 @@ def write_synced(path: Path, source: bytes | Path | BinaryIO) -> tuple[str, int]
     """Write ``source`` to exactly ``path`` and fsync it; return (sha256 hex, size in bytes).
 
     The building block of atomic writes: callers write under a temp or staging name, then rename.
-    Raises OSError; callers turn it into a StorageError that names the archive path.
+    The file is created 0600 (an existing one keeps its mode). Raises OSError; callers turn it into a
+    StorageError that names the archive path.
     """
     digest, size = hashlib.sha256(), 0
-    with open(path, "wb") as fh:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
         for chunk in _chunks(source):
             fh.write(chunk)
             digest.update(chunk)
@@ -112,8 +114,12 @@ def atomic_write(root: Path, relpath: str | PurePosixPath, source: bytes | Path 
 
 
 def ensure_dataset(root: Path, name: str = "INCloud archive") -> None:
-    """Make ``root`` a BIDS dataset: ``dataset_description.json``, ``participants.tsv`` and ``.bidsignore``."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Make ``root`` a BIDS dataset: ``dataset_description.json``, ``participants.tsv`` and ``.bidsignore``.
+
+    ``root`` is created 0700 (and narrowed to it) like every site root."""
+    from incloud_kernel.site import private_dir
+
+    private_dir(root)
     if not (root / "dataset_description.json").exists():
         description = {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw",
                        "GeneratedBy": [{"Name": "INCloud"}]}

@@ -3,7 +3,8 @@
 Subcommands are imported lazily, so ``incloud --version`` does not pay for pydicom, SimpleITK or Dask.
 Errors: an ``IncloudError`` becomes ``error: <one line>`` and its exit code; anything unexpected becomes a
 one-line ``internal error`` naming only the exception type (a message could hold a header value), with the
-traceback shown only when ``INCLOUD_DEBUG=1``.
+traceback shown only when ``INCLOUD_DEBUG=1``. Every command runs with umask 077 (``site.restrict_umask``): what
+it writes is the service user's alone (docs/security.md).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "serve": "incloud_kernel.cli.serve:serve",
     "ingest": "incloud_kernel.cli.ingest:ingest",
     "hub": "incloud_kernel.cli.hub:hub",
+    "quarantine": "incloud_kernel.cli.quarantine:quarantine",
 }
 
 
@@ -65,6 +67,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn failures into one line and an exit code."""
+    from incloud_kernel.site import restrict_umask
+
+    restrict_umask()
     try:
         code = cli.main(args=argv, prog_name="incloud", standalone_mode=False)
     except IncloudError as exc:

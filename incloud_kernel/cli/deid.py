@@ -82,7 +82,7 @@ def run(sources: tuple[str, ...], out: str, options: tuple[str, ...], basic_only
     for reason, count in sorted(summary.reasons.items()):
         click.echo(f"  {count} x {reason}")
     if summary.quarantined:
-        click.echo(f"quarantine: {site.config.quarantine}")
+        click.echo(f"quarantine: {site.config.quarantine} (incloud quarantine list --origin deid)")
     click.echo(f"audit: {audit.audit_path}")
     if summary.failed:
         sys.exit(1)
@@ -99,7 +99,12 @@ def verify_cmd(outputs: tuple[str, ...], sources: tuple[str, ...]) -> None:
     report = verify(list(outputs), list(sources))
     for leak in report.leaks:
         click.echo(f"LEAK {leak}")
+    for kept in report.retained:  # identifying, but kept where the user chose to keep it: listed, not a leak
+        click.echo(f"RETAINED {kept}")
+    for same in report.coincidences:  # a coded value equal to the source's own value of that attribute
+        click.echo(f"CODED {same}, equal to that attribute's own coded value in the sources")
     click.echo(f"checked {report.outputs} outputs against {report.identities} identifying values from "
-               f"{report.sources} sources: {len(report.leaks)} leak(s)")
+               f"{report.sources} sources: {len(report.leaks)} leak(s), {len(report.retained)} value(s) "
+               f"retained by option, {len(report.coincidences)} coded coincidence(s)")
     if report.leaks:
         sys.exit(1)

@@ -73,11 +73,11 @@ def ingest_path(path: Path, project: str) -> None:
             outcomes = chain.run_files(files, project, job_id=job_id)
         except ChainFailure as exc:
             quarantine_study(site.config.quarantine, job_id, files, reason=exc.reason, step=exc.step,
-                             source="path")
+                             source="path", project=project)
             raise ValidationError(f"{job_id} quarantined at step {exc.step}: {exc.reason}") from None
         held = quarantine_held_back(site.config.quarantine, job_id, outcomes, source="path")
     for folder in held:
-        click.echo(f"held back  {folder.name} (quarantined): see incloud ingest status", err=True)
+        click.echo(f"held back  {folder.name} (quarantined): see incloud quarantine show {folder.name}", err=True)
     for outcome in outcomes:
         for s in outcome.series:
             click.echo(f"{s.status:10} series {s.series_id or '-'} {s.name}")
@@ -130,6 +130,10 @@ def status(as_json: bool) -> None:
         worker = j.get("worker") or {}
         click.echo(f"  {j['job_id']}  worker pid {worker.get('pid', '?')} on {worker.get('host', '?')}: "
                    "no heartbeat; the next worker ingests the study again")
+    click.echo(f"waiting for a retry: {len(st.retrying)}")
+    for r in st.retrying:
+        click.echo(f"  orthanc study {r['orthanc_study']}  attempt(s) failed {r.get('failures')}  "
+                   f"step {r.get('step')}: {r.get('reason')}")
     click.echo(f"failed (quarantined): {len(st.failed)}")
     for f in st.failed:
         click.echo(f"  {f['job_id']}  step {f['step']}: {f['reason']}")

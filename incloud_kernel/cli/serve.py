@@ -18,6 +18,7 @@ def dicom(write_config_only: bool) -> None:
     from incloud_kernel.config import get_config
     from incloud_kernel.dicom.orthanc_config import OrthancPaths, rest_url, write_config
     from incloud_kernel.dicom.supervisor import OrthancSupervisor
+    from incloud_kernel.errors import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = get_config()
@@ -26,9 +27,13 @@ def dicom(write_config_only: bool) -> None:
         click.echo(f"Orthanc configuration written to {config_file}")
         return
     paths = OrthancPaths.of(config)
-    supervisor = OrthancSupervisor(config.dicom.orthanc_binary, config_file, rest_url(config),
-                                   (creds.username, creds.password), paths.log_file, paths.pid_file)
     d = config.dicom
+    if d.scrub_quiet_time <= 0:
+        raise ConfigError("dicom.scrub_quiet_time must be a positive number of seconds")
+    supervisor = OrthancSupervisor(d.orthanc_binary, config_file, rest_url(config),
+                                   (creds.username, creds.password), paths.log_file, paths.pid_file,
+                                   index_file=None if d.index_database_url else paths.index / "index",
+                                   scrub_quiet=d.scrub_quiet_time)
 
     def ready() -> None:
         click.echo(f"DICOM edge ready: AE {d.ae_title} on port {d.port}, REST on {rest_url(config)} "

@@ -80,6 +80,17 @@ def _own_data(name: str) -> Path:
     return Path(str(resources.files("incloud_kernel.deface") / "data" / name))
 
 
+def labels_path() -> Path:
+    """The packaged template labels file (uint8 bit flags ``BRAIN``, ``FACE``, ``EARS``, ``HEAD``, ``MARGIN`` on
+    the average head's 1 mm grid; read-only, ships in the repository).
+
+    Public so that other packages (``synth`` places the refacer's own brain and face on its participants) read
+    the same labels without reaching into this module's internals. The file may be absent in a build that did
+    not generate it: callers check ``is_file()``.
+    """
+    return _own_data(LABELS_FILE)
+
+
 @dataclass(frozen=True, eq=False)
 class Template:
     """The average head on its own 1 mm grid (RAS affine), with boolean masks on the same grid."""

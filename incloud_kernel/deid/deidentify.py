@@ -14,20 +14,21 @@ from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from incloud_kernel.deid.burned_in import burned_in_reason
 from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.errors import BurnedInText, InvalidInput
+from incloud_kernel.deid.groups import apply_in_bulk
 from incloud_kernel.deid.peek import peek
 from incloud_kernel.deid.options import BASIC_PROFILE, OPTIONS
-from incloud_kernel.deid.profile import TEXT_VRS, WalkState, apply, make_scrubber, plan_for
+from incloud_kernel.deid.profile import WalkState, apply, identity_guard, identity_tokens, make_scrubber, plan_for
 from incloud_kernel.deid.table import load_table
 from incloud_kernel.deid.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = b"\x00" * 128
+_DIRECTORY_RECORDS = BaseTag(0x00041220)  # Directory Record Sequence: a DICOMDIR
 
 
 @dataclass
@@ -46,33 +47,6 @@ class DeidRecord:
     changes: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _identity_tokens(ds: Dataset, plan_tags: dict[int, str]) -> set[str]:
-    """Every text value the table removes or replaces (names, IDs, addresses...), for cleaning free text."""
-    tokens: set[str] = set()
-
-    def walk(d: Dataset) -> None:
-        for elem in d:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    walk(item)
-                continue
-            if elem.VR not in TEXT_VRS and elem.VR not in ("PN", "DA", "DT"):
-                continue
-            if elem.VR != "PN" and plan_tags.get(int(elem.tag)) in (None, "K", "C", "U"):
-                continue
-            values = list(elem.value) if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
-            for v in values:
-                text = str(v or "").strip()
-                if not text:
-                    continue
-                tokens.add(text)
-                for part in text.replace("=", "^").replace(",", " ").replace("^", " ").split():
-                    tokens.add(part)
-
-    walk(ds)
-    return tokens
-
-
 def _transfer_syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -87,7 +61,7 @@ def check_instance(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MediaStorageDirectoryStorage:
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
-    if 0x00041220 in ds._dict:  # noqa: SLF001 - Directory Record Sequence, looked up without conversion
+    if _DIRECTORY_RECORDS in ds:  # ``in`` converts nothing
         raise InvalidInput("DICOMDIR media directory, not an instance", reason="dicomdir")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if not _sop_value(ds, keyword):
@@ -115,7 +89,7 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         reason = burned_in_reason(ds)
         if reason:
             raise BurnedInText(f"held back: {reason}", reason=reason)
-    plan = plan_for(context.options)
+    plan = plan_for(context.options, _sop_value(ds, "SOPClassUID"))  # combined actions: the IOD's Types
     dates_shifted = "retain_long_modified_dates" in context.options
     offset = context.date_offset(ds) if dates_shifted else None
     pseudonym = context.pseudonym(ds)
@@ -124,11 +98,12 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
 
     def scrub(text: str) -> str:
         if not tokens_cache:
-            tokens_cache.append(make_scrubber(_identity_tokens(ds, plan.tags)))
+            tokens_cache.append(make_scrubber(identity_tokens(ds, plan)))
         return tokens_cache[0](text)
 
-    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub)
-    new = apply(ds, state)
+    state = WalkState(plan=plan, map_uid=context.map_uid, date_offset=offset, scrub=scrub,
+                      guard=identity_guard(ds, plan))  # the patient's names/IDs out of unlisted text
+    new = apply_in_bulk(ds, apply, state, plan.tags)  # = apply(ds, state), faster
 
     if "SOPInstanceUID" not in new:  # only in the file meta: carry it into the dataset, mapped
         new.SOPInstanceUID = context.map_uid(_sop_value(ds, "SOPInstanceUID"))
@@ -147,10 +122,9 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
 
     # File meta: rebuilt from scratch; the source's (application titles, private info) is not carried over.
     src_meta = getattr(ds, "file_meta", None)
-    meta = FileMetaDataset()
     sop_class = peek(new, 0x00080016)
     sop_instance = peek(new, 0x00080018)
-    meta_dict = meta._dict  # noqa: SLF001 - raw elements (explicit VR LE), converted on access
+    meta_elements = {}
     for tag, vr, value in ((0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
                            (0x00020003, "UI", sop_instance), (0x00020010, "UI", _transfer_syntax(ds)),
                            (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
@@ -158,9 +132,10 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
         data = value if isinstance(value, bytes) else str(value).encode("ascii", "replace")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        meta_dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+        meta_elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+    meta = FileMetaDataset(meta_elements)  # raw (explicit VR LE), converted on access as read ones are
     if src_meta is not None:
-        for tag in src_meta._dict:  # noqa: SLF001 - tags only: the values are not needed (nor converted)
+        for tag in src_meta.keys():  # tags only: the values are not needed (nor converted)
             tag = int(tag)
             if tag not in (0x00020000, 0x00020001, 0x00020002, 0x00020010):
                 state.note("U" if tag == 0x00020003 else "X" if tag not in (0x00020012, 0x00020013) else "D", tag)
@@ -168,7 +143,9 @@ def deidentify_with_record(ds: Dataset, context: DeidContext,
     ts = pydicom.uid.UID(str(peek(meta, 0x00020010)))
     if ts.is_transfer_syntax:
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
-    out = FileDataset("", new, preamble=PREAMBLE, file_meta=meta,
+    # Values left deferred in the source file (large pixel data, never read) are read from it on access.
+    source = getattr(ds, "filename", None)
+    out = FileDataset(source if isinstance(source, str) else "", new, preamble=PREAMBLE, file_meta=meta,
                       is_implicit_VR=bool(implicit), is_little_endian=little is not False)
     # Keep the source's encoding and character set, so kept raw elements are written as read (fast path).
     out.set_original_encoding(bool(implicit), little is not False, ds.original_character_set)

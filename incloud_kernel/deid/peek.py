@@ -12,30 +12,33 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.tag import BaseTag
 
 _US = struct.Struct("<H")
 #: Tags read on every file, so their implicit-VR raw elements can be decoded without a dictionary lookup.
 _FAST_VRS = {0x00280010: "US", 0x00280011: "US", 0x00280002: "US", 0x00280100: "US", 0x00280004: "CS",
              0x00080016: "UI", 0x00080018: "UI", 0x00280301: "CS", 0x00020010: "UI", 0x00020002: "UI",
              0x00020003: "UI"}
-_TAGS: dict[str, int] = {}
+_TAGS: dict[str | int, BaseTag] = {}
 
 
-def _tag(keyword: str) -> int | None:
+def _tag(keyword: str | int) -> BaseTag | None:
+    """The tag of a keyword (or int), as a BaseTag: pydicom's lookups take those without converting."""
     tag = _TAGS.get(keyword)
     if tag is None:
-        tag = tag_for_keyword(keyword)
-        if tag is not None:
-            _TAGS[keyword] = tag
+        number = tag_for_keyword(keyword) if isinstance(keyword, str) else keyword
+        if number is None:
+            return None
+        tag = _TAGS[keyword] = BaseTag(number)
     return tag
 
 
 def peek_element(ds: Dataset, keyword: str | int) -> DataElement | None:
     """The element converted to a DataElement, leaving ``ds`` unchanged (deferred values are read by pydicom)."""
-    tag = _tag(keyword) if isinstance(keyword, str) else keyword
+    tag = _tag(keyword)
     if tag is None:
         return None
-    elem = ds._dict.get(tag)  # noqa: SLF001 - the raw form is what we must not lose
+    elem = ds.get_item(tag, keep_deferred=True)  # the raw form is what we must not lose
     if elem is None:
         return None
     if type(elem) is RawDataElement and (elem.value is not None or elem.length == 0):
@@ -49,8 +52,8 @@ def peek(ds: Dataset, keyword: str | int, default: Any = None) -> Any:
     Fast paths for the checks made on every file: a single little-endian US value, and ASCII UI/CS strings
     (as pydicom would return them: stripped of padding); anything else is converted by pydicom.
     """
-    tag = _tag(keyword) if isinstance(keyword, str) else keyword
-    raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    tag = _tag(keyword)
+    raw = ds.get_item(tag, keep_deferred=True) if tag is not None else None
     if raw is None and tag is not None:
         return default
     if type(raw) is RawDataElement and raw.is_little_endian and raw.value is not None:
@@ -68,8 +71,8 @@ def peek(ds: Dataset, keyword: str | int, default: Any = None) -> Any:
 
 def raw_length(ds: Dataset, keyword: str | int) -> int | None:
     """The stored value length in bytes without reading or converting the value (None: absent/undefined)."""
-    tag = _tag(keyword) if isinstance(keyword, str) else keyword
-    elem = ds._dict.get(tag)  # noqa: SLF001
+    tag = _tag(keyword)
+    elem = ds.get_item(tag, keep_deferred=True)
     if elem is None:
         return None
     if type(elem) is RawDataElement:

@@ -1,31 +1,30 @@
 """Batch de-identification over files, folders, DICOMDIR files and zip archives, in N processes.
 
 Output tree: ``OUT/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
-Every file that cannot be passed goes to the quarantine root with its original bytes and a reason file; the
-batch continues. Messages and reasons never carry header values (pydicom exception texts are never used,
-and pydicom's warnings, which can quote values, are silenced in workers).
+Every file that cannot be passed goes to the site quarantine (``incloud_kernel.quarantine``, origin ``deid``) with
+its original bytes, a value-free reason and what a release needs (output folder, options); the batch continues.
+Messages and reasons never carry header values (pydicom exception texts are never used, and pydicom's warnings,
+which can quote values, are silenced in workers).
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import logging
+import mmap
 import multiprocessing as mp
 import os
-import shutil
 import struct
 import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.filereader import read_dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
@@ -34,9 +33,13 @@ from incloud_kernel.deid.context import DeidContext
 from incloud_kernel.deid.deidentify import deidentify_with_record
 from incloud_kernel.deid.errors import DeidError
 from incloud_kernel.deid.peek import peek
-from incloud_kernel.deid.writer import LONG_VRS, encode_file
+from incloud_kernel.deid import groups
+from incloud_kernel.deid.writer import write_file
+from incloud_kernel.dicom.part10 import LONG_VRS
+from incloud_kernel.quarantine import Entry, Quarantine
 
 PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAG = BaseTag(PIXEL_DATA)
 #: Elements larger than this are read from disk only when written (pixel data of big multi-frames).
 DEFER_SIZE = 2 * 1024 * 1024
 #: Files up to this size are read with one system call and parsed from memory.
@@ -135,10 +138,11 @@ def _zip_or_file(f: Path, jobs: list[Job], add: Callable[[Job], None]) -> Job:
 _WORKER: dict = {}
 
 
-def _init_worker(context: DeidContext, out_root: str, quarantine_root: str) -> None:
+def _init_worker(context: DeidContext, out_root: str, quarantine_root: str | None) -> None:
     warnings.simplefilter("ignore")  # pydicom warnings can quote header values
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root), made=set())
+    _WORKER.update(context=context, out=Path(out_root), quarantine=Path(quarantine_root) if quarantine_root else None,
+                   made=set())
 
 
 def _read_bytes(job: Job) -> bytes:
@@ -176,21 +180,24 @@ def _native_pixel_length(ds: pydicom.Dataset) -> int | None:
 
 
 _EXPLICIT_META = struct.Struct("<HH2s")
+_TRANSFER_SYNTAX = BaseTag(0x00020010)
 _FAST_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # -> implicit VR
 
 
-def _parse_part10(data: bytes) -> pydicom.FileDataset | None:
-    """Parse a well-formed little-endian Part 10 file from memory, as ``dcmread`` would; None: use ``dcmread``.
+def _parse_part10(data: bytes | mmap.mmap, path: str | None = None) -> pydicom.FileDataset | None:
+    """Parse a well-formed little-endian Part 10 file, as ``dcmread`` would; None: use ``dcmread``.
 
     Why: for small files ``dcmread`` spends much of its time in file-meta handling. Here the file meta (explicit
     VR little endian, PS3.10 7.1) is split by hand into raw elements and the dataset is read by pydicom's own
-    ``read_dataset``; anything unusual (no DICM prefix, odd meta, deflated, big-endian or private transfer
-    syntaxes, read errors) is left to ``dcmread`` so that its handling (and its quarantine reasons) stay.
+    ``read_dataset`` (functional groups sequences kept raw, see ``groups.read_dataset``); anything unusual (no
+    DICM prefix, odd meta, deflated, big-endian or private transfer syntaxes, read errors) is left to ``dcmread``
+    so that its handling (and its quarantine reasons) stay.
+    ``data``: the whole file in memory, or (``path`` given) an mmap of the file at ``path``: then values larger
+    than ``DEFER_SIZE`` (pixel data) are not read but left deferred, and the writer copies them file to file.
     """
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
-    meta = FileMetaDataset()
-    raw_meta = meta._dict  # noqa: SLF001 - raw elements, converted on access as dcmread's would be
+    raw_meta: dict[BaseTag, RawDataElement] = {}
     pos, size = 132, len(data)
     while pos + 8 <= size:
         group, element, vr = _EXPLICIT_META.unpack_from(data, pos)
@@ -212,7 +219,8 @@ def _parse_part10(data: bytes) -> pydicom.FileDataset | None:
         tag = BaseTag((group << 16) | element)
         raw_meta[tag] = RawDataElement(tag, vr_text, length, data[start:start + length], start, False, True)
         pos = start + length
-    ts_elem = raw_meta.get(0x00020010)
+    meta = FileMetaDataset(raw_meta)  # raw elements, converted on access as dcmread's would be
+    ts_elem = meta.get_item(_TRANSFER_SYNTAX)
     if ts_elem is None:
         return None
     ts = ts_elem.value.decode("ascii", "replace").strip(" \x00")
@@ -224,19 +232,28 @@ def _parse_part10(data: bytes) -> pydicom.FileDataset | None:
                 uid.is_deflated or uid in pydicom.uid.PrivateTransferSyntaxes:
             return None
         implicit = False
-    fp = io.BytesIO(data)
-    fp.seek(pos)
+    fp: BinaryIO = io.BytesIO(data) if path is None else open(path, "rb")  # noqa: SIM115 - closed below
     try:
+        fp.seek(pos)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # recorded (never shown): any warning sends the file to dcmread
-            dataset = read_dataset(fp, implicit, True)
+            dataset = groups.read_dataset(fp, data, implicit, DEFER_SIZE if path is not None else None)
     except Exception:  # noqa: BLE001 - dcmread decides what this file is, and says why
         return None
+    finally:
+        if path is not None:
+            fp.close()
     if caught:  # truncated or odd: let dcmread's own handling (and warnings, silenced) decide
         return None
-    ds = pydicom.FileDataset(fp, dataset, data[:128], meta, implicit, True)
+    ds = pydicom.FileDataset(path or fp, dataset, data[:128], meta, implicit, True)
     ds.set_original_encoding(implicit, True, dataset._character_set)  # noqa: SLF001
     return ds
+
+
+def _parse_mapped(path: str) -> pydicom.FileDataset | None:
+    """``_parse_part10`` on a memory map of the file: only the header is read; large values stay deferred."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return _parse_part10(mapped, path)
 
 
 def _read(job: Job) -> pydicom.FileDataset:
@@ -246,7 +263,7 @@ def _read(job: Job) -> pydicom.FileDataset:
         raise DeidError("empty file", reason="empty-file")
     try:
         if size is not None and size > WHOLE_READ_SIZE and not _is_gzip(job):
-            ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE)  # big: pixel data read when written
+            ds = _parse_mapped(job.path) or pydicom.dcmread(job.path, defer_size=DEFER_SIZE)  # big: pixels deferred
         else:
             data = _read_bytes(job)  # one read of the whole file
             if data[:2] == GZIP_MAGIC:  # e.g. nibabel's *.dcm.gz test files; the quarantine keeps the .gz
@@ -261,9 +278,11 @@ def _read(job: Job) -> pydicom.FileDataset:
     if "PixelData" in ds:
         expected = _native_pixel_length(ds)
         try:
-            raw = ds._dict[PIXEL_DATA]  # noqa: SLF001 - kept raw: copied to the output as read
+            raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)  # kept raw (or deferred): copied as read
             if type(raw) is RawDataElement and raw.value is not None:
                 actual = len(raw.value)
+            elif type(raw) is RawDataElement and raw.length != 0xFFFFFFFF and size is not None:
+                actual = min(raw.length, size - raw.value_tell)  # deferred: what the file really holds
             else:
                 actual = len(ds[PIXEL_DATA].value or b"")  # read once (deferred elements are read here)
         except Exception as exc:  # noqa: BLE001
@@ -274,18 +293,20 @@ def _read(job: Job) -> pydicom.FileDataset:
 
 
 def _quarantine(job: Job, reason: str, root: Path) -> str:
-    """Copy the original bytes and write ``<name>.reason.txt``; returns the quarantine file path."""
-    digest = hashlib.sha256(job.label.encode("utf-8", "replace")).hexdigest()[:16]
-    folder = root / time.strftime("%Y%m%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{digest}.bin"
-    if job.member is None:
-        shutil.copyfile(job.path, target)
-    else:
-        target.write_bytes(_read_bytes(job))
-    # The quarantine is identified data (original bytes), so naming the source path here is allowed.
-    (folder / f"{digest}.reason.txt").write_text(f"source: {job.label}\nreason: {reason}\n")
-    return str(target)
+    """Hold the original bytes in a new quarantine entry (0700/0600); returns the entry id.
+
+    The record keeps what ``release_deid`` needs: the output folder, the options and ``original`` (the input's
+    path: the entry holds identified bytes anyway, and a reviewer must know where they came from).
+    """
+    ctx: DeidContext = _WORKER["context"]
+    gz = job.member is None and _is_gzip(job)
+    source: Path | bytes = Path(job.path) if job.member is None else _read_bytes(job)
+    entry = Quarantine(root).put(
+        "deid", [(source, "original.dcm.gz" if gz else "original.dcm")], reason=reason, step="deidentify",
+        source="zip member" if job.member else "file",
+        release={"out": str(_WORKER["out"]), "options": list(ctx.options), "allow_burned_in": ctx.allow_burned_in,
+                 "original": job.label})
+    return entry.id
 
 
 def process(job: Job) -> Result:
@@ -301,16 +322,16 @@ def process(job: Job) -> Result:
             if target.parent not in made:  # one mkdir per series folder, not per file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
-            data = encode_file(new)
             tmp = target.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
+            write_file(new, tmp, source=job.path if job.member is None else None)  # deferred pixels: kernel copy
             os.replace(tmp, target)
             return Result(job, "done", output=str(rel), record=dict(vars(record)))
         except DeidError as exc:
             reason = exc.reason
         except Exception as exc:  # noqa: BLE001 - type only, never the text
             reason = f"error:{type(exc).__name__}"
-        _quarantine(job, reason, _WORKER["quarantine"])
+        if _WORKER["quarantine"] is not None:  # None: a release, whose entry already holds the bytes
+            _quarantine(job, reason, _WORKER["quarantine"])
         return Result(job, "quarantined", reason=reason)
     except Exception as exc:  # noqa: BLE001 - even quarantine failed (disk full...): report, keep going
         return Result(job, "failed", reason=f"quarantine-failed:{type(exc).__name__}")
@@ -322,7 +343,6 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
     summary = Summary()
     start = time.perf_counter()
     out_root.mkdir(parents=True, exist_ok=True)
-    quarantine_root.mkdir(parents=True, exist_ok=True)
     initargs = (context, str(out_root), str(quarantine_root))
 
     def handle(result: Result) -> None:
@@ -350,3 +370,24 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
                 handle(result)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def release_deid(entry: Entry, context: DeidContext) -> Result:
+    """De-identify the entry's held file again into its recorded output folder (``Result.output`` is relative to it).
+
+    ``context`` is built by the caller from the recorded options (and ``allow_burned_in``, which a reviewer may
+    grant for this release). Raises DeidError (value-free reason) when it fails again: the entry stays, and no
+    second entry is made.
+    """
+    (held,) = entry.paths()
+    saved = dict(_WORKER)
+    try:
+        with warnings.catch_warnings():
+            _init_worker(context, entry.release["out"], None)
+            result = process(Job(str(held)))
+    finally:
+        _WORKER.clear()
+        _WORKER.update(saved)
+    if result.status != "done":
+        raise DeidError("de-identification failed again", reason=result.reason or "deid-failed")
+    return result

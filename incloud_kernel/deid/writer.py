@@ -1,8 +1,10 @@
 """Fast Part 10 encoder for de-identified datasets: kept (raw) elements are copied as read, never converted.
 
-``encode_file(ds)`` gives the bytes of a Part 10 file (128-byte zero preamble, ``DICM``, file meta rebuilt by hand,
-then the dataset) for little-endian transfer syntaxes, the case that matters for speed; anything else (big endian,
-a dataset whose encoding differs from its source, buffered values) is written by pydicom's own ``dcmwrite``.
+``encode_chunks(ds, source)`` gives a Part 10 file (128-byte zero preamble, ``DICM``, file meta rebuilt by hand,
+then the dataset) as chunks for ``dicom.part10.write_file`` for little-endian transfer syntaxes, the case that
+matters for speed: a value pydicom left deferred in the source file (large pixel data) becomes a ``FileRange`` of
+``source`` and is copied by the kernel, never read into Python. Anything else (big endian, a dataset whose
+encoding differs from its source, buffered values) is written by pydicom's own ``dcmwrite``.
 
 Why: pydicom's writer spends most of its time in per-element Python overhead even for elements it writes verbatim;
 de-identification keeps most elements (pixel data included) unchanged, so those are copied here as byte slices.
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import io
 import struct
+from functools import lru_cache
+from pathlib import Path
 
 from pydicom import Dataset
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
@@ -25,45 +30,42 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
+from incloud_kernel.dicom import part10
+
 #: VRs whose values pydicom writes as (padded) strings; with ASCII values they are written here directly.
 STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 #: Binary integer VRs: a single int value is packed here directly.
 _NUMBERS = {"US": struct.Struct("<H"), "SS": struct.Struct("<h"), "UL": struct.Struct("<I"), "SL": struct.Struct("<i")}
-PREAMBLE = b"\x00" * 128 + b"DICM"
-#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
-UNDEFINED = 0xFFFFFFFF
+UNDEFINED = part10.UNDEFINED_LENGTH
 #: Transfer syntaxes whose dataset is deflated as a whole: written by pydicom.
 DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
-_ITEM = struct.Struct("<HHI")
-ITEM_DELIM_TAGS = (0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD)
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-_SHORT = struct.Struct("<HH2sH")
-_LONG = struct.Struct("<HH2s2xI")
-_IMPLICIT = struct.Struct("<HHI")
+_header = part10.header  # raises NotEncodable: no VR, or a short-VR value over 64 KiB (pydicom makes it UN)
 
 
-class NotFastPath(Exception):
+class NotFastPath(part10.NotEncodable):
     """The dataset needs pydicom's general writer (never carries a value)."""
 
 
-def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes:
-    group, element = tag >> 16, tag & 0xFFFF
-    if implicit:
-        return _IMPLICIT.pack(group, element, length)
-    if vr is None or len(vr) != 2:
-        raise NotFastPath
-    if vr in LONG_VRS:
-        return _LONG.pack(group, element, vr.encode("ascii"), length)
-    if length > 0xFFFF:
-        raise NotFastPath  # pydicom turns it into UN with a warning; leave that rare case to it
-    return _SHORT.pack(group, element, vr.encode("ascii"), length)
+@lru_cache(maxsize=64)
+def _python_codecs(charset: object) -> tuple[str, ...]:
+    return tuple(convert_encodings(list(charset) if isinstance(charset, tuple) else charset))
 
 
-def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: list[bytes]) -> None:
-    """Append the encoding of ``ds`` (same transfer syntax as its source) to ``out``."""
+def _codecs(charset: object) -> tuple[str, ...]:
+    """The Python codecs a Specific Character Set value (or pydicom's converted list) stands for."""
+    return _python_codecs(tuple(charset) if isinstance(charset, (list, MultiValue)) else charset)
+
+
+def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: list, source: str | None = None,
+                    marks: list[tuple[int, int]] | None = None) -> None:
+    """Append the encoding of ``ds`` (same transfer syntax as its source) to ``out``.
+
+    ``source``: the file the dataset was read from; a value pydicom deferred (not read) is appended as a
+    ``FileRange`` of it. Without ``source`` such a dataset is left to pydicom (``NotFastPath``).
+    ``marks``: if given, receives (tag, index in ``out``) where each top-level element starts.
+    """
     raw_ok = False  # raw elements may be copied only if read with this encoding and character set
-    elements = ds._dict
+    elements = ds._dict  # noqa: SLF001 - the hot loop: one dict lookup per element (get_item costs ~10x more)
     encoding = parent_encoding
     charset = elements.get(0x00080005)
     if charset is not None:
@@ -71,23 +73,32 @@ def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: l
     for tag in sorted(elements, key=int):  # int keys: BaseTag's own comparisons are slow
         if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:
             continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
+        if marks is not None:
+            marks.append((int(tag), len(out)))
         elem = elements[tag]
         if type(elem) is RawDataElement:
             if not raw_ok:
-                if ds.original_encoding != (implicit, True) or ds.original_character_set != ds._character_set:
-                    raise NotFastPath  # raw elements would need re-encoding: pydicom does that
+                # Raw bytes are written as read only if read with this transfer syntax and the character set
+                # they are written under here (the dataset's own, else its parent's): else pydicom re-encodes.
+                if ds.original_encoding != (implicit, True) or \
+                        _codecs(ds.original_character_set) != _codecs(encoding):
+                    raise NotFastPath
                 raw_ok = True
             value = elem.value
             if elem.is_buffered:
                 raise NotFastPath
             if value is None:
                 if elem.length != 0:
-                    raise NotFastPath  # deferred read: left to pydicom
+                    if source is None or elem.length == UNDEFINED:
+                        raise NotFastPath  # deferred read: left to pydicom
+                    out.append(_header(tag, elem.VR, elem.length, implicit))
+                    out.append(part10.FileRange(source, elem.value_tell, elem.length))  # copied by the kernel
+                    continue
                 value = b""
             if elem.length == UNDEFINED:  # encapsulated pixel data: value read up to its delimiter
                 out.append(_header(tag, elem.VR, UNDEFINED, implicit))
                 out.append(value)
-                out.append(_SEQ_DELIMITER)
+                out.append(part10.SEQUENCE_DELIMITER)
             else:
                 out.append(_header(tag, elem.VR, len(value), implicit))
                 out.append(value)
@@ -101,8 +112,7 @@ def _encode_dataset(ds: Dataset, implicit: bool, parent_encoding: object, out: l
                 chunks: list[bytes] = []
                 _encode_dataset(item, implicit, encoding, chunks)
                 body = b"".join(chunks)
-                items.append(_ITEM.pack(0xFFFE, 0xE000, len(body)))
-                items.append(body)
+                items.append(part10.item(body))
             body = b"".join(items)
             out.append(_header(tag, "SQ", len(body), implicit))
             out.append(body)
@@ -157,22 +167,26 @@ def _simple_text(value: object) -> str | None:
     return None
 
 
-def _meta_element(tag: int, vr: str, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB") else b" "
-    return _header(tag, vr, len(value), False) + value
+def encode_each(ds: Dataset, implicit: bool, parent_encoding: object) -> dict[int, bytes]:
+    """{tag: encoded element} for each element of ``ds`` (an item of a sequence; ``parent_encoding`` as for
+    ``_encode_dataset``): the bytes the item's encoding is made of, element by element."""
+    out: list = []
+    marks: list[tuple[int, int]] = []
+    _encode_dataset(ds, implicit, parent_encoding, out, marks=marks)
+    bounds = [i for _, i in marks] + [len(out)]
+    return {tag: b"".join(out[bounds[k]:bounds[k + 1]]) for k, (tag, _) in enumerate(marks)}
 
 
 def encode_meta(meta: Dataset) -> bytes:
     """The file meta group (explicit VR little endian) with its group length, from string/bytes values."""
-    body = []
-    for tag in sorted(meta._dict):
+    elements = []
+    for tag in sorted(meta.keys()):
         if tag == 0x00020000:
             continue
-        raw = meta._dict[tag]  # noqa: SLF001
+        raw = meta.get_item(tag)  # raw elements are taken as they are
         if type(raw) is RawDataElement and raw.VR and raw.is_little_endian and not raw.is_implicit_VR \
                 and raw.value is not None and raw.length != UNDEFINED:
-            body.append(_header(tag, raw.VR, len(raw.value), False) + raw.value)
+            elements.append((int(tag), raw.VR, raw.value))
             continue
         elem = meta[tag]
         vr = elem.VR
@@ -183,22 +197,35 @@ def encode_meta(meta: Dataset) -> bytes:
             data = str(value or "").encode("ascii")
         else:
             raise NotFastPath
-        body.append(_meta_element(tag, vr, data))
-    group = b"".join(body)
-    return _meta_element(0x00020000, "UL", struct.pack("<I", len(group))) + group
+        elements.append((int(tag), vr, data))
+    return part10.meta_group(elements)
 
 
-def encode_file(ds: FileDataset) -> bytes:
-    """Part 10 bytes of ``ds`` (preamble zeroed, file meta as given). Falls back to pydicom when needed."""
+def encode_chunks(ds: FileDataset, source: str | None = None) -> list[part10.Chunk]:
+    """Part 10 file of ``ds`` (preamble zeroed, file meta as given) as chunks for ``part10.write_file``.
+
+    ``source``: the file ``ds`` was read from, for values left deferred there (see ``_encode_dataset``).
+    Falls back to pydicom's writer (one chunk) when the fast path does not apply.
+    """
     implicit, little = ds.original_encoding
     ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
     if little is True and implicit is not None and ts not in DEFLATED:
         try:
-            chunks = [PREAMBLE, encode_meta(ds.file_meta)]
-            _encode_dataset(ds, bool(implicit), "iso8859", chunks)
-            return b"".join(chunks)
-        except NotFastPath:
+            chunks: list = [part10.PREAMBLE, encode_meta(ds.file_meta)]
+            _encode_dataset(ds, bool(implicit), "iso8859", chunks, source)
+            return chunks
+        except part10.NotEncodable:
             pass
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return [buf.getvalue()]
+
+
+def encode_file(ds: FileDataset, source: str | None = None) -> bytes:
+    """Part 10 bytes of ``ds``: ``encode_chunks`` joined (deferred values read from ``source``)."""
+    return part10.to_bytes(encode_chunks(ds, source))
+
+
+def write_file(ds: FileDataset, path: Path, source: str | None = None) -> None:
+    """Write ``ds`` as a Part 10 file at ``path``; deferred values are copied from ``source`` by the kernel."""
+    part10.write_file(path, encode_chunks(ds, source))

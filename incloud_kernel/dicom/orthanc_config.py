@@ -2,7 +2,8 @@
 
 One function decides every Orthanc option INCloud relies on (allow-list at association, durable storage, REST on
 loopback with generated credentials, DICOMweb, the worklist folder, SQLite or PostgreSQL index). It must never
-write the credentials or the configuration (which holds them) with a mode other than 0600.
+write the credentials or the configuration (which holds them) with a mode other than 0600, nor create Orthanc's
+folders (storage and index hold identified instances) with a mode other than 0700.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from incloud_kernel.config import Config
 from incloud_kernel.errors import ConfigError, StorageError
+from incloud_kernel.site import private_dir
 
 #: SOP classes INCloud expects (MR, enhanced MR, CT, PET, secondary capture); Orthanc 1.10 accepts every
 #: storage class DCMTK knows and rejects unknown ones (``UnknownSopClassAccepted`` false).
@@ -223,8 +225,7 @@ def write_config(config: Config) -> tuple[Path, Credentials]:
     credentials = rest_credentials(config)
     for folder in (paths.root, paths.storage, paths.index, paths.worklists):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)
+            private_dir(folder)  # Orthanc's storage holds identified instances (docs/security.md)
         except OSError as exc:
             raise StorageError(f"cannot create {folder}: {exc.strerror or type(exc).__name__}") from None
     data = build_config(config, credentials, paths)

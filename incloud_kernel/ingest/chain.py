@@ -6,7 +6,10 @@ Identified DICOM never enters the archive: it is read in memory, de-identified b
 only the de-identified instances are written (to a private work folder and the de-identified series cache under
 the spool). Re-running a job stores nothing new; instances that arrive later for an archived series are merged
 in the cache and the series is reconverted. Any failure raises ``ChainFailure`` (step + one-line reason) and
-leaves the archive without the failed series. Never log or raise with a header value.
+leaves the archive without the failed series; any other exception of a step is raised as ``UnexpectedFailure``
+(a ChainFailure the worker retries with back-off before it quarantines). Nothing received is dropped: a series
+no BIDS rule names is archived under ``sourcedata/`` (de-identified DICOM plus its dcm2niix conversion).
+Never log or raise with a header value.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from incloud_kernel.archive.models import DataFile, Participant, Project, Series
 from incloud_kernel.archive.permissions import SYSTEM, Actor
 from incloud_kernel.archive.projects import audit, create_project
 from incloud_kernel.errors import IncloudError
-from incloud_kernel.ingest.convert import ConversionError, convert_series
+from incloud_kernel.ingest.convert import ConversionError, Converted, convert_series
 from incloud_kernel.ingest.naming import BidsName, SeriesFacts, classify
 from incloud_kernel.site import Site
 
@@ -54,13 +57,45 @@ class ChainFailure(IncloudError):
         self.step = step
         self.reason = " ".join(str(message).split())
 
+    #: Whether the worker may retry the study (a fault of the machine, not of the data) before quarantining it.
+    retryable = False
+
+
+def failure_message(exc: BaseException) -> str:
+    """``<exception class>: <detail>`` without any value from the exception's own message (which may quote a
+    header value or a path made of one): OS errors give their errno text, INCloud errors their message (value-free
+    by the project's rule), anything else only its class."""
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        detail = os.strerror(exc.errno)
+    elif isinstance(exc, IncloudError):
+        detail = " ".join(str(exc).split())
+    elif isinstance(exc, MemoryError):
+        detail = "out of memory"
+    elif type(exc).__module__.startswith("sqlalchemy"):
+        detail = "database error"
+    else:
+        detail = "unexpected error"
+    return f"{name}: {detail}"
+
+
+class UnexpectedFailure(ChainFailure):
+    """Any exception a step raised that is not a ChainFailure (SimpleITK, database, disk full...): retryable,
+    reason = exception class + value-free detail (``failure_message``)."""
+
+    retryable = True
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        super().__init__(step, failure_message(exc))
+        self.exception_class = type(exc).__name__
+
 
 @dataclass
 class SeriesOutcome:
     """What happened to one series (internal ids and BIDS names only)."""
 
     series_uid: str
-    status: str  # archived | merged | unchanged | skipped
+    status: str  # archived | merged | unchanged
     series_id: int | None = None
     relpaths: list[str] = field(default_factory=list)
     name: str = ""
@@ -87,6 +122,8 @@ class StudyOutcome:
     session: str
     series: list[SeriesOutcome] = field(default_factory=list)
     held_back: list[HeldBack] = field(default_factory=list)
+    #: Received files whose instance the archive now holds (archived, merged or already archived before).
+    accounted: list[Path] = field(default_factory=list)
 
     @property
     def stored_anything(self) -> bool:
@@ -116,23 +153,46 @@ def _clean_text(value: Any) -> str:
     return str(value)
 
 
-def read_instances(paths: Iterable[Path]) -> list[tuple[Path, Dataset]]:
-    """Every DICOM instance among ``paths`` (DICOMDIR indexes and non-DICOM files are passed over)."""
+def read_instances(paths: Iterable[Path], unread: list[Path] | None = None) -> list[tuple[Path, Dataset]]:
+    """Every DICOM instance among ``paths`` (DICOMDIR indexes and non-DICOM files are passed over and, when
+    ``unread`` is given, appended to it: the worker quarantines them, a folder import ignores them)."""
     found: list[tuple[Path, Dataset]] = []
     for path in paths:
         if not path.is_file():
             continue
         try:
             ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError, KeyError):
+        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError, KeyError, TypeError):
+            if unread is not None:
+                unread.append(path)
             continue
         sop = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
-        if sop == DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
-            continue
-        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+        if (sop == DICOMDIR_SOP or "DirectoryRecordSequence" in ds or "SOPInstanceUID" not in ds
+                or "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds):
+            if unread is not None:
+                unread.append(path)
             continue
         found.append((path, ds))
     return found
+
+
+def _params(sidecar: dict[str, Any], image: Any, instances: int) -> dict[str, Any]:
+    """Scan parameters of a converted series (from its sidecar and image) as recorded on the series row."""
+    params = {k: sidecar[k] for k in ("RepetitionTime", "EchoTime", "FlipAngle", "MagneticFieldStrength",
+                                      "Manufacturer", "ManufacturersModelName") if k in sidecar}
+    params["Matrix"] = [int(x) for x in image.shape[:3]]
+    params["VoxelSize"] = [float(x) for x in image.header.get_zooms()[:3]]
+    params["Volumes"] = int(image.shape[3]) if len(image.shape) > 3 else 1
+    params["Instances"] = instances
+    return params
+
+
+def _series_number(ds: Dataset) -> int:
+    """SeriesNumber for ordering; a missing or malformed value (IS that is no integer) sorts first."""
+    try:
+        return int(ds.get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
@@ -157,6 +217,8 @@ class IngestChain:
         self.cache_root = self.config.spool / "ingest" / "deid-cache"
         self.work_root = self.config.spool / "ingest" / "work"
         self._deid_context: Any = None
+        #: The step running now, named in an ``UnexpectedFailure``.
+        self.step = "read"
         #: The study's T1w refacing fits by frame of reference: its T2w, FLAIR and PD series reuse them.
         self._fits: dict[str, Any] = {}
 
@@ -243,9 +305,16 @@ class IngestChain:
         return True
 
     # ---------------------------------------------------------------- the job
-    def run_files(self, paths: Iterable[Path], project: str, *, job_id: str) -> list[StudyOutcome]:
-        """Ingest every study found among ``paths`` into ``project``; raises ChainFailure on the first failure."""
-        instances = read_instances(paths)
+    def run_files(self, paths: Iterable[Path], project: str, *, job_id: str,
+                  unread: list[Path] | None = None) -> list[StudyOutcome]:
+        """Ingest every study found among ``paths`` into ``project``; raises ChainFailure on the first failure.
+
+        Files that are not DICOM instances are appended to ``unread`` when given (see ``read_instances``)."""
+        self.step = "read"
+        try:
+            instances = read_instances(paths, unread)
+        except Exception as exc:  # noqa: BLE001 - any fault of one study is that study's, never the worker's
+            raise UnexpectedFailure("read", exc) from None
         if not instances:
             raise ChainFailure("read", "no DICOM instances found")
         by_study: dict[str, list[tuple[Path, Dataset]]] = {}
@@ -254,11 +323,19 @@ class IngestChain:
         return [self.run_study(items, project, job_id=job_id) for items in by_study.values()]
 
     def run_study(self, items: list[tuple[Path, Dataset]], project: str, *, job_id: str) -> StudyOutcome:
-        work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=private_dir(self.work_root)))
+        """One study, all or nothing; a ChainFailure names the step, any other exception becomes an
+        ``UnexpectedFailure`` of the step it happened in (its message never quoted)."""
+        self.step = "prepare"
         try:
-            return self._run_study(items, project, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=private_dir(self.work_root)))
+            try:
+                return self._run_study(items, project, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        except ChainFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SimpleITK, database, disk full...: quarantined, not fatal
+            raise UnexpectedFailure(self.step, exc) from None
 
     def _run_study(self, items: list[tuple[Path, Dataset]], project: str, work: Path) -> StudyOutcome:
         # 1. de-identify every instance; keep what naming rules need from the original, in memory only.
@@ -267,6 +344,8 @@ class IngestChain:
         first_deid: Dataset | None = None
         held: dict[str, HeldBack] = {}  # original SeriesInstanceUID -> instances held back (burned-in text)
         passed: set[str] = set()  # original SeriesInstanceUIDs with at least one de-identified instance
+        received: list[Path] = []  # files of de-identified instances: each ends in an archived series
+        self.step = "deidentify"
         for path, ds in items:
             try:
                 clean = self._deidentify(ds)
@@ -275,6 +354,7 @@ class IngestChain:
                 entry.paths.append(path)
                 continue
             passed.add(str(ds.SeriesInstanceUID))
+            received.append(path)
             first_deid = first_deid or clean
             suid, iuid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
             if not re.match(r"^[0-9.]+$", suid) or not re.match(r"^[0-9.]+$", iuid):
@@ -292,10 +372,14 @@ class IngestChain:
         if first_deid is None:
             reasons = sorted({h.reason for h in held.values()})
             raise ChainFailure("deidentify", "every instance was held back: " + "; ".join(reasons))
-        participant = self._participant_label(first_deid)
+        self.step = "archive"
+        participant, scoped = self._resolve_participant(project, self._participant_label(first_deid))
         session = _label("s", self.key, "session:" + str(first_deid.StudyInstanceUID), 8)
         outcome = StudyOutcome(project=project, participant=participant, session=session,
                                held_back=list(held.values()))
+        if scoped:  # the same study may already be archived in the participant's first project: own series keys
+            series_files = {self._scoped_uid(project, suid): files for suid, files in series_files.items()}
+            facts_src = {self._scoped_uid(project, suid): ds for suid, ds in facts_src.items()}
         for entry in outcome.held_back:
             log.info("%d instance(s) of one series held back (%s); quarantined, the rest of the study goes on",
                      len(entry.paths), entry.reason)
@@ -305,24 +389,32 @@ class IngestChain:
         #    T1w series are prepared first, so the study's other structural series reuse their refacing fit
         #    (same scanner coordinates); everything is archived in series-number order.
         added: dict[str, list[Path]] = {}
-        by_number = sorted(series_files, key=lambda s: int(getattr(facts_src[s], "SeriesNumber", 0) or 0))
+        by_number = sorted(series_files, key=lambda s: _series_number(facts_src[s]))
         try:
             ready: dict[str, _Prepared | SeriesOutcome] = {}
             for suid in sorted(by_number, key=lambda s: not self._is_t1w(facts_src[s])):
                 ready[suid] = self._prepare_series(suid, series_files[suid], facts_src[suid], work,
                                                    added.setdefault(suid, []))
             prepared = [ready[suid] for suid in by_number]
-            # 3. archive, back up, mark ready for QC; then remember which instances the archive holds.
-            for item in prepared:
-                if isinstance(item, SeriesOutcome):
-                    outcome.series.append(item)
-                    continue
-                result = self._archive(item.suid, item.name, item.params, item.payload, outcome, item.original,
-                                       item.existing)
-                self._backup(result.relpaths)
+            # 3. archive every series of the study in ONE transaction (all or nothing: a failure rolls back the
+            #    rows and removes the files written), then back up and remember which instances the archive holds.
+            done: list[_Prepared] = []
+            self.step = "archive"
+            with records.transaction(self.site) as db:
+                for item in prepared:
+                    if isinstance(item, SeriesOutcome):
+                        outcome.series.append(item)
+                        continue
+                    result = self._archive(db, item.suid, item.name, item.params, item.payload, outcome,
+                                           item.original, item.existing)
+                    done.append(item)
+                    outcome.series.append(result)
+            self.step = "backup"
+            self._backup([relpath for s in outcome.series for relpath in s.relpaths])
+            for item in done:
                 self._mark_archived(item)
                 added.pop(item.suid, None)
-                outcome.series.append(result)
+            outcome.accounted = received
         finally:
             self._fits = {}  # a fit holds its last refaced volume: do not keep it past the study
             for suid, paths in added.items():
@@ -361,6 +453,28 @@ class IngestChain:
             return set(data), True
         return set(data.get("instances", [])), bool(data.get("cache_kept", True))
 
+    def _resolve_participant(self, project: str, label: str) -> tuple[str, bool]:
+        """The participant label of this study in ``project`` and whether it is project-scoped.
+
+        Labels are unique across the archive (one BIDS dataset), so the same pseudonymised person already
+        archived in ANOTHER project gets, in this project, a label of its own (a keyed hash of project and
+        pseudonym: stable for later studies, and not linkable to the first project's label by its members)."""
+        with records.transaction(self.site) as db:
+            row = db.scalar(select(Participant).where(Participant.label == label))
+            if row is None:
+                return label, False
+            owner = db.get(Project, row.project_id)
+            if owner is not None and owner.code == project:
+                return label, False
+        return _label("p", self.key, f"participant:{project}:{label}"), True
+
+    def _scoped_uid(self, project: str, suid: str) -> str:
+        """The archive key (``Series.series_uid``, cache folder) of a series archived for a project-scoped
+        participant: a UUID-derived UID (PS3.5 B.2) of project and series, so the same study archived in two
+        projects keeps two series (the DICOM files keep the de-identified UIDs)."""
+        digest = hmac.new(self.key, f"series:{project}:{suid}".encode(), hashlib.sha256).digest()[:16]
+        return "2.25." + str(int.from_bytes(digest, "big"))
+
     def _participant_label(self, clean: Dataset) -> str:
         pid = re.sub(r"[^A-Za-z0-9]", "", str(clean.get("PatientID", "") or ""))
         if pid and len(pid) <= 64:
@@ -369,6 +483,7 @@ class IngestChain:
 
     def _prepare_series(self, suid: str, files: dict[str, Path], original: Dataset, work: Path,
                         added: list[Path]) -> _Prepared | SeriesOutcome:
+        self.step = "cache"
         cache = private_dir(self.cache_root / suid)
         archived_uids, cache_kept = self._read_marker(cache)
         for iuid, path in files.items():
@@ -389,13 +504,18 @@ class IngestChain:
         # Structural series are refaced as DICOM before conversion (de-identify -> reface -> dcm2niix): the
         # cache then only ever keeps refaced instances. A merge refaces the whole merged series again.
         kind = self._contrast(original)
+        self.step = "reface"
         refaced_dicom = bool(self.config.ingest.reface and kind and self._reface_dicom(suid, cache, kind))
         # Convert everything cached for the series (a merge reconverts with the late instances).
+        self.step = "convert"
         out = work / "nii" / suid
         try:
-            converted = convert_series(cache, out, list(self.config.ingest.dcm2niix_args))
+            converted: Converted | None = convert_series(cache, out, list(self.config.ingest.dcm2niix_args))
         except ConversionError as exc:
-            raise ChainFailure("convert", str(exc)) from None
+            # Never dropped: a series dcm2niix cannot convert (a dose report, a PDF, ...) is archived under
+            # sourcedata/ as its de-identified DICOM only, with the (value-free) reason in its sidecar.
+            log.info("a series could not be converted (%s); archived as DICOM under sourcedata/", exc)
+            return self._sourcedata(suid, original, existing, cache, cached, None, {"ConversionError": str(exc)})
         image = nib.load(str(converted.nifti))
         volumes = int(image.shape[3]) if len(image.shape) > 3 else 1
         sidecar = json.loads(converted.sidecar.read_text())
@@ -407,16 +527,18 @@ class IngestChain:
             repetition_time=sidecar.get("RepetitionTime"),
             has_bvals=converted.bval is not None,
         )
+        self.step = "name"
         name = classify(facts, list(self.config.ingest.bids_rules))
         if name is None:
             if self.config.ingest.unmatched == "quarantine":
                 raise ChainFailure("name", "a series matches no BIDS naming rule")
-            log.info("series skipped: no BIDS naming rule matches (series kept out of the archive)")
-            return SeriesOutcome(suid, "skipped")
+            log.info("a series matches no BIDS naming rule: archived under sourcedata/")
+            return self._sourcedata(suid, original, existing, cache, cached, converted, sidecar)
         # Fallback: an anatomical series (by the naming rules) not refaced as DICOM is refaced as NIfTI; its
         # cache then still shows the face and is removed once the series is archived (``_mark_archived``).
         refaced = bool(name.anatomical and self.config.ingest.reface and not refaced_dicom)
         if refaced:
+            self.step = "reface"
             self._reface(converted.nifti)
         if name.datatype == "func" and "TaskName" not in sidecar:
             sidecar["TaskName"] = name.entities.get("task", "rest")
@@ -424,13 +546,32 @@ class IngestChain:
                                    "json": json.dumps(sidecar, indent=2, sort_keys=True).encode()}
         if name.datatype == "dwi" and converted.bval and converted.bvec:
             payload["bval"], payload["bvec"] = converted.bval, converted.bvec
-        params = {k: sidecar[k] for k in ("RepetitionTime", "EchoTime", "FlipAngle", "MagneticFieldStrength",
-                                           "Manufacturer", "ManufacturersModelName") if k in sidecar}
-        params["Matrix"] = [int(x) for x in image.shape[:3]]
-        params["VoxelSize"] = [float(x) for x in image.header.get_zooms()[:3]]
-        params["Volumes"] = volumes
-        params["Instances"] = len(cached)
+        params = _params(sidecar, image, len(cached))
         return _Prepared(suid, name, params, payload, original, existing, cache, cached, refaced)
+
+    def _sourcedata(self, suid: str, original: Dataset, existing: tuple[int, bool] | None, cache: Path,
+                    cached: set[str], converted: Converted | None, sidecar: dict[str, Any]) -> _Prepared:
+        """A series no BIDS rule names (or dcm2niix cannot convert), prepared for ``sourcedata/``: its
+        de-identified (and, for a structural contrast, refaced) DICOM instances from the cache plus the dcm2niix
+        NIfTI and sidecar (bval/bvec too) when there is one. Named ``<modality>`` with ``acq-series<number>``
+        (SeriesNumber is a console counter, no header text goes into a name)."""
+        modality = str(original.get("Modality", "") or "")
+        modality = modality if re.fullmatch(r"[A-Z0-9]{1,16}", modality) else "OT"
+        number = _series_number(original)
+        entities = {"acq": f"series{number}"} if number > 0 else {}
+        name = BidsName(records.SOURCEDATA, modality, entities)
+        payload: dict[str, Any] = {f"dicom/{iuid}.dcm": cache / f"{iuid}.dcm" for iuid in sorted(cached)}
+        payload["json"] = json.dumps(sidecar, indent=2, sort_keys=True).encode()
+        params: dict[str, Any] = {"Instances": len(cached)}
+        if converted is not None:
+            payload["nii.gz"] = converted.nifti
+            for key, path in (("bval", converted.bval), ("bvec", converted.bvec)):
+                if path is not None:
+                    payload[key] = path
+            params = _params(sidecar, nib.load(str(converted.nifti)), len(cached))
+        else:
+            params["Converted"] = False
+        return _Prepared(suid, name, params, payload, original, existing, cache, cached, False)
 
     # ---------------------------------------------------------------- archive
     def _existing_series(self, suid: str) -> tuple[int, bool] | None:
@@ -441,44 +582,44 @@ class IngestChain:
             has_files = db.scalar(select(DataFile.id).where(DataFile.series_id == row.id).limit(1)) is not None
             return row.id, has_files
 
-    def _archive(self, suid: str, name: BidsName, params: dict[str, Any], payload: dict[str, Any],
+    def _archive(self, db: Any, suid: str, name: BidsName, params: dict[str, Any], payload: dict[str, Any],
                  study: StudyOutcome, original: Dataset, existing: tuple[int, bool] | None) -> SeriesOutcome:
+        """Add (or merge) one series in the study's ``records.transaction`` ``db``."""
         status = "archived"
-        with records.transaction(self.site) as db:
-            project = db.scalar(select(Project).where(Project.code == study.project))
-            if project is None:
-                if study.project != self.config.dicom.unassigned_project:
-                    raise ChainFailure("archive", f"project {study.project} does not exist")
-                project = create_project(db, self.actor, study.project, "Unassigned inbox",
-                                         "Studies no routing rule assigned; a coordinator moves them.")
-            participant = db.scalar(select(Participant).where(Participant.label == study.participant))
-            if participant is None:
-                participant = records.add_participant(db, self.actor, project, study.participant)
-            elif participant.project_id != project.id:
-                raise ChainFailure("archive", "participant already belongs to another project")
-            session = db.scalar(select(Session).where(Session.participant_id == participant.id,
-                                                      Session.label == study.session))
-            if session is None:
-                session = records.add_session(db, self.actor, participant, study.session)
-            # Series row, file rows and audit events commit together (records.register_series /
-            # replace_files in this transaction); a failure removes the files written, a crash leaves only
-            # orphan files for the sweeper -- never a series without its files.
-            if existing is None:
-                series, rows = self._add_series_with_run(db, session, name, dict(name.entities), params, suid,
-                                                         original, payload)
-            else:
-                series = db.get(Series, existing[0])
-                assert series is not None
-                if existing[1]:  # merge: the reconverted files replace the old ones, rows swapped in one commit
-                    series.params = params
-                    rows = records.replace_files(self.site, self.actor, series, payload, db=db)
-                    status = "merged"
-                else:  # a series row without files (left by an older release): give it its files
-                    rows = records.add_files(self.site, self.actor, series, payload, db=db,
-                                             overwrite_unrecorded=True)
-            audit(db, self.actor, "series.ready_for_qc", "series", series.id)
-            series_id, stem = series.id, records.bids_stem(series)
-            relpaths = [r.relpath for r in rows]
+        project = db.scalar(select(Project).where(Project.code == study.project))
+        if project is None:
+            if study.project != self.config.dicom.unassigned_project:
+                raise ChainFailure("archive", f"project {study.project} does not exist")
+            project = create_project(db, self.actor, study.project, "Unassigned inbox",
+                                     "Studies no routing rule assigned; a coordinator moves them.")
+        participant = db.scalar(select(Participant).where(Participant.label == study.participant))
+        if participant is None:
+            participant = records.add_participant(db, self.actor, project, study.participant)
+        elif participant.project_id != project.id:
+            raise ChainFailure("archive", "participant already belongs to another project")
+        session = db.scalar(select(Session).where(Session.participant_id == participant.id,
+                                                  Session.label == study.session))
+        if session is None:
+            session = records.add_session(db, self.actor, participant, study.session)
+        # Series row, file rows and audit events commit together (records.register_series /
+        # replace_files in this transaction); a failure removes the files written, a crash leaves only
+        # orphan files for the sweeper -- never a series without its files.
+        if existing is None:
+            series, rows = self._add_series_with_run(db, session, name, dict(name.entities), params, suid,
+                                                     original, payload)
+        else:
+            series = db.get(Series, existing[0])
+            assert series is not None
+            if existing[1]:  # merge: the reconverted files replace the old ones, rows swapped in one commit
+                series.params = params
+                rows = records.replace_files(self.site, self.actor, series, payload, db=db)
+                status = "merged"
+            else:  # a series row without files (left by an older release): give it its files
+                rows = records.add_files(self.site, self.actor, series, payload, db=db,
+                                         overwrite_unrecorded=True)
+        audit(db, self.actor, "series.ready_for_qc", "series", series.id)
+        series_id, stem = series.id, records.bids_stem(series)
+        relpaths = [r.relpath for r in rows]
         return SeriesOutcome(suid, status, series_id, relpaths, Path(stem).name)
 
     def _add_series_with_run(self, db: Any, session: Session, name: BidsName, entities: dict[str, str],

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from incloud_kernel.dicom.orthanc_client import OrthancClient, OrthancUnavailable
-from incloud_kernel.ingest.feed import Cursor, IngestPaths, Journal, job_state
+from incloud_kernel.ingest.feed import Cursor, IngestPaths, Journal, Retries, job_state
 from incloud_kernel.ingest.quarantine import list_quarantine
 from incloud_kernel.site import Site
 
@@ -24,6 +24,8 @@ class IngestStatus:
     recent: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     interrupted: list[dict[str, Any]] = field(default_factory=list)
+    #: Studies still in Orthanc whose last attempt failed (not their data's fault): attempts, step, reason, next.
+    retrying: list[dict[str, Any]] = field(default_factory=list)
 
 
 def ingest_status(site: Site, recent: int = 10) -> IngestStatus:
@@ -49,4 +51,5 @@ def ingest_status(site: Site, recent: int = 10) -> IngestStatus:
                         [j for j in jobs if j.get("state") == "running"],
                         [j for j in jobs if j.get("state") != "running"][-recent:], failed,
                         [j for j in jobs if j.get("state") == "interrupted"
-                         and not j.get("retried_by") and not j.get("resolved")])
+                         and not j.get("retried_by") and not j.get("resolved")],
+                        [{"orthanc_study": sid, **entry} for sid, entry in sorted(Retries(paths.retries).load().items())])

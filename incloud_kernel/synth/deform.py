@@ -156,6 +156,17 @@ class Participant:
                    scale=p["scale"], warp_mm=p["warp_mm"], effects=list(effects or []),
                    face_mm=p.get("face_mm", 0.0))
 
+    def template_labels(self, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+        """The refacer's template label bits (``deface.template.BRAIN``, ``FACE``...) carried onto a series grid
+        (``shape``, RAS ``affine``) by this participant's pose, warp and face, planted effects left out: the true
+        anatomy a refacing of this participant's images is checked against (uint8, same shape)."""
+        from incloud_kernel.deface.geometry import from_sitk, to_sitk
+
+        ref = to_sitk(np.zeros(shape, np.float32), affine)
+        lab = sitk.Resample(face.refacer_labels(), ref, self.fast_chain(ref, with_effects=False),
+                            sitk.sitkNearestNeighbor, 0)
+        return from_sitk(lab).astype(np.uint8)
+
     def face_bumps(self) -> list[face.Bump]:
         """This participant's face bumps (template head LPS mm), derived from ``seed`` and ``face_mm``."""
         return list(face.face_bumps(int(self.seed), float(self.face_mm)))

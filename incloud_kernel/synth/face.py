@@ -100,17 +100,25 @@ def brain_distance_map() -> sitk.Image:
     return out
 
 
+def refacer_labels() -> sitk.Image:
+    """The refacer's template labels (``incloud_kernel.deface.template.labels_path``: bit flags ``BRAIN``,
+    ``FACE``... on the average head's grid) as a SimpleITK image. Raises TemplateMissing when not built."""
+    from incloud_kernel.deface.template import labels_path
+
+    path = labels_path()
+    if not path.is_file():
+        raise TemplateMissing("the refacing template labels are missing (incloud_kernel/deface/data)")
+    return sitk.ReadImage(str(path))
+
+
 def _refacer_brain() -> sitk.Image:
     """The refacer's template brain (``incloud_kernel.deface.template``: the MNI152 brain mask placed on this
     same average head by its own registration, 2 mm slack; it reaches further into the skull base, orbits and
     spinal canal than the tissue maps) as a 0/1 image on the head's grid. Read-only; its labels file ships in
     the repository."""
-    from incloud_kernel.deface.template import BRAIN, LABELS_FILE, _own_data
+    from incloud_kernel.deface.template import BRAIN
 
-    path = _own_data(LABELS_FILE)
-    if not path.is_file():
-        raise TemplateMissing("the refacing template labels are missing (incloud_kernel/deface/data)")
-    labels = sitk.ReadImage(str(path))
+    labels = refacer_labels()
     out = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(labels) & BRAIN) > 0).astype(np.float32))
     out.CopyInformation(labels)
     return out

@@ -8,13 +8,12 @@ passes LPS ImagePositionPatient per slice and the ImageOrientationPatient of the
 Speed: a series' shared header is encoded once with pydicom; each instance then only encodes what differs
 (UIDs, numbers, positions, times, pixel data) with a small explicit-VR-little-endian encoder for the common
 VRs (pydicom for anything else), with a cache for values repeated between instances, and writes header bytes
-and pixels with one system call. Files are written whole, under the series folder given; this module must
-never log a header value.
+and pixels with one system call through ``dicom.part10`` (the Part 10 writer shared with ``deid``). Files are
+written whole, under the series folder given; this module must never log a header value.
 """
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 from pydicom.valuerep import format_number_as_ds
+
+from incloud_kernel.dicom import part10
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -43,9 +44,6 @@ IMPLEMENTATION_VERSION = "INCLOUD_SYNTH"
 _ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 #: Binary numeric VRs: struct format character per value.
 _NUMERIC_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
-#: VRs with a 4-byte length field in explicit VR (PS3.5 Table 7.1-1).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 @dataclass
@@ -54,14 +52,6 @@ class Instance:
 
     pixels: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def element_bytes(tag: int, vr: str, value: bytes) -> bytes:
-    """One explicit VR little endian element (``value`` already padded to even length)."""
-    v = vr.encode()
-    if v in _LONG_VRS:
-        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, v, 0, len(value)) + value
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, v, len(value)) + value
 
 
 def _text(vr: str, value: Any) -> str:
@@ -105,10 +95,10 @@ def encode_attribute(keyword: str, value: Any) -> tuple[int, bytes]:
             raw = "\\".join(_text(vr, v) for v in values).encode("ascii")
         if len(raw) % 2:
             raw += b"\0" if vr == "UI" else b" "
-        return tag, element_bytes(tag, vr, raw)
+        return tag, part10.element_bytes(tag, vr, raw)
     if vr in _NUMERIC_VRS and value is not None:
         raw = struct.pack(f"<{len(values)}{_NUMERIC_VRS[vr]}", *values)
-        return tag, element_bytes(tag, vr, raw)
+        return tag, part10.element_bytes(tag, vr, raw)
     return tag, _pydicom_element(keyword, value)
 
 
@@ -140,26 +130,10 @@ def _encode_dataset(ds: Dataset) -> dict[int, bytes]:
     return out
 
 
-def _ui(tag: int, uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return element_bytes(tag, "UI", raw + b"\0" if len(raw) % 2 else raw)
-
-
-@functools.lru_cache(maxsize=64)
-def _meta_parts(sop_class_uid: str, transfer_syntax: str) -> tuple[bytes, bytes]:
-    """The file meta elements before and after MediaStorageSOPInstanceUID (the same for a whole series)."""
-    version = IMPLEMENTATION_VERSION.encode("ascii")
-    head = element_bytes(0x00020001, "OB", b"\x00\x01") + _ui(0x00020002, sop_class_uid)
-    tail = (_ui(0x00020010, transfer_syntax) + _ui(0x00020012, str(PYDICOM_IMPLEMENTATION_UID))
-            + element_bytes(0x00020013, "SH", version + b" " if len(version) % 2 else version))
-    return head, tail
-
-
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1), written by hand."""
-    head, tail = _meta_parts(sop_class_uid, transfer_syntax)
-    body = head + _ui(0x00020003, sop_instance_uid) + tail
-    return b"\0" * 128 + b"DICM" + element_bytes(0x00020000, "UL", struct.pack("<I", len(body))) + body
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) of a synthetic instance."""
+    return part10.file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, str(PYDICOM_IMPLEMENTATION_UID),
+                            IMPLEMENTATION_VERSION)
 
 
 def pixel_module(pixels: Iterable[np.ndarray]) -> Dataset:
@@ -194,7 +168,7 @@ def pixel_data_element(frames: list[np.ndarray], pix: Dataset, transfer_syntax: 
         raw = b"".join(np.ascontiguousarray(f, dtype=dtype).tobytes() for f in frames)
         if len(raw) % 2:
             raw += b"\0"
-        return element_bytes(0x7FE00010, "OB" if pix.BitsAllocated == 8 else "OW", raw)
+        return part10.element_bytes(0x7FE00010, "OB" if pix.BitsAllocated == 8 else "OW", raw)
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_encoder
 
@@ -206,7 +180,7 @@ def pixel_data_element(frames: list[np.ndarray], pix: Dataset, transfer_syntax: 
                                       bits_allocated=pix.BitsAllocated, bits_stored=pix.BitsStored,
                                       pixel_representation=0, photometric_interpretation=pix.PhotometricInterpretation,
                                       number_of_frames=1))
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + encapsulate(encoded) + _SEQ_DELIMITER
+    return part10.header(0x7FE00010, "OB", part10.UNDEFINED_LENGTH) + encapsulate(encoded) + part10.SEQUENCE_DELIMITER
 
 
 def _plan(shared: dict[int, bytes], own: dict[int, bytes]) -> list[bytes | int]:
@@ -268,7 +242,7 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
         if native:  # the element header here, the pixels written from the array itself (no copy)
             pixels = np.ascontiguousarray(inst.pixels, dtype=dtype)
             odd = pixels.nbytes % 2
-            own[0x7FE00010] = struct.pack("<HH2sHI", 0x7FE0, 0x0010, pixel_vr.encode(), 0, pixels.nbytes + odd)
+            own[0x7FE00010] = part10.header(0x7FE00010, pixel_vr, pixels.nbytes + odd)
         else:
             own[0x7FE00010] = pixel_data_element([inst.pixels], pix, transfer_syntax)
         plan = plans.get(tuple(own))
@@ -284,25 +258,11 @@ def write_series(folder: Path, base: Dataset, instances: Iterable[Instance], *, 
         if run:
             buffers.append(b"".join(run))
         path = folder / f"IM{number:05d}.dcm"
-        _write_all(path, buffers)
+        part10.write_file(path, buffers, mode=0o644)
         paths.append(path)
     return paths
 
 
-def _write_all(path: Path, buffers: list[Any]) -> None:
-    """Create ``path`` and write the buffers (bytes or memoryviews of bytes) in one system call as a rule."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        views = [memoryview(b) for b in buffers]
-        while views:
-            done = os.writev(fd, views)
-            while views and done >= len(views[0]):
-                done -= len(views[0])
-                views.pop(0)
-            if views and done:
-                views[0] = views[0][done:]
-    finally:
-        os.close(fd)
 def geometry(img: "sitk.Image") -> tuple[list[float], list[float], list[list[float]], float]:
     """DICOM plane geometry of a SimpleITK volume: (ImageOrientationPatient, PixelSpacing, per-slice
     ImagePositionPatient, slice normal unit vector dotted positions are SliceLocation)."""
@@ -362,6 +322,6 @@ def write_multiframe(path: Path, base: Dataset, frames: np.ndarray, *, sop_class
     encoded = _encode_dataset(ds)
     encoded[0x7FE00010] = pixel_data_element(frame_list, pix, transfer_syntax)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join([file_meta_bytes(sop_class_uid, instance_uid, transfer_syntax)]
-                              + [encoded[t] for t in sorted(encoded)]))
+    part10.write_file(path, [file_meta_bytes(sop_class_uid, instance_uid, transfer_syntax)]
+                      + [encoded[t] for t in sorted(encoded)])
     return path

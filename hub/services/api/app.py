@@ -301,7 +301,8 @@ ROUTES: list[Route] = [
     Route("api/participants", ListHandler, "Participants of your projects",
           _lister(permissions.list_participants)),
     Route("api/sessions", ListHandler, "Sessions of your projects", _lister(permissions.list_sessions)),
-    Route("api/series", ListHandler, "Series of your projects (filters: modality, datatype, suffix, ...)",
+    Route("api/series", ListHandler, "Series of your projects (filters: modality, datatype, suffix, ...; "
+          "datatype=sourcedata: series no BIDS rule names)",
           _lister(permissions.list_series)),
     Route("api/files", ListHandler, "Files of your projects", _lister(permissions.list_files)),
     Route(r"api/files/([0-9]+)/content", FileContentHandler, "Bytes of one file"),

@@ -1,4 +1,7 @@
-"""Heads with known anatomy for tests and benchmarks: the template head deformed by a known warp.
+"""Heads with known anatomy for benchmarks and tests: the template head deformed by a known warp.
+
+Lives in bench/ (not in the product package, which must never import it; not in tests/, which the benchmarks may
+not import); the tests reach it through tests/heads.py.
 
 Each head is the average head seen through a random affine (rotation, scaling, translation) and a smooth
 local deformation of nose, mouth, chin, cheeks and ears plus a smooth random warp of the whole face (a
@@ -102,20 +105,3 @@ def make_head(seed: int = 0, voxel_mm: float = 2.0, face_shift_mm: float = 14.0,
     data = np.clip(np.rint(vals), 0, 32767).astype(np.int16)
     return TestHead(data=data, affine=affine, brain=brain, face=face & (data > 0), front=front & (data > 0),
                     subject_to_template=s2t)
-
-
-def synth_labels(participant: dict, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
-    """The template's label bits (``template.BRAIN``, ``FACE``...) carried onto a synthetic-cohort series' grid
-    (``shape``, RAS ``affine``) by the participant's known pose, warp and face (``StudyTruth.participant``),
-    planted brain-internal effects left out: the true anatomy refacing is checked against."""
-    import SimpleITK as sitk
-
-    from incloud_kernel.deface.geometry import from_sitk, to_sitk
-    from incloud_kernel.deface.template import LABELS_FILE, _own_data
-    from incloud_kernel.synth.deform import Participant
-
-    person = Participant.from_truth(participant)
-    labels = sitk.ReadImage(str(_own_data(LABELS_FILE)))
-    ref = to_sitk(np.zeros(shape, np.float32), affine)
-    lab = sitk.Resample(labels, ref, person.fast_chain(ref, with_effects=False), sitk.sitkNearestNeighbor, 0)
-    return from_sitk(lab).astype(np.uint8)

@@ -1,0 +1,206 @@
+"""Sequences kept as stored bytes: where an undefined-length value ends, where its items and their elements lie.
+
+pydicom keeps a defined-length sequence as raw bytes until it is accessed, but parses an undefined-length one at
+once, item by item, to find where it ends; for an enhanced multi-frame file that is tens of thousands of elements
+(the per-frame functional groups) parsed into objects before anything is decided. The functions here find the
+same boundaries from the element headers alone (tag, VR, length: no value is read, converted or copied), so
+the functional groups can be read as raw bytes and de-identified in bulk (``deid.groups``). ``RawSequence`` is a
+pydicom ``Sequence`` whose items pydicom parses from those bytes on first access.
+
+Little endian only (explicit or implicit VR). Malformed input raises ``MalformedSequence`` (no value in it);
+callers then leave the file to pydicom's own reader, which decides how to treat it.
+"""
+from __future__ import annotations
+
+import io
+import struct
+
+from pydicom.filereader import read_sequence
+from pydicom.sequence import Sequence
+
+from incloud_kernel.dicom.part10 import LONG_VRS, UNDEFINED_LENGTH
+
+_TAG_LENGTH = struct.Struct("<HHI")
+_EXPLICIT = struct.Struct("<HH2sH")
+_UL = struct.Struct("<I")
+_LONG = frozenset(vr.encode("ascii") for vr in LONG_VRS)
+#: Explicit VRs with a 2-byte length (PS3.5 Table 7.1-2); any other VR bytes are not walked here.
+_SHORT = frozenset(vr.encode("ascii") for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO",
+                                                  "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"))
+ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+
+
+class MalformedSequence(ValueError):
+    """Element headers that do not add up (truncated, bad VR, stray delimiter); carries no value."""
+
+
+#: tag, element start, value start, value length, element end, and for an undefined length the number of items
+#: at its first level (-1 for a defined length: not walked)
+Span = tuple[int, int, int, int, int, int]
+
+
+def element_end(buf: bytes, pos: int, implicit: bool) -> Span:
+    """(tag, ``pos``, value start, value length, end, items) of the element whose header starts at ``pos``.
+
+    ``end`` is past the value, or past the Sequence Delimitation Item for an undefined length (whatever nests
+    inside: items of defined or undefined length, sequences, encapsulated fragments).
+    """
+    try:
+        if implicit:
+            group, element, length = _TAG_LENGTH.unpack_from(buf, pos)
+            start = pos + 8
+        else:
+            group, element, vr, length = _EXPLICIT.unpack_from(buf, pos)
+            if vr in _LONG:
+                length = _UL.unpack_from(buf, pos + 8)[0]
+                start = pos + 12
+            elif vr in _SHORT:
+                start = pos + 8
+            else:
+                raise MalformedSequence("not a known explicit VR")
+    except struct.error:
+        raise MalformedSequence("truncated element header") from None
+    if group == 0xFFFE:
+        raise MalformedSequence("delimiter where an element was expected")
+    if length != UNDEFINED_LENGTH:
+        end = start + length
+        if end > len(buf):
+            raise MalformedSequence("value runs past the end")
+        return (group << 16) | element, pos, start, length, end, -1
+    end, count = undefined_end(buf, start, implicit)
+    return (group << 16) | element, pos, start, length, end, count
+
+
+def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
+    """(position past the Sequence Delimitation Item closing the undefined-length value starting at ``pos``,
+    number of items at its first level).
+
+    Only headers are read: items of defined length and elements of defined length are stepped over by their
+    length; undefined lengths open a level that a Sequence Delimitation Item closes.
+    """
+    depth = 1
+    count = 0
+    size = len(buf)
+    unpack_tag = _TAG_LENGTH.unpack_from
+    unpack_explicit = _EXPLICIT.unpack_from
+    unpack_ul = _UL.unpack_from
+    long_vrs, short_vrs = _LONG, _SHORT
+    try:
+        while True:
+            group, element, length = unpack_tag(buf, pos)
+            if group == 0xFFFE:
+                pos += 8
+                if element == ITEM:
+                    if depth == 1:
+                        count += 1
+                    if length != UNDEFINED_LENGTH:
+                        pos += length
+                elif element == SEQUENCE_END:
+                    depth -= 1
+                    if depth == 0:
+                        return pos, count
+                elif element != ITEM_END:
+                    raise MalformedSequence("unknown delimiter")
+            elif implicit:
+                pos += 8
+                if length == UNDEFINED_LENGTH:
+                    depth += 1
+                else:
+                    pos += length
+            else:
+                _, _, vr, length = unpack_explicit(buf, pos)
+                if vr in long_vrs:
+                    length = unpack_ul(buf, pos + 8)[0]
+                    pos += 12
+                    if length == UNDEFINED_LENGTH:
+                        depth += 1
+                        continue
+                elif vr in short_vrs:
+                    pos += 8
+                else:
+                    raise MalformedSequence("not a known explicit VR")
+                pos += length
+            if pos > size:
+                raise MalformedSequence("value runs past the end")
+    except struct.error:
+        raise MalformedSequence("no delimiter before the end") from None
+
+
+def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
+    """The elements (``Span``s) of each item of a sequence value (the value without its closing delimiter)."""
+    return sequence_items(value, implicit)[0]
+
+
+def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = False) -> tuple[list[list[Span]], int]:
+    """(the elements of each item, where the walk ended) of the sequence value at the start of ``value``.
+
+    ``closed``: the value runs on to its Sequence Delimitation Item (an undefined length read from a file);
+    the walk ends past it, and a value without one is malformed. Otherwise the walk ends at the end of ``value``.
+    """
+    result: list[list[Span]] = []
+    pos, size = 0, len(value)
+    try:
+        while pos < size:
+            group, element, length = _TAG_LENGTH.unpack_from(value, pos)
+            if (group, element) == (0xFFFE, SEQUENCE_END):
+                if closed:
+                    return result, pos + 8
+                break
+            if (group, element) != (0xFFFE, ITEM):
+                raise MalformedSequence("not an item")
+            pos += 8
+            end = pos + length if length != UNDEFINED_LENGTH else size
+            if end > size:
+                raise MalformedSequence("item runs past the end")
+            spans: list[Span] = []
+            while pos < end:
+                group, element, _ = _TAG_LENGTH.unpack_from(value, pos)
+                if group == 0xFFFE:
+                    if element != ITEM_END or length != UNDEFINED_LENGTH:
+                        raise MalformedSequence("stray delimiter in an item")
+                    pos += 8
+                    break
+                span = element_end(value, pos, implicit)
+                spans.append(span)
+                pos = span[4]
+            else:
+                if length == UNDEFINED_LENGTH or pos != end:
+                    raise MalformedSequence("item not closed")
+            result.append(spans)
+    except struct.error:
+        raise MalformedSequence("truncated item") from None
+    if closed:
+        raise MalformedSequence("no delimiter before the end")
+    return result, pos
+
+
+class RawSequence(Sequence):
+    """A sequence held as its stored value; pydicom parses the items on first access (iteration, len, index).
+
+    What nobody looks into (a private sequence the profile removes whole) is never parsed. ``value`` is the
+    sequence's value as stored, without the closing delimiter; ``encoding`` is the enclosing character set.
+    """
+
+    def __init__(self, value: bytes, implicit: bool, encoding: object, undefined_length: bool) -> None:
+        self._raw: bytes | None = value
+        self._implicit = implicit
+        self._encoding = encoding
+        super().__init__()
+        self.is_undefined_length = undefined_length
+
+    @property
+    def parsed(self) -> bool:
+        """Whether anything has looked into the items yet."""
+        return self._raw is None
+
+    @property
+    def _list(self) -> list:  # type: ignore[override]
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            parsed = read_sequence(io.BytesIO(raw), self._implicit, True, len(raw), self._encoding)
+            self.__dict__["_items"] = parsed._list  # noqa: SLF001 - the parsed items become this sequence's
+        return self.__dict__["_items"]
+
+    @_list.setter
+    def _list(self, items: list) -> None:
+        self.__dict__["_items"] = items
