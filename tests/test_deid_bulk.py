@@ -63,6 +63,8 @@ def planted_enhanced(philips: Path, tmp_path_factory) -> Path:
         item.DerivationImageSequence = Sequence([derivation])
         content = item.FrameContentSequence[0]
         content.FrameComments = f"frame of {NAME}"
+        if k % 3 == 0:  # a text the identity guard must cut, in a macro the plan otherwise keeps as stored
+            item.PlanePositionSequence[0].add_new(0x00209056, "SH", NAME.split("^")[0])
         block = item.private_block(0x0011, "INCLOUD TEST", create=True)
         block.add_new(0x01, "LO", PID)
         block.add_new(0x02, "PN", NAME)
@@ -147,6 +149,29 @@ def test_per_frame_groups_are_not_parsed_item_by_item(philips, monkeypatch):
     assert len(new.PerFrameFunctionalGroupsSequence) == 176
     # distinct macro items here: frame content and plane position (176 each), frame VOI LUT (142), 7 repeated
     assert during < 4 * 176, during  # the old path: ~2,100
+
+
+@pytest.mark.parametrize("options", OPTION_SETS[:2], ids=["basic", "site-default"])
+def test_macro_items_the_plan_decides_are_never_parsed(philips, options, monkeypatch):
+    """Plane position and frame VOI LUT items (kept as stored) and frame content items (dates decided on their raw
+    bytes) differ in every frame: the plan per macro shape decides them without pydicom parsing any of them.
+    (Not under Clean Descriptors: its scrubber collects identity tokens from every item, parsed, at any depth.)"""
+    parsed: list[Dataset] = []
+    original = pydicom.filereader.read_sequence_item
+
+    def counting(*args, **kwargs):
+        item = original(*args, **kwargs)
+        if item is not None:
+            parsed.append(item)
+        return item
+
+    monkeypatch.setattr(pydicom.filereader, "read_sequence_item", counting)
+    _, _, new = _bulk(philips, options)
+    during = list(parsed)  # before the output is looked at (reading it back parses it)
+    assert len(new.PerFrameFunctionalGroupsSequence) == 176
+    per_frame_macros = {0x00200032, 0x00281050, 0x00209057}  # Image Position, Window Center, In-Stack Position
+    assert not [item for item in during if per_frame_macros & set(item.keys())]
+    assert len(during) < 40, len(during)  # the shared groups' references and code items: a few dozen at most
 
 
 def test_large_pixel_data_is_copied_file_to_file_never_read(philips):
