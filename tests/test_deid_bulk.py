@@ -270,3 +270,33 @@ def test_raw_sequence_is_parsed_only_when_looked_into(philips):
     assert len(seq) == 176 and seq.parsed
     assert seq[5].PlanePositionSequence[0].ImagePositionPatient == \
         reference[5].PlanePositionSequence[0].ImagePositionPatient
+
+
+def test_quick_macro_walk_agrees_with_the_header_walk_or_steps_aside(philips):
+    """``flat_item`` (the walk of one macro item) gives the elements ``item_elements`` gives on every real macro of
+    the first frames, and on mangled copies either the same bounds-respecting elements or None, never a crash."""
+    import random
+
+    data = philips.read_bytes()
+    start = data.index(b"\x00\x52\x30\x92") + 12
+    frames = rawseq.sequence_items(data[start:], False, closed=True)[0][:20]
+    macros = [data[start + s[2]:start + s[4] - 8] for spans in frames for s in spans
+              if data[start + s[1] + 4:start + s[1] + 6] == b"SQ" and not (s[0] >> 16) & 1]
+    assert len(macros) > 20
+    for value in macros:
+        quick = rawseq.flat_item(value)
+        assert quick is not None
+        assert [(t, a, b, e) for t, _, a, b, e in quick] == [(t, a, b, e) for t, a, b, _, e, _ in
+                                                             rawseq.item_elements(value, False)[0]]
+    rng = random.Random(7)
+    for _ in range(2000):
+        mangled = bytearray(rng.choice(macros))
+        for _ in range(rng.randint(1, 3)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        mangled = bytes(mangled[:rng.randint(len(mangled) - 8, len(mangled))])
+        quick = rawseq.flat_item(mangled)
+        if quick is not None:
+            last = 8
+            for _, _, a, b, e in quick:
+                assert last <= a < b <= e <= len(mangled)
+                last = e

@@ -178,23 +178,19 @@ class _Bulk:
         ``raw_action``, on its raw bytes, as ``apply`` does; a text the identity guard finds a word in, and
         anything ``macro_plan`` cannot decide, sends the item to ``apply``.
         """
-        _, a, start, length, end, items = span
+        _, a, _, _, _, items = span
         if self.value[a + 4:a + 6] != b"SQ" or items not in (-1, 1):
             return None
         stored = self.stored(span)
-        try:
-            walked = rawseq.item_elements(stored, False)
-        except rawseq.MalformedSequence:
+        elements = rawseq.flat_item(stored)
+        if elements is None:
             return None
-        if len(walked) != 1:
-            return None
-        elements = walked[0]
-        kinds = macro_plan(self.plan, tag, tuple((e[0], stored[e[1] + 4:e[1] + 6]) for e in elements))
+        kinds = macro_plan(self.plan, tag, tuple((e[0], e[1]) for e in elements))
         if kinds is None:
             return None
         state = self.state
         parts: list[bytes] = []
-        for (etag, ea, estart, elength, eend, _), (kind, vr) in zip(elements, kinds):
+        for (etag, _, ea, estart, eend), (kind, vr) in zip(elements, kinds):
             if kind == "guard":
                 guard = state.guard  # type: ignore[attr-defined]
                 if guard is not None and guard.hit(stored[estart:eend]):
@@ -202,12 +198,12 @@ class _Bulk:
                 kind = "keep"
             if kind == "keep":
                 if vr in part10.LONG_VRS:  # written with a zero reserved field, whatever the source held
-                    parts.append(part10.header(etag, vr, elength) + stored[estart:eend])
+                    parts.append(part10.header(etag, vr, eend - estart) + stored[estart:eend])
                 else:
                     parts.append(stored[ea:eend])  # header and value as the writer gives them
                 continue
             tag_obj = BaseTag(etag)
-            raw = RawDataElement(tag_obj, vr, elength, stored[estart:eend], estart, False, True)
+            raw = RawDataElement(tag_obj, vr, eend - estart, stored[estart:eend], estart, False, True)
             out: dict = {}
             if not profile.raw_action(kind, tag_obj, raw, vr, state, out):  # type: ignore[arg-type]
                 return None
@@ -239,7 +235,7 @@ class _Bulk:
 _MACRO_PLANS: dict[int, tuple[profile.Plan, dict[tuple, tuple[tuple[str, str], ...] | None]]] = {}
 
 
-def macro_plan(plan: profile.Plan, tag: int, shape: tuple[tuple[int, bytes], ...]) -> tuple[tuple[str, str], ...] | None:
+def macro_plan(plan: profile.Plan, tag: int, shape: tuple[tuple[int, int], ...]) -> tuple[tuple[str, str], ...] | None:
     """(kind, VR) per element of a functional group macro item of this ``shape``, from the profile's own rules at
     the depth such an item sits (depth 2, ``plan.nested``, no enclosing action): "keep" (stored bytes whatever
     the value, ``profile.kept_as_stored``), "guard" (kept unless the identity guard finds a word in it), or the
@@ -260,14 +256,14 @@ def macro_plan(plan: profile.Plan, tag: int, shape: tuple[tuple[int, bytes], ...
     return kinds
 
 
-def _macro_kinds(tags: dict[int, str], tag: int, shape: tuple[tuple[int, bytes], ...]) -> tuple[tuple[str, str], ...] | None:
+def _macro_kinds(tags: dict[int, str], tag: int, shape: tuple[tuple[int, int], ...]) -> tuple[tuple[str, str], ...] | None:
     """``macro_plan`` computed (see there)."""
     if tags.get(tag, "K") != "K" or (tag >> 16) & 1 or (tag >> 24) in (0x50, 0x60):
         return None  # apply walks the items of a kept (or unlisted) public sequence with no enclosing action
     kinds = []
     last = -1
-    for etag, vr_bytes in shape:
-        vr = vr_bytes.decode("ascii")
+    for etag, vr_word in shape:
+        vr = vr_word.to_bytes(2, "little").decode("ascii")
         if etag <= last or etag < 0x00080000 or etag == 0x00080005 or (etag >> 16) & 1 or (etag >> 24) in (0x50, 0x60) or \
                 (etag & 0xFFFF) == 0 or vr in ("SQ", "UN") or vr not in profile.KNOWN_VRS:
             return None

@@ -128,6 +128,50 @@ def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
         raise MalformedSequence("no delimiter before the end") from None
 
 
+def flat_item(value: bytes) -> list[tuple[int, int, int, int, int]] | None:
+    """(tag, VR as a 16-bit word, element start, value start, end) of each element of a sequence value (explicit
+    VR, without its closing delimiter) that holds exactly one item of elements of defined length; None for
+    anything else (several items, a nested undefined length, a delimiter out of place, a truncated header).
+
+    The quick walk of a functional group macro (``deid.groups``): None only means "walk it the general way".
+    """
+    size = len(value)
+    if size < 8:
+        return None
+    group, element, low, high = _WORDS.unpack_from(value, 0)
+    if group != 0xFFFE or element != ITEM:
+        return None
+    undefined = low == 0xFFFF and high == 0xFFFF
+    end = size if undefined else 8 + (low | (high << 16))
+    if end != size:
+        return None  # a second item follows (or the length is wrong)
+    unpack, unpack_ul, short_vrs, long_vrs = _WORDS.unpack_from, _UL.unpack_from, _SHORT_WORDS, _LONG_WORDS
+    elements = []
+    pos = 8
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, low, high = unpack(value, pos)
+        if group == 0xFFFE:  # the item's own delimiter, then nothing more
+            return elements if undefined and element == ITEM_END and pos + 8 == size and not (low or high) else None
+        if low in short_vrs:
+            start = pos + 8
+            stop = start + high
+        elif low in long_vrs and pos + 12 <= end:
+            length = unpack_ul(value, pos + 8)[0]
+            if length == UNDEFINED_LENGTH:
+                return None
+            start = pos + 12
+            stop = start + length
+        else:
+            return None
+        if stop > end:
+            return None
+        elements.append(((group << 16) | element, low, pos, start, stop))
+        pos = stop
+    return None if undefined else elements
+
+
 def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
     """The elements (``Span``s) of each item of a sequence value (the value without its closing delimiter)."""
     return sequence_items(value, implicit)[0]
