@@ -63,6 +63,8 @@ def planted_enhanced(philips: Path, tmp_path_factory) -> Path:
         item.DerivationImageSequence = Sequence([derivation])
         content = item.FrameContentSequence[0]
         content.FrameComments = f"frame of {NAME}"
+        if k % 3 == 0:  # a text the identity guard must cut, in a macro the plan otherwise keeps as stored
+            item.PlanePositionSequence[0].add_new(0x00209056, "SH", NAME.split("^")[0])
         block = item.private_block(0x0011, "INCLOUD TEST", create=True)
         block.add_new(0x01, "LO", PID)
         block.add_new(0x02, "PN", NAME)
@@ -147,6 +149,29 @@ def test_per_frame_groups_are_not_parsed_item_by_item(philips, monkeypatch):
     assert len(new.PerFrameFunctionalGroupsSequence) == 176
     # distinct macro items here: frame content and plane position (176 each), frame VOI LUT (142), 7 repeated
     assert during < 4 * 176, during  # the old path: ~2,100
+
+
+@pytest.mark.parametrize("options", OPTION_SETS[:2], ids=["basic", "site-default"])
+def test_macro_items_the_plan_decides_are_never_parsed(philips, options, monkeypatch):
+    """Plane position and frame VOI LUT items (kept as stored) and frame content items (dates decided on their raw
+    bytes) differ in every frame: the plan per macro shape decides them without pydicom parsing any of them.
+    (Not under Clean Descriptors: its scrubber collects identity tokens from every item, parsed, at any depth.)"""
+    parsed: list[Dataset] = []
+    original = pydicom.filereader.read_sequence_item
+
+    def counting(*args, **kwargs):
+        item = original(*args, **kwargs)
+        if item is not None:
+            parsed.append(item)
+        return item
+
+    monkeypatch.setattr(pydicom.filereader, "read_sequence_item", counting)
+    _, _, new = _bulk(philips, options)
+    during = list(parsed)  # before the output is looked at (reading it back parses it)
+    assert len(new.PerFrameFunctionalGroupsSequence) == 176
+    per_frame_macros = {0x00200032, 0x00281050, 0x00209057}  # Image Position, Window Center, In-Stack Position
+    assert not [item for item in during if per_frame_macros & set(item.keys())]
+    assert len(during) < 40, len(during)  # the shared groups' references and code items: a few dozen at most
 
 
 def test_large_pixel_data_is_copied_file_to_file_never_read(philips):
@@ -245,3 +270,33 @@ def test_raw_sequence_is_parsed_only_when_looked_into(philips):
     assert len(seq) == 176 and seq.parsed
     assert seq[5].PlanePositionSequence[0].ImagePositionPatient == \
         reference[5].PlanePositionSequence[0].ImagePositionPatient
+
+
+def test_quick_macro_walk_agrees_with_the_header_walk_or_steps_aside(philips):
+    """``flat_item`` (the walk of one macro item) gives the elements ``item_elements`` gives on every real macro of
+    the first frames, and on mangled copies either the same bounds-respecting elements or None, never a crash."""
+    import random
+
+    data = philips.read_bytes()
+    start = data.index(b"\x00\x52\x30\x92") + 12
+    frames = rawseq.sequence_items(data[start:], False, closed=True)[0][:20]
+    macros = [data[start + s[2]:start + s[4] - 8] for spans in frames for s in spans
+              if data[start + s[1] + 4:start + s[1] + 6] == b"SQ" and not (s[0] >> 16) & 1]
+    assert len(macros) > 20
+    for value in macros:
+        quick = rawseq.flat_item(value)
+        assert quick is not None
+        assert [(t, a, b, e) for t, _, a, b, e in quick] == [(t, a, b, e) for t, a, b, _, e, _ in
+                                                             rawseq.item_elements(value, False)[0]]
+    rng = random.Random(7)
+    for _ in range(2000):
+        mangled = bytearray(rng.choice(macros))
+        for _ in range(rng.randint(1, 3)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        mangled = bytes(mangled[:rng.randint(len(mangled) - 8, len(mangled))])
+        quick = rawseq.flat_item(mangled)
+        if quick is not None:
+            last = 8
+            for _, _, a, b, e in quick:
+                assert last <= a < b <= e <= len(mangled)
+                last = e

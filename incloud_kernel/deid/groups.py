@@ -28,7 +28,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filereader import read_dataset as pydicom_read_dataset
 from pydicom.tag import BaseTag
 
-from incloud_kernel.deid import rawseq, writer
+from incloud_kernel.deid import profile, rawseq, writer
 from incloud_kernel.dicom import part10
 
 #: Shared Functional Groups Sequence and Per-frame Functional Groups Sequence (PS3.3 C.7.6.16).
@@ -57,6 +57,11 @@ class _Bulk:
         self.public: dict[bytes, list[tuple[int, bytes]]] = {}  # element bytes -> encoded output
         self.private: dict[object, list[tuple[int, bytes]]] = {}  # private unit key -> encoded output
         self.opaque: list[frozenset[int]] = []  # private sequences apply removed without opening them
+        # Macro items decided from the plan without a Dataset (``macro``): only for the profile's own walk, in
+        # explicit VR, where the writer copies kept raw bytes as stored (same character set inside as outside).
+        self.plan: profile.Plan | None = state.plan if apply is profile.apply and \
+            isinstance(state, profile.WalkState) and not implicit and \
+            writer._codecs(char_set) == writer._codecs(writer_encoding) else None  # noqa: SLF001
 
     def stored(self, span: rawseq.Span) -> bytes:
         """A sequence element's value as stored, without the closing delimiter of an undefined length."""
@@ -130,6 +135,17 @@ class _Bulk:
         are independent in ``apply``), and its output items are dealt back. Anything else: one at a time.
         """
         implicit = self.implicit
+        if self.plan is not None:
+            rest = []
+            for key, span in zip(keys, spans):
+                done = self.macro(tag, span)
+                if done is None:
+                    rest.append((key, span))
+                else:
+                    self.public[key] = [(tag, done)]
+            if not rest:
+                return
+            keys, spans = [key for key, _ in rest], [span for _, span in rest]
         if len(spans) > 1 and all(self._one_item(span) for span in spans):
             batch = Dataset(parent_encoding=self.encoding)
             seq = rawseq.RawSequence(b"".join(self.stored(span) for span in spans), implicit, self.encoding, True)
@@ -154,6 +170,51 @@ class _Bulk:
             out, _ = self.run([span])
             self.public[key] = [(tag, out[tag])] if tag in out else []
 
+    def macro(self, tag: int, span: rawseq.Span) -> bytes | None:
+        """The encoded output of one functional group macro (a sequence of one item) decided element by element
+        from the plan (``macro_plan``), without building a Dataset; None: ``apply`` must walk it.
+
+        Kept elements are copied as stored; an element listed with another action is decided by the profile's
+        ``raw_action``, on its raw bytes, as ``apply`` does; a text the identity guard finds a word in, and
+        anything ``macro_plan`` cannot decide, sends the item to ``apply``.
+        """
+        _, a, _, _, _, items = span
+        if self.value[a + 4:a + 6] != b"SQ" or items not in (-1, 1):
+            return None
+        stored = self.stored(span)
+        elements = rawseq.flat_item(stored)
+        if elements is None:
+            return None
+        kinds = macro_plan(self.plan, tag, tuple((e[0], e[1]) for e in elements))
+        if kinds is None:
+            return None
+        state = self.state
+        parts: list[bytes] = []
+        for (etag, _, ea, estart, eend), (kind, vr) in zip(elements, kinds):
+            if kind == "guard":
+                guard = state.guard  # type: ignore[attr-defined]
+                if guard is not None and guard.hit(stored[estart:eend]):
+                    return None  # the guard cuts it: apply's job
+                kind = "keep"
+            if kind == "keep":
+                if vr in part10.LONG_VRS:  # written with a zero reserved field, whatever the source held
+                    parts.append(part10.header(etag, vr, eend - estart) + stored[estart:eend])
+                else:
+                    parts.append(stored[ea:eend])  # header and value as the writer gives them
+                continue
+            tag_obj = BaseTag(etag)
+            raw = RawDataElement(tag_obj, vr, eend - estart, stored[estart:eend], estart, False, True)
+            out: dict = {}
+            if not profile.raw_action(kind, tag_obj, raw, vr, state, out):  # type: ignore[arg-type]
+                return None
+            got = out.get(tag_obj)
+            if got is not None:
+                if type(got) is not RawDataElement:
+                    return None
+                parts.append(part10.header(etag, got.VR, len(got.value)) + got.value)
+        body = part10.item(b"".join(parts))
+        return part10.header(tag, "SQ", len(body)) + body
+
     def _one_item(self, span: rawseq.Span) -> bool:
         """Whether the element is a sequence of exactly one item (what a functional group macro is)."""
         _, a, _, length, _, items = span
@@ -167,6 +228,54 @@ class _Bulk:
             return len(rawseq.item_elements(self.stored(span), self.implicit)) == 1
         except rawseq.MalformedSequence:
             return False
+
+
+#: Per plan (by identity): (macro tag, its item's (tag, stored VR) in order) -> what ``_Bulk.macro`` does with
+#: each element, or None. Computed once per shape; an enhanced file has a few dozen shapes, repeated per frame.
+_MACRO_PLANS: dict[int, tuple[profile.Plan, dict[tuple, tuple[tuple[str, str], ...] | None]]] = {}
+
+
+def macro_plan(plan: profile.Plan, tag: int, shape: tuple[tuple[int, int], ...]) -> tuple[tuple[str, str], ...] | None:
+    """(kind, VR) per element of a functional group macro item of this ``shape``, from the profile's own rules at
+    the depth such an item sits (depth 2, ``plan.nested``, no enclosing action): "keep" (stored bytes whatever
+    the value, ``profile.kept_as_stored``), "guard" (kept unless the identity guard finds a word in it), or the
+    action ``profile.raw_action`` decides on the raw value. None when the item needs ``apply``: the macro itself
+    not kept as a sequence whose items are walked, an element out of tag order, private, a nested sequence, a
+    group length, a character set, a VR the raw decisions do not take, or a kept value that depends on its value.
+    """
+    cached = _MACRO_PLANS.get(id(plan))
+    if cached is None or cached[0] is not plan:
+        if len(_MACRO_PLANS) >= 16:
+            _MACRO_PLANS.clear()
+        cached = _MACRO_PLANS[id(plan)] = (plan, {})
+    key = (tag, shape)
+    shapes = cached[1]
+    if key in shapes:
+        return shapes[key]
+    shapes[key] = kinds = _macro_kinds(plan.nested, tag, shape)
+    return kinds
+
+
+def _macro_kinds(tags: dict[int, str], tag: int, shape: tuple[tuple[int, int], ...]) -> tuple[tuple[str, str], ...] | None:
+    """``macro_plan`` computed (see there)."""
+    if tags.get(tag, "K") != "K" or (tag >> 16) & 1 or (tag >> 24) in (0x50, 0x60):
+        return None  # apply walks the items of a kept (or unlisted) public sequence with no enclosing action
+    kinds = []
+    last = -1
+    for etag, vr_word in shape:
+        vr = vr_word.to_bytes(2, "little").decode("ascii")
+        if etag <= last or etag < 0x00080000 or etag == 0x00080005 or (etag >> 16) & 1 or (etag >> 24) in (0x50, 0x60) or \
+                (etag & 0xFFFF) == 0 or vr in ("SQ", "UN") or vr not in profile.KNOWN_VRS:
+            return None
+        last = etag
+        how = profile.kept_as_stored(tags, etag, vr, "")
+        if how:
+            kinds.append((how, vr))
+        elif etag in tags and tags[etag] != "K":
+            kinds.append((tags[etag], vr))
+        else:
+            return None  # a UID or a name kept by the plan: whether it is mapped or replaced depends on its value
+    return tuple(kinds)
 
 
 def deidentify_groups(raw: RawDataElement, apply: Apply, state: object, encoding: object,

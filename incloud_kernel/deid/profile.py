@@ -344,6 +344,43 @@ def _raw_action(action: str, tag_obj, raw: RawDataElement, vr: str, st: WalkStat
     return True
 
 
+def kept_as_stored(tags: dict[int, str], tag: int, vr: str, context: str) -> str:
+    """How ``apply`` treats a public raw element (not private, not a repeating group) from its tag, VR and place
+    alone: "keep" its stored bytes whatever the value; "guard": keep them unless the identity guard finds one of
+    the patient's words in them; "": the value or an action other than K decides (``raw_action``, general path).
+
+    ``tags``: the plan's actions at that depth (``plan.tags`` or ``plan.nested``); ``context``: the enclosing
+    sequence's action. Public so that ``deid.groups`` derives its plan per functional group macro from the very
+    rule ``apply`` follows (``apply`` calls it for every such element): the two cannot disagree.
+    """
+    if tags.get(tag, "K") != "K":
+        return ""
+    if vr == "UI":  # SOP Class UID and the like: kept (see the general path); other UIDs may be mapped
+        return "keep" if tag not in tags and _class_uid_tag(tag) else ""
+    if vr in ("SQ", "PN") or (context and vr in TEXT_VRS and tag not in CODE_TAGS):
+        return ""
+    if vr in TEXT_VRS and tag not in tags and tag not in GUARD_EXEMPT:
+        return "guard"
+    return "keep"
+
+
+def raw_action(action: str, tag_obj, raw: RawDataElement, vr: str, st: WalkState, out: dict) -> bool:
+    """``action`` (not K) on a public raw element (not a sequence) listed in the plan at its depth, decided
+    without converting it: True when done (the output, if any, put in ``out``; the change noted), False when
+    the general path must do it. What ``apply`` does for such an element; public for ``deid.groups``.
+    """
+    tag = int(tag_obj)
+    if action == "X":
+        st.note("X", tag)
+        return True
+    empty = raw.length == 0 or (vr in _STRIPPED_EMPTY_VRS and not raw.value.strip(b" \x00"))
+    if action == "Z" or (empty and action in ("D", "U", "C")):
+        st.note(action, tag)
+        out[tag_obj] = _raw_text(tag, vr, "", raw)  # empty, as _empty() gives
+        return True
+    return _raw_action(action, tag_obj, raw, vr, st, out)
+
+
 def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dataset:
     """Return a new dataset holding ``src`` with the plan applied at this level and in every sequence item.
 
@@ -377,28 +414,12 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
             if raw_vr and not (tag >> 16) & 1 and (tag >> 24) not in (0x50, 0x60):
                 action = tags.get(tag, "K")
                 if action == "K":
-                    if raw_vr not in ("SQ", "UI", "PN") and \
-                            not (context and raw_vr in TEXT_VRS and tag not in CODE_TAGS) and \
-                            not (st.guard is not None and raw_vr in TEXT_VRS and tag not in tags
-                                 and tag not in GUARD_EXEMPT and st.guard.hit(raw.value)):
+                    how = kept_as_stored(tags, tag, raw_vr, context)
+                    if how == "keep" or (how == "guard" and (st.guard is None or not st.guard.hit(raw.value))):
                         out_dict[tag_obj] = raw  # as Dataset.__setitem__ does for a public raw element
                         continue
-                    if raw_vr == "UI" and tag not in tags and _class_uid_tag(tag):
-                        out_dict[tag_obj] = raw  # SOP Class UID and the like: kept (see the general path)
-                        continue
-                elif raw_vr != "SQ" and tag in tags:
-                    # Actions that need no value: decided from the raw element (same outcome as below).
-                    if action == "X":
-                        st.note("X", tag)
-                        continue
-                    empty = raw.length == 0 or (raw_vr in _STRIPPED_EMPTY_VRS and not raw.value.strip(b" \x00"))
-                    if action == "Z" or (empty and action in ("D", "U", "C")):
-                        st.note(action, tag)
-                        out_dict[tag_obj] = _raw_text(tag, raw_vr, "", raw)  # empty, as _empty() gives
-                        continue
-                    done = _raw_action(action, tag_obj, raw, raw_vr, st, out_dict)
-                    if done:
-                        continue
+                elif raw_vr != "SQ" and tag in tags and raw_action(action, tag_obj, raw, raw_vr, st, out_dict):
+                    continue
         elem = src[tag_obj]
         group = tag >> 16
         if group & 1:  # private

@@ -28,6 +28,11 @@ _LONG = frozenset(vr.encode("ascii") for vr in LONG_VRS)
 _SHORT = frozenset(vr.encode("ascii") for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO",
                                                   "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"))
 ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+#: One read per header in ``undefined_end``: the four 16-bit words after the tag's, as integers. The VR's two
+#: bytes read as one little-endian word, for the VRs above.
+_WORDS = struct.Struct("<HHHH")
+_LONG_WORDS = frozenset(int.from_bytes(vr, "little") for vr in _LONG)
+_SHORT_WORDS = frozenset(int.from_bytes(vr, "little") for vr in _SHORT)
 
 
 class MalformedSequence(ValueError):
@@ -81,20 +86,19 @@ def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
     depth = 1
     count = 0
     size = len(buf)
-    unpack_tag = _TAG_LENGTH.unpack_from
-    unpack_explicit = _EXPLICIT.unpack_from
+    unpack = _WORDS.unpack_from  # one read per header: tag, then the VR and/or length words
     unpack_ul = _UL.unpack_from
-    long_vrs, short_vrs = _LONG, _SHORT
+    long_vrs, short_vrs = _LONG_WORDS, _SHORT_WORDS
     try:
         while True:
-            group, element, length = unpack_tag(buf, pos)
+            group, element, low, high = unpack(buf, pos)
             if group == 0xFFFE:
                 pos += 8
                 if element == ITEM:
                     if depth == 1:
                         count += 1
-                    if length != UNDEFINED_LENGTH:
-                        pos += length
+                    if low != 0xFFFF or high != 0xFFFF:
+                        pos += low | (high << 16)
                 elif element == SEQUENCE_END:
                     depth -= 1
                     if depth == 0:
@@ -103,27 +107,69 @@ def undefined_end(buf: bytes, pos: int, implicit: bool) -> tuple[int, int]:
                     raise MalformedSequence("unknown delimiter")
             elif implicit:
                 pos += 8
-                if length == UNDEFINED_LENGTH:
+                if low == 0xFFFF and high == 0xFFFF:
                     depth += 1
                 else:
-                    pos += length
-            else:
-                _, _, vr, length = unpack_explicit(buf, pos)
-                if vr in long_vrs:
-                    length = unpack_ul(buf, pos + 8)[0]
-                    pos += 12
-                    if length == UNDEFINED_LENGTH:
-                        depth += 1
-                        continue
-                elif vr in short_vrs:
-                    pos += 8
-                else:
-                    raise MalformedSequence("not a known explicit VR")
+                    pos += low | (high << 16)
+            elif low in short_vrs:
+                pos += 8 + high
+            elif low in long_vrs:
+                length = unpack_ul(buf, pos + 8)[0]
+                pos += 12
+                if length == UNDEFINED_LENGTH:
+                    depth += 1
+                    continue
                 pos += length
+            else:
+                raise MalformedSequence("not a known explicit VR")
             if pos > size:
                 raise MalformedSequence("value runs past the end")
     except struct.error:
         raise MalformedSequence("no delimiter before the end") from None
+
+
+def flat_item(value: bytes) -> list[tuple[int, int, int, int, int]] | None:
+    """(tag, VR as a 16-bit word, element start, value start, end) of each element of a sequence value (explicit
+    VR, without its closing delimiter) that holds exactly one item of elements of defined length; None for
+    anything else (several items, a nested undefined length, a delimiter out of place, a truncated header).
+
+    The quick walk of a functional group macro (``deid.groups``): None only means "walk it the general way".
+    """
+    size = len(value)
+    if size < 8:
+        return None
+    group, element, low, high = _WORDS.unpack_from(value, 0)
+    if group != 0xFFFE or element != ITEM:
+        return None
+    undefined = low == 0xFFFF and high == 0xFFFF
+    end = size if undefined else 8 + (low | (high << 16))
+    if end != size:
+        return None  # a second item follows (or the length is wrong)
+    unpack, unpack_ul, short_vrs, long_vrs = _WORDS.unpack_from, _UL.unpack_from, _SHORT_WORDS, _LONG_WORDS
+    elements = []
+    pos = 8
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, low, high = unpack(value, pos)
+        if group == 0xFFFE:  # the item's own delimiter, then nothing more
+            return elements if undefined and element == ITEM_END and pos + 8 == size and not (low or high) else None
+        if low in short_vrs:
+            start = pos + 8
+            stop = start + high
+        elif low in long_vrs and pos + 12 <= end:
+            length = unpack_ul(value, pos + 8)[0]
+            if length == UNDEFINED_LENGTH:
+                return None
+            start = pos + 12
+            stop = start + length
+        else:
+            return None
+        if stop > end:
+            return None
+        elements.append(((group << 16) | element, low, pos, start, stop))
+        pos = stop
+    return None if undefined else elements
 
 
 def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
