@@ -71,7 +71,7 @@ def hub_bash(script: str, env: dict[str, str] | None = None, timeout: float = 12
 
 
 def _kill_processes_of(uids: set[int]) -> None:
-    """SIGKILL every process still running as one of the accounts this test created (by pid)."""
+    """SIGKILL every process still running as one of the accounts the isolated hub created (by pid)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -94,23 +94,62 @@ def require_isolated_hub(what: str, on_missing: Callable[[str], object] = _refus
         on_missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
 
 
-def start_hub(svc: str, home: Path, env: dict[str, str], work: Path) -> subprocess.Popen:
+def isolated_layout(letters: str, name: str) -> SimpleNamespace:
+    """Names and places of one isolated hub: a random account prefix (``letters`` and six hex digits), its service
+    user, workstation group and sudoers rule, a work folder other accounts can traverse (not under pytest's private
+    0700 tmp) holding the site, the homes and the launcher, and four free loopback ports."""
+    prefix = letters + secrets.token_hex(3)
+    work = Path(tempfile.mkdtemp(prefix=f"incloud-{name}-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
+    work.chmod(0o755)
+    ports = [free_port() for _ in range(4)]
+    return SimpleNamespace(prefix=prefix, svc=f"{prefix}svc", group=f"{prefix}ws", work=work, home=work / "site",
+                           homes=work / "homes", wrapper=work / "sbin" / "incloud-workstation",
+                           sudoers=Path(f"/etc/sudoers.d/{prefix}-incloud"), ports=ports,
+                           url=f"http://127.0.0.1:{ports[0]}")
+
+
+def hub_env(at: SimpleNamespace, admin: str, groups: dict[str, list[str]], extra: dict[str, str]) -> dict[str, str]:
+    """The hub's environment: this process's without INCLOUD_/JUPYTERHUB_ variables, then the layout's places and
+    ports, the shared-password authenticator (SHARED, ADMIN_PASSWORD for ``admin``), the hub groups, ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
+    env.update({
+        "INCLOUD_HOME": str(at.home), "INCLOUD_HUB_BIND_URL": at.url,
+        "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{at.ports[1]}",
+        "INCLOUD_HUB_PROXY_API_PORT": str(at.ports[2]), "INCLOUD_HUB_API_PORT": str(at.ports[3]),
+        "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
+        "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": admin,
+        "INCLOUD_HUB_GROUP_MEMBERS": json.dumps(groups), "INCLOUD_HUB_LAUNCHER": str(at.wrapper), **extra,
+    })
+    return env
+
+
+def install_hub(at: SimpleNamespace, venv: Path, env: dict[str, str]) -> None:
+    """As scripts/start.sh (scripts/lib/hub.sh): the service user owning the site, the root launcher with its one
+    sudoers rule (workstations run ``venv``), and ``incloud init`` as the service user."""
+    r = hub_bash(f'hub_service_user {at.svc} "{at.home}" && hub_launcher_install {at.svc} "{at.wrapper}" {at.group} '
+                 f'"{at.homes}" "{venv}" "{at.sudoers}"', env)
+    assert r.returncode == 0, r.stderr
+    r = hub_bash(f'(as_service {at.svc} "{at.home}" "{VENV / "bin" / "incloud"}" init)', env)
+    assert r.returncode == 0, r.stderr
+
+
+def start_hub(at: SimpleNamespace, env: dict[str, str]) -> subprocess.Popen:
     """``incloud hub start`` as the service user, in its own session (so ``remove_isolated_hub`` stops all of it),
-    its output in ``work``/hub.log."""
+    its output in the work folder's hub.log."""
     incloud = str(VENV / "bin" / "incloud")
-    with open(work / "hub.log", "wb") as log:
-        return subprocess.Popen(["bash", "-c", f'source "{HUB_SH}"; as_service {svc} "{home}" "{incloud}" hub start'],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(at.work / "hub.log", "wb") as log:
+        return subprocess.Popen(["bash", "-c", f'source "{HUB_SH}"; as_service {at.svc} "{at.home}" "{incloud}" '
+                                 "hub start"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for_hub(proc: subprocess.Popen, url: str, work: Path) -> None:
+def wait_for_hub(proc: subprocess.Popen, at: SimpleNamespace) -> None:
     """Until the hub's API and the INCloud API service answer (the hub log's tail if the hub exits first)."""
     def up() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError((work / "hub.log").read_text()[-3000:])
-        return requests.get(url + "/hub/api/", timeout=5).status_code == 200
+            raise RuntimeError((at.work / "hub.log").read_text()[-3000:])
+        return requests.get(at.url + "/hub/api/", timeout=5).status_code == 200
     wait_for(up, 90, "embedded hub")
-    wait_for(lambda: requests.get(url + "/services/incloud-api/health", timeout=5).status_code == 401, 60,
+    wait_for(lambda: requests.get(at.url + "/services/incloud-api/health", timeout=5).status_code == 401, 60,
              "INCloud API service")
 
 
@@ -221,48 +260,27 @@ def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object]
     require_isolated_hub("the portal test", on_missing)
     if not os.path.exists(CHROMIUM):
         on_missing("Debian chromium not installed (/usr/bin/chromium)")
-    prefix = "ip" + secrets.token_hex(3)
-    svc, group = f"{prefix}svc", f"{prefix}ws"
-    work = Path(tempfile.mkdtemp(prefix="incloud-portal-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    work.chmod(0o755)
-    home, homes, wrapper = work / "site", work / "homes", work / "sbin" / "incloud-workstation"
-    sudoers = Path(f"/etc/sudoers.d/{prefix}-incloud")
-    ports = [free_port() for _ in range(4)]
-    url = f"http://127.0.0.1:{ports[0]}"
-    names = {k: f"{prefix}{k}" for k in (*EXPECTED, "outsider", *(f"r{i:03d}" for i in range(extra_researchers)))}
-    venv = workstation_venv(work / "venv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
-    env.update({
-        "INCLOUD_HOME": str(home), "INCLOUD_SITE_NAME": SITE_NAME, "INCLOUD_HUB_BIND_URL": url,
-        "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{ports[1]}",
-        "INCLOUD_HUB_PROXY_API_PORT": str(ports[2]), "INCLOUD_HUB_API_PORT": str(ports[3]),
-        "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
-        "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
-        "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({
-            "admin": [names["admin"]],
-            "researcher": [names["researcher"], names["outsider"], *(names[k] for k in names if k[1:].isdigit())],
-            "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]]}),
-        "INCLOUD_HUB_LAUNCHER": str(wrapper), "INCLOUD_HUB_WORKSTATION_VENV": str(venv),
-        "INCLOUD_HUB_START_TIMEOUT": "120",
-    })
-    incloud = str(VENV / "bin" / "incloud")
+    at = isolated_layout("ip", "portal")
+    names = {k: f"{at.prefix}{k}" for k in (*EXPECTED, "outsider", *(f"r{i:03d}" for i in range(extra_researchers)))}
+    venv = workstation_venv(at.work / "venv")
+    env = hub_env(at, names["admin"], {
+        "admin": [names["admin"]],
+        "researcher": [names["researcher"], names["outsider"], *(names[k] for k in names if k[1:].isdigit())],
+        "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]]}, {
+        "INCLOUD_SITE_NAME": SITE_NAME, "INCLOUD_HUB_WORKSTATION_VENV": str(venv), "INCLOUD_HUB_START_TIMEOUT": "120"})
     proc: subprocess.Popen | None = None
     try:
-        r = hub_bash(f'hub_service_user {svc} "{home}" && hub_launcher_install {svc} "{wrapper}" {group} "{homes}" '
-                     f'"{venv}" "{sudoers}"', env)
-        assert r.returncode == 0, r.stderr
-        r = hub_bash(f'(as_service {svc} "{home}" "{incloud}" init)', env)
-        assert r.returncode == 0, r.stderr
-        series = seed_demo({**env, "INCLOUD_TEST_PREFIX": prefix,
+        install_hub(at, venv, env)
+        series = seed_demo({**env, "INCLOUD_TEST_PREFIX": at.prefix,
                             "INCLOUD_TEST_EXTRA": " ".join(k for k in names if k[1:].isdigit())})
-        r = hub_bash(f'hub_service_user {svc} "{home}"', env)  # the seeded files become the service user's
+        r = hub_bash(f'hub_service_user {at.svc} "{at.home}"', env)  # the seeded files become the service user's
         assert r.returncode == 0, r.stderr
-        proc = start_hub(svc, home, env, work)
-        wait_for_hub(proc, url, work)
-        yield SimpleNamespace(url=url, names=names, work=work, series=series, prefix=prefix, homes=homes,
+        proc = start_hub(at, env)
+        wait_for_hub(proc, at)
+        yield SimpleNamespace(url=at.url, names=names, work=at.work, series=series, prefix=at.prefix, homes=at.homes,
                               venv=venv)
     finally:
-        remove_isolated_hub(work, proc, [*names.values()], svc, group, sudoers)
+        remove_isolated_hub(at.work, proc, [*names.values()], at.svc, at.group, at.sudoers)
 
 
 def log_in(browser, portal, who: str):  # type: ignore[no-untyped-def]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -20,8 +18,8 @@ import pytest
 import requests
 
 from conftest import missing, require_tool
-from isolated_hub import (ADMIN_PASSWORD, SHARED, VENV, hub_bash, remove_isolated_hub, require_isolated_hub, start_hub,
-                          wait_for_hub)
+from isolated_hub import (ADMIN_PASSWORD, SHARED, VENV, hub_bash, hub_env, install_hub, isolated_layout,
+                          remove_isolated_hub, require_isolated_hub, start_hub, wait_for_hub)
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
@@ -43,59 +41,38 @@ print(json.dumps({"uid": os.getuid(), "name": pwd.getpwuid(os.getuid()).pw_name,
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[SimpleNamespace]:
-    from services.hubstack import free_port
-
     from incloud_kernel.config import load_config
 
     require_isolated_hub("the isolated demo test", missing)
-    prefix = "ic" + secrets.token_hex(3)
-    svc, group = f"{prefix}svc", f"{prefix}ws"
-    # Folders other accounts must traverse: not under pytest's private 0700 tmp.
-    work = Path(tempfile.mkdtemp(prefix="incloud-demo-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    work.chmod(0o755)
-    home, homes, wrapper = work / "site", work / "homes", work / "sbin" / "incloud-workstation"
-    sudoers = Path(f"/etc/sudoers.d/{prefix}-incloud")
-    ports = [free_port() for _ in range(4)]
-    url = f"http://127.0.0.1:{ports[0]}"
-    names = {k: f"{prefix}{k}" for k in ("admin", "alice", "bob", "stranger")}
-    names["dotted"] = f"{prefix}.dotted"  # a hub name that cannot be a system account
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
-    env.update({
-        "INCLOUD_HOME": str(home), "INCLOUD_HUB_BIND_URL": url, "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{ports[1]}",
-        "INCLOUD_HUB_PROXY_API_PORT": str(ports[2]), "INCLOUD_HUB_API_PORT": str(ports[3]),
-        "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
-        "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
-        "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({"admin": [names["admin"]],
-                                                 "researcher": [names["alice"], names["bob"], names["dotted"]]}),
-        "INCLOUD_HUB_LAUNCHER": str(wrapper),
+    at = isolated_layout("ic", "demo")
+    names = {k: f"{at.prefix}{k}" for k in ("admin", "alice", "bob", "stranger")}
+    names["dotted"] = f"{at.prefix}.dotted"  # a hub name that cannot be a system account
+    env = hub_env(at, names["admin"], {"admin": [names["admin"]],
+                                       "researcher": [names["alice"], names["bob"], names["dotted"]]}, {
         # A short idle timeout, so the culler acts within the test (production: an hour), long enough for the
         # other tests to use a workstation they just started.
         "INCLOUD_HUB_IDLE_TIMEOUT": "90", "INCLOUD_HUB_CULL_EVERY": "5",
     })
-    incloud = str(VENV / "bin" / "incloud")
+    home = at.home
     proc: subprocess.Popen | None = None
     try:
-        r = hub_bash(f'hub_service_user {svc} "{home}" && hub_launcher_install {svc} "{wrapper}" {group} "{homes}" '
-                     f'"{VENV}" "{sudoers}"', env)
-        assert r.returncode == 0, r.stderr
-        r = hub_bash(f'(as_service {svc} "{home}" "{incloud}" init)', env)
-        assert r.returncode == 0, r.stderr
+        install_hub(at, VENV, env)
         cfg = load_config(env=env)
         planted = Path(cfg.quarantine) / "held-original.dcm"
-        r = hub_bash(f'(as_service {svc} "{home}" sh -c \'umask 077; echo original > "{planted}"\')', env)
+        r = hub_bash(f'(as_service {at.svc} "{home}" sh -c \'umask 077; echo original > "{planted}"\')', env)
         assert r.returncode == 0, r.stderr
-        proc = start_hub(svc, home, env, work)
-        wait_for_hub(proc, url, work)
+        proc = start_hub(at, env)
+        wait_for_hub(proc, at)
         secret_paths = {"site": str(home), "site database": str(home / "incloud.sqlite"),
                         "archive": str(cfg.archive_root), "quarantine": str(cfg.quarantine),
                         "held original": str(planted), "spool": str(cfg.spool),
                         "hub state": str(home / "hub")}
         for what, path in secret_paths.items():
             assert os.path.exists(path), f"{what} {path} does not exist: the test would prove nothing"
-        yield SimpleNamespace(url=url, svc=svc, group=group, names=names, work=work, home=home, homes=homes,
-                              wrapper=wrapper, env=env, proc=proc, secret_paths=secret_paths)
+        yield SimpleNamespace(url=at.url, svc=at.svc, group=at.group, names=names, work=at.work, home=home,
+                              homes=at.homes, wrapper=at.wrapper, env=env, proc=proc, secret_paths=secret_paths)
     finally:
-        remove_isolated_hub(work, proc, [*names.values()], svc, group, sudoers)
+        remove_isolated_hub(at.work, proc, [*names.values()], at.svc, at.group, at.sudoers)
 
 
 def _user(demo, short: str, password: str = SHARED):  # type: ignore[no-untyped-def]
