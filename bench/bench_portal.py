@@ -1,6 +1,6 @@
 """Benchmark of the portal (issue 13): home page and archive dashboard in headless Chromium, one user and N at once.
 
-Runs README command A's isolated hub (tests/test_portal.py ``portal_stack``: service user, root launcher, DEMO with
+Runs README command A's isolated hub (bench/isolatedhub.py ``portal_stack``: service user, root launcher, DEMO with
 six series) on loopback and measures, per page view, from navigation start:
 
 - home page: first contentful paint (the browser's ``paint`` entry) and "status shown" (every tile filled with the
@@ -21,14 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from test_portal import ADMIN_PASSWORD, CHROMIUM, DASHBOARD, SHARED, hub_user, portal_stack  # noqa: E402
+from isolatedhub import ADMIN_PASSWORD, CHROMIUM, DASHBOARD, SHARED, hub_user, portal_stack, running_workstation
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -112,8 +108,6 @@ def server_times(stack, pattern: str, last: int) -> str:
 
 
 def start_workstations(stack, users: list[str]) -> float:
-    from test_portal import running_workstation
-
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda who: running_workstation(stack, who), users))

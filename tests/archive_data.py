@@ -2,12 +2,9 @@
 stored through ``archive.records`` exactly as ingest stores them."""
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass, field
 
-import nibabel as nib
-import numpy as np
 
 from incloud_kernel.archive import records
 from incloud_kernel.archive.models import DataFile
@@ -15,18 +12,9 @@ from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.archive.projects import create_project
 from incloud_kernel.site import Site
 
+from isolated_hub import nifti_bytes  # one copy, in bench/isolatedhub.py (seed_demo uses it too)
+
 ADMIN = Actor.console("tester")
-
-
-def nifti_bytes(shape: tuple[int, ...] = (16, 16, 16), tr: float | None = None, seed: int = 0) -> bytes:
-    """A gzipped NIfTI-1 image in scanner space (1 mm voxels, identity affine); 4D images carry ``tr`` (s)."""
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 1000, size=shape, dtype=np.int16)
-    img = nib.Nifti1Image(data, np.eye(4))
-    img.header.set_xyzt_units("mm", "sec")
-    if tr is not None:
-        img.header["pixdim"][4] = tr
-    return gzip.compress(img.to_bytes(), mtime=0)
 
 
 def sidecar(**fields: object) -> bytes:

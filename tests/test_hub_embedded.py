@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -23,14 +18,10 @@ import pytest
 import requests
 
 from conftest import missing, require_tool
+from isolated_hub import (ADMIN_PASSWORD, SHARED, VENV, hub_bash, hub_env, install_hub, isolated_layout,
+                          remove_isolated_hub, require_isolated_hub, start_hub, wait_for_hub)
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
-
-REPO = Path(__file__).resolve().parents[1]
-HUB_SH = REPO / "scripts" / "lib" / "hub.sh"
-VENV = Path(sys.executable).parent.parent
-SHARED = "demo-" + secrets.token_hex(6)
-ADMIN_PASSWORD = secrets.token_urlsafe(33)
 
 PROBE = """
 import json, os, pwd
@@ -48,128 +39,40 @@ print(json.dumps({"uid": os.getuid(), "name": pwd.getpwuid(os.getuid()).pw_name,
 """
 
 
-def _bash(script: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f'source "{HUB_SH}"; {script}'], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _kill_processes_of(uids: set[int]) -> None:
-    """SIGKILL every process still running as one of the accounts this test created (by pid)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid in uids:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-
-
-def require_isolated_hub(what: str) -> None:
-    """What an isolated hub needs (root, sudo, useradd, the proxy): missing() in one line otherwise."""
-    from hub.spawners import proxy_command
-
-    if os.geteuid() != 0:
-        missing(f"{what} needs root (useradd, sudoers), as scripts/start.sh")
-    for tool in ("sudo", "visudo", "useradd", "setpriv"):
-        require_tool(tool)
-    if not os.path.exists(proxy_command()):
-        missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
-
-
 @pytest.fixture(scope="module")
 def demo() -> Iterator[SimpleNamespace]:
-    from services.hubstack import free_port, wait_for
-
     from incloud_kernel.config import load_config
 
-    require_isolated_hub("the isolated demo test")
-    prefix = "ic" + secrets.token_hex(3)
-    svc, group = f"{prefix}svc", f"{prefix}ws"
-    # Folders other accounts must traverse: not under pytest's private 0700 tmp.
-    work = Path(tempfile.mkdtemp(prefix="incloud-demo-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    work.chmod(0o755)
-    home, homes, wrapper = work / "site", work / "homes", work / "sbin" / "incloud-workstation"
-    sudoers = Path(f"/etc/sudoers.d/{prefix}-incloud")
-    ports = [free_port() for _ in range(4)]
-    url = f"http://127.0.0.1:{ports[0]}"
-    names = {k: f"{prefix}{k}" for k in ("admin", "alice", "bob", "stranger")}
-    names["dotted"] = f"{prefix}.dotted"  # a hub name that cannot be a system account
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
-    env.update({
-        "INCLOUD_HOME": str(home), "INCLOUD_HUB_BIND_URL": url, "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{ports[1]}",
-        "INCLOUD_HUB_PROXY_API_PORT": str(ports[2]), "INCLOUD_HUB_API_PORT": str(ports[3]),
-        "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
-        "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
-        "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({"admin": [names["admin"]],
-                                                 "researcher": [names["alice"], names["bob"], names["dotted"]]}),
-        "INCLOUD_HUB_LAUNCHER": str(wrapper),
+    require_isolated_hub("the isolated demo test", missing)
+    at = isolated_layout("ic", "demo")
+    names = {k: f"{at.prefix}{k}" for k in ("admin", "alice", "bob", "stranger")}
+    names["dotted"] = f"{at.prefix}.dotted"  # a hub name that cannot be a system account
+    env = hub_env(at, names["admin"], {"admin": [names["admin"]],
+                                       "researcher": [names["alice"], names["bob"], names["dotted"]]}, {
         # A short idle timeout, so the culler acts within the test (production: an hour), long enough for the
         # other tests to use a workstation they just started.
         "INCLOUD_HUB_IDLE_TIMEOUT": "90", "INCLOUD_HUB_CULL_EVERY": "5",
     })
-    incloud = str(VENV / "bin" / "incloud")
-    proc = None
+    home = at.home
+    proc: subprocess.Popen | None = None
     try:
-        r = _bash(f'hub_service_user {svc} "{home}" && hub_launcher_install {svc} "{wrapper}" {group} "{homes}" '
-                  f'"{VENV}" "{sudoers}"', env)
-        assert r.returncode == 0, r.stderr
-        r = _bash(f'(as_service {svc} "{home}" "{incloud}" init)', env)
-        assert r.returncode == 0, r.stderr
+        install_hub(at, VENV, env)
         cfg = load_config(env=env)
         planted = Path(cfg.quarantine) / "held-original.dcm"
-        r = _bash(f'(as_service {svc} "{home}" sh -c \'umask 077; echo original > "{planted}"\')', env)
+        r = hub_bash(f'(as_service {at.svc} "{home}" sh -c \'umask 077; echo original > "{planted}"\')', env)
         assert r.returncode == 0, r.stderr
-        log = open(work / "hub.log", "wb")
-        proc = subprocess.Popen(["bash", "-c", f'source "{HUB_SH}"; as_service {svc} "{home}" "{incloud}" hub start'],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError((work / "hub.log").read_text()[-3000:])
-            return requests.get(url + "/hub/api/", timeout=5).status_code == 200
-        wait_for(up, 90, "embedded hub")
-        wait_for(lambda: requests.get(url + "/services/incloud-api/health", timeout=5).status_code == 401, 60,
-                 "INCloud API service")
+        proc = start_hub(at, env)
+        wait_for_hub(proc, at)
         secret_paths = {"site": str(home), "site database": str(home / "incloud.sqlite"),
                         "archive": str(cfg.archive_root), "quarantine": str(cfg.quarantine),
                         "held original": str(planted), "spool": str(cfg.spool),
                         "hub state": str(home / "hub")}
         for what, path in secret_paths.items():
             assert os.path.exists(path), f"{what} {path} does not exist: the test would prove nothing"
-        yield SimpleNamespace(url=url, svc=svc, group=group, names=names, work=work, home=home, homes=homes,
-                              wrapper=wrapper, env=env, proc=proc, secret_paths=secret_paths)
+        yield SimpleNamespace(url=at.url, svc=at.svc, group=at.group, names=names, work=at.work, home=home,
+                              homes=at.homes, wrapper=at.wrapper, env=env, proc=proc, secret_paths=secret_paths)
     finally:
-        remove_isolated_hub(work, proc, [*names.values()], svc, group, sudoers)
-
-
-def remove_isolated_hub(work: Path, proc: subprocess.Popen | None, users: list[str], svc: str, group: str,
-                        sudoers: Path) -> None:
-    """Stop an isolated hub started by a test and remove everything of it: processes of its accounts, the
-    accounts, the group, the sudoers rule and the work folder (the hub log's tail is printed first)."""
-    import pwd
-
-    if (work / "hub.log").exists():  # shown by pytest when a test failed
-        print("--- hub.log (tail) ---\n" + (work / "hub.log").read_text(errors="replace")[-6000:])
-    if proc is not None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-    uids = set()
-    for name in [*users, svc]:
-        try:
-            uids.add(pwd.getpwnam(name).pw_uid)
-        except KeyError:
-            pass
-    _kill_processes_of(uids)
-    for name in users:
-        subprocess.run(["userdel", "-r", "-f", name], capture_output=True, timeout=30)
-    subprocess.run(["userdel", "-f", svc], capture_output=True, timeout=30)
-    subprocess.run(["groupdel", group], capture_output=True, timeout=30)
-    sudoers.unlink(missing_ok=True)
-    Path(f"/etc/profile.d/{group}.sh").unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+        remove_isolated_hub(at.work, proc, [*names.values()], at.svc, at.group, at.sudoers)
 
 
 def _user(demo, short: str, password: str = SHARED):  # type: ignore[no-untyped-def]
@@ -185,7 +88,14 @@ def _user(demo, short: str, password: str = SHARED):  # type: ignore[no-untyped-
 
 
 def _pids_of(uid: int) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and p.stat().st_uid == uid]
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                pids.append(int(entry.name))
+        except FileNotFoundError:  # the process ended while /proc was read
+            pass
+    return pids
 
 
 def test_hub_runs_as_the_service_user_and_workstations_as_their_users(demo) -> None:  # type: ignore[no-untyped-def]

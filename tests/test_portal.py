@@ -16,178 +16,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import subprocess
-import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
-import requests
 
 from conftest import missing
+from isolated_hub import CHROMIUM, DASHBOARD, EXPECTED, SITE_NAME, log_in, portal_stack, running_workstation
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
-
-REPO = Path(__file__).resolve().parents[1]
-VENV = Path(sys.executable).parent.parent
-CHROMIUM = "/usr/bin/chromium"
-SHARED = "demo-" + secrets.token_hex(6)
-ADMIN_PASSWORD = secrets.token_urlsafe(33)
-SITE_NAME = "Portal test site"
-
-#: What each demo user must see on the home page, from the issue's text (not computed from hub.roles): built
-#: modules first, then the planned ones.
-EXPECTED = {
-    "admin": ["archive", "qc", "workstation", "health", "reservation", "processing", "features", "reports",
-              "upload", "workshops"],
-    "researcher": ["archive", "workstation", "reservation", "processing", "features"],
-    "reviewer": ["archive", "qc", "workstation"],
-    "clinician": ["workstation", "reports", "upload"],
-}
-DASHBOARD = "voila/render/INCloud/dashboards/archive.ipynb"
-
-
-def workstation_venv(folder: Path) -> Path:
-    """A venv (Debian's python, readable by all) that sees this worktree first, then the platform venv."""
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-    site = next((folder / "lib").glob("python3*/site-packages"))
-    platform = next((VENV / "lib").glob("python3*/site-packages"))
-    (site / "00-incloud-worktree.pth").write_text(f"{REPO}\nimport site; site.addsitedir({str(platform)!r})\n")
-    (folder / "share").symlink_to(VENV / "share")  # Jupyter's data (lab assets, Voila templates) by sys.prefix
-    for script in (VENV / "bin").iterdir():  # console scripts, run by this venv's python
-        target = folder / "bin" / script.name
-        if target.exists() or not script.is_file():
-            continue
-        head = script.read_bytes()[:200]
-        if head.startswith(b"#!") and b"python" in head.split(b"\n", 1)[0]:
-            text = script.read_text().split("\n", 1)[1]
-            target.write_text(f"#!{folder / 'bin' / 'python'}\n{text}")
-            target.chmod(0o755)
-    return folder
-
-
-def seed_demo(env: dict[str, str]) -> dict[str, list[int]]:
-    """DEMO (three participants: a real MNI head, small images, one DICOM instance) and OTHER, as the site
-    console (before the hub starts). Returns series ids per project."""
-    from archive_data import nifti_bytes
-    from pydicom.data import get_testdata_file
-
-    from incloud_kernel.archive import projects, records
-    from incloud_kernel.archive.permissions import Actor
-    from incloud_kernel.config import load_config
-    from incloud_kernel.site import Site
-
-    site = Site.open(load_config(env=env), migrate=True)
-    console = Actor.console("portal-test")
-    head = next((VENV / "lib").glob("python3*/site-packages/nilearn/datasets/data/"
-                                    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"), None)
-    ids: dict[str, list[int]] = {"DEMO": [], "OTHER": []}
-    with records.transaction(site) as db:
-        projects.create_project(db, console, "DEMO", "Demo cohort (synthetic)")
-        projects.create_project(db, console, "OTHER", "Somebody else's study")
-        members = [(who, "member") for who in ("researcher", *env.get("INCLOUD_TEST_EXTRA", "").split())]
-        for who, role in (*members, ("reviewer", "collaborator"), ("clinician", "collaborator")):
-            projects.grant(db, console, "DEMO", env["INCLOUD_TEST_PREFIX"] + who, role)
-        projects.add_site_admin(db, console, env["INCLOUD_TEST_PREFIX"] + "admin")
-        plan = []
-        for n, label in enumerate(("001", "002", "003")):
-            records.add_participant(db, console, "DEMO", label, sex="F" if n % 2 else "M", birth_year=1970 + 7 * n)
-            ses = records.add_session(db, console, label, "01", scan_date=f"2026-0{n + 1}-15")
-            t1 = records.add_series(db, console, ses, "anat", "T1w", qc_status=("pass", "pending", "fail")[n])
-            bold = records.add_series(db, console, ses, "func", "bold", {"task": "rest"})
-            plan += [(t1, "T1w", n), (bold, "bold", n)]
-        records.add_participant(db, console, "OTHER", "x01")
-        other = records.add_series(db, console, records.add_session(db, console, "x01", "01"), "anat", "T1w")
-        db.flush()
-        ids["OTHER"].append(other.id)
-        ids["DEMO"] = [s.id for s, _, _ in plan]
-        plan_ids = [(s.id, kind, n) for s, kind, n in plan]
-        other_id = other.id
-    for sid, kind, n in plan_ids:
-        if kind == "T1w" and n == 0 and head is not None:
-            files = {"nii.gz": head.read_bytes(), "dcm": Path(get_testdata_file("MR_small.dcm")).read_bytes()}
-        elif kind == "T1w":
-            files = {"nii.gz": nifti_bytes((32, 40, 36), seed=n)}
-        else:
-            files = {"nii.gz": nifti_bytes((16, 16, 12, 4), tr=2.0, seed=n)}
-        records.add_files(site, console, sid, files)
-    records.add_files(site, console, other_id, {"nii.gz": nifti_bytes(seed=9)})
-    site.engine.dispose()
-    return ids
 
 
 @pytest.fixture(scope="module")
 def portal() -> Iterator[SimpleNamespace]:
-    with portal_stack() as stack:
+    with portal_stack(on_missing=missing) as stack:
         yield stack
-
-
-@contextmanager
-def portal_stack(extra_researchers: int = 0) -> Iterator[SimpleNamespace]:
-    """The isolated hub with DEMO (also for bench/bench_portal.py: ``extra_researchers`` more DEMO members,
-    named ``r000``, ``r001``...); everything of it is removed on exit."""
-    from services.hubstack import free_port, wait_for
-    from test_hub_embedded import _bash, remove_isolated_hub, require_isolated_hub
-
-    require_isolated_hub("the portal test")
-    if not os.path.exists(CHROMIUM):
-        missing("Debian chromium not installed (/usr/bin/chromium)")
-    prefix = "ip" + secrets.token_hex(3)
-    svc, group = f"{prefix}svc", f"{prefix}ws"
-    work = Path(tempfile.mkdtemp(prefix="incloud-portal-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    work.chmod(0o755)
-    home, homes, wrapper = work / "site", work / "homes", work / "sbin" / "incloud-workstation"
-    sudoers = Path(f"/etc/sudoers.d/{prefix}-incloud")
-    ports = [free_port() for _ in range(4)]
-    url = f"http://127.0.0.1:{ports[0]}"
-    names = {k: f"{prefix}{k}" for k in (*EXPECTED, "outsider", *(f"r{i:03d}" for i in range(extra_researchers)))}
-    venv = workstation_venv(work / "venv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INCLOUD_", "JUPYTERHUB_"))}
-    env.update({
-        "INCLOUD_HOME": str(home), "INCLOUD_SITE_NAME": SITE_NAME, "INCLOUD_HUB_BIND_URL": url,
-        "INCLOUD_HUB_HUB_BIND_URL": f"http://127.0.0.1:{ports[1]}",
-        "INCLOUD_HUB_PROXY_API_PORT": str(ports[2]), "INCLOUD_HUB_API_PORT": str(ports[3]),
-        "INCLOUD_HUB_AUTHENTICATOR": "shared", "INCLOUD_HUB_SHARED_PASSWORD": SHARED,
-        "INCLOUD_HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "INCLOUD_HUB_ADMIN_USERS": names["admin"],
-        "INCLOUD_HUB_GROUP_MEMBERS": json.dumps({
-            "admin": [names["admin"]],
-            "researcher": [names["researcher"], names["outsider"], *(names[k] for k in names if k[1:].isdigit())],
-            "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]]}),
-        "INCLOUD_HUB_LAUNCHER": str(wrapper), "INCLOUD_HUB_WORKSTATION_VENV": str(venv),
-        "INCLOUD_HUB_START_TIMEOUT": "120",
-    })
-    incloud = str(VENV / "bin" / "incloud")
-    proc = None
-    try:
-        r = _bash(f'hub_service_user {svc} "{home}" && hub_launcher_install {svc} "{wrapper}" {group} "{homes}" '
-                  f'"{venv}" "{sudoers}"', env)
-        assert r.returncode == 0, r.stderr
-        r = _bash(f'(as_service {svc} "{home}" "{incloud}" init)', env)
-        assert r.returncode == 0, r.stderr
-        series = seed_demo({**env, "INCLOUD_TEST_PREFIX": prefix,
-                            "INCLOUD_TEST_EXTRA": " ".join(k for k in names if k[1:].isdigit())})
-        r = _bash(f'hub_service_user {svc} "{home}"', env)  # the seeded files become the service user's
-        assert r.returncode == 0, r.stderr
-        log = open(work / "hub.log", "wb")
-        proc = subprocess.Popen(["bash", "-c", f'source "{REPO}/scripts/lib/hub.sh"; as_service {svc} "{home}" '
-                                 f'"{incloud}" hub start'], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError((work / "hub.log").read_text()[-3000:])
-            return requests.get(url + "/hub/api/", timeout=5).status_code == 200
-        wait_for(up, 90, "embedded hub")
-        wait_for(lambda: requests.get(url + "/services/incloud-api/health", timeout=5).status_code == 401, 60,
-                 "INCloud API service")
-        yield SimpleNamespace(url=url, names=names, work=work, series=series, prefix=prefix, homes=homes,
-                              venv=venv)
-    finally:
-        remove_isolated_hub(work, proc, [*names.values()], svc, group, sudoers)
 
 
 @pytest.fixture(scope="module")
@@ -209,37 +53,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = Path(os.environ.get("INCLOUD_PORTAL_SHOTS") or tmp_path_factory.mktemp("portal-shots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def log_in(browser, portal, who: str):  # type: ignore[no-untyped-def]
-    """A new browser context logged in through the hub's login form as demo user ``who``; returns its page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(portal.url + "/hub/login")
-    page.fill("#username_input", portal.names[who])
-    page.fill("#password_input", ADMIN_PASSWORD if who == "admin" else SHARED)
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/home", timeout=60_000)
-    return page
-
-
-def hub_user(portal, who: str):  # type: ignore[no-untyped-def]
-    from services.hubstack import HubUser
-
-    user = HubUser(SimpleNamespace(url=portal.url), portal.names[who])  # type: ignore[arg-type]
-    user.log_in(ADMIN_PASSWORD if who == "admin" else SHARED)
-    return user
-
-
-def running_workstation(portal, who: str):  # type: ignore[no-untyped-def]
-    """The user's default workstation, started through the hub's REST API if it is not running."""
-    from services.hubstack import spawn
-
-    user = hub_user(portal, who)
-    if "" not in user.hub_api("GET", f"/users/{user.name}").json().get("servers", {}):
-        result = spawn(user, timeout=180)
-        assert result["ready"], result["message"]
-    return user
 
 
 @pytest.mark.parametrize("who", list(EXPECTED))
