@@ -233,8 +233,10 @@ def _run(batch: list[Case], options: tuple[str, ...]) -> None:
             assert not [v for v in case.planted if v.lower() in message]
             if r.status == "done":
                 assert _scan(root / "out" / r.output, case) == [], (r.output, options)
-        for reason_file in (root / "q").rglob("*.reason.txt"):
-            text = reason_file.read_text().lower()
+        records = list((root / "q").rglob("record.json"))
+        assert len(records) == sum(r.status == "quarantined" for r in results)  # one shared record per held input
+        for record in records:
+            text = record.read_text().lower()
             assert not [v for case in batch for v in case.planted if v.lower() in text]
 
 
