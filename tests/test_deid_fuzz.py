@@ -293,3 +293,16 @@ def test_an_element_with_an_unknown_vr_is_quarantined_not_written_unreadable():
         results = []
         run_batch([Job(str(path))], DeidContext(key=KEY), Path(tmp) / "out", Path(tmp) / "q", on_result=results.append)
     assert [(r.status, r.reason) for r in results] == [("quarantined", "unknown-vr")]
+
+
+def test_a_binary_element_with_a_length_its_vr_cannot_hold_is_quarantined():
+    """Found by the corrupted-bytes property: in an implicit-VR file a corrupt tag turned Patient ID into
+    (0024,0020), an FL attribute, with 10 bytes; it was kept as stored and the output could not be read back."""
+    case = _planted_file(ImplicitVRLittleEndian, b"\x24\x00\x20\x00\x0a\x00\x00\x00QXPL4NTID7")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "a.dcm"
+        src.write_bytes(case.data)
+        results = []
+        run_batch([Job(str(src))], DeidContext(key=KEY, options=()), Path(tmp) / "out", Path(tmp) / "q",
+                  n_jobs=1, on_result=results.append)
+    assert [(r.status, r.reason) for r in results] == [("quarantined", "bad-length")]

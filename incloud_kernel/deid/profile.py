@@ -60,6 +60,9 @@ COMBINED_BY_TYPE: dict[str, dict[int, str]] = {
 COMBINED_UNDER_TYPE_1 = {a: by_type[1] for a, by_type in COMBINED_BY_TYPE.items()}
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+#: Bytes per value of the binary VRs (PS3.5 Table 6.2-1): a stored length must be a multiple of it.
+_VALUE_WIDTH = {"AT": 4, "FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
+                "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2}
 #: Value Representations of PS3.5 (pydicom's list): anything else in an explicit-VR file is corrupt input.
 KNOWN_VRS = frozenset(v.value for v in VR)
 #: Code items (Code Value, Coding Scheme Designator/Version, Code Meaning...) are coded concepts, not identity.
@@ -411,6 +414,11 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
         if type(raw) is RawDataElement and (raw.value is not None or raw.length == 0) and \
                 (raw.VR is not None or implicit) and raw.VR != "UN":  # UN: pydicom resolves the real VR
             raw_vr = raw.VR or _dictionary_vr(tag)
+            if raw.length != 0xFFFFFFFF and raw.length % _VALUE_WIDTH.get(raw_vr, 1):
+                # A binary value whose length its VR cannot hold (a corrupt tag or length upstream): written back,
+                # no reader could convert it.
+                raise InvalidInput(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has a length its VR cannot hold",
+                                   reason="bad-length")
             if raw_vr and not (tag >> 16) & 1 and (tag >> 24) not in (0x50, 0x60):
                 action = tags.get(tag, "K")
                 if action == "K":
