@@ -40,7 +40,7 @@ from incloud_kernel.archive.projects import audit, create_project
 from incloud_kernel.errors import IncloudError
 from incloud_kernel.ingest.convert import ConversionError, Converted, convert_series
 from incloud_kernel.ingest.naming import BidsName, SeriesFacts, classify
-from incloud_kernel.site import Site
+from incloud_kernel.site import Site, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,6 @@ def _series_number(ds: Dataset) -> int:
 
 def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
     return prefix + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:n]
-
-
-def private_dir(path: Path) -> Path:
-    """Create ``path`` readable by this service only (mode 0700): it holds scans between steps of a job."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 class IngestChain:

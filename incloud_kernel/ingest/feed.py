@@ -34,9 +34,9 @@ import pydicom
 from incloud_kernel.dicom.orthanc_client import OrthancClient, OrthancUnavailable
 from incloud_kernel.dicom.routing import route_study
 from incloud_kernel.errors import IncloudError
-from incloud_kernel.ingest.chain import ChainFailure, IngestChain, UnexpectedFailure, StudyOutcome, private_dir
+from incloud_kernel.ingest.chain import ChainFailure, IngestChain, StudyOutcome, UnexpectedFailure
 from incloud_kernel.ingest.quarantine import quarantine_held_back, quarantine_study
-from incloud_kernel.site import Site
+from incloud_kernel.site import Site, private_dir
 
 log = logging.getLogger(__name__)
 
