@@ -258,6 +258,44 @@ def test_header_walk_never_crashes_on_mangled_sequences(philips):
     assert outcomes["walked"] and outcomes["refused"]
 
 
+def test_reused_item_walks_agree_with_walking_every_item(philips):
+    """An item that stores a walked item's header bytes is not walked again (``rawseq._Walks``): on the real
+    per-frame groups most items are reused and the elements are exactly those of walking each item; on copies
+    with header and value bytes flipped (a length, a tag, a VR, a value) the two walks still agree or both refuse."""
+    import random
+
+    data = philips.read_bytes()
+    start = data.index(b"\x00\x52\x30\x92") + 12
+    fresh = rawseq.sequence_items(data[start:], False, closed=True, reuse=False)
+    walks = rawseq._Walks(data[start:], False)  # noqa: SLF001 - counted here: most frames must be reused
+    reused = 0
+    for spans in fresh[0]:
+        pos = spans[0][1] - 8  # the item header precedes its first element
+        known = walks.match(pos)
+        if known is None:
+            walks.learn(pos, spans[-1][4] + 8, spans)
+        else:
+            reused += 1
+            assert known[0] == spans
+    assert reused > 150 and rawseq.sequence_items(data[start:], False, closed=True) == fresh
+    value = data[start:start + fresh[0][40][-1][4] + 8]  # the first 41 frames' items, up to an item's end
+    rng = random.Random(5)
+    walked = 0
+    for _ in range(300):
+        mangled = bytearray(value)
+        for _ in range(rng.randint(1, 3)):
+            mangled[rng.randrange(8_000, len(mangled))] = rng.randrange(256)  # the first item stays as stored
+        outcomes = []
+        for reuse in (False, True):
+            try:
+                outcomes.append(rawseq.sequence_items(bytes(mangled), False, reuse=reuse))
+            except rawseq.MalformedSequence:
+                outcomes.append("refused")
+        assert outcomes[0] == outcomes[1]
+        walked += outcomes[0] != "refused"
+    assert 30 < walked < 300  # flips in values keep the walk, flips in headers mostly break it
+
+
 def test_raw_sequence_is_parsed_only_when_looked_into(philips):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -39,6 +39,8 @@ _GROUP_TAG_BYTES = (b"\x00\x52\x29\x92", b"\x00\x52\x30\x92")  # the two tags as
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV"})
 
 Apply = Callable[[Dataset, object, int, str], Dataset]
+#: ``_Bulk._raw_action``: the profile's raw decision does not apply, ``apply`` must walk the item.
+_UNDECIDED = b"\x00undecided"
 
 
 def is_bulk_candidate(raw: object) -> bool:
@@ -57,6 +59,10 @@ class _Bulk:
         self.public: dict[bytes, list[tuple[int, bytes]]] = {}  # element bytes -> encoded output
         self.private: dict[object, list[tuple[int, bytes]]] = {}  # private unit key -> encoded output
         self.opaque: list[frozenset[int]] = []  # private sequences apply removed without opening them
+        # (action, tag, VR, stored value) -> encoded output of ``profile.raw_action``: per frame the same dates and
+        # UIDs recur (an enhanced MR's 176 Frame Content items share their datetimes). Sound because raw_action's
+        # output depends on exactly these and the walk's state, whose notes are sets of names (idempotent).
+        self.decided: dict[tuple[str, int, str, bytes], bytes] = {}
         # Macro items decided from the plan without a Dataset (``macro``): only for the profile's own walk, in
         # explicit VR, where the writer copies kept raw bytes as stored (same character set inside as outside).
         self.plan: profile.Plan | None = state.plan if apply is profile.apply and \
@@ -202,18 +208,29 @@ class _Bulk:
                 else:
                     parts.append(stored[ea:eend])  # header and value as the writer gives them
                 continue
-            tag_obj = BaseTag(etag)
-            raw = RawDataElement(tag_obj, vr, eend - estart, stored[estart:eend], estart, False, True)
-            out: dict = {}
-            if not profile.raw_action(kind, tag_obj, raw, vr, state, out):  # type: ignore[arg-type]
+            key = (kind, etag, vr, stored[estart:eend])
+            done = self.decided.get(key)
+            if done is None:
+                done = self.decided[key] = self._raw_action(kind, etag, vr, key[3], estart)
+            if done is _UNDECIDED:
                 return None
-            got = out.get(tag_obj)
-            if got is not None:
-                if type(got) is not RawDataElement:
-                    return None
-                parts.append(part10.header(etag, got.VR, len(got.value)) + got.value)
+            parts.append(done)
         body = part10.item(b"".join(parts))
         return part10.header(tag, "SQ", len(body)) + body
+
+    def _raw_action(self, kind: str, etag: int, vr: str, value: bytes, start: int) -> bytes:
+        """The encoded output of ``profile.raw_action`` on one element (b"": removed), or ``_UNDECIDED``."""
+        tag_obj = BaseTag(etag)
+        raw = RawDataElement(tag_obj, vr, len(value), value, start, False, True)
+        out: dict = {}
+        if not profile.raw_action(kind, tag_obj, raw, vr, self.state, out):  # type: ignore[arg-type]
+            return _UNDECIDED
+        got = out.get(tag_obj)
+        if got is None:
+            return b""
+        if type(got) is not RawDataElement:
+            return _UNDECIDED
+        return part10.header(etag, got.VR, len(got.value)) + got.value
 
     def _one_item(self, span: rawseq.Span) -> bool:
         """Whether the element is a sequence of exactly one item (what a functional group macro is)."""

@@ -38,6 +38,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from incloud_kernel.deid.csa import clean_csa2
@@ -255,11 +256,15 @@ def _dictionary_vr(tag: int) -> str | None:
     return vr if len(vr) == 2 else None  # ambiguous VRs (US or SS...) take the slow path
 
 
-def _private_keep(src: Dataset, elem: DataElement, st: WalkState) -> DataElement | None:
-    """The element to keep under Retain Safe Private (cleaned if its entry says so), else None."""
+def _private_keep(src: Dataset, tag_obj: BaseTag, st: WalkState) -> DataElement | None:
+    """The element to keep under Retain Safe Private (cleaned if its entry says so), else None.
+
+    Decided from the tag and its block's creator first: an element no entry lists is removed without ever being
+    converted (a Philips header holds hundreds, and a corrupt one is then simply gone).
+    """
     if st.plan.private != "C":
         return None
-    tag = int(elem.tag)
+    tag = int(tag_obj)
     group, element = tag >> 16, tag & 0xFFFF
     if element < 0x1000:
         return None  # creators are decided after their block's elements
@@ -269,6 +274,7 @@ def _private_keep(src: Dataset, elem: DataElement, st: WalkState) -> DataElement
     entry = SAFE_PRIVATE_INDEX.get((creator.value.strip().upper(), group, element & 0xFF))
     if entry is None:
         return None
+    elem = src[tag_obj]
     if entry.clean == "csa2":
         cleaned = clean_csa2(bytes(elem.value or b""))
         return None if cleaned is None else DataElement(tag, elem.VR, cleaned)
@@ -428,13 +434,12 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
                         continue
                 elif raw_vr != "SQ" and tag in tags and raw_action(action, tag_obj, raw, raw_vr, st, out_dict):
                     continue
-        elem = src[tag_obj]
         group = tag >> 16
-        if group & 1:  # private
+        if group & 1:  # private: read only when kept (a creator, an element Retain Safe Private lists)
             if (tag & 0xFFFF) < 0x0100 and (tag & 0xFFFF) >= 0x0010:
-                creators.append(elem)
+                creators.append(tag_obj)
                 continue
-            keep = _private_keep(src, elem, st)
+            keep = _private_keep(src, tag_obj, st)
             if keep is not None:
                 out.add(keep)
                 kept_private_blocks.add((group, (tag & 0xFFFF) >> 8))
@@ -442,6 +447,7 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
             else:
                 st.note("X", tag)
             continue
+        elem = src[tag_obj]
         action = tags.get(tag)
         if action is None and (group >> 8) in (0x50, 0x60):
             for pattern, act in plan.repeating:
@@ -508,11 +514,11 @@ def apply(src: Dataset, st: WalkState, depth: int = 0, context: str = "") -> Dat
         else:  # an action code we do not know: the safe thing is to remove
             continue
     for creator in creators:
-        group, block = creator.tag >> 16, creator.tag & 0xFF
+        group, block = int(creator) >> 16, int(creator) & 0xFF
         if (group, block) in kept_private_blocks:
-            out.add(creator)
+            out.add(src[creator])
         else:
-            st.note("X", int(creator.tag))
+            st.note("X", int(creator))
     return out
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import struct
 
+import numpy as np
+
 from pydicom.filereader import read_sequence
 from pydicom.sequence import Sequence
 
@@ -177,14 +179,17 @@ def item_elements(value: bytes, implicit: bool) -> list[list[Span]]:
     return sequence_items(value, implicit)[0]
 
 
-def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = False) -> tuple[list[list[Span]], int]:
+def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = False,
+                   reuse: bool = True) -> tuple[list[list[Span]], int]:
     """(the elements of each item, where the walk ended) of the sequence value at the start of ``value``.
 
     ``closed``: the value runs on to its Sequence Delimitation Item (an undefined length read from a file);
     the walk ends past it, and a value without one is malformed. Otherwise the walk ends at the end of ``value``.
+    ``reuse``: an item that stores the header bytes of an item walked before is not walked again (``_Walks``).
     """
     result: list[list[Span]] = []
     pos, size = 0, len(value)
+    walks = _Walks(value, implicit) if reuse else None
     try:
         while pos < size:
             group, element, length = _TAG_LENGTH.unpack_from(value, pos)
@@ -194,6 +199,12 @@ def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = Fal
                 break
             if (group, element) != (0xFFFE, ITEM):
                 raise MalformedSequence("not an item")
+            known = walks.match(pos) if walks is not None else None
+            if known is not None:
+                spans, pos = known
+                result.append(spans)
+                continue
+            item_start = pos
             pos += 8
             end = pos + length if length != UNDEFINED_LENGTH else size
             if end > size:
@@ -213,11 +224,74 @@ def sequence_items(value: bytes | memoryview, implicit: bool, closed: bool = Fal
                 if length == UNDEFINED_LENGTH or pos != end:
                     raise MalformedSequence("item not closed")
             result.append(spans)
+            if walks is not None:
+                walks.learn(item_start, pos, spans)
     except struct.error:
         raise MalformedSequence("truncated item") from None
     if closed:
         raise MalformedSequence("no delimiter before the end")
     return result, pos
+
+
+class _Walks:
+    """Walks of items already made, reused for a later item that stores the same bytes at the same offsets
+    everywhere except inside the values of defined length (which no walk reads: it steps over them).
+
+    Why: the 176 items of an enhanced MR's per-frame functional groups hold the same elements with values of the
+    same lengths, frame after frame; only the values differ. The walk reads nothing but element and item
+    headers, so an item whose header bytes all equal a walked item's (compared in one numpy operation) walks
+    the same way: its elements are the walked item's, shifted. The index of compared bytes is made from the real
+    walk of the first item (``_leaf_values``), so the two cannot disagree; an item that matches no walk is walked.
+    """
+
+    KEPT = 6  # walks kept per sequence: the distinct shapes of a frame's item, tried most recent first
+
+    def __init__(self, value: bytes | memoryview, implicit: bool) -> None:
+        self.value, self.implicit, self.size = value, implicit, len(value)
+        self.array: np.ndarray | None = None
+        self.known: list[tuple[int, np.ndarray, bytes, list[Span]]] = []  # (length, index, expected, spans at 0)
+        self.learned = 0
+
+    def match(self, pos: int) -> tuple[list[Span], int] | None:
+        """(the elements, the end) of the item at ``pos`` when it stores a known walk's header bytes."""
+        for k, (length, index, expected, spans) in enumerate(self.known):
+            if pos + length <= self.size and self.array[index + pos].tobytes() == expected:  # type: ignore[index]
+                if k:
+                    self.known.insert(0, self.known.pop(k))
+                return [(t, a + pos, v + pos, n, e + pos, c) for t, a, v, n, e, c in spans], pos + length
+        return None
+
+    def learn(self, start: int, end: int, spans: list[Span]) -> None:
+        """Keep the walk of the item at ``start`` (up to ``end``) whose elements are ``spans``."""
+        if self.learned >= 2 * self.KEPT:
+            return  # items that never repeat a shape: stop paying for the index
+        self.learned += 1
+        try:
+            leaves: list[tuple[int, int]] = []
+            _leaf_values(self.value, spans, self.implicit, leaves)
+        except MalformedSequence:
+            return
+        if self.array is None:
+            self.array = np.frombuffer(self.value, dtype=np.uint8)
+        read = np.ones(end - start, dtype=bool)
+        for a, b in leaves:
+            read[a - start:b - start] = False
+        index = np.flatnonzero(read)
+        expected = self.array[index + start].tobytes()
+        relative = [(t, a - start, v - start, n, e - start, c) for t, a, v, n, e, c in spans]
+        self.known.insert(0, (end - start, index, expected, relative))
+        del self.known[self.KEPT:]
+
+
+def _leaf_values(buf: bytes | memoryview, spans: list[Span], implicit: bool, out: list[tuple[int, int]]) -> None:
+    """(start, end) of every value of defined length under ``spans``, found by the walk itself (recursively into
+    values of undefined length); everything else there is header bytes, which any walk of it reads."""
+    for _, _, start, length, end, _ in spans:
+        if length != UNDEFINED_LENGTH:
+            out.append((start, end))
+            continue
+        for item in sequence_items(memoryview(buf)[start:end - 8], implicit, reuse=False)[0]:
+            _leaf_values(buf, [(t, a + start, v + start, n, e + start, c) for t, a, v, n, e, c in item], implicit, out)
 
 
 class RawSequence(Sequence):

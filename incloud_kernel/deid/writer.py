@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import struct
+from concurrent.futures import Executor
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings
@@ -226,6 +228,11 @@ def encode_file(ds: FileDataset, source: str | None = None) -> bytes:
     return part10.to_bytes(encode_chunks(ds, source))
 
 
-def write_file(ds: FileDataset, path: Path, source: str | None = None) -> None:
-    """Write ``ds`` as a Part 10 file at ``path``; deferred values are copied from ``source`` by the kernel."""
-    part10.write_file(path, encode_chunks(ds, source))
+def start_write_file(ds: FileDataset, path: Path, source: str | None = None,
+                     background: Executor | None = None) -> Callable[[], None]:
+    """Write ``ds`` as a Part 10 file at ``path``; deferred values are copied from ``source`` by the kernel.
+
+    Returns ``finish()`` (``part10.start_write``): with ``background`` the kernel copy of deferred pixel data
+    runs there, so that a batch reads and de-identifies the next file while this one is copied; the file is
+    complete only when ``finish()`` returns. Without it the file is complete on return."""
+    return part10.start_write(path, encode_chunks(ds, source), background=background)

@@ -13,7 +13,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from concurrent.futures import Executor, Future
+from typing import Callable, Iterable, Union
 
 #: 128-byte zero preamble and the ``DICM`` prefix (PS3.10 7.1): identifying preambles are never copied.
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -128,30 +129,71 @@ def write_file(path: Path | str, chunks: Iterable[Chunk], mode: int = 0o666) -> 
     passes through Python. Raises OSError (disk full, a short source file...); the caller removes the partial
     file (write to a temporary name and rename, as the callers here do).
     """
+    start_write(path, chunks, mode)()
+
+
+#: File ranges at least this large are copied in the background by ``start_write`` when given an executor.
+BACKGROUND_COPY = 1 << 20
+
+
+def start_write(path: Path | str, chunks: Iterable[Chunk], mode: int = 0o666,
+                background: Executor | None = None) -> Callable[[], None]:
+    """``write_file``, returning before a large ``FileRange`` is copied: the kernel copy (and whatever follows
+    it) runs on ``background`` (one thread), so that a batch can read and de-identify the next file meanwhile.
+
+    Why a thread does only the copy: the copy releases the GIL for its whole length, while the small writes
+    around it would each wait for the GIL behind the busy main thread. Returns ``finish()``, which waits for the
+    file to be complete, closes it and raises what the writing raised; call it exactly once. Without
+    ``background`` (or without a large range) the file is complete on return and ``finish`` does nothing.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        views: list[memoryview] = []  # written with one writev: encoded runs joined, memoryviews as they are
-        run: list = []
-        for chunk in chunks:
-            kind = type(chunk)
-            if kind is bytes or kind is bytearray:
-                run.append(chunk)
-                continue
-            if run:
-                views.append(memoryview(b"".join(run)))
-                run = []
-            if kind is FileRange:
-                _writev_all(fd, views)
-                views = []
-                _copy_range(chunk, fd)
-            else:  # a memoryview (pixels of an array): not copied
-                view = memoryview(chunk)
-                views.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
-        if run:
-            views.append(memoryview(b"".join(run)))
-        _writev_all(fd, views)
+        todo = list(chunks)
+        if background is not None:
+            for k, chunk in enumerate(todo):
+                if type(chunk) is FileRange and chunk.length >= BACKGROUND_COPY:
+                    _write_chunks(fd, todo[:k])
+                    return functools.partial(_finish, fd, background.submit(_write_chunks, fd, todo[k:]))
+        _write_chunks(fd, todo)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return _nothing
+
+
+def _finish(fd: int, copying: Future) -> None:
+    try:
+        copying.result()
     finally:
         os.close(fd)
+
+
+def _nothing() -> None:
+    """``finish`` of a file already complete."""
+
+
+def _write_chunks(fd: int, chunks: list[Chunk]) -> None:
+    views: list[memoryview] = []  # written with one writev: encoded runs joined, memoryviews as they are
+    run: list = []
+    for chunk in chunks:
+        kind = type(chunk)
+        if kind is bytes or kind is bytearray:
+            run.append(chunk)
+            continue
+        if run:
+            views.append(memoryview(b"".join(run)))
+            run = []
+        if kind is FileRange:
+            _writev_all(fd, views)
+            views = []
+            _copy_range(chunk, fd)
+        else:  # a memoryview (pixels of an array): not copied
+            view = memoryview(chunk)
+            views.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+    if run:
+        views.append(memoryview(b"".join(run)))
+    _writev_all(fd, views)
 
 
 def _writev_all(fd: int, views: list[memoryview]) -> None:
