@@ -47,3 +47,50 @@ def synth_bold(out: Path, *, seed: int = 5, volumes: int = 30, still: bool = Fal
     path = out / f"sub-{seed:02d}_task-rest_bold.nii.gz"
     img.to_filename(path)
     return path, truth, site.noise * 0.6 * 2500.0
+
+
+def synth_t1(out: Path, *, seed: int = 5, voxel_mm: float = 2.0, site_index: int = 1) -> Path:
+    """One synthetic T1w head (``incloud_kernel.synth.structural.render_t1``) written as NIfTI."""
+    from incloud_kernel.synth.deform import Participant
+    from incloud_kernel.synth.sites import make_sites
+    from incloud_kernel.synth.structural import render_t1
+
+    site = make_sites(3, seed=1)[site_index]
+    participant = Participant.random(np.random.default_rng([seed, 2]), [])
+    img = render_t1(participant, site, voxel_mm, np.random.default_rng(seed))
+    path = out / f"sub-{seed:02d}_T1w.nii.gz"
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def synth_dwi(out: Path, *, seed: int = 5, directions: int = 12) -> Path:
+    """One synthetic DWI series (``incloud_kernel.synth.dwi.render_dwi``, 4 mm, no motion planted) written as
+    NIfTI with the FSL ``.bval``/``.bvec`` beside it, as dcm2niix would."""
+    from incloud_kernel.synth import dwi
+    from incloud_kernel.synth.deform import Participant
+    from incloud_kernel.synth.sites import make_sites
+
+    site = make_sites(3, seed=1)[0]
+    participant = Participant.random(np.random.default_rng([seed, 2]), [])
+    ref, data, truth = dwi.render_dwi(participant, site, voxel_mm=4.0, matrix=48, slices=28, n_dirs=directions,
+                                      rng=np.random.default_rng(seed))
+    affine = ras_affine(ref)
+    path = out / f"sub-{seed:02d}_dwi.nii.gz"
+    nib.Nifti1Image(np.transpose(data, (3, 2, 1, 0)).astype(np.int16), affine).to_filename(path)
+    bvecs = dwi.fsl_bvecs(np.asarray(truth["bvecs_lps"]), affine)
+    np.savetxt(out / f"sub-{seed:02d}_dwi.bval", np.asarray(truth["bvals"])[None], fmt="%g")
+    np.savetxt(out / f"sub-{seed:02d}_dwi.bvec", bvecs.T, fmt="%.6f")
+    return path
+
+
+def site_packages_file(package: str, *parts: str) -> Path:
+    """A data file inside an installed package (FileNotFoundError when the package or file is absent)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0], *parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} does not ship {'/'.join(parts)}")
+    return path

@@ -100,7 +100,7 @@ class StructuralQC:
         corrected = data / np.maximum(self.bias_, 1e-6)
         self.pvms_ = tissue_pvms(corrected, brain, self.seed)
         wm = ndimage.binary_erosion(self.pvms_["wm"] >= 0.9, structure=ndimage.generate_binary_structure(3, 2))
-        wm_ref = float(np.median(corrected[wm])) if wm.any() else float(np.median(corrected[brain]))
+        wm_ref = float(np.median(corrected[wm])) if wm.any() else float(np.percentile(corrected[brain], 90))
         self.harmonized_ = (corrected * (1000.0 / wm_ref)).astype(np.float32)
         rot = masks.rotation_mask(data)
         if stripped:
@@ -119,7 +119,7 @@ class StructuralQC:
         """Brain mask and landmark slices: the average head fitted to the subject (affine, mutual information)
         carries its brain mask; a skull-stripped input is its own brain (no landmarks: no hat)."""
         if stripped:
-            return ndimage.binary_fill_holes(data > 0), 0.0, 0.0
+            return ndimage.binary_fill_holes(masks.largest_component(data > masks.zero_level(data))), 0.0, 0.0
         from incloud_kernel.deface.register import register_affine, resample_to
         from incloud_kernel.deface.template import load_template
 

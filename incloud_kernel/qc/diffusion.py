@@ -110,7 +110,15 @@ def compute_dwi(img: ImageLike, *, bvals: np.ndarray | None = None, bvecs: np.nd
         raise QCInputError(f"{im.name}: no b=0 volume")
     b0_ref = data[..., is_b0].mean(axis=-1)
     brain = epi_mask(b0_ref)
-    params, hmc = realign(data, im.affine, reference=b0_ref, mask=brain, metric="mattes")
+    # b=0 volumes to their mean, diffusion-weighted volumes to theirs: each registration then compares
+    # images of similar contrast (one b=0 reference for all adds 0.3-0.4 mm of spurious FD on still data)
+    params = np.zeros((data.shape[3], 6))
+    hmc = np.empty_like(data)
+    for group in (is_b0, ~is_b0):
+        if group.any():
+            ref = data[..., group].mean(axis=-1)
+            params[group], hmc[..., group] = realign(data[..., group], im.affine, reference=ref, mask=brain,
+                                                     metric="mattes")
     fd = framewise_displacement(params, fd_radius)
     b0 = hmc[..., is_b0].mean(axis=-1)
     norms = np.linalg.norm(bvecs, axis=1, keepdims=True)

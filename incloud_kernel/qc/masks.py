@@ -51,7 +51,13 @@ def skull_stripped(data: np.ndarray, head: np.ndarray, zooms: np.ndarray) -> boo
     larger than a brain (under 2.5 l; a head with skull and scalp is 3-5 l). MRIQC's air-based indices are
     undefined there and come out as -1. A head whose air was zeroed (e.g. FSL's MNI152) is not stripped."""
     voxel_ml = float(np.prod(zooms[:3])) / 1000.0
-    return bool((data == 0).mean() > 0.25 and head.sum() * voxel_ml < 2500.0)
+    return bool((data <= zero_level(data)).mean() > 0.25 and head.sum() * voxel_ml < 2500.0)
+
+
+def zero_level(data: np.ndarray) -> float:
+    """Values at or below this are background zeros: a millionth of the maximum (resampled templates carry
+    denormal values such as 1e-45 where the source was 0)."""
+    return float(np.max(data)) * 1e-6
 
 
 def rotation_mask(data: np.ndarray) -> np.ndarray:

@@ -77,6 +77,7 @@ def cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> float:
 def fber(data: np.ndarray, head: np.ndarray, rotmask: np.ndarray | None = None) -> float:
     """Foreground-background energy ratio: median |x|^2 in the head over median |x|^2 in the air outside
     it (rotation padding excluded) (Shehzad 2015; MRIQC ``fber``); -1 when the air is empty of signal."""
+    data = np.asarray(data, dtype=np.float64)
     fg = np.median(np.abs(data[head > 0]) ** 2)
     air = head == 0
     if rotmask is not None:
