@@ -77,3 +77,14 @@ def test_unknown_series_and_parameters_are_one_line_errors(tmp_path: Path) -> No
     with pytest.raises(ValidationError) as err:
         compute(bad, "func", "bold")
     assert "\n" not in str(err.value) and "sub-01_bold.nii.gz" in str(err.value)
+
+
+def test_an_image_the_libraries_reject_is_a_one_line_error(tmp_path: Path) -> None:
+    """A constant BOLD run (nothing to register or mask) ends in QCInputError, not a library traceback."""
+    import nibabel as nib
+
+    path = tmp_path / "sub-02_task-rest_bold.nii.gz"
+    nib.Nifti1Image(np.full((20, 20, 12, 4), 100, np.int16), np.eye(4)).to_filename(path)
+    with pytest.raises(ValidationError) as err:
+        compute(path, "func", "bold")
+    assert "\n" not in str(err.value)

@@ -42,4 +42,8 @@ def compute(path: str | Path, datatype: str, suffix: str, **params: Any) -> dict
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise QCInputError(f"unknown QC parameter(s) for {suffix}: {', '.join(unknown)}")
-    return {k: float(v) for k, v in fn(path, **params).items()}
+    try:
+        values = fn(path, **params)
+    except (RuntimeError, ValueError, MemoryError) as exc:  # SimpleITK/dipy/scikit-learn on an unusable image
+        raise QCInputError(f"{Path(path).name}: {suffix} QC failed ({type(exc).__name__})") from None
+    return {k: float(v) for k, v in values.items()}
