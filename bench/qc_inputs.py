@@ -1,6 +1,6 @@
 """Synthetic QC inputs written straight to NIfTI (no DICOM round trip): a BOLD run, a T1w head and a DWI
 series rendered by ``incloud_kernel.synth`` with their planted truth. Shared by ``bench/bench_qc.py`` and the
-QC tests (through ``tests/qc_data.py``). Writes only into the folder it is given.
+QC tests (through ``tests/qc_images.py``). Writes only into the folder it is given.
 """
 from __future__ import annotations
 

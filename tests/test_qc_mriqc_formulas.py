@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qc_data import synth_t1
+from qc_images import synth_t1
 
 from incloud_kernel.qc import functional
 from incloud_kernel.qc.anatomical import StructuralQC

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qc_data import synth_bold
+from qc_images import synth_bold
 
 import incloud_kernel.qc.functional as functional
 from incloud_kernel.errors import ValidationError

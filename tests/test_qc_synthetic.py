@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qc_data import synth_bold, synth_dwi, synth_t1
+from qc_images import synth_bold, synth_dwi, synth_t1
 
 from incloud_kernel.qc import compute
 from incloud_kernel.qc.images import load

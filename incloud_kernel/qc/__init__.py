@@ -22,8 +22,8 @@ def compute(path: str | Path, datatype: str, suffix: str, **params: Any) -> dict
 
     ``params`` go to the modality's function: T1w ``seed``, ``n4_shrink_mm``, ``zscore``; bold
     ``fd_threshold`` (mm, default 0.2), ``fd_radius`` (mm, 50), ``out_dir`` (where the per-volume FD/DVARS TSV
-    is written, see ``functional.timeseries_path``); dwi ``fd_threshold``, ``fd_radius`` (b-values from the
-    ``.bval``/``.bvec`` beside ``path``). Raises ``incloud_kernel.qc.images.QCInputError`` (a one-line
+    is written, see ``functional.timeseries_path``; accepted and ignored for the other modalities); dwi
+    ``fd_threshold``, ``fd_radius`` (b-values from the ``.bval``/``.bvec`` beside ``path``). Raises ``incloud_kernel.qc.images.QCInputError`` (a one-line
     ``ValidationError``) for an unsupported series, an unknown parameter or an image that cannot be measured.
     """
     import importlib
@@ -39,6 +39,8 @@ def compute(path: str | Path, datatype: str, suffix: str, **params: Any) -> dict
     import inspect
 
     allowed = set(inspect.signature(fn).parameters) - {"img"}
+    if "out_dir" not in allowed:  # a stage may pass its output folder to every modality; only BOLD writes there
+        params.pop("out_dir", None)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise QCInputError(f"unknown QC parameter(s) for {suffix}: {', '.join(unknown)}")
