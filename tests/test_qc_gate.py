@@ -222,7 +222,8 @@ def test_queue_shows_indices_flags_and_decisions_only_to_readers(proj) -> None: 
         for sid, fd in values.items():
             gate.record_indices(db, CONSOLE, sid, {"fd_mean": fd, "tsnr": 60.0}, "0.1", CFG)
         gate.review(db, actor(db, "rita"), ids["t1"], "caveat", comment="mild ringing")
-    records.add_files(site, CONSOLE, ids["bold1"], {"tsv": b"framewise_displacement\n0\n0.3\n"})
+    records.add_files(site, CONSOLE, ids["bold1"], {"motion.tsv": b"framewise_displacement\n0\n0.3\n"})
+    records.add_files(site, CONSOLE, ids["bold2"], {"tsv": b"onset\tduration\n0\t1\n"})  # not motion
     with records.transaction(site) as db:
         q = gate.queue(db, actor(db, "carl"), "QCP", CFG)
         assert q["can_review"] is False and q["accept"] == ["pass", "caveat"]
@@ -232,6 +233,7 @@ def test_queue_shows_indices_flags_and_decisions_only_to_readers(proj) -> None: 
         assert rows[ids["bold1"]]["flags"] == {"fd_mean": "high"}  # a group outlier (Tukey) in the review band
         assert rows[ids["bold1"]]["qc_status"] == "pending" and rows[ids["bold2"]]["qc_status"] == "pass"
         assert rows[ids["bold1"]]["motion_file"] is not None and rows[ids["bold2"]]["motion_file"] is None
+        assert rows[ids["t1"]]["motion_file"] is None
         assert rows[ids["t1"]]["review"]["comment"] == "mild ringing"
         assert rows[ids["t1"]]["participant"] == "001" and rows[ids["bold1"]]["entities"]["run"] == "1"
         with pytest.raises(NotFound):

@@ -271,32 +271,37 @@ def outlier_flags(values: Mapping[int, float], iqr_factor: float) -> dict[int, s
     return {sid: ("high" if v > high else "low") for sid, v in values.items() if v > high or v < low}
 
 
-def _motion_files(db: DB, series: list[Series]) -> dict[int, int]:
-    """Per series, a TSV with per-volume motion (FD/DVARS): its own ``.tsv`` file, else a derivative TSV of the
-    same session whose name starts with the series' BIDS name (without the suffix)."""
-    from incloud_kernel.archive.records import bids_stem
+#: Words in a TSV's name that mark per-volume motion (MRIQC ``*_timeseries.tsv``, fMRIPrep ``*_desc-confounds_*``).
+MOTION_TSV_WORDS = ("motion", "confounds", "timeseries")
 
+
+def _is_motion_tsv(relpath: str) -> bool:
+    name = relpath.rsplit("/", 1)[-1]
+    return name.endswith(".tsv") and any(word in name for word in MOTION_TSV_WORDS)
+
+
+def _motion_files(db: DB, series: list[Series]) -> dict[int, int]:
+    """Per series, the newest per-volume motion TSV (FD/DVARS): a derivative file of its session whose
+    derivative lists the series among its inputs (provenance), else a motion TSV recorded with the series."""
     out: dict[int, int] = {}
     if not series:
         return out
-    ids = [s.id for s in series]
-    for f in db.scalars(select(DataFile).where(DataFile.series_id.in_(ids), DataFile.relpath.endswith(".tsv"))
-                        .order_by(DataFile.id)):
-        out.setdefault(f.series_id, f.id)  # type: ignore[arg-type]
-    sessions = {s.session_id for s in series if s.id not in out}
-    if sessions:
-        derived = list(db.execute(select(DataFile.id, DataFile.relpath, Derivative.session_id)
-                                  .join(Derivative, DataFile.derivative_id == Derivative.id)
-                                  .where(Derivative.session_id.in_(sessions), DataFile.relpath.endswith(".tsv"))
-                                  .order_by(DataFile.id.desc())))
-        for s in series:
-            if s.id in out:
-                continue
-            stem = bids_stem(s).rsplit("/", 1)[-1].rsplit("_", 1)[0] + "_"
-            for fid, relpath, session_id in derived:
-                if session_id == s.session_id and relpath.rsplit("/", 1)[-1].startswith(stem):
-                    out[s.id] = fid
-                    break
+    by_session: dict[int, list[tuple[int, str, list[Any]]]] = {}
+    for fid, relpath, session_id, inputs in db.execute(
+            select(DataFile.id, DataFile.relpath, Derivative.session_id, Derivative.inputs)
+            .join(Derivative, DataFile.derivative_id == Derivative.id)
+            .where(Derivative.session_id.in_({s.session_id for s in series}), DataFile.relpath.endswith(".tsv"))
+            .order_by(DataFile.id.desc())):
+        if _is_motion_tsv(relpath):
+            by_session.setdefault(session_id, []).append((fid, relpath, list(inputs or [])))
+    for s in series:
+        found = next((fid for fid, _, inputs in by_session.get(s.session_id, []) if s.id in inputs), None)
+        if found is not None:
+            out[s.id] = found
+    for f in db.scalars(select(DataFile).where(DataFile.series_id.in_([s.id for s in series if s.id not in out]),
+                                               DataFile.relpath.endswith(".tsv")).order_by(DataFile.id.desc())):
+        if _is_motion_tsv(f.relpath):
+            out.setdefault(f.series_id, f.id)  # type: ignore[arg-type]
     return out
 
 

@@ -38,6 +38,7 @@ def review(db: Any, actor: Actor, series_id: int, body: Mapping[str, Any]) -> di
             raise ValidationError(f"{key} must be text")
     row = gate.review(db, actor, series_id, decision, comment=body.get("comment") or "",
                       reason=body.get("reason") or "")
+    db.commit()  # the decision, its history row and its audit event in one transaction
     return {"series": series_id, "decision": row.decision, "reason": row.reason, "comment": row.comment,
             "reviewer": row.reviewer, "at": row.at.isoformat() if row.at else None}
 
@@ -58,6 +59,7 @@ def set_policy(db: Any, actor: Actor, project: str | None, body: Mapping[str, An
     if not isinstance(accept, list) or not all(isinstance(a, str) for a in accept):
         raise ValidationError("accept must be a list of QC states")
     row = gate.set_policy(db, actor, project, accept)
+    db.commit()
     return {"project": project, "accept": list(row.accept)}
 
 
