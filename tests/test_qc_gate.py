@@ -244,3 +244,11 @@ def test_outlier_flags_need_a_group() -> None:
     assert gate.outlier_flags({1: 0.1, 2: 5.0}, 1.5) == {}
     assert gate.outlier_flags({1: 0.1, 2: 0.11, 3: 0.12, 4: 0.13, 5: 0.9}, 1.5) == {5: "high"}
     assert gate.outlier_flags({1: 50, 2: 51, 3: 52, 4: 53, 5: 5}, 1.5) == {5: "low"}
+
+
+def test_the_api_counts_the_qc_reviewer_group_only_with_the_qc_scope() -> None:
+    from hub.services.api.qc import reviewer_groups
+
+    groups = ["researcher", QC_REVIEWER_GROUP]
+    assert reviewer_groups(groups, ["custom:incloud:read", "custom:incloud:qc"]) == groups
+    assert reviewer_groups(groups, ["custom:incloud:read"]) == ["researcher"]  # a token limited to reading

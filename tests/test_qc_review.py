@@ -71,6 +71,9 @@ def test_reviewer_rates_three_series_by_keyboard_and_the_usable_selection_follow
     assert sorted(before) == sorted([t1["001"], bold["003"]])  # passed by hand, passed by the thresholds
     with pytest.raises(PermissionDenied, match="qc_reviewer role or ownership"):
         researcher.review(bold["001"], "pass")  # a member writes data but does not rate it
+    with pytest.raises(PermissionDenied):
+        researcher.set_qc_policy("DEMO", ["pass", "caveat", "pending"])  # owners choose what enters processing
+    assert researcher.qc_policy("DEMO") == ["pass", "caveat"]
 
     running_workstation(portal, "reviewer")
     page = log_in(browser, portal, "reviewer")
