@@ -54,6 +54,23 @@ def wait_moved_on(page, sid: int) -> None:  # type: ignore[no-untyped-def]
                            f"return !c || c.dataset.series !== '{sid}'; }}", timeout=60_000)
 
 
+def viewer_draws(page) -> None:  # type: ignore[no-untyped-def]
+    """Until the viewer (ipyniivue's canvas, headless Chromium's SwiftShader WebGL2) shows an image: more than a
+    tenth of its pixels neither black nor one flat grey."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    page.wait_for_selector(".qc-img canvas", timeout=60_000)
+    for _ in range(60):
+        page.wait_for_timeout(500)
+        pixels = np.asarray(Image.open(io.BytesIO(page.locator(".qc-img canvas").screenshot())).convert("L"))
+        if (pixels > 40).mean() > 0.1 and pixels.std() > 20:
+            return
+    raise AssertionError("the viewer's canvas stayed empty")
+
+
 def test_reviewer_rates_three_series_by_keyboard_and_the_usable_selection_follows(portal, browser, shots) -> None:
     from incloud_kernel.archive.models import AuditEvent, QCReview
     from incloud_kernel.config import load_config
@@ -82,8 +99,7 @@ def test_reviewer_rates_three_series_by_keyboard_and_the_usable_selection_follow
     page.click("a[data-dashboard='qc']")
     try:
         page.wait_for_selector("#qc-current", timeout=120_000)
-        page.wait_for_function("() => [...document.querySelectorAll('img.qc-img')].some(i => i.naturalWidth > 0)",
-                               timeout=60_000)  # the mid-slices of the first series
+        viewer_draws(page)  # NiiVue's WebGL2 canvas shows the first series' mid-slices
         rows = page.eval_on_selector_all("tr.qc-row", "els => els.map(e => Number(e.dataset.series))")
         assert set(rows) == waiting  # the default view: what waits for a reviewer
         page.screenshot(path=str(shots / "qc-first.png"), full_page=True)
@@ -117,7 +133,7 @@ def test_reviewer_rates_three_series_by_keyboard_and_the_usable_selection_follow
         page.click(f"tr.qc-row[data-series='{t1['001']}']")
         page.wait_for_function(f"() => (document.querySelector('#qc-current') || {{}}).dataset?.series === "
                                f"'{t1['001']}'", timeout=60_000)
-        page.wait_for_timeout(1500)
+        viewer_draws(page)
         page.screenshot(path=str(shots / "qc-all.png"), full_page=True)
     except Exception:
         log = portal.homes / portal.names["reviewer"] / ".incloud-workstation.log"
