@@ -252,11 +252,12 @@ def seed_demo(env: dict[str, str]) -> dict[str, list[int]]:
 
 
 @contextmanager
-def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object] = _refuse
-                 ) -> Iterator[SimpleNamespace]:
+def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object] = _refuse,
+                 seed: Callable[[dict[str, str]], object] | None = None) -> Iterator[SimpleNamespace]:
     """The isolated hub with DEMO (also for bench/bench_portal.py: ``extra_researchers`` more DEMO members,
     named ``r000``, ``r001``...); everything of it is removed on exit. A missing service or tool is reported
-    through ``on_missing`` (tests pass conftest's ``missing``: fail under CI, skip elsewhere)."""
+    through ``on_missing`` (tests pass conftest's ``missing``: fail under CI, skip elsewhere). ``seed(env)`` adds
+    more to the site after DEMO, before the hub starts (the site's environment is ``env`` of the result)."""
     require_isolated_hub("the portal test", on_missing)
     if not os.path.exists(CHROMIUM):
         on_missing("Debian chromium not installed (/usr/bin/chromium)")
@@ -273,12 +274,14 @@ def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object]
         install_hub(at, venv, env)
         series = seed_demo({**env, "INCLOUD_TEST_PREFIX": at.prefix,
                             "INCLOUD_TEST_EXTRA": " ".join(k for k in names if k[1:].isdigit())})
+        if seed is not None:
+            seed(env)
         r = hub_bash(f'hub_service_user {at.svc} "{at.home}"', env)  # the seeded files become the service user's
         assert r.returncode == 0, r.stderr
         proc = start_hub(at, env)
         wait_for_hub(proc, at)
         yield SimpleNamespace(url=at.url, names=names, work=at.work, series=series, prefix=at.prefix, homes=at.homes,
-                              venv=venv)
+                              venv=venv, env=env)
     finally:
         remove_isolated_hub(at.work, proc, [*names.values()], at.svc, at.group, at.sudoers)
 

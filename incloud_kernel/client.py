@@ -88,8 +88,13 @@ class Client:
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _get(self, path: str, params: Mapping[str, Any] | None = None, stream: bool = False) -> requests.Response:
+        return self._request("GET", path, params, stream=stream)
+
+    def _request(self, method: str, path: str, params: Mapping[str, Any] | None = None, *, stream: bool = False,
+                 body: Any = None) -> requests.Response:
         try:
-            r = self._http.get(self.url + path, params=params, timeout=self.timeout, stream=stream)
+            r = self._http.request(method, self.url + path, params=params, timeout=self.timeout, stream=stream,
+                                   json=body)
         except requests.RequestException as exc:
             raise ApiError(f"cannot reach the INCloud API at {self.url}: {type(exc).__name__}") from None
         if r.status_code < 400:
@@ -238,6 +243,34 @@ class Client:
             raise NotFound(f"series #{sid} has no DICOM files in the archive")
         datasets = [pydicom.dcmread(io.BytesIO(self.read_file(f["id"]))) for f in files]
         return sorted(datasets, key=lambda ds: int(getattr(ds, "InstanceNumber", 0) or 0))
+
+    # -- quality control (the server decides who may rate: QC reviewers and project owners) ---------------------
+    def qc_queue(self, project: str) -> dict[str, Any]:
+        """The QC review queue of ``project``: ``items`` (one dict per series: id, participant, session, suffix,
+        qc_status, ``indices`` by MRIQC IQM name, ``flags`` per index: fail / review (between the site's
+        thresholds) / high / low (group outlier), ``review``: the current decision, ``motion_file``: a per-volume
+        motion TSV file id or None), ``accept`` (states that enter processing), ``can_review`` (may you rate)."""
+        return self._json("api/qc/queue", {"project": project})
+
+    def review(self, series: Any, decision: str, comment: str = "", reason: str = "") -> dict[str, Any]:
+        """Rate one series: ``pass``, ``fail``, ``caveat`` (needs a reason; the comment serves when none is
+        given) or ``pending`` (re-open). PermissionDenied unless you are a QC reviewer or owner of its project."""
+        return self._request("POST", f"api/qc/series/{_series_id(series)}/review",
+                             body={"decision": decision, "comment": comment, "reason": reason}).json()
+
+    def qc_policy(self, project: str) -> list[str]:
+        """The QC states whose series of ``project`` enter processing (default: pass and caveat)."""
+        return list(self._json("api/qc/policy", {"project": project})["accept"])
+
+    def set_qc_policy(self, project: str, accept: list[str]) -> list[str]:
+        """Choose which QC states enter processing in ``project`` (project owners only)."""
+        return list(self._request("PUT", "api/qc/policy", {"project": project}, body={"accept": list(accept)})
+                    .json()["accept"])
+
+    def usable_series(self, project: str, **filters: Any) -> list[int]:
+        """Ids of ``project``'s series that enter processing now (their QC state is one the project accepts)."""
+        params = {"project": project, **{k: v for k, v in filters.items() if v is not None}}
+        return list(self._json("api/qc/usable", params)["series"])
 
 
 def _series_id(series: Any) -> int:

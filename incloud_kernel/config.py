@@ -243,6 +243,57 @@ class IngestSection:
             raise ConfigError("ingest.retry_backoff must not be negative")
 
 
+#: QC states a series can be in (``incloud_kernel.archive.models.QCStatus``; repeated here because the config
+#: module imports nothing of the archive).
+QC_STATES = ("pending", "pass", "fail", "caveat")
+
+
+def _default_qc_thresholds() -> list[dict[str, Any]]:
+    # Starting points from the literature, for a site to tune: FD (Power) mean 0.2 / 0.5 mm is the usual
+    # "low motion" / "exclude" pair; tSNR and MRIQC's CJV bands follow values MRIQC users report for 3 T data.
+    return [
+        {"suffix": "bold", "index": "fd_mean", "better": "lower", "pass": 0.2, "fail": 0.5},
+        {"suffix": "bold", "index": "tsnr", "better": "higher", "pass": 50.0, "fail": 20.0},
+        {"suffix": "T1w", "index": "cjv", "better": "lower", "pass": 0.45, "fail": 0.8},
+        {"suffix": "T1w", "index": "snr_total", "better": "higher", "pass": 10.0, "fail": 4.0},
+    ]
+
+
+@dataclass
+class QCSection:
+    """The QC gate (``incloud_kernel.qc.gate``): automatic thresholds and what enters processing by default."""
+
+    #: Automatic decisions, one rule per (BIDS suffix, index): ``better`` is ``lower`` or ``higher``; a series
+    #: is failed when any rule's index is at or beyond ``fail``, passed when every rule of its suffix has its
+    #: index and each is at or better than ``pass``; everything between waits for a reviewer. No rule for a
+    #: suffix: every series of it waits for a reviewer.
+    thresholds: list[dict[str, Any]] = field(default_factory=_default_qc_thresholds)
+    #: QC states that enter processing in a project whose owners chose nothing (XNAT dax ``require_usable``).
+    usable: list[str] = field(default_factory=lambda: ["pass", "caveat"])
+    #: Group outlier flag shown in the review dashboard: outside Tukey's fences, this many IQRs beyond the
+    #: quartiles of the project's series of the same suffix.
+    outlier_iqr: float = 1.5
+
+    def __post_init__(self) -> None:
+        bad = set(self.usable) - set(QC_STATES)
+        if bad:
+            raise ConfigError(f"qc.usable names unknown QC state(s) {', '.join(sorted(bad))}; "
+                              f"known: {', '.join(QC_STATES)}")
+        for n, rule in enumerate(self.thresholds):
+            missing = {"suffix", "index", "better", "pass", "fail"} - set(rule)
+            if missing or rule.get("better") not in ("lower", "higher"):
+                raise ConfigError(f"qc.thresholds[{n}] needs suffix, index, better (lower|higher), pass and fail")
+            try:
+                low, high = float(rule["pass"]), float(rule["fail"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"qc.thresholds[{n}]: pass and fail must be numbers") from None
+            if (rule["better"] == "lower" and low >= high) or (rule["better"] == "higher" and low <= high):
+                raise ConfigError(f"qc.thresholds[{n}] ({rule['suffix']} {rule['index']}): pass must be better "
+                                  f"than fail, so that a band between them is left for reviewers")
+        if self.outlier_iqr <= 0:
+            raise ConfigError("qc.outlier_iqr must be positive")
+
+
 #: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
 UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
@@ -257,6 +308,7 @@ SECTIONS: dict[str, type] = {
     "compute": ComputeSection,
     "hub": HubSection,
     "ingest": IngestSection,
+    "qc": QCSection,
 }
 
 
@@ -275,6 +327,7 @@ class Config:
     compute: ComputeSection
     hub: HubSection
     ingest: IngestSection
+    qc: QCSection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.

@@ -34,6 +34,7 @@ class Dashboard:
 #: Every dashboard. Adding one: put the notebook beside this file and add one line here.
 DASHBOARDS: list[Dashboard] = [
     Dashboard("archive", "Open the archive browser", "archive.ipynb", module="archive"),
+    Dashboard("qc", "Review QC", "qc_review.ipynb", module="qc"),
 ]
 
 

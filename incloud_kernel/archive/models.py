@@ -49,9 +49,12 @@ class PrincipalKind(str, enum.Enum):
 
 
 class QCStatus(str, enum.Enum):
+    """A series' quality decision (``incloud_kernel.qc.gate``): ``caveat`` is usable with a stated reason."""
+
     pending = "pending"
     passed = "pass"
     failed = "fail"
+    caveat = "caveat"
 
 
 class FileKind(str, enum.Enum):
@@ -233,3 +236,68 @@ class AuditEvent(Base):
     object_id: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Quality control gate (issue 14 item 6, ``incloud_kernel.qc.gate``): stored indices, reviews, project policy.
+# Reviews and comments stay in this database; nothing here is sent elsewhere. Migration 0002_qc_gate.
+# --------------------------------------------------------------------------------------------------------------
+
+class QCIndex(Base):
+    """One quality index of one series as computed by one pipeline version (MRIQC's IQM names: cjv, tsnr...).
+
+    A new pipeline version adds rows beside the old ones, never over them.
+    """
+
+    __tablename__ = "qc_index"
+    __table_args__ = (
+        UniqueConstraint("series_id", "name", "pipeline_version", name="uq_qc_index"),
+        Index("ix_qc_index_project", "project_id", "series_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    #: Copied from the series so that permission filters need no join.
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    pipeline_version: Mapped[str] = mapped_column(String(32))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QCReview(Base):
+    """One decision on one series: by a reviewer, or by the gate's automatic thresholds (``source='auto'``).
+
+    The newest row of a series is its current decision; older rows stay as history. ``comment`` is free text a
+    reviewer typed: it is shown to readers of the project, never logged and never copied into an audit event.
+    """
+
+    __tablename__ = "qc_review"
+    __table_args__ = (
+        Index("ix_qc_review_series", "series_id", "id"),
+        Index("ix_qc_review_project", "project_id", "id"),
+        CheckConstraint("decision in ('pending','pass','fail','caveat')", name="ck_qc_review_decision"),
+        CheckConstraint("source in ('auto','reviewer')", name="ck_qc_review_source"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    comment: Mapped[str] = mapped_column(String(2000), default="")
+    source: Mapped[str] = mapped_column(String(16), default="reviewer")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QCPolicy(Base):
+    """Which QC states of a project's series enter processing, chosen by a project owner (default: the site's
+    ``qc.usable``, pass and caveat, as XNAT dax's ``require_usable``)."""
+
+    __tablename__ = "qc_policy"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), primary_key=True)
+    accept: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -193,6 +193,35 @@ def require(db: DB, actor: Actor, project: int | str | Project, action: Action |
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Quality control: who may rate series, who chooses what enters processing
+# --------------------------------------------------------------------------------------------------------------
+
+#: The INCloud role (a hub group, ``hub.roles``) whose members may rate the series of every project they can read.
+QC_REVIEWER_GROUP = "qc_reviewer"
+
+
+def may_review(db: DB, actor: Actor, project: Project) -> bool:
+    """Whether the actor may pass, fail or caveat series of ``project`` (which it can already read): a site
+    admin, an owner of the project, or a member of the ``qc_reviewer`` group who holds any role in it."""
+    if actor.site_admin:
+        return True
+    role = role_in(db, actor, project.id)
+    return role == Role.owner.value or (role is not None and QC_REVIEWER_GROUP in actor.groups)
+
+
+def require_review(db: DB, actor: Actor, series: int | str | Series) -> Series:
+    """The series if the actor may rate it; NotFound when it cannot see it, PermissionDenied when it can see
+    it but is neither a QC reviewer nor an owner of its project."""
+    row = get_series(db, actor, series, Action.read)
+    project = db.get(Project, row.project_id)
+    assert project is not None
+    if not may_review(db, actor, project):
+        raise PermissionDenied(f"user {actor.user} may read project {project.code} but rating its series needs "
+                               f"the {QC_REVIEWER_GROUP} role or ownership of the project")
+    return row
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Single objects below a project
 # --------------------------------------------------------------------------------------------------------------
 
@@ -462,4 +491,5 @@ __all__ = [
     "get_participant", "get_session", "get_series", "get_derivative", "get_file",
     "list_projects", "list_participants", "list_sessions", "list_series", "list_derivatives", "list_files",
     "count_projects", "count_participants", "count_sessions", "count_series", "count_files", "memberships",
+    "QC_REVIEWER_GROUP", "may_review", "require_review",
 ]

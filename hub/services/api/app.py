@@ -32,7 +32,7 @@ from incloud_kernel.errors import DatabaseError, IncloudError, NotFound, Permiss
 from incloud_kernel.site import Site
 
 from hub.roles import API_SERVICE
-from hub.services.api import portal
+from hub.services.api import portal, qc
 
 log = logging.getLogger("incloud.api")
 
@@ -265,6 +265,60 @@ class PortalFrameHandler(BrowserHandler, PortalStatusHandler):
         self.finish(portal.post_message_page(await self.status()))
 
 
+class QCHandler(BaseHandler):
+    """The QC review routes (``hub.services.api.qc``). Reading needs ``custom:incloud:read``; who may rate a series
+    or choose a project's policy is the permission layer's decision (QC reviewers and project owners), so that an
+    owner without the qc role can still rate. Writes must carry a token header (never a cookie alone), so no
+    other site's page can post a decision with a reviewer's session."""
+
+    scope = "custom:incloud:read"
+
+    def actor_groups(self) -> list[str]:
+        return qc.reviewer_groups(super().actor_groups(), self.current_user.get("scopes", []))  # type: ignore
+
+    def body(self) -> dict[str, Any]:
+        if not self.request.headers.get("Authorization", "").startswith(("token ", "Bearer ", "bearer ")):
+            raise web.HTTPError(403, "decisions need an API token in the Authorization header", reason="forbidden")
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON", reason="invalid request") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the body must be a JSON object", reason="invalid request")
+        return data
+
+
+class QCQueueHandler(QCHandler):
+    async def get(self) -> None:
+        project = self.get_query_argument("project", None)
+        self.send(await self.in_db(lambda db, actor: qc.queue(db, actor, project)))
+
+
+class QCReviewHandler(QCHandler):
+    async def post(self, series_id: str) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: qc.review(db, actor, int(series_id), body)))
+
+
+class QCPolicyHandler(QCHandler):
+    async def get(self) -> None:
+        project = self.get_query_argument("project", None)
+        self.send(await self.in_db(lambda db, actor: qc.policy(db, actor, project)))
+
+    async def put(self) -> None:
+        project = self.get_query_argument("project", None)
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: qc.set_policy(db, actor, project, body)))
+
+
+class QCUsableHandler(QCHandler):
+    async def get(self) -> None:
+        project = self.get_query_argument("project", None)
+        filters = {k: self.get_query_arguments(k) for k in self.request.query_arguments if k != "project"}
+        filters = {k: v[0] if len(v) == 1 else v for k, v in filters.items()}
+        self.send(await self.in_db(lambda db, actor: qc.usable(db, actor, project, filters)))
+
+
 class CallbackHandler(HubOAuthCallbackHandler):
     """Completes the OAuth handshake; without a code it answers 403 (it never serves data)."""
 
@@ -307,6 +361,11 @@ ROUTES: list[Route] = [
     Route("api/files", ListHandler, "Files of your projects", _lister(permissions.list_files)),
     Route(r"api/files/([0-9]+)/content", FileContentHandler, "Bytes of one file"),
     Route("api/portal", PortalStatusHandler, "Live status of the home page's modules you may see"),
+    Route("api/qc/queue", QCQueueHandler, "QC review queue of a project: series, indices, flags, decisions"),
+    Route(r"api/qc/series/([0-9]+)/review", QCReviewHandler, "Rate a series: pass, fail, caveat (with a reason) "
+          "or pending; QC reviewers and project owners"),
+    Route("api/qc/policy", QCPolicyHandler, "QC states that enter processing in a project (PUT: owners)"),
+    Route("api/qc/usable", QCUsableHandler, "Series of a project that enter processing now"),
     Route("portal", PortalFrameHandler, "The same status for the home page's frame (HTML)"),
     Route("oauth_callback", CallbackHandler, "OAuth handshake with the hub"),
 ]
@@ -331,7 +390,8 @@ def openapi(prefix: str) -> dict[str, Any]:
                 {"name": "page_size", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": permissions.MAX_PAGE_SIZE}},
             ]
-        paths[path] = {"get": op}
+        methods = [m for m in ("get", "post", "put") if m in vars(route.handler)] or ["get"]
+        paths[path] = {m: op for m in methods}
     return {
         "openapi": "3.1.0",
         "info": {"title": "INCloud API", "version": "1"},
