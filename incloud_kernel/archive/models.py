@@ -301,3 +301,32 @@ class QCPolicy(Base):
     accept: Mapped[list[Any]] = mapped_column(JSON, default=list)
     updated_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Acquisition: the protocol library (incloud_kernel.acquisition.protocols)
+# --------------------------------------------------------------------------------------------------------------
+
+class Protocol(Base):
+    """One version of an acquisition protocol: the site's standard sets (``owner`` "site") or a project's own.
+
+    Versions are never edited in place (a database trigger refuses UPDATE, see migration 0003_protocols): a
+    change is a new row with the next version, and bookings keep pointing at the version they booked.
+    """
+
+    __tablename__ = "protocol"
+    __table_args__ = (UniqueConstraint("owner", "key", "version", name="uq_protocol_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "site" for the standard sets, "project:<id>" for a project's own (NULL-free, so the unique key holds).
+    owner: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(256))
+    suffix: Mapped[str] = mapped_column(String(16))  # BIDS suffix of what it acquires: T1w, FLAIR, bold, dwi...
+    vendor: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(256), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
