@@ -379,17 +379,6 @@ def add_series(db: DB, actor: Actor, session: int | Session, datatype: str, suff
     return series
 
 
-def set_qc_status(db: DB, actor: Actor, series: int | str | Series, status: str) -> Series:
-    """Record a QC decision (pending, pass, fail) for a series; needs ``write``."""
-    row = permissions.get_series(db, actor, series, Action.write)
-    if status not in {q.value for q in QCStatus}:
-        raise ValidationError(f"qc_status must be one of {', '.join(q.value for q in QCStatus)}")
-    previous, row.qc_status = row.qc_status, status
-    db.flush()
-    audit(db, actor, "series.qc", "series", row.id, status=status, previous=previous)
-    return row
-
-
 def add_derivative(db: DB, actor: Actor, session: int | Session, pipeline: str, version: str,
                    inputs: Iterable[int | str] = ()) -> Derivative:
     """Register the outputs of one pipeline version for one session; needs ``write``.
@@ -733,6 +722,6 @@ def _remove_unrecorded(engine: Any, root: Path, relpaths: list[str]) -> None:
 __all__ = [
     "DATATYPES", "SOURCEDATA", "ENTITY_ORDER", "PARTICIPANT_COLUMNS", "transaction", "participants_tsv",
     "write_participants_tsv", "add_participant", "update_participant", "add_session", "add_series",
-    "set_qc_status", "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
+    "add_derivative", "bids_stem_for", "bids_stem", "series_relpath", "derivative_relpath",
     "add_files", "register_series", "register_derivative", "replace_files", "remove",
 ]
