@@ -275,3 +275,24 @@ def test_every_change_is_audited_without_identities(cal) -> None:  # type: ignor
         actions = [e.action for e in db.scalars(select(AuditEvent).where(AuditEvent.object_type == "booking")
                                                 .order_by(AuditEvent.id))]
     assert actions == ["booking.create", "booking.move", "booking.cancel"]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"slot_minutes": 7}, "slot_minutes must divide a day"),
+    ({"notice_hours": -1}, "must not be negative"),
+    ({"project_quota_hours": {"DEMO": "many"}}, "project_quota_hours.DEMO"),
+    ({"timezone": "Mars/Olympus"}, "not an IANA time zone"),
+])
+def test_bad_acquisition_settings_are_one_line(settings, words) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        AcquisitionSection(**settings)
+
+
+def test_acquisition_settings_from_the_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.config import load_config
+
+    cfg = load_config(env={"INCLOUD_HOME": str(tmp_path), "INCLOUD_ACQUISITION_APPROVAL_REQUIRED": "yes",
+                           "INCLOUD_ACQUISITION_PROJECT_QUOTA_HOURS": '{"DEMO": 12}'})
+    assert cfg.acquisition.approval_required and cfg.acquisition.project_quota_hours == {"DEMO": 12}
