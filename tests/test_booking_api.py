@@ -73,3 +73,43 @@ def test_book_approve_and_read_the_calendar_through_the_api(stack, booking_site)
                                                     scopes=["access:services!service=incloud-api"]))
     with pytest.raises(ScopeError, match="custom:incloud:book"):
         narrow.book("MRAPI", "hub01", "ukb", f"{day}T09:00", minutes=60)
+
+
+def test_fifty_parallel_api_requests_for_one_slot_make_one_booking(stack, booking_site) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The Done-when through the whole path: 50 simultaneous POSTs (own HTTP connections) for one slot; one 200,
+    49 times 409 with one line each, one booking in PostgreSQL."""
+    import threading
+
+    import requests
+    from sqlalchemy import func, select
+
+    from incloud_kernel.archive.models import Booking
+    from incloud_kernel.db import transaction
+
+    alice, _, scanner_id = booking_site
+    start = f"{_monday() + timedelta(days=1)}T15:00"
+    barrier = threading.Barrier(50)
+    codes: list[int] = []
+    messages: list[str] = []
+
+    def one() -> None:
+        with requests.Session() as http:
+            barrier.wait()
+            r = http.post(stack.api_url + "api/bookings", timeout=120, headers={"Authorization": f"token {alice.token}"},
+                          json={"scanner": "MRAPI", "participant": "hub01", "protocol": "hcp-t1w", "start": start,
+                                "minutes": 30})
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            messages.append(r.json()["message"])
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(codes) == [200] + [409] * 49
+    assert all("\n" not in m and "MRAPI" in m for m in messages)
+    with transaction(stack.site.engine) as db:
+        held = db.scalar(select(func.count()).select_from(Booking).where(
+            Booking.scanner_id == scanner_id, Booking.status != "cancelled"))
+    assert held == 1
