@@ -97,7 +97,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """The JSON object a write sent. Writes must carry a token header (never a cookie alone), so no other
         site's page can post with a user's session."""
         if not self.request.headers.get("Authorization", "").startswith(("token ", "Bearer ", "bearer ")):
-            raise web.HTTPError(403, "decisions need an API token in the Authorization header", reason="forbidden")
+            raise web.HTTPError(403, "writes need an API token in the Authorization header", reason="forbidden")
         try:
             data = json.loads(self.request.body or b"{}")
         except ValueError:
