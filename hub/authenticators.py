@@ -89,7 +89,9 @@ def oauth(c: Any, cfg: Config) -> None:
     c.GenericOAuthenticator.manage_groups = True
     c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
     c.GenericOAuthenticator.allow_all = False
-    c.GenericOAuthenticator.allowed_groups = ["researcher", "qc_reviewer", "clinician", "registrar", "admin"]
+    from hub.roles import ROLE_SCOPES
+
+    c.GenericOAuthenticator.allowed_groups = list(ROLE_SCOPES)  # every INCloud role group, from its one source
     c.GenericOAuthenticator.admin_groups = ["admin"]
 
 

@@ -24,6 +24,8 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
     "custom:incloud:reports": {"description": "Read computer-aided diagnosis reports."},
     "custom:incloud:registry": {"description": "Register participants and see identities (registrar only)."},
     "custom:incloud:admin": {"description": "Manage projects, grants and users of the INCloud archive."},
+    "custom:incloud:book": {"description": "Book scanner time for participants of your projects."},
+    "custom:incloud:approve": {"description": "Approve bookings of scanners you manage."},
 }
 
 #: What every INCloud role needs besides its custom scopes: to reach the API service at all.
@@ -31,10 +33,11 @@ _BASE = [f"access:services!service={API_SERVICE}"]
 
 #: INCloud role (= JupyterHub group) -> custom scopes.
 ROLE_SCOPES: dict[str, list[str]] = {
-    "researcher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:write"],
+    "researcher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:write", "custom:incloud:book"],
     "qc_reviewer": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:qc"],
     "clinician": ["custom:incloud:upload", "custom:incloud:reports"],
     "registrar": ["custom:incloud:read", "custom:incloud:registry"],
+    "scanner_manager": ["custom:incloud:read", "custom:incloud:book", "custom:incloud:approve"],
     "admin": sorted(CUSTOM_SCOPES),
 }
 

@@ -118,7 +118,7 @@ class Client:
             raise PermissionDenied(message)
         if r.status_code == 404:
             raise NotFound(message)
-        if r.status_code == 400:
+        if r.status_code in (400, 409):  # 409: a booking's slot was taken
             raise ValidationError(message)
         raise ApiError(f"the INCloud API answered {r.status_code}: {message}")
 
@@ -271,6 +271,47 @@ class Client:
         """Ids of ``project``'s series that enter processing now (their QC state is one the project accepts)."""
         params = {"project": project, **{k: v for k, v in filters.items() if v is not None}}
         return list(self._json("api/qc/usable", params)["series"])
+
+
+    # -- scanner bookings (the server applies every rule: opening hours, quotas, screening, no double booking) ---
+    def scanners(self) -> list[dict[str, Any]]:
+        """Scanners that can be booked: id, ae_title, modality, site, opening_hours, timezone, manager."""
+        return list(self._json("api/scanners")["items"])
+
+    def bookings(self, **filters: Any) -> list[dict[str, Any]]:
+        """Bookings you may see; filters: scanner (AE title), project, from, to (ISO date-times), status."""
+        params = {("from" if k == "start" else "to" if k == "end" else k): v for k, v in filters.items()
+                  if v is not None}
+        return list(self._json("api/bookings", params)["items"])
+
+    def book(self, scanner: str, participant: str | int, protocol: str, start: str, *, minutes: int | None = None,
+             end: str | None = None, protocol_version: int | None = None, weekly: int = 1,
+             waitlist: bool = False) -> dict[str, Any]:
+        """Book ``scanner`` (AE title) for ``participant`` (label, or internal id) with ``protocol`` (a one-key
+        set or a protocol key) from ``start`` (ISO; no offset: the scanner's local time). Returns ``{"items":
+        [booking...]}``, or ``{"waitlist": request}`` when ``waitlist`` and the slot is taken. A broken rule or a
+        taken slot is a one-line ValidationError."""
+        body = {"scanner": scanner, "participant": participant, "protocol": protocol, "start": start,
+                "minutes": minutes, "end": end, "protocol_version": protocol_version, "weekly": weekly,
+                "waitlist": waitlist}
+        return self._request("POST", "api/bookings", body={k: v for k, v in body.items() if v is not None}).json()
+
+    def cancel_booking(self, booking_id: int, *, series: bool = False) -> list[dict[str, Any]]:
+        return list(self._request("POST", f"api/bookings/{int(booking_id)}/cancel", body={"series": series})
+                    .json()["items"])
+
+    def move_booking(self, booking_id: int, start: str, *, minutes: int | None = None,
+                     end: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"start": start, "minutes": minutes, "end": end}.items() if v is not None}
+        return self._request("POST", f"api/bookings/{int(booking_id)}/move", body=body).json()
+
+    def approve_booking(self, booking_id: int) -> dict[str, Any]:
+        """Approve a pending booking of a scanner you manage (needs the ``custom:incloud:approve`` scope)."""
+        return self._request("POST", f"api/bookings/{int(booking_id)}/approve", body={}).json()
+
+    def scanner_calendar(self, scanner_id: int) -> bytes:
+        """The scanner's iCalendar feed (parse it with ``icalendar.Calendar.from_ical``)."""
+        return self._get(f"api/scanners/{int(scanner_id)}/calendar.ics").content
 
 
 def _series_id(series: Any) -> int:

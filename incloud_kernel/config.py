@@ -294,6 +294,44 @@ class QCSection:
             raise ConfigError("qc.outlier_iqr must be positive")
 
 
+@dataclass
+class AcquisitionSection:
+    """Scanner bookings (``incloud_kernel.acquisition.bookings``): approval, notice, quotas, slot size."""
+
+    #: New bookings wait for the scanner's manager to approve them (bookings by the manager or a site admin are
+    #: approved at once). Off: every booking that passes the rules is approved.
+    approval_required: bool = False
+    #: Hours before a slot's start after which its booker may no longer cancel or move it (the scanner's manager
+    #: and site admins still may).
+    notice_hours: float = 24.0
+    #: Scanner hours a project may hold per calendar month (in ``timezone``); 0: no quota.
+    monthly_quota_hours: float = 0.0
+    #: Per-project quotas that replace ``monthly_quota_hours``, e.g. ``{STUDY1 = 20}``.
+    project_quota_hours: dict[str, float] = field(default_factory=dict)
+    #: Bookings start and end on multiples of this many minutes (local time), and last at least one slot.
+    slot_minutes: int = 15
+    #: A participant's MR safety screening counts for this many days before the slot (0: screening not checked).
+    screening_valid_days: int = 365
+    #: Time zone of new scanners' opening hours and of the quota's calendar months (IANA name).
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if self.notice_hours < 0 or self.monthly_quota_hours < 0 or self.screening_valid_days < 0:
+            raise ConfigError("acquisition.notice_hours, monthly_quota_hours and screening_valid_days must not be "
+                              "negative")
+        if not 1 <= self.slot_minutes <= 24 * 60 or (24 * 60) % self.slot_minutes:
+            raise ConfigError("acquisition.slot_minutes must divide a day (e.g. 5, 15, 30, 60)")
+        for code, hours in self.project_quota_hours.items():
+            if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
+                raise ConfigError(f"acquisition.project_quota_hours.{code} must be a number of hours, 0 or more")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, KeyError, OSError):
+            raise ConfigError(f"acquisition.timezone {self.timezone!r} is not an IANA time zone") from None
+
+
 #: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
 UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
@@ -309,6 +347,7 @@ SECTIONS: dict[str, type] = {
     "hub": HubSection,
     "ingest": IngestSection,
     "qc": QCSection,
+    "acquisition": AcquisitionSection,
 }
 
 
@@ -328,6 +367,7 @@ class Config:
     hub: HubSection
     ingest: IngestSection
     qc: QCSection
+    acquisition: AcquisitionSection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.

@@ -330,3 +330,122 @@ class Protocol(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Acquisition: scanners, maintenance blocks, bookings, the waitlist and safety screening
+# (incloud_kernel.acquisition.bookings; migration 0004_bookings). No identity here either: a booking names the
+# participant by internal id; the screening date is a research-safety fact, not an identity.
+# --------------------------------------------------------------------------------------------------------------
+
+#: Booking states that hold their slot (a cancelled booking keeps its row as history but frees the slot).
+HOLDING_STATES = ("pending", "approved")
+
+
+class Scanner(Base):
+    """A scanner that can be booked: its DICOM AE title (the worklist's ScheduledStationAETitle), modality,
+    site, weekly opening hours (local time of ``timezone``) and the user who manages its calendar."""
+
+    __tablename__ = "scanner"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="MR")
+    site: Mapped[str] = mapped_column(String(128), default="")
+    name: Mapped[str] = mapped_column(String(256), default="")
+    #: ``{"mon": ["08:00", "20:00"], ...}``; a weekday not listed is closed.
+    opening_hours: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    manager: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScannerBlock(Base):
+    """A maintenance block: no booking may overlap it."""
+
+    __tablename__ = "scanner_block"
+    __table_args__ = (Index("ix_scanner_block_time", "scanner_id", "starts_at"),
+                      CheckConstraint("ends_at > starts_at", name="ck_scanner_block_order"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanner.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Booking(Base):
+    """One slot on one scanner for one participant of one project with the protocol versions it acquires.
+
+    No two holding bookings (pending or approved) of one scanner overlap: on PostgreSQL an exclusion constraint
+    over (scanner_id, tstzrange(starts_at, ends_at)) says so (migration 0004_bookings, btree_gist); on SQLite the
+    booking code checks inside a serialised write transaction (BEGIN IMMEDIATE).
+    """
+
+    __tablename__ = "booking"
+    __table_args__ = (
+        Index("ix_booking_scanner_time", "scanner_id", "starts_at"),
+        Index("ix_booking_project", "project_id", "starts_at"),
+        CheckConstraint("ends_at > starts_at", name="ck_booking_order"),
+        CheckConstraint("status in ('pending','approved','cancelled')", name="ck_booking_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanner.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    #: What was asked for (a one-key set such as "ukb", or one protocol key) and the exact versions booked.
+    protocol_key: Mapped[str] = mapped_column(String(64))
+    protocol_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: Bookings made together as one weekly series share this id (cancel one or all).
+    recurrence: Mapped[str | None] = mapped_column(String(36), index=True)
+    booked_by: Mapped[str] = mapped_column(String(128))
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BookingWait(Base):
+    """A request for a taken slot, first come first served: when the slot frees, the oldest waiting request
+    that fits is booked for its requester (``status`` becomes ``booked``, ``booking_id`` says which)."""
+
+    __tablename__ = "booking_wait"
+    __table_args__ = (
+        Index("ix_booking_wait_scanner", "scanner_id", "status", "id"),
+        CheckConstraint("status in ('waiting','booked','lapsed','withdrawn')", name="ck_booking_wait_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanner.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    protocol_key: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("booking.id", ondelete="SET NULL"))
+    #: Why a waiting request could not be booked when its slot freed (a rule's one-line message).
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ParticipantScreening(Base):
+    """The date of a participant's last MR safety screening, checked before every slot.
+
+    Kept here, beside the bookings, because the encrypted participant registry (issue 18 item 3) is built
+    separately; it is a date of a safety check, not an identity.
+    """
+
+    __tablename__ = "participant_screening"
+
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id", ondelete="CASCADE"),
+                                                primary_key=True)
+    screened_on: Mapped[date] = mapped_column(Date)
+    recorded_by: Mapped[str] = mapped_column(String(128))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -35,6 +35,7 @@ from incloud_kernel.archive.models import (
     PrincipalKind,
     Project,
     Role,
+    Scanner,
     Series,
     Session,
     SiteAdmin,
@@ -486,10 +487,44 @@ def memberships(db: DB, actor: Actor, project: int | str | Project) -> list[Memb
                            .order_by(Membership.principal_kind, Membership.principal)))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Acquisition: who may book scanner time, who manages a scanner's calendar (incloud_kernel.acquisition.bookings)
+# --------------------------------------------------------------------------------------------------------------
+
+def require_booking(db: DB, actor: Actor, project: int | str | Project) -> Project:
+    """The project if the actor may book scanner time for it: its members and owners (write), as for any data
+    they add to it; collaborators may look at its bookings but not make them."""
+    return require(db, actor, project, Action.write)
+
+
+def manages_scanner(actor: Actor, scanner: Scanner) -> bool:
+    """Whether the actor approves, blocks and overrides the notice period on ``scanner``: its manager (one user
+    named on the scanner) or a site admin."""
+    return actor.site_admin or actor.user == scanner.manager
+
+
+def require_scanner_manager(actor: Actor, scanner: Scanner, what: str) -> Scanner:
+    """``scanner`` if the actor manages it, else PermissionDenied naming who does."""
+    if not manages_scanner(actor, scanner):
+        raise PermissionDenied(f"only scanner {scanner.ae_title}'s manager ({scanner.manager}) or a site admin "
+                               f"may {what}")
+    return scanner
+
+
+def visible_booking_clause(actor: Actor, project_column: Any, scanner_column: Any) -> ColumnElement[bool]:
+    """Rows (bookings, waitlist requests) the actor may see in detail: those of projects it may read, and every
+    one on a scanner it manages (to approve them)."""
+    if actor.site_admin:
+        return project_column.is_not(None)
+    return or_(project_column.in_(visible_project_ids(actor)),
+               scanner_column.in_(select(Scanner.id).where(Scanner.manager == actor.user)))
+
+
 __all__ = [
     "Action", "Actor", "Page", "SYSTEM", "MAX_PAGE_SIZE", "allowed", "visible_project_ids", "role_in", "require",
     "get_participant", "get_session", "get_series", "get_derivative", "get_file",
     "list_projects", "list_participants", "list_sessions", "list_series", "list_derivatives", "list_files",
     "count_projects", "count_participants", "count_sessions", "count_series", "count_files", "memberships",
     "QC_REVIEWER_GROUP", "may_review", "require_review",
+    "require_booking", "manages_scanner", "require_scanner_manager", "visible_booking_clause",
 ]

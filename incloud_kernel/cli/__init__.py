@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "hub": "incloud_kernel.cli.hub:hub",
     "quarantine": "incloud_kernel.cli.quarantine:quarantine",
     "protocols": "incloud_kernel.cli.protocols:protocols",
+    "scanners": "incloud_kernel.cli.booking:scanners",
+    "book": "incloud_kernel.cli.booking:book",
 }
 
 

@@ -24,6 +24,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
+from incloud_kernel.acquisition.bookings import SlotTaken
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.config import Config, get_config
@@ -32,7 +33,7 @@ from incloud_kernel.errors import DatabaseError, IncloudError, NotFound, Permiss
 from incloud_kernel.site import Site
 
 from hub.roles import API_SERVICE
-from hub.services.api import portal, qc
+from hub.services.api import booking, portal, qc
 
 log = logging.getLogger("incloud.api")
 
@@ -92,6 +93,19 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             message = exc.log_message
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    def body(self) -> dict[str, Any]:
+        """The JSON object a write sent. Writes must carry a token header (never a cookie alone), so no other
+        site's page can post with a user's session."""
+        if not self.request.headers.get("Authorization", "").startswith(("token ", "Bearer ", "bearer ")):
+            raise web.HTTPError(403, "writes need an API token in the Authorization header", reason="forbidden")
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON", reason="invalid request") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the body must be a JSON object", reason="invalid request")
+        return data
+
     def send(self, data: Any) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=_jsonable))
@@ -108,6 +122,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
         try:
             return await asyncio.get_running_loop().run_in_executor(None, run)
+        except SlotTaken as exc:
+            raise web.HTTPError(409, str(exc), reason="conflict") from None
         except ValidationError as exc:
             raise web.HTTPError(400, str(exc), reason="invalid request") from None
         except NotFound as exc:
@@ -276,17 +292,6 @@ class QCHandler(BaseHandler):
     def actor_groups(self) -> list[str]:
         return qc.reviewer_groups(super().actor_groups(), self.current_user.get("scopes", []))  # type: ignore
 
-    def body(self) -> dict[str, Any]:
-        if not self.request.headers.get("Authorization", "").startswith(("token ", "Bearer ", "bearer ")):
-            raise web.HTTPError(403, "decisions need an API token in the Authorization header", reason="forbidden")
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON", reason="invalid request") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the body must be a JSON object", reason="invalid request")
-        return data
-
 
 class QCQueueHandler(QCHandler):
     async def get(self) -> None:
@@ -317,6 +322,62 @@ class QCUsableHandler(QCHandler):
         filters = {k: self.get_query_arguments(k) for k in self.request.query_arguments if k != "project"}
         filters = {k: v[0] if len(v) == 1 else v for k, v in filters.items()}
         self.send(await self.in_db(lambda db, actor: qc.usable(db, actor, project, filters)))
+
+
+class ScannersHandler(BaseHandler):
+    scope = booking.BOOK_SCOPE
+
+    async def get(self) -> None:
+        self.send(await self.in_db(booking.scanners))
+
+
+class BookingsHandler(BaseHandler):
+    """List the bookings you may see (GET; filters scanner, project, from, to, status) or book (POST)."""
+
+    scope = booking.BOOK_SCOPE
+
+    async def get(self) -> None:
+        args = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        self.send(await self.in_db(lambda db, actor: booking.list_bookings(db, actor, args)))
+
+    async def post(self) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: booking.create(db, actor, body)))
+
+
+class BookingCancelHandler(BaseHandler):
+    scope = booking.BOOK_SCOPE
+
+    async def post(self, booking_id: str) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: booking.cancel(db, actor, int(booking_id), body)))
+
+
+class BookingMoveHandler(BaseHandler):
+    scope = booking.BOOK_SCOPE
+
+    async def post(self, booking_id: str) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: booking.move(db, actor, int(booking_id), body)))
+
+
+class BookingApproveHandler(BaseHandler):
+    scope = booking.APPROVE_SCOPE
+
+    async def post(self, booking_id: str) -> None:
+        self.body()  # a token header, as for every write
+        self.send(await self.in_db(lambda db, actor: booking.approve(db, actor, int(booking_id))))
+
+
+class ScannerCalendarHandler(BaseHandler):
+    """A scanner's iCalendar feed (text/calendar); bookings you may not see in detail show as Busy."""
+
+    scope = booking.BOOK_SCOPE
+
+    async def get(self, scanner_id: str) -> None:
+        data = await self.in_db(lambda db, actor: booking.calendar(db, actor, int(scanner_id)))
+        self.set_header("Content-Type", "text/calendar; charset=utf-8")
+        self.finish(data)
 
 
 class CallbackHandler(HubOAuthCallbackHandler):
@@ -366,6 +427,13 @@ ROUTES: list[Route] = [
           "or pending; QC reviewers and project owners"),
     Route("api/qc/policy", QCPolicyHandler, "QC states that enter processing in a project (PUT: owners)"),
     Route("api/qc/usable", QCUsableHandler, "Series of a project that enter processing now"),
+    Route("api/scanners", ScannersHandler, "Scanners that can be booked: AE title, modality, opening hours"),
+    Route(r"api/scanners/([0-9]+)/calendar.ics", ScannerCalendarHandler, "A scanner's bookings as iCalendar"),
+    Route("api/bookings", BookingsHandler, "Bookings you may see (GET) or book a slot (POST: scanner, participant, "
+          "protocol, start, minutes or end, weekly, waitlist)"),
+    Route(r"api/bookings/([0-9]+)/cancel", BookingCancelHandler, "Cancel a booking (or its weekly series)"),
+    Route(r"api/bookings/([0-9]+)/move", BookingMoveHandler, "Move a booking to another slot"),
+    Route(r"api/bookings/([0-9]+)/approve", BookingApproveHandler, "Approve a pending booking (scanner managers)"),
     Route("portal", PortalFrameHandler, "The same status for the home page's frame (HTML)"),
     Route("oauth_callback", CallbackHandler, "OAuth handshake with the hub"),
 ]
