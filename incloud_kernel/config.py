@@ -294,6 +294,31 @@ class QCSection:
             raise ConfigError("qc.outlier_iqr must be positive")
 
 
+@dataclass
+class RegistrySection:
+    """The participant registry (``incloud_kernel.acquisition.registry``): where its keys are, how it matches.
+
+    Keys are never in the database or in this file: ``key_file`` (empty: ``$INCLOUD_HOME/registry/keys.json``,
+    0600 in a 0700 folder, made at the first registration) or, when the variable named by ``key_env`` is set,
+    that variable (a KMS or secret store puts the key ring there). See docs/security.md.
+    """
+
+    key_file: str = ""
+    key_env: str = "INCLOUD_REGISTRY_KEYRING"
+    #: EpiLink-weighted similarity (0..1) at or above which a new registration is taken for an existing person.
+    match_threshold: float = 0.95
+    #: Similarity at or above which a registration is held as a possible duplicate until a registrar decides.
+    possible_threshold: float = 0.6
+    #: First letters of every per-project pseudonym (then 10 base32 characters; BIDS-safe).
+    pseudonym_prefix: str = "R"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.possible_threshold < self.match_threshold <= 1:
+            raise ConfigError("registry.possible_threshold and match_threshold must satisfy 0 < possible < match <= 1")
+        if not (self.pseudonym_prefix.isascii() and self.pseudonym_prefix.isalpha() and len(self.pseudonym_prefix) <= 8):
+            raise ConfigError("registry.pseudonym_prefix must be 1-8 ASCII letters (BIDS-safe)")
+
+
 #: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
 UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
@@ -309,6 +334,7 @@ SECTIONS: dict[str, type] = {
     "hub": HubSection,
     "ingest": IngestSection,
     "qc": QCSection,
+    "registry": RegistrySection,
 }
 
 
@@ -328,6 +354,7 @@ class Config:
     hub: HubSection
     ingest: IngestSection
     qc: QCSection
+    registry: RegistrySection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.
