@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "hub": "incloud_kernel.cli.hub:hub",
     "quarantine": "incloud_kernel.cli.quarantine:quarantine",
     "protocols": "incloud_kernel.cli.protocols:protocols",
+    "registry": "incloud_kernel.cli.registry:registry",
 }
 
 
