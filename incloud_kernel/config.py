@@ -305,7 +305,8 @@ class RegistrySection:
 
     key_file: str = ""
     key_env: str = "INCLOUD_REGISTRY_KEYRING"
-    #: EpiLink-weighted similarity (0..1) at or above which a new registration is taken for an existing person.
+    #: EpiLink-weighted similarity (0..1) of a strong candidate: candidates the registrar kept apart from a strong
+    #: one are not offered again. No fuzzy match is ever merged without the registrar's decision.
     match_threshold: float = 0.95
     #: Similarity at or above which a registration is held as a possible duplicate until a registrar decides.
     possible_threshold: float = 0.6
