@@ -127,6 +127,22 @@ def test_keep_apart_is_recorded_and_respected_and_same_as_merges(reg) -> None:  
         assert registry.decide(db, REGISTRAR, a, b.uid, keep_apart=True) == "keep-apart"
 
 
+def test_two_people_of_one_name_and_birthday_are_told_apart_by_record_number(reg) -> None:  # type: ignore
+    first = add(reg, PEOPLE[1]).uid
+    twin = {**PEOPLE[1], "record_number": "KX00000002", "contact": ""}
+    with pytest.raises(registry.DuplicateSuspected) as caught:
+        add(reg, twin)  # same names and birthday, another record number: the registrar decides
+    assert [u for u, _ in caught.value.candidates] == [first]
+    second = add(reg, twin, keep_apart=True).uid
+    assert add(reg, twin).uid == second and add(reg, PEOPLE[1]).uid == first  # the record number tells them apart
+    with pytest.raises(registry.DuplicateSuspected):  # without a record number it cannot be told
+        add(reg, {**PEOPLE[1], "record_number": ""})
+    with transaction(reg.engine) as db:
+        p = PEOPLE[1]
+        assert sorted(registry.find(db, REGISTRAR, "visit check", config=reg.config, family_name=p["family_name"],
+                                    given_names=p["given_names"], birth_date=p["birth_date"])) == sorted([first, second])
+
+
 def test_pseudonyms_differ_across_projects_are_stable_and_scans_are_linked(reg) -> None:  # type: ignore
     r = add(reg, PEOPLE[2], project="DEMO")
     with transaction(reg.engine) as db:

@@ -232,6 +232,28 @@ def _exact(db: DB, digests: Iterable[tuple[str, str]]) -> list[RegistryPerson]:
     return list(found.values())
 
 
+def _exact_hit(db: DB, digests: list[tuple[str, str]]) -> RegistryPerson | None:
+    """The registered person this identity certainly is, or None (then the fuzzy comparison decides).
+
+    The hospital record number is authoritative: its hit wins. Names with birth date identify the person only
+    when exactly one person has them and the registration brings no record number that contradicts that
+    person's (twins of one name and birthday, or one name held by two people, go to the registrar)."""
+    mrn = [(k, d) for k, d in digests if k == "mrn"]
+    by_mrn = _exact(db, mrn)
+    if len(by_mrn) > 1:  # only a merge done wrong could cause it
+        raise ValidationError(f"the record number points to several persons ({', '.join(sorted(p.uid for p in by_mrn))})"
+                              ": merge or correct them first")
+    if by_mrn:
+        return by_mrn[0]
+    by_name = _exact(db, [(k, d) for k, d in digests if k == "name_dob"])
+    if len(by_name) != 1:
+        return None
+    if mrn and db.scalar(select(RegistryIndex.id).where(RegistryIndex.person_id == by_name[0].id,
+                                                        RegistryIndex.kind == "mrn").limit(1)) is not None:
+        return None  # that person has another record number
+    return by_name[0]
+
+
 def _apart(db: DB, ids: set[int]) -> set[frozenset[int]]:
     rows = db.execute(select(RegistryDecision.person_a_id, RegistryDecision.person_b_id).where(
         RegistryDecision.decision == "keep-apart", RegistryDecision.person_a_id.in_(ids),
@@ -243,8 +265,8 @@ def candidates(db: DB, ring: _Ring, identity: Mapping[str, str], config: Any) ->
     """Registered persons that resemble ``identity`` (score >= ``possible_threshold``), best first.
 
     Only persons sharing a blocking code are decrypted (in memory, for this comparison). A candidate the
-    registrar kept apart from a candidate matching at ``match_threshold`` or better is left out: that question
-    was answered."""
+    registrar kept apart from a candidate matching at ``match_threshold`` or better is left out (that question
+    was answered), unless it matches that well itself (then the registration is ambiguous and both are shown)."""
     blocks = [(k, d) for k, d in _digests(ring.ring, identity) if k.startswith("blk_")]
     ids: set[int] = set()
     for kind, digest in blocks:
@@ -262,7 +284,7 @@ def candidates(db: DB, ring: _Ring, identity: Mapping[str, str], config: Any) ->
     strong = {pid for pid, (_, s) in scored.items() if s >= cfg.match_threshold}
     apart = _apart(db, set(scored))
     kept = [(p, s) for pid, (p, s) in scored.items()
-            if not any(frozenset((pid, q)) in apart for q in strong if q != pid)]
+            if pid in strong or not any(frozenset((pid, q)) in apart for q in strong if q != pid)]
     return sorted(kept, key=lambda ps: -ps[1])
 
 
@@ -300,12 +322,9 @@ def register(db: DB, actor: Actor, data: Mapping[str, Any], *, config: Any, same
     identity = check_identity(data)
     ring = _ring(db, config, create=True)
     digests = _digests(ring.ring, identity)
-    hits = _exact(db, digests)
-    if len(hits) > 1:
-        raise ValidationError(f"the record number and the name with birth date point to different persons "
-                              f"({', '.join(sorted(p.uid for p in hits))}): merge or correct them first")
-    if hits and not same_as:
-        person, status, apart = hits[0], "existing", []
+    hit = None if same_as else _exact_hit(db, digests)
+    if hit is not None:
+        person, status, apart = hit, "existing", []
     else:
         found = candidates(db, ring, identity, config)
         target = _by_uid(db, same_as) if same_as else None
