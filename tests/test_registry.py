@@ -101,6 +101,17 @@ def test_typos_are_held_as_suspected_duplicates(reg, typo) -> None:  # type: ign
         assert db.query(RegistryPerson).count() == 1  # nothing written
 
 
+def test_one_new_person_registered_at_once_by_six_registrars_is_one_person(reg) -> None:  # type: ignore
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:  # the very first registrations: the key file is made once, too
+        results = list(pool.map(lambda _: add(reg, PEOPLE[0]), range(6)))
+    assert len({r.uid for r in results}) == 1 and sorted(r.status for r in results) == ["existing"] * 5 + ["new"]
+    with transaction(reg.engine) as db:
+        assert db.query(RegistryPerson).count() == 1
+    assert show(reg, results[0].uid)["identity"]["family_name"] == PEOPLE[0]["family_name"]
+
+
 def test_an_unrelated_person_born_the_same_day_is_not_a_duplicate(reg) -> None:  # type: ignore
     add(reg, PEOPLE[0])
     assert add(reg, {"family_name": "Brightwaterson", "given_names": "Eustachius",

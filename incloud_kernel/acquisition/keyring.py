@@ -92,8 +92,11 @@ class Keyring:
         return json.dumps({"format": FORMAT, "active": self.active, "index_key": self.index_key.hex(),
                            "data_keys": {k: v.hex() for k, v in self.data_keys.items()}}, indent=1)
 
-    def save(self) -> None:
-        """Write the key file atomically (0600 from creation; folder 0700). Only for key-file key rings."""
+    def save(self, *, exclusive: bool = False) -> bool:
+        """Write the key file atomically (0600 from creation; folder 0700). Only for key-file key rings.
+
+        ``exclusive``: only if no key file exists (a first key ring made by two processes at once: one wins, and
+        this returns False for the other, which must load the winner's)."""
         if self.path is None:
             raise RegistryKeyError(f"the registry keys come from {self.source}; rotate them in the key service, put the "
                             "new key in the variable as the active one, then run rotate-key")
@@ -104,7 +107,16 @@ class Keyring:
             fh.write(self.to_json())
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        if not exclusive:
+            os.replace(tmp, self.path)
+            return True
+        try:
+            os.link(tmp, self.path)  # fails if the file exists: never overwrite another process's first key ring
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
 
     def with_new_active(self) -> Keyring:
         """A copy holding one more data key, made active (old keys stay until no record uses them)."""
@@ -157,8 +169,5 @@ def load(config: object, *, create: bool = False) -> Keyring:
     except PermissionError:
         raise RegistryKeyError(f"registry key file {path} is not readable by this user") from None
     ring = Keyring({}, "", secrets.token_bytes(32), f"key file {path}", path).with_new_active()
-    if path.exists():  # made meanwhile by another process: use that one
-        return load(config)
-    ring.save()
-    return ring
+    return ring if ring.save(exclusive=True) else load(config)
 

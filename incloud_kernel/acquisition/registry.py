@@ -28,7 +28,7 @@ from datetime import date
 from typing import Any, Iterable, Mapping
 
 from pydicom import Dataset
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session as DB
 
 from incloud_kernel.acquisition import keyring, matching
@@ -310,6 +310,22 @@ def _add_indexes(db: DB, ring: keyring.Keyring, person: RegistryPerson, identity
     db.flush()
 
 
+#: The PostgreSQL advisory lock key that serialises registrations ("INCR").
+_LOCK_KEY = 0x494E4352
+
+
+def _serialise(db: DB) -> None:
+    """Hold the registry's write lock until the transaction ends, before any look-up, so that two registrations
+    of one new person at once give one person (the second sees the first's rows and finds it exactly).
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: a write statement, which begins the transaction and
+    takes the database's one write lock (others wait up to the busy timeout); reads after it see every commit."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    else:
+        db.execute(text("UPDATE registry_meta SET value = value WHERE name = 'key_check'"))
+
+
 def register(db: DB, actor: Actor, data: Mapping[str, Any], *, config: Any, same_as: str | None = None,
              keep_apart: bool = False, project: int | str | Project | None = None) -> Registration:
     """Register a person (registrars only). An exact look-up hit returns the registered person; a resemblance
@@ -320,6 +336,7 @@ def register(db: DB, actor: Actor, data: Mapping[str, Any], *, config: Any, same
     if same_as and keep_apart:
         raise ValidationError("choose same_as or keep_apart, not both")
     identity = check_identity(data)
+    _serialise(db)
     ring = _ring(db, config, create=True)
     digests = _digests(ring.ring, identity)
     hit = None if same_as else _exact_hit(db, digests)
