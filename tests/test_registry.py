@@ -256,8 +256,10 @@ def test_deidentification_takes_pseudonym_and_date_shift_from_the_registry(reg) 
     from incloud_kernel.deid import DeidContext, deidentify
 
     p = PEOPLE[0]
-    r = add(reg, p, project="DEMO")
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    before = deidentify(ds, DeidContext.for_site(reg, registry_project="DEMO"))  # nobody enrolled, no key file yet
+    assert before.PatientID == deidentify(ds, DeidContext.for_site(reg)).PatientID
+    r = add(reg, p, project="DEMO")
     ds.PatientID, ds.PatientName, ds.PatientBirthDate = p["record_number"], "Someone^Else", "19610423"
     ds.StudyDate = "20200315"
     ctx = DeidContext.for_site(reg, registry_project="DEMO")

@@ -630,6 +630,9 @@ def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseud
     key = site.secret_key()
     with transaction(site.engine) as db:
         target = require(db, SYSTEM, project, Action.read)
+        if db.scalar(select(RegistryEnrolment.id).where(RegistryEnrolment.project_id == target.id).limit(1)) is None:
+            fallback = RegistryPseudonym(b"\0" * 32, {}, HmacPseudonym(key), HmacDateOffset(key))
+            return fallback, RegistryDateOffset(fallback)  # nobody enrolled: the defaults, no key ring needed
         ring = _ring(db, site.config).ring
         rows = db.execute(select(RegistryIndex.digest, RegistryEnrolment.pseudonym, RegistryPerson.uid)
                           .join(RegistryEnrolment, RegistryEnrolment.person_id == RegistryIndex.person_id)
