@@ -202,6 +202,37 @@ def test_rotation_keeps_every_record_readable_and_leaves_none_under_the_old_key(
     assert oct(keyring.key_path(reg.config).stat().st_mode & 0o777) == "0o600"
 
 
+def test_reads_and_registrations_go_on_during_a_rotation(reg) -> None:  # type: ignore
+    import threading
+
+    uids = [add(reg, p).uid for p in PEOPLE]
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                for uid in uids:
+                    assert show(reg, uid)["uid"] == uid
+                    reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+                errors.append(type(exc).__name__)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        registry.rotate_key(reg.engine, reg.config, REGISTRAR, batch=1)  # one record per transaction
+        late = add(reg, {"family_name": "Zabrowskaja", "given_names": "Ilse", "birth_date": "1955-02-28"}).uid
+        registry.rotate_key(reg.engine, reg.config, REGISTRAR, batch=1)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert errors == [] and reads[0] > 0
+    with transaction(reg.engine) as db:
+        assert len(set(db.scalars(select(RegistryPerson.key_id)))) == 1
+    assert show(reg, late)["identity"]["given_names"] == "Ilse"
+
+
 def test_a_reader_holding_the_old_key_ring_reads_records_resealed_meanwhile(reg) -> None:  # type: ignore
     uid = add(reg, PEOPLE[0]).uid
     with transaction(reg.engine) as db:
