@@ -311,3 +311,28 @@ def test_deidentification_takes_pseudonym_and_date_shift_from_the_registry(reg) 
     import pickle
 
     assert pickle.loads(pickle.dumps(ctx)).pseudonym(ds) == r.pseudonym  # worker processes get it
+
+
+def test_cli_merge_enrol_and_attributes(reg, site_env) -> None:  # type: ignore
+    a = cli(site_env, "registry", "add", "--json", stdin=json.dumps(PEOPLE[0]))
+    b = cli(site_env, "registry", "add", "--json", "--project", "DEMO", stdin=json.dumps(PEOPLE[1]))
+    ua, ub = json.loads(a.stdout)["uid"], json.loads(b.stdout)["uid"]
+    label = json.loads(b.stdout)["pseudonym"]
+    r = cli(site_env, "registry", "merge", ua, ub, "--keep-apart")
+    assert (r.returncode, r.stdout.strip()) == (0, f"keep-apart: {ua} {ub}")
+    r = cli(site_env, "registry", "merge", ua, ub, "--as", "max")
+    assert r.returncode == 3 and "not a registrar" in r.stderr
+    r = cli(site_env, "registry", "enrol", ua, "OTHER")
+    assert r.returncode == 0 and r.stdout.strip().startswith("R")
+    r = cli(site_env, "registry", "attributes", label, "--set", "diagnosis=[\"F20\"]", "--set", "first_episode=true",
+            "--json", "--as", "max")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["diagnosis"] == ["F20"] and json.loads(r.stdout)["first_episode"] is True
+    r = cli(site_env, "registry", "attributes", label, "--set", "handedness=R", "--as", "cleo")
+    assert r.returncode == 3
+    r = cli(site_env, "registry", "attributes", label, "--as", "nobody")
+    assert r.returncode == 4  # another project's participant does not exist for you
+    r = cli(site_env, "registry", "merge", ua, ub)
+    assert r.returncode == 0 and r.stdout.startswith("merge")
+    with transaction(reg.engine) as db:
+        assert registry.show(db, REGISTRAR, ub, "visit planning", config=reg.config)["merged_into"] == ua
