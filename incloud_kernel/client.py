@@ -91,10 +91,10 @@ class Client:
         return self._request("GET", path, params, stream=stream)
 
     def _request(self, method: str, path: str, params: Mapping[str, Any] | None = None, *, stream: bool = False,
-                 body: Any = None) -> requests.Response:
+                 body: Any = None, headers: Mapping[str, str] | None = None) -> requests.Response:
         try:
             r = self._http.request(method, self.url + path, params=params, timeout=self.timeout, stream=stream,
-                                   json=body)
+                                   json=body, headers=headers)
         except requests.RequestException as exc:
             raise ApiError(f"cannot reach the INCloud API at {self.url}: {type(exc).__name__}") from None
         if r.status_code < 400:
@@ -271,6 +271,41 @@ class Client:
         """Ids of ``project``'s series that enter processing now (their QC state is one the project accepts)."""
         params = {"project": project, **{k: v for k, v in filters.items() if v is not None}}
         return list(self._json("api/qc/usable", params)["series"])
+
+    # -- participant registry (identities: registrars only, every read audited with its reason) ---------------
+    # Identities go in request bodies, never in URLs; the reason in the X-Incloud-Reason header.
+    def register_person(self, identity: Mapping[str, Any], *, project: str | None = None,
+                        same_as: str | None = None, keep_apart: bool = False) -> dict[str, Any]:
+        """Register a person (family_name, given_names, birth_date YYYY-MM-DD, sex, record_number, contact):
+        ``{"uid", "status", "pseudonym", "kept_apart_from"}``. A suspected duplicate is an ``ApiError`` (409)
+        naming internal ids: call again with ``same_as=UID`` or ``keep_apart=True``."""
+        return self._request("POST", "api/registry/persons", body={
+            "identity": dict(identity), "project": project, "same_as": same_as, "keep_apart": keep_apart}).json()
+
+    def find_person(self, reason: str, **query: str) -> list[str]:
+        """Internal ids by exact look-up: ``record_number=``, or ``family_name=, given_names=, birth_date=``."""
+        return list(self._request("POST", "api/registry/find", body=query,
+                                  headers={"X-Incloud-Reason": reason}).json()["persons"])
+
+    def person(self, uid: str, reason: str) -> dict[str, Any]:
+        """A person's identity, enrolments and scans in every project (audited with ``reason``)."""
+        return self._request("GET", f"api/registry/persons/{uid}", headers={"X-Incloud-Reason": reason}).json()
+
+    def enrol(self, uid: str, project: str) -> str:
+        """Enrol a registered person in ``project``; returns the project's pseudonym (the participant label)."""
+        return str(self._request("POST", f"api/registry/persons/{uid}/enrol", body={"project": project})
+                   .json()["pseudonym"])
+
+    def decide_persons(self, keep: str, other: str, decision: str) -> dict[str, Any]:
+        """``merge`` ``other`` into ``keep``, or ``keep-apart``: the registrar's decision on a suspected pair."""
+        return self._request("POST", "api/registry/decisions",
+                             body={"keep": keep, "other": other, "decision": decision}).json()
+
+    def attributes(self, pseudonym: str, **changes: Any) -> dict[str, Any]:
+        """A participant's research attributes by pseudonym; keyword arguments change them (project members)."""
+        if changes:
+            return self._request("PUT", f"api/registry/attributes/{pseudonym}", body=changes).json()
+        return self._json(f"api/registry/attributes/{pseudonym}")
 
 
     # -- scanner bookings (the server applies every rule: opening hours, quotas, screening, no double booking) ---

@@ -332,6 +332,32 @@ class AcquisitionSection:
             raise ConfigError(f"acquisition.timezone {self.timezone!r} is not an IANA time zone") from None
 
 
+@dataclass
+class RegistrySection:
+    """The participant registry (``incloud_kernel.acquisition.registry``): where its keys are, how it matches.
+
+    Keys are never in the database or in this file: ``key_file`` (empty: ``$INCLOUD_HOME/registry/keys.json``,
+    0600 in a 0700 folder, made at the first registration) or, when the variable named by ``key_env`` is set,
+    that variable (a KMS or secret store puts the key ring there). See docs/security.md.
+    """
+
+    key_file: str = ""
+    key_env: str = "INCLOUD_REGISTRY_KEYRING"
+    #: EpiLink-weighted similarity (0..1) of a strong candidate: candidates the registrar kept apart from a strong
+    #: one are not offered again. No fuzzy match is ever merged without the registrar's decision.
+    match_threshold: float = 0.95
+    #: Similarity at or above which a registration is held as a possible duplicate until a registrar decides.
+    possible_threshold: float = 0.6
+    #: First letters of every per-project pseudonym (then 10 base32 characters; BIDS-safe).
+    pseudonym_prefix: str = "R"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.possible_threshold < self.match_threshold <= 1:
+            raise ConfigError("registry.possible_threshold and match_threshold must satisfy 0 < possible < match <= 1")
+        if not (self.pseudonym_prefix.isascii() and self.pseudonym_prefix.isalpha() and len(self.pseudonym_prefix) <= 8):
+            raise ConfigError("registry.pseudonym_prefix must be 1-8 ASCII letters (BIDS-safe)")
+
+
 #: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
 UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
@@ -348,6 +374,7 @@ SECTIONS: dict[str, type] = {
     "ingest": IngestSection,
     "qc": QCSection,
     "acquisition": AcquisitionSection,
+    "registry": RegistrySection,
 }
 
 
@@ -368,6 +395,7 @@ class Config:
     ingest: IngestSection
     qc: QCSection
     acquisition: AcquisitionSection
+    registry: RegistrySection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
 )
@@ -449,3 +450,87 @@ class ParticipantScreening(Base):
     screened_on: Mapped[date] = mapped_column(Date)
     recorded_by: Mapped[str] = mapped_column(String(128))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Acquisition: the participant registry (issue 18 item 3, incloud_kernel.acquisition.registry). Migration
+# 0005_registry. Identities exist here only as AES-GCM ciphertext (the key is never in the database) and as keyed
+# HMAC digests (blind indexes); everything else is internal ids, pseudonyms and decisions.
+# --------------------------------------------------------------------------------------------------------------
+
+class RegistryPerson(Base):
+    """One person: a stable internal id (``uid``) and the sealed identity (names, birth date, sex, hospital
+    record number, contact) as one AES-GCM ciphertext under the data key ``key_id`` (the person's uid is its
+    associated data). ``merged_into_id`` points to the person a registrar merged this one into."""
+
+    __tablename__ = "registry_person"
+    __table_args__ = (Index("ix_registry_person_key", "key_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("registry_person.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegistryIndex(Base):
+    """A blind index: HMAC-SHA256 (registry index sub-key) of one normalised look-up key of a person, by kind:
+    ``mrn`` (record number), ``name_dob`` (names + birth date), ``blk_year``/``blk_phon`` (blocking codes)."""
+
+    __tablename__ = "registry_index"
+    __table_args__ = (
+        Index("ix_registry_index_digest", "kind", "digest"),
+        UniqueConstraint("person_id", "kind", "digest", name="uq_registry_index"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("registry_person.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+
+
+class RegistryEnrolment(Base):
+    """A person in a project: the project's pseudonym (gPAS-style domain: HMAC of the uid with the project's
+    domain key) and the archive participant labelled with it."""
+
+    __tablename__ = "registry_enrolment"
+    __table_args__ = (UniqueConstraint("person_id", "project_id", name="uq_registry_enrolment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("registry_person.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
+    participant_id: Mapped[int | None] = mapped_column(ForeignKey("participant.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegistryDecision(Base):
+    """A registrar's decision on a suspected duplicate pair: ``merge`` (b merged into a) or ``keep-apart``."""
+
+    __tablename__ = "registry_decision"
+    __table_args__ = (
+        Index("ix_registry_decision_pair", "person_a_id", "person_b_id"),
+        CheckConstraint("decision in ('merge','keep-apart')", name="ck_registry_decision"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_a_id: Mapped[int] = mapped_column(ForeignKey("registry_person.id", ondelete="CASCADE"))
+    person_b_id: Mapped[int] = mapped_column(ForeignKey("registry_person.id", ondelete="CASCADE"))
+    decision: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    decided_by: Mapped[str] = mapped_column(String(128))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegistryMeta(Base):
+    """Small facts about the registry: ``key_check`` (an HMAC of a constant under the index key, to tell a wrong
+    key ring from the right one; never a key)."""
+
+    __tablename__ = "registry_meta"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))

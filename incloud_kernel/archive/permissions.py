@@ -223,6 +223,28 @@ def require_review(db: DB, actor: Actor, series: int | str | Series) -> Series:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Participant registry: who may see identities
+# --------------------------------------------------------------------------------------------------------------
+
+#: The INCloud role (a hub group, ``hub.roles``) whose members register participants and read identities.
+REGISTRAR_GROUP = "registrar"
+
+
+def is_registrar(actor: Actor) -> bool:
+    """Whether the actor may register persons and read identities: a member of the ``registrar`` group, or the
+    site console (which holds the database credentials and the key file anyway). Site admins reaching the site
+    over the network are NOT registrars by being admins: identities are the registrar role's alone."""
+    return REGISTRAR_GROUP in actor.groups or actor.user.startswith("console:")
+
+
+def require_registrar(actor: Actor) -> None:
+    """Raise ``PermissionDenied`` unless ``is_registrar``; the message names the user, never a person."""
+    if not is_registrar(actor):
+        raise PermissionDenied(f"user {actor.user} is not a registrar: identities are the {REGISTRAR_GROUP} "
+                               f"role's alone")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Single objects below a project
 # --------------------------------------------------------------------------------------------------------------
 
@@ -527,4 +549,5 @@ __all__ = [
     "count_projects", "count_participants", "count_sessions", "count_series", "count_files", "memberships",
     "QC_REVIEWER_GROUP", "may_review", "require_review",
     "require_booking", "manages_scanner", "require_scanner_manager", "visible_booking_clause",
+    "REGISTRAR_GROUP", "is_registrar", "require_registrar",
 ]

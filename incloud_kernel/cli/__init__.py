@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "protocols": "incloud_kernel.cli.protocols:protocols",
     "scanners": "incloud_kernel.cli.booking:scanners",
     "book": "incloud_kernel.cli.booking:book",
+    "registry": "incloud_kernel.cli.registry:registry",
 }
 
 

@@ -41,8 +41,18 @@ class DeidContext:
 
     @classmethod
     def for_site(cls, site, options: list[str] | tuple[str, ...] | None = None,
-                 allow_burned_in: bool | None = None) -> DeidContext:
-        """The context of a ``Site``: its key, and its ``[deid]`` settings unless overridden."""
+                 allow_burned_in: bool | None = None, registry_project: str | int | None = None) -> DeidContext:
+        """The context of a ``Site``: its key, and its ``[deid]`` settings unless overridden.
+
+        With ``registry_project``, persons registered and enrolled in that project get the registry's pseudonym
+        and date shift (``acquisition.registry.deid_sources``); everyone else keeps the keyed HMAC defaults.
+        """
         cfg = site.config.deid
+        pseudonym = date_offset = None
+        if registry_project is not None:
+            from incloud_kernel.acquisition.registry import deid_sources
+
+            pseudonym, date_offset = deid_sources(site, registry_project)
         return cls(key=site.secret_key(), options=tuple(cfg.options if options is None else options),
-                   allow_burned_in=cfg.allow_burned_in if allow_burned_in is None else allow_burned_in)
+                   allow_burned_in=cfg.allow_burned_in if allow_burned_in is None else allow_burned_in,
+                   pseudonym=pseudonym, date_offset=date_offset)

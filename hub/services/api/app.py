@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from incloud_kernel.acquisition.bookings import SlotTaken
+from incloud_kernel.acquisition.registry import DuplicateSuspected
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.config import Config, get_config
@@ -33,7 +34,7 @@ from incloud_kernel.errors import DatabaseError, IncloudError, NotFound, Permiss
 from incloud_kernel.site import Site
 
 from hub.roles import API_SERVICE
-from hub.services.api import booking, portal, qc
+from hub.services.api import booking, portal, qc, registry
 
 log = logging.getLogger("incloud.api")
 
@@ -132,6 +133,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(403, str(exc), reason="forbidden") from None
         except DatabaseError as exc:
             raise web.HTTPError(503, str(exc), reason="database unavailable") from None
+        except DuplicateSuspected as exc:  # internal ids and scores only
+            raise web.HTTPError(409, str(exc), reason="possible duplicate") from None
         except IncloudError as exc:
             raise web.HTTPError(500, str(exc), reason="error") from None
 
@@ -378,6 +381,67 @@ class ScannerCalendarHandler(BaseHandler):
         data = await self.in_db(lambda db, actor: booking.calendar(db, actor, int(scanner_id)))
         self.set_header("Content-Type", "text/calendar; charset=utf-8")
         self.finish(data)
+class RegistryHandler(BaseHandler):
+    """Identity routes of the participant registry (``hub.services.api.registry``): the registry scope, and the
+    registrar group counted only with it; bodies and the reason header are never logged."""
+
+    scope = registry.REGISTRY_SCOPE
+
+    def actor_groups(self) -> list[str]:
+        return registry.registrar_groups(super().actor_groups(), self.current_user.get("scopes", []))  # type: ignore
+
+    @property
+    def cfg(self) -> Config:
+        return self.api.site.config
+
+    def reason(self) -> str:
+        return self.request.headers.get("X-Incloud-Reason", "")
+
+
+class RegistryPersonsHandler(RegistryHandler):
+    async def post(self) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: registry.register(db, actor, self.cfg, body)))
+
+
+class RegistryFindHandler(RegistryHandler):
+    async def post(self) -> None:
+        body, reason = self.body(), self.reason()
+        self.send(await self.in_db(lambda db, actor: registry.find(db, actor, self.cfg, reason, body)))
+
+
+class RegistryPersonHandler(RegistryHandler):
+    async def get(self, uid: str) -> None:
+        reason = self.reason()
+        self.send(await self.in_db(lambda db, actor: registry.show(db, actor, self.cfg, uid, reason)))
+
+
+class RegistryEnrolHandler(RegistryHandler):
+    async def post(self, uid: str) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: registry.enrol(db, actor, self.cfg, uid, body)))
+
+
+class RegistryDecisionHandler(RegistryHandler):
+    async def post(self) -> None:
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: registry.decide(db, actor, body)))
+
+
+class RegistryAttributesHandler(BaseHandler):
+    """Pseudonymous research attributes: read with the read scope, changed with the write scope and a project
+    role (members and owners), as any participant of the archive."""
+
+    scope = "custom:incloud:read"
+
+    async def get(self, pseudonym: str) -> None:
+        self.send(await self.in_db(lambda db, actor: registry.attributes(db, actor, pseudonym, None)))
+
+    async def put(self, pseudonym: str) -> None:
+        if "custom:incloud:write" not in set(self.current_user.get("scopes", [])):  # type: ignore[union-attr]
+            raise web.HTTPError(403, "token lacks scope custom:incloud:write", reason="forbidden")
+        body = self.body()
+        self.send(await self.in_db(lambda db, actor: registry.attributes(db, actor, pseudonym, body)))
 
 
 class CallbackHandler(HubOAuthCallbackHandler):
@@ -434,6 +498,17 @@ ROUTES: list[Route] = [
     Route(r"api/bookings/([0-9]+)/cancel", BookingCancelHandler, "Cancel a booking (or its weekly series)"),
     Route(r"api/bookings/([0-9]+)/move", BookingMoveHandler, "Move a booking to another slot"),
     Route(r"api/bookings/([0-9]+)/approve", BookingApproveHandler, "Approve a pending booking (scanner managers)"),
+    Route("api/registry/persons", RegistryPersonsHandler, "Register a person (registrars; identity in the body; "
+          "409 with internal ids for a suspected duplicate)"),
+    Route("api/registry/find", RegistryFindHandler, "Exact look-up by record number or names with birth date "
+          "(registrars; reason in X-Incloud-Reason)"),
+    Route(r"api/registry/persons/(P[A-Z2-7]{16})", RegistryPersonHandler, "A person's identity and enrolments "
+          "(registrars; reason in X-Incloud-Reason; audited)"),
+    Route(r"api/registry/persons/(P[A-Z2-7]{16})/enrol", RegistryEnrolHandler, "Enrol a person in a project: its "
+          "pseudonym (registrars)"),
+    Route("api/registry/decisions", RegistryDecisionHandler, "Merge two persons or keep them apart (registrars)"),
+    Route(r"api/registry/attributes/([A-Za-z0-9]+)", RegistryAttributesHandler, "Research attributes of a "
+          "participant by pseudonym (PUT: project members)"),
     Route("portal", PortalFrameHandler, "The same status for the home page's frame (HTML)"),
     Route("oauth_callback", CallbackHandler, "OAuth handshake with the hub"),
 ]
@@ -443,7 +518,8 @@ def openapi(prefix: str) -> dict[str, Any]:
     """OpenAPI 3.1 description built from ``ROUTES`` (so it cannot drift from the route table)."""
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}")
+        path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
+            .replace(r"(P[A-Z2-7]{16})", "{uid}")
         scope = getattr(route.handler, "scope", None)
         op: dict[str, Any] = {
             "summary": route.summary,
