@@ -33,7 +33,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "series": ("id", "session_id", "modality", "datatype", "suffix", "entities", "qc_status"),
 }
 
-#: Query arguments passed on to the API: the parent of each level (everything else is refused).
+#: Query arguments passed on to the API: the parent of each level (no other filter reaches the API).
 PARENTS = ("project", "participant", "session")
 
 _local = threading.local()
@@ -108,11 +108,7 @@ class LevelHandler(IncloudHandler):
 
     @tornado.web.authenticated
     async def get(self, kind: str) -> None:
-        unknown = set(self.request.query_arguments) - set(PARENTS)
-        if unknown:
-            self.set_status(400)
-            self.finish(json.dumps({"message": f"unknown argument(s): {', '.join(sorted(unknown))}"}))
-            return
+        # Other arguments are ignored (JupyterLab appends a cache-busting number to every GET it sends).
         parents = {name: self.get_query_argument(name) for name in PARENTS
                    if self.get_query_argument(name, None) is not None}
         items = await self.run(lambda: list_level(kind, parents))

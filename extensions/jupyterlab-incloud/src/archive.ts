@@ -62,7 +62,8 @@ export const Archive = {
     level<IProject>('projects', {}, s),
   participants: (project: string, s: ServerConnection.ISettings) =>
     level<IParticipant>('participants', { project }, s),
-  sessions: (project: string, participant: number, s: ServerConnection.ISettings) =>
+  // the API takes a participant by label (a number would be read as a label too)
+  sessions: (project: string, participant: string, s: ServerConnection.ISettings) =>
     level<ISession>('sessions', { project, participant }, s),
   series: (project: string, session: number, s: ServerConnection.ISettings) =>
     level<ISeries>('series', { project, session }, s)

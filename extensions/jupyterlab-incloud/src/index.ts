@@ -104,6 +104,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           kernelName: 'python3'
         })) as NotebookPanel;
         await created.context.ready;
+        await created.sessionContext.ready; // so the inserted cell can be run at once
         app.shell.activateById(created.id);
         panel = insertLoadCode(notebooks, ctx);
       }

@@ -90,8 +90,8 @@ export class ArchiveTree extends Widget {
     return this._branch('project', p.code, p.name, folderIcon, { project: p.code }, async () => {
       const rows = await Archive.participants(p.code, this._options.settings);
       return rows.map(r =>
-        this._branch('participant', `sub-${r.label}`, '', userIcon, { participant: String(r.id) }, async () => {
-          const sessions = await Archive.sessions(p.code, r.id, this._options.settings);
+        this._branch('participant', `sub-${r.label}`, '', userIcon, { participant: r.label }, async () => {
+          const sessions = await Archive.sessions(p.code, r.label, this._options.settings);
           return sessions.map(s =>
             this._branch('session', `ses-${s.label}`, '', sessionIcon, { session: String(s.id) }, async () => {
               const series = await Archive.series(p.code, s.id, this._options.settings);
@@ -197,7 +197,7 @@ export class ArchiveTree extends Widget {
     spacer.className = 'jp-incloud-caret';
     row.append(spacer, seriesIcon.element({ className: 'jp-incloud-icon', tag: 'span' }));
     row.append(text('span', 'jp-incloud-label', seriesName(s)));
-    row.append(text('span', 'jp-incloud-detail', s.datatype));
+    row.append(text('span', 'jp-incloud-spacer', ''));
     const badge = text('span', `jp-incloud-qc jp-incloud-qc-${s.qc_status}`, s.qc_status);
     badge.title = qcLabel(s.qc_status);
     row.append(badge);
