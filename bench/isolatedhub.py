@@ -200,13 +200,11 @@ def _share_with_worktree_labextension(folder: Path) -> None:
     for entry in (VENV / "share" / "jupyter").iterdir():
         if entry.name != "labextensions":
             (jupyter / entry.name).symlink_to(entry)
+    # Copies, not links (a few MB): Voila serves lab extensions only from below their folder's real path.
     labextensions = jupyter / "labextensions"
-    labextensions.mkdir()
-    for entry in (VENV / "share" / "jupyter" / "labextensions").glob("*"):
-        if entry.name != "@incloud":
-            (labextensions / entry.name).symlink_to(entry)
-    (labextensions / "@incloud").mkdir()
-    (labextensions / "@incloud" / "jupyterlab").symlink_to(LABEXTENSION_BUILD)
+    shutil.copytree(VENV / "share" / "jupyter" / "labextensions", labextensions,
+                    ignore=lambda folder, names: ["@incloud"] if Path(folder).name == "labextensions" else [])
+    shutil.copytree(LABEXTENSION_BUILD, labextensions / "@incloud" / "jupyterlab")
 
 
 def workstation_venv(folder: Path) -> Path:
