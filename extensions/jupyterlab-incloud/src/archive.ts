@@ -82,7 +82,7 @@ export function seriesTitle(ctx: ISeriesContext): string {
   return `${ctx.project} sub-${ctx.participant} ses-${ctx.session} ${ctx.series.datatype}/${seriesName(ctx.series)}`;
 }
 
-/** QC status as the badge shows it (the archive stores pass / fail / pending). */
+/** QC status as the viewer's badge shows it (the archive stores pending / pass / fail / caveat). */
 export function qcLabel(status: string): string {
-  return status === 'pass' ? 'QC pass' : status === 'fail' ? 'QC fail' : 'QC pending';
+  return `QC ${status || 'pending'}`;
 }
