@@ -46,6 +46,9 @@ EXPECTED = {
     "clinician": ["workstation", "reports", "upload"],
 }
 DASHBOARD = "voila/render/INCloud/dashboards/archive.ipynb"
+#: INCloud's JupyterLab extension in this worktree and where its build (scripts/lib/install.sh) puts the lab part.
+LABEXTENSION = REPO / "extensions" / "jupyterlab-incloud"
+LABEXTENSION_BUILD = LABEXTENSION / "incloud_jupyterlab" / "labextension"
 
 
 def nifti_bytes(shape: tuple[int, ...] = (16, 16, 16), tr: float | None = None, seed: int = 0) -> bytes:
@@ -183,13 +186,36 @@ def remove_isolated_hub(work: Path, proc: subprocess.Popen | None, users: list[s
     shutil.rmtree(work, ignore_errors=True)
 
 
+def _share_with_worktree_labextension(folder: Path) -> None:
+    """``folder/share``: the platform venv's (Jupyter's data by sys.prefix: lab assets, Voila templates, kernels),
+    with this worktree's built lab extension (``LABEXTENSION_BUILD``, when built) in place of the venv's copy."""
+    if not (LABEXTENSION_BUILD / "package.json").is_file():
+        (folder / "share").symlink_to(VENV / "share")
+        return
+    jupyter = folder / "share" / "jupyter"
+    jupyter.mkdir(parents=True)
+    for entry in (VENV / "share").iterdir():
+        if entry.name != "jupyter":
+            (folder / "share" / entry.name).symlink_to(entry)
+    for entry in (VENV / "share" / "jupyter").iterdir():
+        if entry.name != "labextensions":
+            (jupyter / entry.name).symlink_to(entry)
+    # Copies, not links (a few MB): Voila serves lab extensions only from below their folder's real path.
+    labextensions = jupyter / "labextensions"
+    shutil.copytree(VENV / "share" / "jupyter" / "labextensions", labextensions,
+                    ignore=lambda folder, names: ["@incloud"] if Path(folder).name == "labextensions" else [])
+    shutil.copytree(LABEXTENSION_BUILD, labextensions / "@incloud" / "jupyterlab")
+
+
 def workstation_venv(folder: Path) -> Path:
-    """A venv (Debian's python, readable by all) that sees this worktree first, then the platform venv."""
+    """A venv (Debian's python, readable by all) that sees this worktree first (INCloud's code and its JupyterLab
+    extension, server and built lab parts), then the platform venv."""
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
     site = next((folder / "lib").glob("python3*/site-packages"))
     platform = next((VENV / "lib").glob("python3*/site-packages"))
-    (site / "00-incloud-worktree.pth").write_text(f"{REPO}\nimport site; site.addsitedir({str(platform)!r})\n")
-    (folder / "share").symlink_to(VENV / "share")  # Jupyter's data (lab assets, Voila templates) by sys.prefix
+    (site / "00-incloud-worktree.pth").write_text(
+        f"{REPO}\n{LABEXTENSION}\nimport site; site.addsitedir({str(platform)!r})\n")
+    _share_with_worktree_labextension(folder)
     for script in (VENV / "bin").iterdir():  # console scripts, run by this venv's python
         target = folder / "bin" / script.name
         if target.exists() or not script.is_file():
@@ -284,6 +310,24 @@ def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object]
                               venv=venv, env=env)
     finally:
         remove_isolated_hub(at.work, proc, [*names.values()], at.svc, at.group, at.sudoers)
+
+
+#: How the tests and benchmarks start Debian's Chromium (docs: /work/shared/recipes.md, "Browser tests").
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """Headless Chromium through Playwright (a ``Browser``), closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def log_in(browser, portal, who: str):  # type: ignore[no-untyped-def]

@@ -132,13 +132,16 @@ def profile_list(hub: HubSection, spawner_class: Any) -> list[tuple[str, str, An
     return out
 
 
-#: Jupyter server extensions a workstation loads: JupyterLab, its terminals and Voila (the dashboards run in the
-#: user's own server: docs/dashboards.md). The environment also holds jupyter_lsp and the classic notebook (for
-#: other uses of the venv); loading them at every spawn cost seconds (issue 7: spawn-to-ready). Passed as ``--ServerApp.jpserver_extensions=NAME=BOOL`` items, which override the
-#: venv's ``jupyter_server_config.d`` per extension and need no shell quoting in a batch script.
+#: Jupyter server extensions a workstation loads: JupyterLab, its terminals, Voila (the dashboards run in the
+#: user's own server: docs/dashboards.md) and INCloud's archive sidebar (incloud_jupyterlab: docs/extension.md).
+#: The environment also holds jupyter_lsp and the classic notebook (for other uses of the venv); loading them at
+#: every spawn cost seconds (issue 7: spawn-to-ready). Passed as ``--ServerApp.jpserver_extensions=NAME=BOOL``
+#: items, which override the venv's ``jupyter_server_config.d`` per extension and need no shell quoting in a batch
+#: script.
 WORKSTATION_EXTENSIONS: dict[str, bool] = {
     "jupyterlab": True, "jupyter_server_terminals": True,
-    "voila.server_extension": True, "jupyter_lsp": False, "notebook": False, "notebook_shim": False,
+    "voila.server_extension": True, "incloud_jupyterlab": True,
+    "jupyter_lsp": False, "notebook": False, "notebook_shim": False,
 }
 
 

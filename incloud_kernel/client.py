@@ -215,13 +215,9 @@ class Client:
 
         import nibabel as nib
 
-        sid = _series_id(series)
-        images = sorted((f for f in self.series_files(sid) if f["relpath"].endswith((".nii.gz", ".nii"))),
-                        key=lambda f: f["relpath"])
-        if not images:
-            raise NotFound(f"series #{sid} has no NIfTI image in the archive")
-        data = self.read_file(images[0]["id"])
-        if images[0]["relpath"].endswith(".gz"):
+        image = self.nifti_file(series)
+        data = self.read_file(image["id"])
+        if image["relpath"].endswith(".gz"):
             data = gzip.decompress(data)
         try:
             return nib.Nifti1Image.from_bytes(data)
@@ -347,6 +343,17 @@ class Client:
     def scanner_calendar(self, scanner_id: int) -> bytes:
         """The scanner's iCalendar feed (parse it with ``icalendar.Calendar.from_ical``)."""
         return self._get(f"api/scanners/{int(scanner_id)}/calendar.ics").content
+
+    # -- the image of a series (issue 13 item 4: the JupyterLab sidebar's viewer shows the file load() reads) ----
+    def nifti_file(self, series: Any) -> dict[str, Any]:
+        """The file row (id, relpath, sha256, size) of the series' NIfTI image: the first by archive path when
+        there are several (e.g. multi-echo). NotFound when the series has none (or is not yours: the same)."""
+        sid = _series_id(series)
+        images = sorted((f for f in self.series_files(sid) if f["relpath"].endswith((".nii.gz", ".nii"))),
+                        key=lambda f: f["relpath"])
+        if not images:
+            raise NotFound(f"series #{sid} has no NIfTI image in the archive")
+        return images[0]
 
 
 def _series_id(series: Any) -> int:

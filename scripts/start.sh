@@ -18,6 +18,7 @@ source "$(dirname "$0")/lib/hub.sh"
 ensure_apt curl procps dcmtk orthanc orthanc-dicomweb
 ensure_venv
 ensure_node_tools
+ensure_labextension
 
 INCLOUD="$INCLOUD_VENV/bin/incloud"
 PY="$INCLOUD_VENV/bin/python"

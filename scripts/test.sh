@@ -11,6 +11,7 @@ ensure_apt postgresql dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-postgre
            podman runc debootstrap uidmap
 ensure_venv
 ensure_node_tools
+ensure_labextension
 
 WORK=$(mktemp -d /tmp/incloud-test.XXXXXX)
 chmod 755 "$WORK"

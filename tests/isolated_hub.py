@@ -12,10 +12,11 @@ if _BENCH not in sys.path:
     sys.path.append(_BENCH)
 
 from isolatedhub import (  # noqa: E402  (bench/isolatedhub.py)
-    ADMIN_PASSWORD, CHROMIUM, DASHBOARD, EXPECTED, SHARED, SITE_NAME, VENV, hub_bash, hub_env, hub_user, install_hub,
-    isolated_layout, log_in, nifti_bytes, portal_stack, remove_isolated_hub, require_isolated_hub, running_workstation,
-    start_hub, wait_for_hub)
+    ADMIN_PASSWORD, CHROMIUM, DASHBOARD, EXPECTED, LABEXTENSION_BUILD, SHARED, SITE_NAME, VENV, chromium, hub_bash,
+    hub_env, hub_user, install_hub, isolated_layout, log_in, nifti_bytes, portal_stack, remove_isolated_hub,
+    require_isolated_hub, running_workstation, start_hub, wait_for_hub)
 
-__all__ = ["ADMIN_PASSWORD", "CHROMIUM", "DASHBOARD", "EXPECTED", "SHARED", "SITE_NAME", "VENV", "hub_bash", "hub_env",
-           "hub_user", "install_hub", "isolated_layout", "log_in", "nifti_bytes", "portal_stack", "remove_isolated_hub",
-           "require_isolated_hub", "running_workstation", "start_hub", "wait_for_hub"]
+__all__ = ["ADMIN_PASSWORD", "CHROMIUM", "DASHBOARD", "EXPECTED", "LABEXTENSION_BUILD", "SHARED", "SITE_NAME", "VENV",
+           "chromium", "hub_bash", "hub_env", "hub_user", "install_hub", "isolated_layout", "log_in", "nifti_bytes",
+           "portal_stack", "remove_isolated_hub", "require_isolated_hub", "running_workstation", "start_hub",
+           "wait_for_hub"]

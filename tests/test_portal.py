@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from conftest import missing
-from isolated_hub import CHROMIUM, DASHBOARD, EXPECTED, SITE_NAME, log_in, portal_stack, running_workstation
+from isolated_hub import DASHBOARD, EXPECTED, SITE_NAME, chromium, log_in, portal_stack, running_workstation
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
 
@@ -36,16 +36,8 @@ def portal() -> Iterator[SimpleNamespace]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,56 @@ ensure_node_tools() {
   chmod -R a+rX "$INCLOUD_NODE" 2>/dev/null || true
   export PATH="$INCLOUD_NODE/node_modules/.bin:$PATH"
 }
+
+# INCloud's JupyterLab extension (extensions/jupyterlab-incloud, docs/extension.md): built from its TypeScript with
+# the npm packages its yarn.lock pins (npm is reachable at install time only), then installed prebuilt into the
+# venv with its server extension. Each half is skipped when its inputs did not change (a hash of the sources and
+# lock file, kept beside the build and in the venv), so a second run costs a few milliseconds.
+labextension_sources_hash() {
+  local ext="$REPO/extensions/jupyterlab-incloud"
+  ( cd "$ext" && find package.json yarn.lock .yarnrc.yml tsconfig.json pyproject.toml install.json README.md \
+      src style jupyter-config incloud_jupyterlab -type f ! -path 'incloud_jupyterlab/labextension/*' \
+      ! -name '_version.py' ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum ) | sha256sum | cut -c1-16
+}
+
+# labextension_build: jlpm install (the lock file as it is) and jlpm build:prod in the checkout, when needed.
+labextension_build() {
+  local ext="$REPO/extensions/jupyterlab-incloud" want
+  want=$(labextension_sources_hash)
+  if [ "$(cat "$ext/.incloud-build-stamp" 2>/dev/null)" = "$want" ] \
+      && [ -f "$ext/incloud_jupyterlab/labextension/static/style.js" ]; then
+    return 0
+  fi
+  [ -x "$INCLOUD_VENV/bin/jlpm" ] || die "jlpm is missing from $INCLOUD_VENV (JupyterLab is not installed)"
+  command -v node >/dev/null 2>&1 || die "node is missing (ensure_node_tools installs it)"
+  log "building the JupyterLab extension (jlpm install, jlpm build:prod)"
+  ( cd "$ext" && export PATH="$INCLOUD_VENV/bin:$PATH" YARN_CACHE_FOLDER="$INCLOUD_NODE/yarn-cache" \
+      YARN_ENABLE_PROGRESS_BARS=0 YARN_ENABLE_TELEMETRY=0 \
+    && jlpm install --immutable >"$ext/jlpm-install.log" 2>&1 \
+    && jlpm build:prod >"$ext/jlpm-build.log" 2>&1 ) \
+    || die "the JupyterLab extension did not build; see $ext/jlpm-install.log and $ext/jlpm-build.log"
+  echo "$want" > "$ext/.incloud-build-stamp"
+}
+
+# labextension_install: the built extension into $INCLOUD_VENV (a wheel with the prebuilt lab extension), when needed.
+labextension_install() {
+  local ext="$REPO/extensions/jupyterlab-incloud" want
+  want=$(labextension_sources_hash)
+  if [ "$(cat "$INCLOUD_VENV/.incloud-labext-stamp" 2>/dev/null)" = "$want" ] \
+      && [ -f "$INCLOUD_VENV/share/jupyter/labextensions/@incloud/jupyterlab/package.json" ]; then
+    return 0
+  fi
+  log "installing the JupyterLab extension into $INCLOUD_VENV"
+  "$INCLOUD_VENV/bin/pip" install -q --no-deps "$ext" 2>&1 | grep -v '^WARNING: Location' || true
+  rm -rf "$ext/build"
+  "$INCLOUD_VENV/bin/python" -c 'import incloud_jupyterlab' 2>/dev/null \
+    && [ -f "$INCLOUD_VENV/share/jupyter/labextensions/@incloud/jupyterlab/package.json" ] \
+    || die "the JupyterLab extension did not install into $INCLOUD_VENV"
+  echo "$want" > "$INCLOUD_VENV/.incloud-labext-stamp"
+  chmod -R a+rX "$INCLOUD_VENV/share/jupyter/labextensions" "$INCLOUD_VENV/etc/jupyter" 2>/dev/null || true
+}
+
+ensure_labextension() {
+  labextension_build
+  labextension_install
+}
