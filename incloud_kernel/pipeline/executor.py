@@ -29,8 +29,9 @@ Progress = Callable[[dict[str, int]], None]
 
 
 @contextmanager
-def cluster_for(compute: ComputeSection, run_id: int | None = None) -> Iterator[Any]:
-    """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit."""
+def cluster_for(compute: ComputeSection, run_id: int | None = None, log_directory: str | None = None) -> Iterator[Any]:
+    """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit; Slurm worker jobs write
+    their output into ``log_directory`` (default: the driver's working folder, sbatch's default)."""
     if compute.backend == "slurm":
         from dask_jobqueue import SLURMCluster
 
@@ -42,7 +43,8 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None) -> Iterator[
             walltime=compute.slurm_walltime, python=compute.slurm_python or sys.executable,
             job_name=f"incloud-run-{run_id}" if run_id is not None else "incloud-pipeline",
             job_extra_directives=list(compute.slurm_job_extra), scheduler_options=options,
-            worker_extra_args=[f"--nthreads={compute.threads_per_worker}"], death_timeout=60)
+            worker_extra_args=[f"--nthreads={compute.threads_per_worker}"], death_timeout=60,
+            log_directory=log_directory)
         cluster.scale(compute.workers)
     else:
         from distributed import LocalCluster
@@ -201,7 +203,10 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
         return Driver(site, run_id, client, on_progress).drive()
     from distributed import Client
 
-    with cluster_for(site.config.compute, run_id) as cluster, Client(cluster) as own:
+    from incloud_kernel.site import private_dir
+
+    logs = str(private_dir(site.config.home / "pipeline-logs"))
+    with cluster_for(site.config.compute, run_id, logs) as cluster, Client(cluster) as own:
         return Driver(site, run_id, own, on_progress).drive()
 
 
