@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "incloud_kernel.cli.ingest:ingest",
     "hub": "incloud_kernel.cli.hub:hub",
     "quarantine": "incloud_kernel.cli.quarantine:quarantine",
+    "pipeline": "incloud_kernel.cli.pipeline:pipeline",
 }
 
 
