@@ -7,9 +7,6 @@ Acts as the site console unless ``--as USER``. Never prints a traceback, a token
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -67,22 +64,6 @@ def _drive(site: Any, run_id: int, quiet: bool) -> str:
         return drive(site, run_id, on_progress=update)
 
 
-def spawn_driver(home: str | os.PathLike[str], run_id: int) -> int:
-    """Start ``incloud pipeline resume RUN`` as a background process of its own session; returns its pid.
-
-    Used by ``run --detach`` and by the API service, which must not block on a run."""
-    from pathlib import Path
-
-    from incloud_kernel.site import private_dir
-
-    logs = private_dir(Path(home) / "pipeline-logs")
-    with open(logs / f"run-{run_id}.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from incloud_kernel.cli import main; main()", "pipeline",
-                                 "resume", str(run_id), "--quiet"], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return proc.pid
-
-
 @pipeline.command()
 @click.argument("name")
 @click.argument("project")
@@ -102,6 +83,8 @@ def run(ctx: click.Context, name: str, project: str, detach: bool, quiet: bool, 
         row = runs.create_run(db, actor, name, project, backend=site.config.compute.backend)
         run_id, total = row.id, len(row.tasks)
     if detach:
+        from incloud_kernel.pipeline.executor import spawn_driver
+
         spawn_driver(site.config.home, run_id)
         click.echo(_dump({"run": run_id, "tasks": total, "state": "waiting"}) if as_json
                    else f"run #{run_id}: {total} task(s), driving in the background "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -210,4 +211,20 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
         return Driver(site, run_id, own, on_progress).drive()
 
 
-__all__ = ["cluster_for", "Driver", "drive"]
+def spawn_driver(home: str | os.PathLike[str], run_id: int) -> int:
+    """Start ``incloud pipeline resume RUN`` as a background process of its own session; returns its pid.
+
+    Used by ``run --detach`` and by the API service, which must not block on a run."""
+    from pathlib import Path
+
+    from incloud_kernel.site import private_dir
+
+    logs = private_dir(Path(home) / "pipeline-logs")
+    with open(logs / f"run-{run_id}.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from incloud_kernel.cli import main; main()", "pipeline",
+                                 "resume", str(run_id), "--quiet"], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc.pid
+
+
+__all__ = ["cluster_for", "Driver", "drive", "spawn_driver"]
