@@ -163,7 +163,10 @@ def test_processing_takes_only_usable_series_unless_it_is_the_qc_pipeline(engine
     site = engine_site
     ids = t1w_ids(site)
     with transaction(site.engine) as db:
-        assert runs.create_run(db, ADMIN, "toyqc", "STUDY1").tasks == []  # everything is pending QC
+        empty = runs.create_run(db, ADMIN, "toyqc", "STUDY1")
+        assert empty.tasks == []  # everything is pending QC
+    assert executor.drive(site, empty.id) == "done"  # nothing to compute: no cluster is started
+    with transaction(site.engine) as db:
         records.set_qc_status(db, ADMIN, ids[0], "pass")
         records.set_qc_status(db, ADMIN, ids[1], "fail")
         db.get(Series, ids[2]).qc_status = "caveat"  # the QC gate's state for "usable, with a reason"
@@ -232,3 +235,17 @@ def test_a_killed_worker_mid_task_and_the_run_still_makes_each_derivative_once(e
     assert_exactly_once(site)
     with transaction(site.engine) as db:
         assert db.scalar(select(func.count()).select_from(Provenance)) == len(t1w_ids(site))
+
+
+def test_one_driver_per_run(engine_site) -> None:  # type: ignore[no-untyped-def]
+    from incloud_kernel.errors import ValidationError
+
+    site = engine_site
+    with transaction(site.engine) as db:
+        run_id = runs.create_run(db, ADMIN, "toy", "STUDY1").id
+    with transaction(site.engine) as db:
+        runs.begin(db, run_id, "host-a:1", heartbeat_interval=60)
+    with transaction(site.engine) as db, pytest.raises(ValidationError, match="live driver"):
+        runs.begin(db, run_id, "host-b:2", heartbeat_interval=60)
+    with transaction(site.engine) as db:  # silent for three heartbeats: interrupted, so it may be resumed
+        assert runs.begin(db, run_id, "host-b:2", heartbeat_interval=0.0001).driver == "host-b:2"

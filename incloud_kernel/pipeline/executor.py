@@ -192,6 +192,13 @@ class Driver:
         return state
 
 
+class _NoCluster:
+    """The client of a run with nothing left to submit (the driver only closes the run)."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called: nothing is waiting
+        raise RuntimeError("no task to submit")
+
+
 def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress | None = None) -> str:
     """Drive run ``run_id`` to its end on the site's cluster (or on ``client``); returns its final state.
 
@@ -199,7 +206,9 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
     was committed (then they are found by their provenance key and not recomputed).
     """
     with transaction(site.engine) as db:
-        runs.begin(db, run_id, f"{host()}:{os.getpid()}")
+        run = runs.begin(db, run_id, f"{host()}:{os.getpid()}", site.config.compute.heartbeat_interval)
+        if not any(t.state == runs.WAITING for t in run.tasks):  # nothing to compute: no cluster to start
+            client = client or _NoCluster()
     if client is not None:
         return Driver(site, run_id, client, on_progress).drive()
     from distributed import Client

@@ -204,16 +204,18 @@ def cancel(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0) -
     return run
 
 
-def begin(db: DB, run_id: int, driver: str) -> PipelineRun:
+def begin(db: DB, run_id: int, driver: str, heartbeat_interval: float = 5.0) -> PipelineRun:
     """Claim a run for a driver (a new one, or ``resume`` after a killed driver): tasks left ``running`` by the
-    dead driver's workers go back to ``waiting`` (their provenance key keeps a finished one from running twice)."""
-    run = db.get(PipelineRun, run_id)
+    dead driver's workers go back to ``waiting`` (their provenance key keeps a finished one from running twice).
+
+    Raises ValidationError for a finished run and for one whose driver is alive (one driver per run)."""
+    run = db.get(PipelineRun, run_id, with_for_update=True)
     if run is None:
         raise NotFound(f"run #{run_id} not found")
     if run.state in (DONE, CANCELLED):
         raise ValidationError(f"run #{run_id} is {run.state}; start a new run instead")
-    if run.state == CANCELLING:
-        raise ValidationError(f"run #{run_id} is being cancelled")
+    if run.state in (RUNNING, CANCELLING) and not interrupted(run, heartbeat_interval):
+        raise ValidationError(f"run #{run_id} is {run.state} with a live driver ({run.driver})")
     for task in db.scalars(select(PipelineTask).where(PipelineTask.run_id == run.id, PipelineTask.state == RUNNING)):
         task.state = WAITING
     run.state, run.driver, run.heartbeat_at = RUNNING, driver[:256], utcnow()
