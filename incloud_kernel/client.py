@@ -185,12 +185,12 @@ class Client:
     def progress(self, run_id: int, *, wait: bool = False, interval: float = 2.0) -> dict[str, Any]:
         """A run's state and its done / running / waiting / failed / cancelled counts, per stage (``stages``)
         and per subject (``subjects``), with every input's error and outputs (``tasks``). ``wait=True`` polls
-        every ``interval`` s until the run has ended."""
+        every ``interval`` s until the run has ended (or its driver is gone: ``interrupted``)."""
         import time
 
         while True:
             report = self._json(f"api/runs/{int(run_id)}")
-            if not wait or report["state"] in ("done", "failed", "cancelled"):
+            if not wait or report["state"] in ("done", "failed", "cancelled") or report.get("interrupted"):
                 return report
             time.sleep(interval)
 

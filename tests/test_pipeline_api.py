@@ -130,3 +130,31 @@ def test_openapi_lists_the_pipeline_routes_with_their_methods() -> None:
     paths = openapi("/services/incloud-api/")["paths"]
     assert set(paths["/api/runs"]) == {"get", "post"} and set(paths["/api/runs/{id}/cancel"]) == {"post"}
     assert "get" in paths["/api/runs/{id}"] and "get" in paths["/api/pipelines"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_home_page_processing_tile_counts_the_viewers_runs(engine_site) -> None:  # type: ignore
+    from hub.roles import scopes_of
+    from hub.services.api import portal
+    from incloud_kernel.archive.permissions import Actor
+    from incloud_kernel.pipeline import runs
+
+    with transaction(engine_site.engine) as db:
+        projects.grant(db, ADMIN, "STUDY1", "alice", "member")
+        first = runs.create_run(db, ADMIN, "toy", "STUDY1")
+        first.state = "failed"
+        first.tasks[0].state = "failed"
+        second = runs.create_run(db, ADMIN, "toy", "STUDY1")
+        runs.begin(db, second.id, "host:1")  # a live driver
+        runs.create_run(db, ADMIN, "toy", "OTHER1")  # not alice's project
+
+    def tile(user: str) -> dict:
+        with transaction(engine_site.engine) as db:
+            actor = Actor.resolve(db, user, extra_groups=["researcher"])
+            return portal.status(db, actor, engine_site, scopes_of(["researcher"]))["processing"]
+
+    alice = tile("alice")
+    assert (alice["running"], alice["failed"]) == (1, 1)
+    assert [(r["run"], r["state"], r["failed"], r["total"]) for r in alice["last_runs"]] == [
+        (second.id, "running", 0, 6), (first.id, "failed", 1, 6)]
+    assert tile("olga") == {"running": 0, "failed": 0, "last_runs": []}

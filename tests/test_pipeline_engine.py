@@ -111,6 +111,9 @@ def test_a_run_computes_each_input_once_with_its_provenance(engine_site) -> None
     assert out.relpath.startswith("derivatives/toy-1/sub-") and out.relpath.endswith("_desc-brainvol_T1w.json")
     assert sha256_file(site.archive_root / out.relpath) == out.sha256
     assert json.loads((site.archive_root / out.relpath).read_text())["brain_volume_ml"] > 0
+    from incloud_kernel.archive import integrity
+
+    assert integrity.verify(site, ADMIN).consistent  # every derivative file recorded, hashed, nothing extra
     description = json.loads((site.archive_root / "derivatives/toy-1/dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "incloud-toy" and description["GeneratedBy"][0]["Version"] == "1"

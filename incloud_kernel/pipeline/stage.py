@@ -133,19 +133,27 @@ class JsonStage(Stage):
         return self.write_json(inputs, out_dir, self.measure(inputs))
 
 
-class QCStage(JsonStage):
+class QCStage(Stage):
     """MRIQC-style quality indices of one series through ``incloud_kernel.qc.compute`` (imported when run, so
-    the engine works without the QC package installed)."""
+    the engine works without the QC package installed): the indices as ``desc-qc`` JSON, plus any file the QC
+    code writes into the stage's folder (BOLD's per-volume FD/DVARS table) as a derivative beside it."""
 
     name = "qc"
     version = "1"
     datatypes = ("anat", "func", "dwi")
+    suffixes = ("T1w", "bold", "dwi")
     libraries = ("scipy", "SimpleITK")
 
-    def measure(self, inputs: StageInput) -> Mapping[str, Any]:
+    def compute(self, inputs: StageInput, out_dir: Path) -> dict[str, Path]:
         from incloud_kernel import qc
 
-        return qc.compute(inputs.image, inputs.datatype, inputs.suffix, **self.parameters)
+        values = qc.compute(inputs.image, inputs.datatype, inputs.suffix, out_dir=Path(out_dir), **self.parameters)
+        outputs = self.write_json(inputs, out_dir, values)
+        written = set(outputs.values())
+        for extra in sorted(Path(out_dir).iterdir()):
+            if extra not in written and extra.is_file():
+                outputs[f"{inputs.datatype}/{extra.name}"] = extra
+        return outputs
 
 
 __all__ = ["Stage", "StageInput", "JsonStage", "QCStage"]

@@ -63,6 +63,24 @@ def qc_status(db: Any, actor: Actor) -> dict[str, Any]:
             "failed": permissions.count_series(db, actor, qc_status=QCStatus.failed.value)}
 
 
+#: How many of the newest runs the Processing tile lists.
+LAST_RUNS = 5
+
+
+def processing_status(db: Any, actor: Actor, heartbeat_interval: float) -> dict[str, Any]:
+    """Runs of the viewer's projects (``incloud_kernel.pipeline.runs``): how many are running, how many ended
+    with failed inputs, and the newest few with their counts."""
+    from incloud_kernel.pipeline import runs
+
+    rows = [runs.progress(db, actor, r.id, heartbeat_interval, with_tasks=False)
+            for r in runs.list_runs(db, actor, limit=100)]
+    newest = [{"run": r["run"], "project": r["project"], "pipeline": r["pipeline"], "version": r["version"],
+               "state": "interrupted" if r["interrupted"] else r["state"], "total": r["total"],
+               "done": r["counts"]["done"], "failed": r["counts"]["failed"]} for r in rows[:LAST_RUNS]]
+    return {"running": sum(1 for r in rows if r["state"] == "running" and not r["interrupted"]),
+            "failed": sum(1 for r in rows if r["state"] == "failed"), "last_runs": newest}
+
+
 def _count_entries(path: Any) -> int | None:
     try:
         return sum(1 for _ in path.iterdir())
@@ -121,6 +139,8 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = archive_status(db, actor)
         elif module.key == "qc":
             out[module.key] = qc_status(db, actor)
+        elif module.key == "processing":
+            out[module.key] = processing_status(db, actor, site.config.compute.heartbeat_interval)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
     return out
