@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
@@ -181,6 +181,23 @@ def progress(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0,
                          "state": t.state, "attempts": t.attempts, "reused": t.reused, "error": t.error,
                          "host": t.host, "outputs": outs.get(t.provenance_id or -1, [])} for t in tasks]
     return out
+
+
+def summary(db: DB, actor: Actor, heartbeat_interval: float = 5.0, newest: int = 5) -> dict[str, Any]:
+    """For a dashboard: how many runs of the actor's projects are going and how many ended with failed inputs,
+    and the ``newest`` runs with their counts (a few queries whatever the number of runs)."""
+    visible = permissions.visible_project_ids(actor)
+    going = db.scalars(select(PipelineRun).where(PipelineRun.project_id.in_(visible),
+                                                 PipelineRun.state.in_([RUNNING, CANCELLING])))
+    failed = db.scalar(select(func.count()).select_from(PipelineRun).where(
+        PipelineRun.project_id.in_(visible), PipelineRun.state == FAILED))
+    rows = [progress(db, actor, r.id, heartbeat_interval, with_tasks=False)
+            for r in list_runs(db, actor, limit=newest)]
+    return {"running": sum(1 for r in going if not interrupted(r, heartbeat_interval)), "failed": failed or 0,
+            "last_runs": [{"run": r["run"], "project": r["project"], "pipeline": r["pipeline"],
+                           "version": r["version"], "state": "interrupted" if r["interrupted"] else r["state"],
+                           "total": r["total"], "done": r["counts"]["done"], "failed": r["counts"]["failed"]}
+                          for r in rows]}
 
 
 def cancel(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0) -> PipelineRun:
@@ -365,5 +382,5 @@ def execute_task(task_id: int) -> dict[str, Any]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-__all__ = ["create_run", "get_run", "list_runs", "progress", "cancel", "begin", "execute_task", "select_series",
+__all__ = ["create_run", "get_run", "list_runs", "progress", "summary", "cancel", "begin", "execute_task", "select_series",
            "interrupted", "outputs_of", "TASK_STATES"]

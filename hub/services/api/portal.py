@@ -68,17 +68,10 @@ LAST_RUNS = 5
 
 
 def processing_status(db: Any, actor: Actor, heartbeat_interval: float) -> dict[str, Any]:
-    """Runs of the viewer's projects (``incloud_kernel.pipeline.runs``): how many are running, how many ended
-    with failed inputs, and the newest few with their counts."""
+    """Runs of the viewer's projects: going, ended with failed inputs, the newest few with their counts."""
     from incloud_kernel.pipeline import runs
 
-    rows = [runs.progress(db, actor, r.id, heartbeat_interval, with_tasks=False)
-            for r in runs.list_runs(db, actor, limit=100)]
-    newest = [{"run": r["run"], "project": r["project"], "pipeline": r["pipeline"], "version": r["version"],
-               "state": "interrupted" if r["interrupted"] else r["state"], "total": r["total"],
-               "done": r["counts"]["done"], "failed": r["counts"]["failed"]} for r in rows[:LAST_RUNS]]
-    return {"running": sum(1 for r in rows if r["state"] == "running" and not r["interrupted"]),
-            "failed": sum(1 for r in rows if r["state"] == "failed"), "last_runs": newest}
+    return runs.summary(db, actor, heartbeat_interval, newest=LAST_RUNS)
 
 
 def _count_entries(path: Any) -> int | None:
