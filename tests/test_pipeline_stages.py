@@ -58,3 +58,15 @@ def test_bad_stages_and_graphs_are_refused_in_one_line() -> None:
         Pipeline("bad", "1", [BrainVolume(), BrainVolume()])
     with pytest.raises(ValidationError, match="version"):
         Pipeline("bad", "1/2", [BrainVolume()])
+
+
+def test_a_bad_compute_setting_is_one_line() -> None:
+    from incloud_kernel.config import load_config
+    from incloud_kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compute.backend must be one of local, slurm"):
+        load_config(env={"INCLOUD_COMPUTE_BACKEND": "kubernetes", "INCLOUD_HOME": "/nonexistent"})
+    with pytest.raises(ConfigError, match="max_attempts"):
+        load_config(env={"INCLOUD_COMPUTE_MAX_ATTEMPTS": "0", "INCLOUD_HOME": "/nonexistent"})
+    cfg = load_config(env={"INCLOUD_COMPUTE_PIPELINES": '{"mine": "site_pipes:MINE"}', "INCLOUD_HOME": "/x"})
+    assert cfg.compute.pipelines == {"mine": "site_pipes:MINE"}
