@@ -252,3 +252,27 @@ def test_one_driver_per_run(engine_site) -> None:  # type: ignore[no-untyped-def
         runs.begin(db, run_id, "host-b:2", heartbeat_interval=60)
     with transaction(site.engine) as db:  # silent for three heartbeats: interrupted, so it may be resumed
         assert runs.begin(db, run_id, "host-b:2", heartbeat_interval=0.0001).driver == "host-b:2"
+
+
+def test_the_qc_pipeline_runs_incloud_kernel_qc_on_every_series(engine_site) -> None:  # type: ignore
+    """The registered "qc" pipeline end to end (needs ``incloud_kernel.qc``, the QC-indices part of issue 14):
+    every T1w and BOLD series ends with its indices as finite numbers, or with the QC code's own one-line
+    refusal (these are tiny noise images) -- never an error of the engine's call."""
+    import math
+
+    pytest.importorskip("incloud_kernel.qc", reason="incloud_kernel.qc (QC indices) is not in this tree yet")
+    site = engine_site
+    run_id, state = run(site, "qc")
+    assert state in ("done", "failed")
+    with transaction(site.engine) as db:
+        report = runs.progress(db, ADMIN, run_id)
+    assert report["total"] == 4 and report["counts"]["waiting"] == report["counts"]["running"] == 0
+    for task in report["tasks"]:
+        if task["state"] == "failed":
+            assert task["error"].split(":")[0] in ("QCInputError", "ValidationError"), task["error"]
+            continue
+        (indices,) = [p for p in task["outputs"] if p.endswith("_desc-qc_T1w.json") or p.endswith("_desc-qc_bold.json")]
+        values = json.loads((site.archive_root / indices).read_text())
+        assert values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values())
+        if indices.endswith("_bold.json"):  # the per-volume FD/DVARS table is kept beside the indices
+            assert any(p.endswith(".tsv") for p in task["outputs"]), task["outputs"]
