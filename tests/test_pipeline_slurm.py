@@ -53,6 +53,7 @@ def slurm_site(engine_site, slurm_conf, monkeypatch):  # type: ignore[no-untyped
     monkeypatch.setenv("INCLOUD_COMPUTE_SCHEDULER_HOST", "127.0.0.1")
     monkeypatch.setenv("INCLOUD_COMPUTE_SLURM_MEMORY", "500MB")
     engine_site.config = config.get_config(reload=True)
+    import dask_jobqueue  # noqa: F401 - installs a SIGINT handler when imported: only the main thread may
     return engine_site
 
 

@@ -34,6 +34,8 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
     """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit; Slurm worker jobs write
     their output into ``log_directory`` (default: the driver's working folder, sbatch's default)."""
     if compute.backend == "slurm":
+        # dask_jobqueue installs a SIGINT handler when first imported: a caller driving from a thread must have
+        # imported it in the main thread before (the CLI and the API's background drivers drive in it).
         from dask_jobqueue import SLURMCluster
 
         options: dict[str, Any] = {"dashboard_address": ":0"}
