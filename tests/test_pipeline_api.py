@@ -18,7 +18,7 @@ from incloud_kernel.archive import projects
 from incloud_kernel.client import Client, ScopeError
 from incloud_kernel.db import transaction
 from incloud_kernel.errors import NotFound, PermissionDenied
-from test_pipeline_engine import _wait_for_marker, assert_exactly_once, engine_site  # noqa: F401
+from test_pipeline_engine import assert_exactly_once, engine_site  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 RW = ["custom:incloud:read", "custom:incloud:write"]

@@ -13,7 +13,6 @@ import time
 import pytest
 from sqlalchemy import select
 
-from archive_data import ADMIN  # noqa: F401
 from incloud_kernel.archive.models import PipelineRun, PipelineTask
 from incloud_kernel.db import transaction
 from test_pipeline_engine import _wait_for_marker, assert_exactly_once, engine_site  # noqa: F401

@@ -88,7 +88,7 @@ def test_a_cancelled_slurm_job_mid_task_and_each_derivative_once(slurm_site, slu
     result: dict[str, str] = {}
     driver = threading.Thread(target=lambda: result.update(state=executor.drive(slurm_site, run_id)))
     driver.start()
-    marker = _wait_for_marker(tmp_path / "pause", timeout=120)
+    marker = _wait_for_marker(tmp_path / "pause", timeout=300)  # worker jobs start slowly on a loaded host
     job_id = marker.name.split(".")[2]
     assert job_id.isdigit(), "the stage did not run inside a Slurm job"
     subprocess.run(["scancel", job_id], check=True, timeout=10, env={**os.environ, "SLURM_CONF": slurm_conf})

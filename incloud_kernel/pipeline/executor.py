@@ -74,15 +74,15 @@ class Driver:
         self.last_beat = 0.0
 
     # -- graph ---------------------------------------------------------------------------------------------------
-    def _load(self) -> tuple[dict[int, PipelineTask], dict[int, list[int]]]:
+    def _dependencies(self) -> dict[int, list[int]]:
+        """Task id -> ids of the tasks it waits for (its upstream stages on the same series)."""
         with transaction(self.site.engine) as db:
             run = db.get(PipelineRun, self.run_id)
             pipe = load(run.pipeline_ref)  # type: ignore[union-attr]
-            tasks = {t.id: t for t in db.scalars(select(PipelineTask).where(PipelineTask.run_id == self.run_id))}
-        index = {(t.stage, t.series_id): t.id for t in tasks.values()}
-        needs = {tid: [index[(dep, t.series_id)] for dep in pipe.stage(t.stage).after if (dep, t.series_id) in index]
-                 for tid, t in tasks.items()}
-        return tasks, needs
+            tasks = list(db.scalars(select(PipelineTask).where(PipelineTask.run_id == self.run_id)))
+        index = {(t.stage, t.series_id): t.id for t in tasks}
+        return {t.id: [index[(dep, t.series_id)] for dep in pipe.stage(t.stage).after if (dep, t.series_id) in index]
+                for t in tasks}
 
     def _states(self) -> dict[int, tuple[str, int]]:
         with transaction(self.site.engine) as db:
@@ -131,7 +131,7 @@ class Driver:
 
     def drive(self) -> str:
         """Drive to the end; returns the run's final state (done, failed or cancelled)."""
-        _, needs = self._load()
+        needs = self._dependencies()
         queued: set[int] = set()
         retrying: set[int] = set()
         while True:
@@ -154,7 +154,7 @@ class Driver:
                 _, task_id = heapq.heappop(self.retries)
                 retrying.discard(task_id)
             if self.on_progress:
-                self.on_progress(runs._counts([s for s, _ in states.values()]))
+                self.on_progress(runs.count_states([s for s, _ in states.values()]))
             if not self.futures and not self.retries:
                 if all(s in runs.FINISHED for s, _ in states.values()):
                     failed = any(s == runs.FAILED for s, _ in states.values())
@@ -177,7 +177,7 @@ class Driver:
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - the worker died under it too often (KilledWorker)
-                    result = {"state": runs.FAILED, "error": runs._one_line(exc)}
+                    result = {"state": runs.FAILED, "error": runs.one_line(exc)}
                 if result["state"] == runs.FAILED:
                     attempts = self._states().get(task_id, ("", 1))[1]
                     if self._failed(task_id, attempts, str(result["error"])):
@@ -187,7 +187,7 @@ class Driver:
         with transaction(self.site.engine) as db:
             run = db.get(PipelineRun, self.run_id)
             run.state, run.finished_at, run.heartbeat_at = state, utcnow(), utcnow()  # type: ignore[union-attr]
-            counts = runs._counts([t.state for t in db.scalars(select(PipelineTask).where(
+            counts = runs.count_states([t.state for t in db.scalars(select(PipelineTask).where(
                 PipelineTask.run_id == self.run_id))])
         if self.on_progress:
             self.on_progress(counts)

@@ -10,7 +10,6 @@ de-identified archive contents, inputs are named by series id and pseudonymous l
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -40,7 +39,7 @@ from incloud_kernel.archive.permissions import Action, Actor
 from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.storage import sha256_file
 from incloud_kernel.db import transaction
-from incloud_kernel.errors import NotFound, PermissionDenied, ValidationError
+from incloud_kernel.errors import NotFound, ValidationError
 from incloud_kernel.pipeline import provenance
 from incloud_kernel.pipeline.pipeline import USABLE, Pipeline, get, load
 from incloud_kernel.pipeline.stage import StageInput
@@ -52,7 +51,8 @@ TASK_STATES = (WAITING, RUNNING, DONE, FAILED, CANCELLED)
 FINISHED = (DONE, FAILED, CANCELLED)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An input's error as kept on its task: exception class and message on one line, at most 1000 characters."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text[:1000]
 
@@ -135,7 +135,8 @@ def interrupted(run: PipelineRun, heartbeat_interval: float) -> bool:
 # Progress, cancel
 # --------------------------------------------------------------------------------------------------------------
 
-def _counts(states: list[str]) -> dict[str, int]:
+def count_states(states: list[str]) -> dict[str, int]:
+    """How many of ``states`` are in each task state (every state present, zeros included)."""
     c = Counter(states)
     return {s: c.get(s, 0) for s in TASK_STATES}
 
@@ -170,10 +171,10 @@ def progress(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0,
         "owner": run.owner, "state": run.state, "backend": run.backend,
         "interrupted": interrupted(run, heartbeat_interval),
         "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
-        "total": len(tasks), "counts": _counts([t.state for t in tasks]),
+        "total": len(tasks), "counts": count_states([t.state for t in tasks]),
         "reused": sum(1 for t in tasks if t.reused),
-        "stages": {k: _counts(v) for k, v in by_stage.items()},
-        "subjects": {k: _counts(v) for k, v in sorted(by_subject.items())},
+        "stages": {k: count_states(v) for k, v in by_stage.items()},
+        "subjects": {k: count_states(v) for k, v in sorted(by_subject.items())},
     }
     if with_tasks:
         outs = outputs_of(db, [t.provenance_id for t in tasks if t.provenance_id])
@@ -374,7 +375,7 @@ def execute_task(task_id: int) -> dict[str, Any]:
             raise
         return {"state": DONE, "error": None, "reused": False}
     except Exception as exc:  # noqa: BLE001 - any failure of one input is data, not a crash of the batch
-        error = _one_line(exc)
+        error = one_line(exc)
         _finish(engine, task_id, state=FAILED, error=error)
         return {"state": FAILED, "error": error}
     finally:
@@ -383,4 +384,4 @@ def execute_task(task_id: int) -> dict[str, Any]:
 
 
 __all__ = ["create_run", "get_run", "list_runs", "progress", "summary", "cancel", "begin", "execute_task", "select_series",
-           "interrupted", "outputs_of", "TASK_STATES"]
+           "interrupted", "outputs_of", "count_states", "one_line", "TASK_STATES"]
