@@ -171,6 +171,41 @@ class Client:
         """Archived files (relpath, sha256, size in bytes) of your projects; filters: series, session, kind."""
         return self._frame("files", project=project, **filters)
 
+    # -- pipelines (runs on the site's Dask cluster, started and watched with your permissions) ----------------
+    def pipelines(self):  # type: ignore[no-untyped-def]
+        """The site's pipelines (DataFrame: name, version, requires_qc, description, stages)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._json("api/pipelines")["items"])
+
+    def run(self, pipeline: str, project: str) -> int:
+        """Start ``pipeline`` over ``project``'s series (``client.run("qc", project="DEMO")``); returns the run id
+        at once (the run goes on on the cluster; watch it with ``progress``). Needs write on the project."""
+        r = self._request("POST", "api/runs", body={"pipeline": pipeline, "project": project})
+        return int(r.json()["run"])
+
+    def progress(self, run_id: int, *, wait: bool = False, interval: float = 2.0) -> dict[str, Any]:
+        """A run's state and its done / running / waiting / failed / cancelled counts, per stage (``stages``)
+        and per subject (``subjects``), with every input's error and outputs (``tasks``). ``wait=True`` polls
+        every ``interval`` s until the run has ended (or its driver is gone: ``interrupted``)."""
+        import time
+
+        while True:
+            report = self._json(f"api/runs/{int(run_id)}")
+            if not wait or report["state"] in ("done", "failed", "cancelled") or report.get("interrupted"):
+                return report
+            time.sleep(interval)
+
+    def runs(self, project: str | None = None):  # type: ignore[no-untyped-def]
+        """Your projects' newest runs with their counts (DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._json("api/runs", {"project": project} if project else None)["items"])
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a run you started (or one of a project you manage); returns its new state."""
+        return str(self._request("POST", f"api/runs/{int(run_id)}/cancel").json()["state"])
+
     # -- file access -------------------------------------------------------------------------------------------
     def read_file(self, file_id: int) -> bytes:
         """The bytes of one file you may read, checked against its recorded SHA-256."""

@@ -138,10 +138,42 @@ class ComputeSection:
     """Where pipelines run: ``local`` (Dask LocalCluster) or ``slurm`` (dask-jobqueue SLURMCluster)."""
 
     backend: str = "local"
+    #: Dask workers a run starts (LocalCluster processes, or Slurm jobs of one worker each).
     workers: int = 2
+    #: Threads per worker (a stage may use numpy's threads on top; keep 1 on small nodes).
+    threads_per_worker: int = 1
     slurm_queue: str = "debug"
+    slurm_cores: int = 1
     slurm_memory: str = "1GB"
     slurm_walltime: str = "00:30:00"
+    #: Python that Slurm worker jobs run (a venv every user can execute); empty: the driver's own interpreter.
+    slurm_python: str = ""
+    #: Address the Dask scheduler listens on for Slurm workers (an interface the compute nodes reach); empty:
+    #: Dask's default. A single-host site uses ``127.0.0.1``.
+    scheduler_host: str = ""
+    #: Extra ``#SBATCH`` lines' options for worker jobs, e.g. ``["--account=neuro"]``.
+    slurm_job_extra: list[str] = field(default_factory=list)
+    #: A task that fails is tried this many times in all; the error of the last attempt is kept per input.
+    max_attempts: int = 3
+    #: Seconds before the first retry of a failed task; doubled for each further attempt.
+    retry_backoff: float = 5.0
+    #: The site's own pipelines besides the built-in ones: name -> ``module:attribute`` of an
+    #: ``incloud_kernel.pipeline.Pipeline`` importable by the driver and every worker.
+    pipelines: dict[str, str] = field(default_factory=dict)
+    #: Seconds between the driver's heartbeats; a running run silent for 3 intervals is shown as interrupted.
+    heartbeat_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in COMPUTE_BACKENDS:
+            raise ConfigError(f"compute.backend must be one of {', '.join(COMPUTE_BACKENDS)} (got {self.backend!r})")
+        if self.workers < 1 or self.threads_per_worker < 1 or self.max_attempts < 1:
+            raise ConfigError("compute.workers, compute.threads_per_worker and compute.max_attempts must be >= 1")
+        if self.retry_backoff < 0 or self.heartbeat_interval <= 0:
+            raise ConfigError("compute.retry_backoff must be >= 0 and compute.heartbeat_interval > 0")
+
+
+#: Where pipelines run (``ComputeSection.backend``).
+COMPUTE_BACKENDS = ("local", "slurm")
 
 
 @dataclass

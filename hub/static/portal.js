@@ -59,6 +59,23 @@
     qc: function (q) {
       return [stats([[q.waiting, "series waiting"], [q.failed, "failed"]])];
     },
+    processing: function (p) {
+      var out = [stats([[p.running, "runs going"], [p.failed, "with failed inputs"]])];
+      if (p.last_runs.length) {
+        var ul = el("ul", "ic-list");
+        p.last_runs.forEach(function (r) {
+          var li = el("li");
+          li.appendChild(el("span", "", "#" + r.run + " " + r.pipeline + " " + r.version + " · " + r.project));
+          li.appendChild(el("span", "ic-when", r.state + " · " + r.done + "/" + r.total +
+                            (r.failed ? " · " + r.failed + " failed" : "")));
+          ul.appendChild(li);
+        });
+        out.push(ul);
+      } else {
+        out.push(el("p", "ic-note", "No runs yet: client.run(\"qc\", project=...) in a notebook."));
+      }
+      return out;
+    },
     health: function (h) {
       var out = [];
       var svc = el("p", "ic-status");

@@ -534,3 +534,94 @@ class RegistryMeta(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+# ==============================================================================================================
+# Pipelines: runs, their tasks and the provenance of every derivative (incloud_kernel.pipeline; issue 14 items
+# 1-3). A run is one pipeline version over a project's selected series; a task is one stage on one series; a
+# provenance row records how one derivative was made, keyed so the same inputs and version are computed once.
+# ==============================================================================================================
+
+class PipelineRun(Base):
+    """One execution of a pipeline version over a project (``incloud pipeline run``)."""
+
+    __tablename__ = "pipeline_run"
+    __table_args__ = (
+        Index("ix_pipeline_run_project", "project_id", "id"),
+        CheckConstraint("state in ('waiting','running','done','failed','cancelling','cancelled')",
+                        name="ck_pipeline_run_state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    #: ``module:attribute`` of the Pipeline object, so a Dask worker can import the very same definition.
+    pipeline_ref: Mapped[str] = mapped_column(String(256))
+    #: Who asked for the run (hub user or ``console:<login>``); permissions were checked against this name.
+    owner: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    backend: Mapped[str] = mapped_column(String(16), default="local")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The process driving the run (host:pid) and its last sign of life: a stale heartbeat means "interrupted".
+    driver: Mapped[str | None] = mapped_column(String(256))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    tasks: Mapped[list[PipelineTask]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class PipelineTask(Base):
+    """One stage of a run on one input series, with its state, attempts and last error."""
+
+    __tablename__ = "pipeline_task"
+    __table_args__ = (
+        UniqueConstraint("run_id", "stage", "series_id", name="uq_pipeline_task"),
+        Index("ix_pipeline_task_state", "run_id", "state"),
+        CheckConstraint("state in ('waiting','running','done','failed','cancelled')", name="ck_pipeline_task_state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_run.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(64))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    #: The series' participant label, copied so progress per subject needs no join.
+    participant: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The last failure as one line (exception class and message; never a header value).
+    error: Mapped[str | None] = mapped_column(String(1000))
+    #: True when the derivative already existed (same inputs and version): nothing was computed.
+    reused: Mapped[bool] = mapped_column(Boolean, default=False)
+    host: Mapped[str | None] = mapped_column(String(256))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    provenance_id: Mapped[int | None] = mapped_column(ForeignKey("provenance.id", ondelete="SET NULL"))
+
+    run: Mapped[PipelineRun] = relationship(back_populates="tasks")
+
+
+class Provenance(Base):
+    """How one derivative was made. ``key`` hashes pipeline, stage, versions, parameters and input checksums:
+    unique, so the same computation is recorded (and its files written) exactly once."""
+
+    __tablename__ = "provenance"
+    __table_args__ = (Index("ix_provenance_derivative", "derivative_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    derivative_id: Mapped[int | None] = mapped_column(ForeignKey("derivative.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_run.id", ondelete="SET NULL"))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    pipeline_version: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str] = mapped_column(String(64))
+    stage_version: Mapped[str] = mapped_column(String(32))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Every input file read: ``[{"file_id", "relpath", "sha256"}]``.
+    inputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: Distribution name -> version of the libraries the stage ran with (python included).
+    libraries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    host: Mapped[str] = mapped_column(String(256))
+    runtime_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "scanners": "incloud_kernel.cli.booking:scanners",
     "book": "incloud_kernel.cli.booking:book",
     "registry": "incloud_kernel.cli.registry:registry",
+    "pipeline": "incloud_kernel.cli.pipeline:pipeline",
 }
 
 

@@ -29,7 +29,8 @@ munge_stop() {
 
 slurm_write_conf() {
   local dir=$1 cpus mem
-  cpus=$(nproc)
+  # nproc honours OMP_NUM_THREADS, which Dask's LocalCluster sets to 1 in its caller's environment: ignore it.
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))  # MB, 80 % of the machine
   mkdir -p "$dir/state" "$dir/spool" "$dir/log"
   cat > "$dir/slurm.conf" <<EOF

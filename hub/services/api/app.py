@@ -514,10 +514,17 @@ ROUTES: list[Route] = [
 ]
 
 
+def all_routes() -> list[Route]:
+    """``ROUTES`` plus the pipeline routes (``hub.services.api.pipeline``, which imports this module)."""
+    from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
+
+    return ROUTES + PIPELINE_ROUTES
+
+
 def openapi(prefix: str) -> dict[str, Any]:
     """OpenAPI 3.1 description built from ``ROUTES`` (so it cannot drift from the route table)."""
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in all_routes():
         path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
             .replace(r"(P[A-Z2-7]{16})", "{uid}")
         scope = getattr(route.handler, "scope", None)
@@ -534,7 +541,8 @@ def openapi(prefix: str) -> dict[str, Any]:
                 {"name": "page_size", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": permissions.MAX_PAGE_SIZE}},
             ]
-        methods = [m for m in ("get", "post", "put") if m in vars(route.handler)] or ["get"]
+        methods = list(getattr(route.handler, "methods", ())) or \
+            [m for m in ("get", "post", "put") if m in vars(route.handler)] or ["get"]
         paths[path] = {m: op for m in methods}
     return {
         "openapi": "3.1.0",
@@ -573,7 +581,7 @@ def make_app(cfg: Config | None = None, hub_auth: HubOAuth | None = None) -> web
         hub_auth = HubOAuth(cache_max_age=seconds) if seconds > 0 else UncachedHubOAuth()
     api = Api(site, hub_auth, prefix)
     handlers = []
-    for route in ROUTES:
+    for route in all_routes():
         kwargs = route.kwargs(api) if route.kwargs else {"api": api}
         handlers.append((url_path_join(prefix, route.path), route.handler, kwargs))
     return web.Application(handlers, cookie_secret=os.urandom(32), xsrf_cookies=False)

@@ -63,6 +63,17 @@ def qc_status(db: Any, actor: Actor) -> dict[str, Any]:
             "failed": permissions.count_series(db, actor, qc_status=QCStatus.failed.value)}
 
 
+#: How many of the newest runs the Processing tile lists.
+LAST_RUNS = 5
+
+
+def processing_status(db: Any, actor: Actor, heartbeat_interval: float) -> dict[str, Any]:
+    """Runs of the viewer's projects: going, ended with failed inputs, the newest few with their counts."""
+    from incloud_kernel.pipeline import runs
+
+    return runs.summary(db, actor, heartbeat_interval, newest=LAST_RUNS)
+
+
 def _count_entries(path: Any) -> int | None:
     try:
         return sum(1 for _ in path.iterdir())
@@ -121,6 +132,8 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = archive_status(db, actor)
         elif module.key == "qc":
             out[module.key] = qc_status(db, actor)
+        elif module.key == "processing":
+            out[module.key] = processing_status(db, actor, site.config.compute.heartbeat_interval)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
     return out

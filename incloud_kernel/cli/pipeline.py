@@ -1,0 +1,173 @@
+"""``incloud pipeline list|run|status|cancel|resume``: processing runs on Dask from the site's command line.
+
+``run`` creates the run and drives it here with a progress bar on stderr (or ``--detach``: a background driver
+whose output goes to ``$INCLOUD_HOME/pipeline-logs/``); ``resume`` drives a run whose driver was killed.
+Acts as the site console unless ``--as USER``. Never prints a traceback, a token or a patient-identifying value.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from incloud_kernel.cli.archive import _as_option, _json_option, _open
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no tasks"
+
+
+@click.group()
+def pipeline() -> None:
+    """Run pipelines (QC, features) over a project's archived series on Dask (local or Slurm)."""
+
+
+@pipeline.command("list")
+@_json_option
+def list_cmd(as_json: bool) -> None:
+    """The pipelines this site knows: name, version, stages, and whether they need QC-usable series."""
+    from incloud_kernel.pipeline.pipeline import available
+
+    rows = [{"name": p.name, "version": p.version, "stages": [f"{s.name} {s.version}" for s in p.stages],
+             "requires_qc": p.requires_qc, "description": p.description} for p in available()]
+    if as_json:
+        click.echo(_dump(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}\t{r['version']}\t{', '.join(r['stages'])}\t"
+                   f"{'usable series only' if r['requires_qc'] else 'every series'}\t{r['description']}")
+
+
+def _drive(site: Any, run_id: int, quiet: bool) -> str:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from incloud_kernel.pipeline.executor import drive
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn(f"run #{run_id}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=False,
+                   disable=quiet or not console.is_terminal)
+    with bar:
+        task = bar.add_task("run", total=None, detail="starting the cluster")
+
+        def update(counts: dict[str, int]) -> None:
+            finished = counts["done"] + counts["failed"] + counts["cancelled"]
+            bar.update(task, completed=finished, total=sum(counts.values()), detail=_counts_line(counts))
+
+        return drive(site, run_id, on_progress=update)
+
+
+@pipeline.command()
+@click.argument("name")
+@click.argument("project")
+@click.option("--detach", is_flag=True, help="Drive the run in the background and return its id at once.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_json_option
+@_as_option
+@click.pass_context
+def run(ctx: click.Context, name: str, project: str, detach: bool, quiet: bool, as_json: bool,
+        as_user: str | None) -> None:
+    """Run pipeline NAME over PROJECT's series (exit 1 if some input failed; 'status' says which)."""
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    site, actor = _open(as_user)
+    with transaction(site.engine) as db:
+        row = runs.create_run(db, actor, name, project, backend=site.config.compute.backend)
+        run_id, total = row.id, len(row.tasks)
+    if detach:
+        from incloud_kernel.pipeline.executor import spawn_driver
+
+        spawn_driver(site.config.home, run_id)
+        click.echo(_dump({"run": run_id, "tasks": total, "state": "waiting"}) if as_json
+                   else f"run #{run_id}: {total} task(s), driving in the background "
+                        f"('incloud pipeline status {run_id}')")
+        return
+    _finish(ctx, site, actor, run_id, _drive(site, run_id, quiet or as_json), as_json)
+
+
+@pipeline.command()
+@click.argument("run_id", type=int)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_json_option
+@_as_option
+@click.pass_context
+def resume(ctx: click.Context, run_id: int, quiet: bool, as_json: bool, as_user: str | None) -> None:
+    """Drive RUN_ID again after its driver was killed: finished inputs are not recomputed."""
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    site, actor = _open(as_user)
+    with transaction(site.engine) as db:
+        runs.get_run(db, actor, run_id, "manage")
+    _finish(ctx, site, actor, run_id, _drive(site, run_id, quiet or as_json), as_json)
+
+
+def _finish(ctx: click.Context, site: Any, actor: Any, run_id: int, state: str, as_json: bool) -> None:
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    with transaction(site.engine) as db:
+        report = runs.progress(db, actor, run_id, site.config.compute.heartbeat_interval, with_tasks=as_json)
+    click.echo(_dump(report) if as_json else f"run #{run_id} {state}: {_counts_line(report['counts'])}")
+    if state == "failed":
+        ctx.exit(1)
+
+
+@pipeline.command()
+@click.argument("run_id", type=int, required=False)
+@click.option("--project", default=None, help="Only runs of this project (without RUN_ID).")
+@click.option("--tasks", "show_tasks", is_flag=True, help="Every input: state, attempts, error, outputs.")
+@_json_option
+@_as_option
+def status(run_id: int | None, project: str | None, show_tasks: bool, as_json: bool, as_user: str | None) -> None:
+    """Progress of RUN_ID per stage and subject (without RUN_ID: the newest runs you may see)."""
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    site, actor = _open(as_user)
+    beat = site.config.compute.heartbeat_interval
+    with transaction(site.engine) as db:
+        if run_id is None:
+            rows = [runs.progress(db, actor, r.id, beat, with_tasks=False) for r in runs.list_runs(db, actor, project)]
+            if as_json:
+                click.echo(_dump(rows))
+            for r in [] if as_json else rows:
+                click.echo(f"#{r['run']}\t{r['project']}\t{r['pipeline']} {r['version']}\t"
+                           f"{'interrupted' if r['interrupted'] else r['state']}\t{_counts_line(r['counts'])}")
+            return
+        report = runs.progress(db, actor, run_id, beat, with_tasks=show_tasks or as_json)
+    if as_json:
+        click.echo(_dump(report))
+        return
+    state = "interrupted (driver gone: 'incloud pipeline resume')" if report["interrupted"] else report["state"]
+    click.echo(f"run #{report['run']} {report['pipeline']} {report['version']} on {report['project']}: {state}; "
+               f"{_counts_line(report['counts'])} of {report['total']} ({report['reused']} reused)")
+    for stage, counts in report["stages"].items():
+        click.echo(f"  stage {stage}: {_counts_line(counts)}")
+    for subject, counts in report["subjects"].items():
+        click.echo(f"  sub-{subject}: {_counts_line(counts)}")
+    for t in report.get("tasks", []):
+        click.echo(f"  {t['stage']}\tseries #{t['series']}\tsub-{t['subject']}\t{t['state']}\t"
+                   f"attempts {t['attempts']}\t{t['error'] or ', '.join(t['outputs'])}")
+
+
+@pipeline.command()
+@click.argument("run_id", type=int)
+@_as_option
+def cancel(run_id: int, as_user: str | None) -> None:
+    """Cancel RUN_ID: waiting inputs are dropped, running ones finish, the run ends cancelled."""
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    site, actor = _open(as_user)
+    with transaction(site.engine) as db:
+        row = runs.cancel(db, actor, run_id, site.config.compute.heartbeat_interval)
+        click.echo(f"run #{run_id}: {row.state}")
