@@ -162,7 +162,11 @@ def test_a_failing_subject_does_not_stop_the_batch_and_its_error_is_kept(engine_
     assert report["stages"]["brainvol"] == {"waiting": 0, "running": 0, "done": 1, "failed": 2, "cancelled": 0}
 
 
-def test_processing_takes_only_usable_series_unless_it_is_the_qc_pipeline(engine_site) -> None:  # type: ignore
+def test_processing_takes_what_the_qc_gate_accepts_and_follows_a_reviewers_decision(engine_site) -> None:  # type: ignore
+    """The gate decides what a processing run takes (pass and caveat by default, or the owners' choice), and a
+    reviewer's new decision changes the next run; the QC pipeline itself takes every series."""
+    from incloud_kernel.qc import gate
+
     site = engine_site
     ids = t1w_ids(site)
     with transaction(site.engine) as db:
@@ -170,14 +174,19 @@ def test_processing_takes_only_usable_series_unless_it_is_the_qc_pipeline(engine
         assert empty.tasks == []  # everything is pending QC
     assert executor.drive(site, empty.id) == "done"  # nothing to compute: no cluster is started
     with transaction(site.engine) as db:
-        records.set_qc_status(db, ADMIN, ids[0], "pass")
-        records.set_qc_status(db, ADMIN, ids[1], "fail")
-        db.get(Series, ids[2]).qc_status = "caveat"  # the QC gate's state for "usable, with a reason"
+        gate.review(db, ADMIN, ids[0], "pass")
+        gate.review(db, ADMIN, ids[1], "fail", comment="motion")
+        gate.review(db, ADMIN, ids[2], "caveat", reason="mild ringing")
     with transaction(site.engine) as db:
         run_row = runs.create_run(db, ADMIN, "toyqc", "STUDY1")
         assert sorted(t.series_id for t in run_row.tasks) == [ids[0], ids[2]]
         qc = runs.create_run(db, ADMIN, "qc", "STUDY1")  # the QC pipeline takes every series, BOLD too
         assert len({t.series_id for t in qc.tasks}) == 4
+    with transaction(site.engine) as db:  # a second look passes the failed one; the owners take clean passes only
+        gate.review(db, ADMIN, ids[1], "pass", comment="motion was in the localiser")
+        gate.set_policy(db, ADMIN, "STUDY1", ["pass"])
+    with transaction(site.engine) as db:
+        assert sorted(t.series_id for t in runs.create_run(db, ADMIN, "toyqc", "STUDY1").tasks) == [ids[0], ids[1]]
 
 
 def _wait_for_marker(folder: Path, timeout: float = 60) -> Path:
@@ -260,13 +269,16 @@ def test_the_qc_pipeline_runs_incloud_kernel_qc_on_every_series(engine_site) -> 
     refusal (these are tiny noise images) -- never an error of the engine's call."""
     import math
 
-    pytest.importorskip("incloud_kernel.qc", reason="incloud_kernel.qc (QC indices) is not in this tree yet")
+    from incloud_kernel.archive.models import QCIndex
+    from incloud_kernel.qc import gate
+
     site = engine_site
     run_id, state = run(site, "qc")
     assert state in ("done", "failed")
     with transaction(site.engine) as db:
         report = runs.progress(db, ADMIN, run_id)
     assert report["total"] == 4 and report["counts"]["waiting"] == report["counts"]["running"] == 0
+    assert report["counts"]["done"] >= 2, report["counts"]  # the gate checks below must have something to check
     for task in report["tasks"]:
         if task["state"] == "failed":
             assert task["error"].split(":")[0] in ("QCInputError", "ValidationError"), task["error"]
@@ -276,3 +288,10 @@ def test_the_qc_pipeline_runs_incloud_kernel_qc_on_every_series(engine_site) -> 
         assert values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values())
         if indices.endswith("_bold.json"):  # the per-volume FD/DVARS table is kept beside the indices
             assert any(p.endswith(".tsv") for p in task["outputs"]), task["outputs"]
+        with transaction(site.engine) as db:  # the indices reached the QC gate, whose thresholds decided
+            stored = {i.name: i.value for i in db.scalars(select(QCIndex).where(
+                QCIndex.series_id == task["series"], QCIndex.pipeline_version == "qc-1"))}
+            series = db.get(Series, task["series"])
+            assert stored and stored == pytest.approx(values)
+            expected, _ = gate.automatic(series.suffix, stored, gate.rules())
+            assert series.qc_status == expected

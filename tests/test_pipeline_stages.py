@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import incloud_kernel
+
 from incloud_kernel.errors import ValidationError
 from incloud_kernel.pipeline import Pipeline, StageInput
 from incloud_kernel.pipeline.pipeline import QC
@@ -30,7 +32,9 @@ def test_the_qc_stage_calls_incloud_kernel_qc_lazily_and_keeps_its_tables(tmp_pa
         (params["out_dir"] / "sub-P01_ses-1_task-rest_desc-qc_timeseries.tsv").write_text("fd\tdvars\n0\t1\n")
         return {"tsnr": 41.5, "fd_mean": 0.12}
 
-    monkeypatch.setitem(sys.modules, "incloud_kernel.qc", types.SimpleNamespace(compute=compute))
+    fake = types.SimpleNamespace(compute=compute)
+    monkeypatch.setitem(sys.modules, "incloud_kernel.qc", fake)
+    monkeypatch.setattr(incloud_kernel, "qc", fake, raising=False)  # once imported, the package attribute wins
     out = tmp_path / "out"
     out.mkdir()
     outputs = QCStage().run(_bold(tmp_path), out)

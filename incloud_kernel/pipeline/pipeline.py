@@ -14,17 +14,14 @@ from typing import Iterable
 from incloud_kernel.errors import NotFound, ValidationError
 from incloud_kernel.pipeline.stage import _NAME, _VERSION, QCStage, Stage
 
-#: QC states a series must hold to enter a processing pipeline (XNAT dax's ``require_usable``): a pass, or a
-#: pass with a caveat (the QC gate's states).
-USABLE = ("pass", "caveat")
-
 
 @dataclass
 class Pipeline:
     """Stages in an order that respects ``after``; ``version`` names the derivatives folder
     (``derivatives/<name>-<version>/``), so a new version computes beside the old one.
 
-    ``requires_qc``: take only series whose QC state is usable (``USABLE``); the QC pipeline itself is False.
+    ``requires_qc``: take only series whose QC state the project accepts for processing (the QC gate's
+    ``accepted_states``: the owners' choice, else the site's ``qc.usable``); the QC pipeline itself is False.
     """
 
     name: str
@@ -111,4 +108,4 @@ def available() -> Iterable[Pipeline]:
     return [get(name) for name in sorted(known())]
 
 
-__all__ = ["Pipeline", "REGISTRY", "QC", "USABLE", "register", "load", "known", "get", "available"]
+__all__ = ["Pipeline", "REGISTRY", "QC", "register", "load", "known", "get", "available"]

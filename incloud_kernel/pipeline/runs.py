@@ -41,7 +41,7 @@ from incloud_kernel.archive.storage import sha256_file
 from incloud_kernel.db import transaction
 from incloud_kernel.errors import NotFound, ValidationError
 from incloud_kernel.pipeline import provenance
-from incloud_kernel.pipeline.pipeline import USABLE, Pipeline, get, load
+from incloud_kernel.pipeline.pipeline import Pipeline, get, load
 from incloud_kernel.pipeline.stage import StageInput
 
 #: Task and run states.
@@ -68,10 +68,13 @@ def _aware(value: datetime | None) -> datetime | None:
 # --------------------------------------------------------------------------------------------------------------
 
 def select_series(db: DB, pipeline: Pipeline, project_id: int) -> list[Series]:
-    """The project's series some stage of the pipeline takes; with ``requires_qc`` only usable ones."""
+    """The project's series some stage of the pipeline takes; with ``requires_qc`` only those in a QC state the
+    project accepts for processing (``qc.gate.accepted_states``: a reviewer's decision changes the next run)."""
+    from incloud_kernel.qc.gate import accepted_states
+
     stmt = select(Series).where(Series.project_id == project_id, Series.datatype != records.SOURCEDATA)
     if pipeline.requires_qc:
-        stmt = stmt.where(Series.qc_status.in_(USABLE))
+        stmt = stmt.where(Series.qc_status.in_(accepted_states(db, project_id)))
     return [s for s in db.scalars(stmt.order_by(Series.id)) if pipeline.stages_for(s.datatype, s.suffix)]
 
 
@@ -357,6 +360,11 @@ def execute_task(task_id: int) -> dict[str, Any]:
                 derivative, _rows = records.register_derivative(site, actor, db, series_session, pipe.name,
                                                                 pipe.version, outputs, inputs=[task.series_id])
                 prov.derivative_id = derivative.id
+                indices = stage.indices(outputs)
+                if indices is not None:  # QC indices: stored in the gate, whose thresholds decide what they can
+                    from incloud_kernel.qc.gate import record_indices
+
+                    record_indices(db, actor, task.series_id, indices, f"{pipe.name}-{pipe.version}")
                 row = db.get(PipelineTask, task_id)
                 row.state, row.error, row.reused, row.provenance_id = DONE, None, False, prov.id
                 row.finished_at = utcnow()

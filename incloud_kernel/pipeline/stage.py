@@ -10,6 +10,7 @@ into an output name or an exception message.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,11 @@ class Stage:
     def compute(self, inputs: StageInput, out_dir: Path) -> dict[str, Path]:
         raise NotImplementedError
 
+    def indices(self, outputs: Mapping[str, Path]) -> Mapping[str, float] | None:
+        """QC indices held in this stage's ``outputs``, which the engine records in the QC gate (and its
+        thresholds decide the series' QC state); None for a stage that computes no QC indices."""
+        return None
+
     # -- helpers for subclasses --------------------------------------------------------------------------------
     def output_name(self, inputs: StageInput, extension: str, desc: str | None = None) -> str:
         """A BIDS derivative name for this stage's output of ``inputs``: ``<datatype>/<entities>_desc-<desc>_
@@ -121,6 +127,12 @@ class Stage:
         path = Path(out_dir) / name.replace("/", "__")
         path.write_text(json.dumps(dict(values), indent=2, sort_keys=True))
         return {name: path}
+
+
+def finite_numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of ``values`` (an index that could not be computed is left out, not stored)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 class JsonStage(Stage):
@@ -156,4 +168,12 @@ class QCStage(Stage):
         return outputs
 
 
-__all__ = ["Stage", "StageInput", "JsonStage", "QCStage"]
+    def indices(self, outputs: Mapping[str, Path]) -> dict[str, float]:
+        """The indices this stage wrote (its ``desc-qc`` JSON), for the engine to record in the QC gate."""
+        names = [n for n in outputs if "desc-qc_" in n.rsplit("/", 1)[-1] and n.endswith(".json")]
+        if len(names) != 1:
+            raise ValueError("the QC stage must write exactly one desc-qc JSON")
+        return finite_numbers(json.loads(Path(outputs[names[0]]).read_text()))
+
+
+__all__ = ["Stage", "StageInput", "JsonStage", "QCStage", "finite_numbers"]
