@@ -344,6 +344,11 @@ class Client:
         """Scanners that can be booked: id, ae_title, modality, site, opening_hours, timezone, manager."""
         return list(self._json("api/scanners")["items"])
 
+    def booking_rules(self) -> dict[str, Any]:
+        """The site's booking rules: slot_minutes, approval_required, notice_hours, and the one-key protocol
+        sets (what a calendar needs to draw itself; the server still checks every rule)."""
+        return dict(self._json("api/scanners")["rules"])
+
     def bookings(self, **filters: Any) -> list[dict[str, Any]]:
         """Bookings you may see; filters: scanner (AE title), project, from, to (ISO date-times), status."""
         params = {("from" if k == "start" else "to" if k == "end" else k): v for k, v in filters.items()

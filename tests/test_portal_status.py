@@ -30,7 +30,7 @@ def test_status_counts_only_what_the_viewer_may_see(site: Site) -> None:
     assert (member["archive"]["projects"], member["archive"]["participants"], member["archive"]["series"]) == (1, 3, 4)
     assert [s["id"] for s in member["archive"]["last_arrivals"]] == [4, 3, 2, 1]  # newest first
     assert {s["project"] for s in member["archive"]["last_arrivals"]} == {stored.project}
-    assert member["reservation"] == {"built": False} and "qc" not in member and "health" not in member
+    assert member["reservation"] == {"upcoming": 0, "to_approve": 0} and "qc" not in member and "health" not in member
     stranger = _status(site, "olga", ["researcher"])
     assert stranger["archive"] == {"projects": 0, "participants": 0, "series": 0, "last_arrivals": []}
     reviewer = _status(site, "rita", ["qc_reviewer"])

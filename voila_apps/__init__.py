@@ -35,6 +35,7 @@ class Dashboard:
 DASHBOARDS: list[Dashboard] = [
     Dashboard("archive", "Open the archive browser", "archive.ipynb", module="archive"),
     Dashboard("qc", "Review QC", "qc_review.ipynb", module="qc"),
+    Dashboard("reservation", "Book a scanner", "reservation.ipynb", module="reservation"),
 ]
 
 

@@ -76,6 +76,9 @@
       }
       return out;
     },
+    reservation: function (r) {
+      return [stats([[r.upcoming, "upcoming bookings of yours"], [r.to_approve, "waiting for your approval"]])];
+    },
     health: function (h) {
       var out = [];
       var svc = el("p", "ic-status");

@@ -13,7 +13,9 @@ from typing import Any, Mapping
 
 from incloud_kernel.acquisition import bookings
 from incloud_kernel.acquisition.protocols import ensure_standard
+from incloud_kernel.acquisition.standard import SETS
 from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.config import get_config
 from incloud_kernel.errors import ValidationError
 
 BOOK_SCOPE = "custom:incloud:book"
@@ -37,7 +39,12 @@ def _int(body: Mapping[str, Any], key: str, default: int | None = None) -> int |
 
 
 def scanners(db: Any, actor: Actor) -> dict[str, Any]:
-    return {"items": [bookings.scanner_as_dict(s) for s in bookings.list_scanners(db)]}
+    """The scanners, with the site's booking rules a calendar needs to draw itself (slot size, whether bookings
+    wait for approval, the notice period) and the one-key protocol sets."""
+    rules = get_config().acquisition
+    return {"items": [bookings.scanner_as_dict(s) for s in bookings.list_scanners(db)],
+            "rules": {"slot_minutes": rules.slot_minutes, "approval_required": rules.approval_required,
+                      "notice_hours": rules.notice_hours, "sets": list(SETS)}}
 
 
 def list_bookings(db: Any, actor: Actor, args: Mapping[str, str | None]) -> dict[str, Any]:

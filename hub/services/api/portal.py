@@ -74,6 +74,18 @@ def processing_status(db: Any, actor: Actor, heartbeat_interval: float) -> dict[
     return runs.summary(db, actor, heartbeat_interval, newest=LAST_RUNS)
 
 
+def reservation_status(db: Any, actor: Actor) -> dict[str, Any]:
+    """The Reservation tile: the viewer's own upcoming bookings, and bookings waiting for the viewer's approval."""
+    from incloud_kernel.acquisition import bookings
+
+    now = datetime.now().astimezone()
+    mine = [b for b in bookings.list_bookings(db, actor, start=now) if b.booked_by == actor.user
+            and b.status in bookings.HOLDING_STATES]
+    managed = {s.id for s in bookings.list_scanners(db) if permissions.manages_scanner(actor, s)}
+    waiting = [b for b in bookings.list_bookings(db, actor, start=now, status="pending") if b.scanner_id in managed]
+    return {"upcoming": len(mine), "to_approve": len(waiting)}
+
+
 def _count_entries(path: Any) -> int | None:
     try:
         return sum(1 for _ in path.iterdir())
@@ -134,6 +146,8 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = qc_status(db, actor)
         elif module.key == "processing":
             out[module.key] = processing_status(db, actor, site.config.compute.heartbeat_interval)
+        elif module.key == "reservation":
+            out[module.key] = reservation_status(db, actor)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
     return out
