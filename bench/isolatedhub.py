@@ -279,11 +279,15 @@ def seed_demo(env: dict[str, str]) -> dict[str, list[int]]:
 
 @contextmanager
 def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object] = _refuse,
-                 seed: Callable[[dict[str, str]], object] | None = None) -> Iterator[SimpleNamespace]:
+                 seed: Callable[[dict[str, str]], object] | None = None,
+                 groups: dict[str, list[str]] | None = None,
+                 settings: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
     """The isolated hub with DEMO (also for bench/bench_portal.py: ``extra_researchers`` more DEMO members,
     named ``r000``, ``r001``...); everything of it is removed on exit. A missing service or tool is reported
     through ``on_missing`` (tests pass conftest's ``missing``: fail under CI, skip elsewhere). ``seed(env)`` adds
-    more to the site after DEMO, before the hub starts (the site's environment is ``env`` of the result)."""
+    more to the site after DEMO, before the hub starts (the site's environment is ``env`` of the result).
+    ``groups`` puts demo users into more role groups (role -> demo user keys, e.g. ``{"scanner_manager":
+    ["clinician"]}``); ``settings`` adds site settings (``INCLOUD_*`` variables) to the hub's environment."""
     require_isolated_hub("the portal test", on_missing)
     if not os.path.exists(CHROMIUM):
         on_missing("Debian chromium not installed (/usr/bin/chromium)")
@@ -293,15 +297,17 @@ def portal_stack(extra_researchers: int = 0, on_missing: Callable[[str], object]
     env = hub_env(at, names["admin"], {
         "admin": [names["admin"]],
         "researcher": [names["researcher"], names["outsider"], *(names[k] for k in names if k[1:].isdigit())],
-        "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]]}, {
-        "INCLOUD_SITE_NAME": SITE_NAME, "INCLOUD_HUB_WORKSTATION_VENV": str(venv), "INCLOUD_HUB_START_TIMEOUT": "120"})
+        "qc_reviewer": [names["reviewer"]], "clinician": [names["clinician"]],
+        **{role: [names[k] for k in keys] for role, keys in (groups or {}).items()}}, {
+        "INCLOUD_SITE_NAME": SITE_NAME, "INCLOUD_HUB_WORKSTATION_VENV": str(venv), "INCLOUD_HUB_START_TIMEOUT": "120",
+        **(settings or {})})
     proc: subprocess.Popen | None = None
     try:
         install_hub(at, venv, env)
         series = seed_demo({**env, "INCLOUD_TEST_PREFIX": at.prefix,
                             "INCLOUD_TEST_EXTRA": " ".join(k for k in names if k[1:].isdigit())})
         if seed is not None:
-            seed(env)
+            seed({**env, "INCLOUD_TEST_PREFIX": at.prefix})  # demo user names are the prefix + their key
         r = hub_bash(f'hub_service_user {at.svc} "{at.home}"', env)  # the seeded files become the service user's
         assert r.returncode == 0, r.stderr
         proc = start_hub(at, env)
