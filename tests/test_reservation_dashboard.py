@@ -29,9 +29,14 @@ pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
 DASHBOARD = "voila/render/INCloud/dashboards/reservation.ipynb"
 
 
+def next_monday() -> date:
+    today = datetime.now(timezone.utc).date()
+    return today - timedelta(days=today.weekday()) + timedelta(days=7)  # next week: never past, outside notice
+
+
 def seed_scanner(env: dict[str, str]) -> None:
-    """MR1 (UTC, open every day 08:00-18:00, managed by the demo clinician) and a recent MR safety screening of
-    DEMO's participants, as the site console."""
+    """MR1 (UTC, open Monday to Saturday 08:00-18:00, managed by the demo clinician, under maintenance next
+    Wednesday 08:00-12:00) and a recent MR safety screening of DEMO's participants, as the site console."""
     from incloud_kernel.acquisition import bookings
     from incloud_kernel.archive import records
     from incloud_kernel.archive.models import Participant, Project
@@ -43,7 +48,9 @@ def seed_scanner(env: dict[str, str]) -> None:
     console = Actor.console("reservation-test")
     with records.transaction(site) as db:
         bookings.add_scanner(db, console, "MR1", manager=env["INCLOUD_TEST_PREFIX"] + "clinician", site="Main", name="Skyra 3T",
-                             opening_hours="mon-sun=08:00-18:00", tz="UTC")
+                             opening_hours="mon-sat=08:00-18:00", tz="UTC")
+        wednesday = next_monday() + timedelta(days=2)
+        bookings.add_block(db, console, "MR1", f"{wednesday}T08:00", f"{wednesday}T12:00", reason="coil replacement")
         people = db.scalars(select(Participant).join(Project, Participant.project_id == Project.id)
                             .where(Project.code == "DEMO")).all()
         for person in people:
@@ -82,8 +89,7 @@ def test_researcher_books_in_two_clicks_and_the_manager_approves(portal, browser
     from incloud_kernel.db import session_factory
     from incloud_kernel.site import Site
 
-    today = datetime.now(timezone.utc).date()
-    monday = today - timedelta(days=today.weekday()) + timedelta(days=7)  # next week: never past, outside notice
+    monday = next_monday()
     wanted, taken = f"{monday + timedelta(days=1)}T09:00", f"{monday + timedelta(days=1)}T11:00"
     researcher = api_client(portal, "researcher")
     manager = portal.names["clinician"]
@@ -94,9 +100,10 @@ def test_researcher_books_in_two_clicks_and_the_manager_approves(portal, browser
         assert not page.is_visible("#rs-approve-empty")  # a researcher approves nothing
         page.click("button:has-text('Next ›')")
         page.wait_for_selector(f"#rs-week[data-monday='{monday}']", timeout=60_000)
-        closed = page.eval_on_selector_all("td.slot.closed", "els => els.length")
-        free = page.eval_on_selector_all("td.slot.free", "els => els.length")
-        assert free == 7 * 40 and closed == 0  # 7 days x 08:00-18:00 in 15-minute slots, all free
+        count = {kind: page.eval_on_selector_all(f"td.slot.{kind}", "els => els.length")
+                 for kind in ("free", "closed", "block")}
+        assert count == {"free": 6 * 40 - 16, "closed": 40, "block": 16}  # 08:00-18:00 in 15-minute slots, Sunday
+        assert "Maintenance: coil replacement" in page.inner_text("td.slot.block.first")  # closed, Wednesday morning
         page.screenshot(path=str(shots / "reservation-week.png"), full_page=True)
 
         page.click(f"td.slot.free[data-start='{wanted}']")  # click 1
