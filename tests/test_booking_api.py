@@ -50,6 +50,8 @@ def test_book_approve_and_read_the_calendar_through_the_api(stack, booking_site)
     day = _monday()
     researcher = connect(stack.api_url, alice.token)
     assert [s["ae_title"] for s in researcher.scanners()] == ["MRAPI"]
+    rules = researcher.booking_rules()  # what the reservation dashboard draws its calendar with
+    assert (rules["slot_minutes"], rules["approval_required"], rules["sets"]) == (15, False, ["ukb", "hcp-lifespan"])
     made = researcher.book("MRAPI", "hub01", "ukb", f"{day}T09:00", minutes=60)["items"]
     assert [(b["status"], b["participant_label"], len(b["protocol_ids"])) for b in made] == [("approved", "hub01", 4)]
     with pytest.raises(ValidationError, match="already booked"):
