@@ -442,7 +442,9 @@ def book(db: DB, actor: Actor, *, scanner: int | str | Scanner, participant: int
         try:
             _check_free(db, row, slot)
             with _taken_as_error(db, row):
+                accession, study_uid = worklist.new_ids()
                 booking = Booking(scanner_id=row.id, project_id=project.id, participant_id=person.id,
+                                  accession_number=accession, study_uid=study_uid,
                                   starts_at=slot.start, ends_at=slot.end, status=status, protocol_key=protocol,
                                   protocol_ids=[p.id for p in chosen], recurrence=recurrence, booked_by=actor.user,
                                   approved_by=actor.user if status == "approved" else None)

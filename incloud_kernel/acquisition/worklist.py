@@ -50,18 +50,24 @@ def entry_name(booking_id: int) -> str:
     return f"{PREFIX}{booking_id}{SUFFIX}"
 
 
+def new_ids() -> tuple[str, str]:
+    """A fresh AccessionNumber (``A`` + 15 random characters: 16, the SH limit) and StudyInstanceUID.
+
+    Given to a booking in the INSERT that creates it: a later UPDATE of a new row would re-check PostgreSQL's
+    exclusion constraint against a competing in-flight insert and deadlock with it. The unique constraints of
+    migration 0006 back the (2^75 to one) randomness.
+    """
+    return "A" + "".join(secrets.choice(_ACCESSION_ALPHABET) for _ in range(15)), generate_uid()
+
+
 def assign_ids(db: DB, booking: Booking) -> None:
-    """Give a booking its AccessionNumber (16 characters, random, unique) and StudyInstanceUID once; kept
-    across moves so the study that comes back binds to the booking whatever its final slot."""
-    if booking.accession_number is None:
-        while True:
-            candidate = "A" + "".join(secrets.choice(_ACCESSION_ALPHABET) for _ in range(15))
-            if db.scalar(select(Booking.id).where(Booking.accession_number == candidate)) is None:
-                break
-        booking.accession_number = candidate
-    if booking.study_uid is None:
-        booking.study_uid = generate_uid()
-    db.flush()
+    """Give a booking made before migration 0006 its ids; kept from then on, across moves, so the study that
+    comes back binds to the booking whatever its final slot."""
+    if booking.accession_number is None or booking.study_uid is None:
+        accession, uid = new_ids()
+        booking.accession_number = booking.accession_number or accession
+        booking.study_uid = booking.study_uid or uid
+        db.flush()
 
 
 def _ascii(text: str, limit: int) -> str:
@@ -127,7 +133,7 @@ def entry(booking: Booking, scanner: Scanner, participant: Participant, project:
     return ds
 
 
-def _write_atomic(path: Path, ds: Dataset) -> None:
+def write_entry(path: Path, ds: Dataset) -> None:
     """Write a Part 10 file (preamble, meta header, explicit VR little endian) by temp file and rename, so the
     plugin, which re-reads the folder on every query, sees the old entry or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # no .wl suffix: the plugin ignores it
@@ -152,12 +158,15 @@ def _entries(path: Path) -> dict[int, Path]:
     return out
 
 
-def sync(db: DB, *, config: Config | None = None, now: datetime | None = None) -> dict[str, int]:
+def sync(db: DB, *, config: Config | None = None, now: datetime | None = None,
+         only: set[int] | None = None) -> dict[str, int]:
     """Make the worklist folder hold exactly the approved bookings whose slot has not ended.
 
     Writes (or rewrites) their entries, giving any that lacks one its accession number and study UID, and
-    removes the entries of bookings that were cancelled, moved back to pending or whose slot has passed.
-    Returns counts: ``written``, ``removed``, ``kept`` (the number of entries now served).
+    removes the entries of bookings that were cancelled, moved back to pending or whose slot has passed. With
+    ``only`` (booking ids), just those bookings' entries are brought up to date, so one approval does not
+    rewrite a folder of thousands. Returns counts: ``written``, ``removed``, ``kept`` (entries now served, or
+    with ``only``, of those bookings).
     """
     now = now or datetime.now(UTC)
     path = folder(config)
@@ -169,18 +178,22 @@ def sync(db: DB, *, config: Config | None = None, now: datetime | None = None) -
             raise NotADirectoryError(20, "not a directory")
     except OSError as exc:
         raise StorageError(f"cannot create worklist folder {path}: {exc.strerror or type(exc).__name__}") from None
-    rows = db.execute(
-        select(Booking, Scanner, Participant, Project)
-        .join(Scanner, Scanner.id == Booking.scanner_id)
-        .join(Participant, Participant.id == Booking.participant_id)
-        .join(Project, Project.id == Booking.project_id)
-        .where(Booking.status == "approved", Booking.ends_at > now)
-        .order_by(Booking.id)).all()
+    query = (select(Booking, Scanner, Participant, Project)
+             .join(Scanner, Scanner.id == Booking.scanner_id)
+             .join(Participant, Participant.id == Booking.participant_id)
+             .join(Project, Project.id == Booking.project_id)
+             .where(Booking.status == "approved", Booking.ends_at > now)
+             .order_by(Booking.id))
+    if only is not None:
+        query = query.where(Booking.id.in_(sorted(only)))
+    rows = db.execute(query).all()
     present = _entries(path)
+    if only is not None:
+        present = {k: v for k, v in present.items() if k in only}
     written = 0
     for booking, scanner, participant, project in rows:
         assign_ids(db, booking)
-        _write_atomic(path / entry_name(booking.id), entry(booking, scanner, participant, project))
+        write_entry(path / entry_name(booking.id), entry(booking, scanner, participant, project))
         written += 1
     wanted = {b.id for b, *_ in rows}
     removed = 0
@@ -200,8 +213,8 @@ def _enabled(config: Config) -> bool:
 
 
 def changed(db: DB, booking: Booking) -> None:
-    """Call when a booking was approved, cancelled or moved: its ids are assigned now (in the caller's
-    transaction, so they are stored with the change) and the folder is synced once the transaction commits.
+    """Call when a booking was made, approved, cancelled or moved: the folder is synced once the caller's
+    transaction commits (a booking made before migration 0006 gets its ids now, stored with the change).
 
     The sync after commit runs in a session of its own; if it fails (a full disk, a missing folder) the booking
     change stands, a warning naming the booking is logged, and ``incloud book worklist sync`` repairs it.
@@ -209,25 +222,28 @@ def changed(db: DB, booking: Booking) -> None:
     config = get_config()
     if not _enabled(config):
         return
-    if booking.status == "approved":
+    if booking.status == "approved" and booking.accession_number is None:
         assign_ids(db, booking)
-    if db.info.get("worklist_sync_pending"):
+    pending: set[int] | None = db.info.get("worklist_changed")
+    if pending is not None:
+        pending.add(booking.id)
         return
-    db.info["worklist_sync_pending"] = True
+    pending = db.info["worklist_changed"] = {booking.id}
     engine = db.get_bind()
 
     def after_commit(session: DB) -> None:
-        session.info.pop("worklist_sync_pending", None)
+        session.info.pop("worklist_changed", None)
         try:
             with DB(engine) as fresh, fresh.begin():
-                sync(fresh, config=config)
+                sync(fresh, config=config, only=pending)
         except Exception as exc:  # noqa: BLE001 - the committed booking must stand; the sync is repairable
-            log.warning("worklist sync after booking #%s failed (%s); run incloud book worklist sync",
-                        booking.id, type(exc).__name__)
+            log.warning("worklist sync after a change of booking(s) %s failed (%s); run incloud book worklist sync",
+                        ",".join(map(str, sorted(pending))), type(exc).__name__)
 
-    def after_rollback(session: DB) -> None:
-        # A rolled-back change leaves the listener armed; a later commit of this session syncs, which is harmless.
-        session.info.pop("worklist_sync_pending", None)
+    def after_rollback(session: DB, _previous: Any) -> None:
+        # A rolled-back change leaves the listener armed; a later commit of this session syncs those bookings
+        # as they then are, which is harmless.
+        session.info.pop("worklist_changed", None)
 
     event.listen(db, "after_commit", after_commit, once=True)
     event.listen(db, "after_soft_rollback", after_rollback, once=True)
