@@ -84,7 +84,7 @@ def _timed(args: list[str], repeat: int, expect: int | None) -> tuple[float, flo
         if result.returncode != 0:
             raise click.ClickException(f"{args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
         if expect is not None:
-            found = result.stderr.count("# Dicom-Data-Set") + result.stdout.count("# Dicom-Data-Set")
+            found = (result.stderr + result.stdout).count("(Pending)")  # one "Find Response: n (Pending)" a hit
             if found != expect:
                 raise click.ClickException(f"{args[0]}: {found} answers, expected {expect}")
     times.sort()

@@ -130,6 +130,8 @@ def test_sync_rebuilds_a_lost_folder_and_lists_without_identities(cli) -> None: 
     for item in _folder(cli).glob("*.wl"):
         item.unlink()
     assert "1 entries served (1 written, 0 removed)" in ok(cli, "book", "worklist", "sync")
+    assert "1 entries served (0 written, 0 removed)" in ok(cli, "book", "worklist", "sync")  # unchanged: kept
+    assert "1 entries served (1 written, 0 removed)" in ok(cli, "book", "worklist", "sync", "--rewrite")
     [row] = json.loads(ok(cli, "book", "worklist", "list", "--json"))
     assert row["booking"] == made["id"] and row["patient_id"] == "RQ7ZK2M4XA" and row["station"] == "MR1"
 
@@ -222,3 +224,14 @@ def test_bad_worklist_folder_is_one_line_and_leaves_the_booking(cli, tmp_path: P
     ok(cli, "book", "approve", str(made["id"]), "--as", "maria")  # the approval stands
     assert _booking(cli, made["id"])["status"] == "approved"
     assert "cannot create" in one_line_error(run(cli, "book", "worklist", "sync"), 2)
+
+
+def test_bookings_of_another_database_never_reach_this_sites_worklist(site_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A benchmark or a tool working on a scratch database must not put entries on this site's scanners."""
+    from incloud_kernel.acquisition import worklist
+    from incloud_kernel.config import get_config
+    from incloud_kernel.db import get_engine
+
+    config = get_config(reload=True)
+    assert worklist._enabled(config, get_engine(config.database_url))
+    assert not worklist._enabled(config, get_engine(f"sqlite:///{tmp_path / 'scratch.sqlite'}"))

@@ -255,12 +255,13 @@ def worklist_group() -> None:
 
 
 @worklist_group.command("sync")
+@click.option("--rewrite", is_flag=True, help="Rewrite every entry, not only those changed since written.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def worklist_sync(as_json: bool) -> None:
+def worklist_sync(rewrite: bool, as_json: bool) -> None:
     """Write an entry for every approved booking whose slot has not ended; remove cancelled and past ones."""
     from incloud_kernel.acquisition import worklist
 
-    counts = _run(None, lambda db, actor: worklist.sync(db))
+    counts = _run(None, lambda db, actor: worklist.sync(db, rewrite=rewrite))
     _echo(counts, as_json, lambda c: click.echo(
         f"worklist: {c['kept']} entries served ({c['written']} written, {c['removed']} removed)"))
 
