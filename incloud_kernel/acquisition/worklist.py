@@ -57,13 +57,13 @@ def new_ids() -> tuple[str, str]:
 
     Given to a booking in the INSERT that creates it: a later UPDATE of a new row would re-check PostgreSQL's
     exclusion constraint against a competing in-flight insert and deadlock with it. The unique constraints of
-    migration 0006 back the (2^75 to one) randomness.
+    migration 0007 back the (2^75 to one) randomness.
     """
     return "A" + "".join(secrets.choice(_ACCESSION_ALPHABET) for _ in range(15)), generate_uid()
 
 
 def assign_ids(db: DB, booking: Booking) -> None:
-    """Give a booking made before migration 0006 its ids; kept from then on, across moves, so the study that
+    """Give a booking made before migration 0007 its ids; kept from then on, across moves, so the study that
     comes back binds to the booking whatever its final slot."""
     if booking.accession_number is None or booking.study_uid is None:
         accession, uid = new_ids()
@@ -235,7 +235,7 @@ def _enabled(config: Config, engine: Any) -> bool:
 
 def changed(db: DB, booking: Booking) -> None:
     """Call when a booking was made, approved, cancelled or moved: the folder is synced once the caller's
-    transaction commits (a booking made before migration 0006 gets its ids now, stored with the change).
+    transaction commits (a booking made before migration 0007 gets its ids now, stored with the change).
 
     The sync after commit runs in a session of its own; if it fails (a full disk, a missing folder) the booking
     change stands, a warning naming the booking is logged, and ``incloud book worklist sync`` repairs it.

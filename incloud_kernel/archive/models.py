@@ -411,8 +411,8 @@ class Booking(Base):
     approved_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    #: The Modality Worklist entry's AccessionNumber and StudyInstanceUID, given when the booking is first
-    #: approved and kept (a move keeps them) so that ingest can bind the study that comes back (migration 0006).
+    #: The Modality Worklist entry's AccessionNumber and StudyInstanceUID, given when the booking is
+    #: made and kept (a move keeps them) so that ingest can bind the study that comes back (migration 0007).
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_uid: Mapped[str | None] = mapped_column(String(64))
 

@@ -1,14 +1,14 @@
 """worklist: the AccessionNumber and StudyInstanceUID a booking's Modality Worklist entry carries
 
-Revision ID: 0006_worklist
-Revises: 0005_registry
+Revision ID: 0007_worklist
+Revises: 0006_pipeline_runs
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006_worklist'
-down_revision = '0005_registry'
+revision = '0007_worklist'
+down_revision = '0006_pipeline_runs'
 branch_labels = None
 depends_on = None
 
