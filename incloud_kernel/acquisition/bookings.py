@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
-from incloud_kernel.acquisition import protocols
+from incloud_kernel.acquisition import protocols, worklist
 from incloud_kernel.archive import permissions as perm
 from incloud_kernel.archive.models import (
     HOLDING_STATES,
@@ -442,7 +442,9 @@ def book(db: DB, actor: Actor, *, scanner: int | str | Scanner, participant: int
         try:
             _check_free(db, row, slot)
             with _taken_as_error(db, row):
+                accession, study_uid = worklist.new_ids()
                 booking = Booking(scanner_id=row.id, project_id=project.id, participant_id=person.id,
+                                  accession_number=accession, study_uid=study_uid,
                                   starts_at=slot.start, ends_at=slot.end, status=status, protocol_key=protocol,
                                   protocol_ids=[p.id for p in chosen], recurrence=recurrence, booked_by=actor.user,
                                   approved_by=actor.user if status == "approved" else None)
@@ -453,6 +455,7 @@ def book(db: DB, actor: Actor, *, scanner: int | str | Scanner, participant: int
                 raise
             return _wait(db, actor, row, project, person, protocol, slot)
         made.append(booking)
+        worklist.changed(db, booking)
         audit(db, actor, "booking.create", "booking", booking.id, scanner=row.id, project=project.code,
               participant=person.id, protocols=booking.protocol_ids, status=status, recurrence=recurrence)
     return made
@@ -519,6 +522,7 @@ def cancel(db: DB, actor: Actor, booking: int | Booking, *, series: bool = False
         b.status, b.updated_at = "cancelled", now
         db.flush()
         audit(db, actor, "booking.cancel", "booking", b.id, scanner=scanner.id)
+        worklist.changed(db, b)
     for b in rows:
         offer_waitlist(db, scanner, Slot(aware(b.starts_at), aware(b.ends_at)), settings, now)
     return rows
@@ -553,6 +557,7 @@ def move(db: DB, actor: Actor, booking: int | Booking, start: datetime | str, en
             row.status, row.approved_by = "pending", None
         db.flush()
     audit(db, actor, "booking.move", "booking", row.id, scanner=scanner.id, status=row.status)
+    worklist.changed(db, row)
     offer_waitlist(db, scanner, old, settings, now)
     return row
 
@@ -567,6 +572,7 @@ def approve(db: DB, actor: Actor, booking: int | Booking) -> Booking:
     row.status, row.approved_by, row.updated_at = "approved", actor.user, datetime.now(UTC)
     db.flush()
     audit(db, actor, "booking.approve", "booking", row.id, scanner=scanner.id)
+    worklist.changed(db, row)
     return row
 
 
@@ -646,7 +652,8 @@ def as_dict(db: DB, row: Booking) -> dict[str, Any]:
             "participant_label": person.label if person else None,
             "start": aware(row.starts_at).isoformat(), "end": aware(row.ends_at).isoformat(),
             "status": row.status, "protocol": row.protocol_key, "protocol_ids": list(row.protocol_ids),
-            "recurrence": row.recurrence, "booked_by": row.booked_by, "approved_by": row.approved_by}
+            "recurrence": row.recurrence, "booked_by": row.booked_by, "approved_by": row.approved_by,
+            "accession_number": row.accession_number, "study_uid": row.study_uid}
 
 
 def wait_as_dict(row: BookingWait) -> dict[str, Any]:

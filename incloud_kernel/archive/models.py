@@ -391,6 +391,8 @@ class Booking(Base):
         Index("ix_booking_project", "project_id", "starts_at"),
         CheckConstraint("ends_at > starts_at", name="ck_booking_order"),
         CheckConstraint("status in ('pending','approved','cancelled')", name="ck_booking_status"),
+        UniqueConstraint("accession_number", name="uq_booking_accession"),
+        UniqueConstraint("study_uid", name="uq_booking_study_uid"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -409,6 +411,10 @@ class Booking(Base):
     approved_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The Modality Worklist entry's AccessionNumber and StudyInstanceUID, given when the booking is
+    #: made and kept (a move keeps them) so that ingest can bind the study that comes back (migration 0007).
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_uid: Mapped[str | None] = mapped_column(String(64))
 
 
 class BookingWait(Base):

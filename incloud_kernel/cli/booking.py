@@ -247,3 +247,37 @@ def waitlist(ae_title: str | None, as_json: bool, as_user: str | None) -> None:
         if not rows:
             click.echo("no waitlist requests")
     _echo(rows, as_json, text)
+
+
+@book.group("worklist")
+def worklist_group() -> None:
+    """The DICOM Modality Worklist the scanners query (Orthanc's worklist plugin; site console only)."""
+
+
+@worklist_group.command("sync")
+@click.option("--rewrite", is_flag=True, help="Rewrite every entry, not only those changed since written.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def worklist_sync(rewrite: bool, as_json: bool) -> None:
+    """Write an entry for every approved booking whose slot has not ended; remove cancelled and past ones."""
+    from incloud_kernel.acquisition import worklist
+
+    counts = _run(None, lambda db, actor: worklist.sync(db, rewrite=rewrite))
+    _echo(counts, as_json, lambda c: click.echo(
+        f"worklist: {c['kept']} entries served ({c['written']} written, {c['removed']} removed)"))
+
+
+@worklist_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def worklist_list(as_json: bool) -> None:
+    """The entries served now: booking, accession number, pseudonym, station, scheduled date and time."""
+    from incloud_kernel.acquisition import worklist
+
+    rows = worklist.entries_as_dicts(worklist.folder())
+
+    def text(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            click.echo(f"#{r['booking']:<5} {r['accession_number']} {r['station']:<10} {r['date']} {r['time']} "
+                       f"{r['patient_id']}")
+        if not rows:
+            click.echo("no worklist entries")
+    _echo(rows, as_json, text)
