@@ -225,6 +225,9 @@ def workstation_venv(folder: Path) -> Path:
             text = script.read_text().split("\n", 1)[1]
             target.write_text(f"#!{folder / 'bin' / 'python'}\n{text}")
             target.chmod(0o755)
+    # Readable by the workstation accounts whatever the creating process's umask (the CLI's in-process tests
+    # leave 077 behind): without this, their python and Jupyter data are out of reach.
+    subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True, timeout=120)
     return folder
 
 

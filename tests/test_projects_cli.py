@@ -32,11 +32,14 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``incloud ARGS`` in this process (env is already set by the site_env fixture)."""
     assert _capsys is not None
     _capsys.readouterr()
+    umask = os.umask(0o077)  # the CLI sets 077 for its process; this process is pytest's, so put it back after
     try:
         main(list(args))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.umask(umask)
     out = _capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out.out, out.err)
 
