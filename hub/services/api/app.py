@@ -94,6 +94,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             message = exc.log_message
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    def require_scope(self, scope: str) -> None:
+        """403 unless the caller's token holds ``scope`` (for a route whose methods need different scopes)."""
+        if scope not in set(self.current_user.get("scopes", [])):  # type: ignore[union-attr]
+            raise web.HTTPError(403, reason=f"token lacks scope {scope}")
+
     def body(self) -> dict[str, Any]:
         """The JSON object a write sent. Writes must carry a token header (never a cookie alone), so no other
         site's page can post with a user's session."""
@@ -438,8 +443,7 @@ class RegistryAttributesHandler(BaseHandler):
         self.send(await self.in_db(lambda db, actor: registry.attributes(db, actor, pseudonym, None)))
 
     async def put(self, pseudonym: str) -> None:
-        if "custom:incloud:write" not in set(self.current_user.get("scopes", [])):  # type: ignore[union-attr]
-            raise web.HTTPError(403, "token lacks scope custom:incloud:write", reason="forbidden")
+        self.require_scope("custom:incloud:write")
         body = self.body()
         self.send(await self.in_db(lambda db, actor: registry.attributes(db, actor, pseudonym, body)))
 

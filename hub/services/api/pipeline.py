@@ -8,7 +8,6 @@ patient-identifying value: inputs are series ids and pseudonymous labels.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tornado import web
@@ -21,19 +20,6 @@ READ, WRITE = "custom:incloud:read", "custom:incloud:write"
 
 class PipelineHandler(BaseHandler):
     scope = READ
-
-    def require_scope(self, scope: str) -> None:
-        if scope not in set(self.current_user.get("scopes", [])):  # type: ignore[union-attr]
-            raise web.HTTPError(403, reason=f"token lacks scope {scope}")
-
-    def body(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON", reason="invalid request") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the body must be a JSON object", reason="invalid request")
-        return data
 
     @property
     def heartbeat(self) -> float:
