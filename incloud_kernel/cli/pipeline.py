@@ -144,12 +144,19 @@ def status(run_id: int | None, project: str | None, show_tasks: bool, as_json: b
                            f"{'interrupted' if r['interrupted'] else r['state']}\t{_counts_line(r['counts'])}")
             return
         report = runs.progress(db, actor, run_id, beat, with_tasks=show_tasks or as_json)
+    if report.get("dashboard"):  # a path behind the hub's proxy: on the hub's public address
+        from urllib.parse import urlparse
+
+        hub = urlparse(site.config.hub.bind_url)
+        report["dashboard"] = f"{hub.scheme}://{hub.netloc}{report['dashboard']}"
     if as_json:
         click.echo(_dump(report))
         return
     state = "interrupted (driver gone: 'incloud pipeline resume')" if report["interrupted"] else report["state"]
     click.echo(f"run #{report['run']} {report['pipeline']} {report['version']} on {report['project']}: {state}; "
                f"{_counts_line(report['counts'])} of {report['total']} ({report['reused']} reused)")
+    if report.get("dashboard"):
+        click.echo(f"  dashboard (yours only, while it runs): {report['dashboard']}")
     for stage, counts in report["stages"].items():
         click.echo(f"  stage {stage}: {_counts_line(counts)}")
     for subject, counts in report["subjects"].items():
