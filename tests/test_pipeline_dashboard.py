@@ -2,7 +2,9 @@
 service (tests/services/hubstack.py). The run is started through the API, whose background driver starts a real
 LocalCluster; its owner loads the dashboard's status page and opens Bokeh's websocket through the proxy; another
 member of the project, a user without a role and a request without a token are refused with one line; once the
-run has ended the dashboard answers 404.
+run has ended the dashboard answers 404. Headless Chromium logs in through the hub's form, opens the link (the
+service's OAuth handshake on the way) and renders the live plots, which Bokeh pulls over the proxied websocket;
+the screenshot is left in the test's tmp_path (dashboard-status.png).
 """
 from __future__ import annotations
 
@@ -79,7 +81,31 @@ async def _bokeh_ack(url: str, token: str | None, session_token: str) -> str:
         conn.close()
 
 
-def test_the_owner_sees_the_running_dashboard_through_the_hub_and_nobody_else(stack) -> None:  # type: ignore
+def _in_chromium(stack, user, link: str, shot: Path) -> int:  # type: ignore[no-untyped-def]
+    """Log in through the hub's form in headless Chromium, open ``link`` (the service's OAuth handshake on the
+    way) and wait for Bokeh's plots, which the page pulls over its websocket; returns the number of canvases."""
+    from conftest import missing
+    from isolated_hub import CHROMIUM, chromium
+    from services.hubstack import PASSWORD
+
+    if not Path(CHROMIUM).exists():
+        missing("Debian chromium not installed (/usr/bin/chromium)")
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # type: ignore[attr-defined]
+        page.goto(stack.url + "/hub/login")
+        page.fill("#username_input", user.name)
+        page.fill("#password_input", PASSWORD)
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/home", timeout=60_000)
+        page.goto(link)
+        page.wait_for_url(link, timeout=60_000)
+        page.wait_for_selector("canvas", timeout=90_000)
+        page.wait_for_timeout(2000)  # a few updates of the live plots
+        page.screenshot(path=str(shot))
+        return len(page.query_selector_all("canvas"))
+
+
+def test_the_owner_sees_the_running_dashboard_through_the_hub_and_nobody_else(stack, tmp_path) -> None:  # type: ignore
     from services.hubstack import wait_for
 
     alice, bob, carol = _user(stack, "alice", "member"), _user(stack, "bob", "member"), _user(stack, "carol", None)
@@ -116,6 +142,9 @@ def test_the_owner_sees_the_running_dashboard_through_the_hub_and_nobody_else(st
         assert "\n" not in answer.json()["message"] and "Dask" not in answer.text, who
     with pytest.raises(Exception, match="403"):
         asyncio.run(_bokeh_ack(ws, bob.token, session_token))
+
+    shot = tmp_path / "dashboard-status.png"
+    assert _in_chromium(stack, alice, link, shot) > 0 and shot.stat().st_size > 10_000
 
     status = subprocess.run([str(Path(sys.executable).parent / "incloud"), "pipeline", "status", str(run_id)],
                             env=stack.env, capture_output=True, text=True, timeout=120)
