@@ -20,8 +20,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
@@ -301,13 +302,41 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
 
     logs = str(private_dir(site.config.home / "pipeline-logs"))
     prefix = dashboard_prefix(site.config, run_id)
-    with cluster_for(site.config.compute, run_id, logs, prefix) as cluster, Client(cluster) as own:
-        url = _record_dashboard(site, run_id, own, prefix)
+    with ExitStack() as stack:
+        with _beating(site, run_id):
+            cluster = stack.enter_context(cluster_for(site.config.compute, run_id, logs, prefix))
+            own = stack.enter_context(Client(cluster))
+            url = _record_dashboard(site, run_id, own, prefix)
         try:
             return Driver(site, run_id, own, on_progress).drive()
         finally:
             if url:
                 _clear_dashboard(site, run_id, url)
+
+
+@contextmanager
+def _beating(site: Any, run_id: int) -> Iterator[None]:
+    """Beat the run's heartbeat from a thread while its cluster starts (the drive loop beats after): a cluster
+    slow to start on a loaded node must not make a live driver look dead (and its run resumable by another)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(site.config.compute.heartbeat_interval):
+            try:
+                with transaction(site.engine) as db:
+                    run = db.get(PipelineRun, run_id)
+                    if run is not None:
+                        run.heartbeat_at = utcnow()
+            except Exception:  # noqa: BLE001 - a missed beat only makes the run look interrupted
+                pass
+
+    thread = threading.Thread(target=beat, name=f"incloud-run-{run_id}-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _record_dashboard(site: Any, run_id: int, client: Any, prefix: str) -> str | None:
