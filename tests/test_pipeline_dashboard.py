@@ -20,6 +20,10 @@ from typing import Iterator
 
 import pytest
 import requests
+from sqlalchemy import select
+
+from test_pipeline_engine import engine_site  # noqa: F401
+from test_pipeline_slurm import slurm_conf, slurm_site  # noqa: F401
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 TESTS = Path(__file__).resolve().parent
@@ -157,3 +161,67 @@ def test_the_owner_sees_the_running_dashboard_through_the_hub_and_nobody_else(st
     gone = _get(stack, link, alice.token)
     assert gone.status_code == 404 and gone.json()["message"] == f"run #{run_id} has ended; its dashboard is gone"
     assert _get(stack, f"{stack.api_url}api/runs/{run_id}", alice.token).json()["dashboard"] is None
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_slurm_run_records_its_dashboard_under_the_public_prefix_and_clears_it(slurm_site) -> None:  # type: ignore
+    """SLURMCluster (real Slurm worker jobs): the scheduler's dashboard answers under the proxied prefix on
+    the recorded loopback address while the run goes, and the run forgets it at the end."""
+    from incloud_kernel.archive.models import PipelineRun
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline.executor import dashboard_prefix
+    from test_pipeline_engine import run
+
+    seen: list[tuple[str, int, str]] = []
+
+    def watch(counts: dict[str, int]) -> None:
+        if seen:
+            return
+        with transaction(slurm_site.engine) as db:
+            url = db.scalars(select(PipelineRun.dashboard).where(PipelineRun.dashboard.is_not(None))).first()
+        if url:
+            page = requests.get(url + "/status", timeout=30)
+            seen.append((url, page.status_code, page.text))
+
+    run_id, state = run(slurm_site, "slow", on_progress=watch)
+    assert state == "done" and seen
+    url, code, text = seen[0]
+    assert url.startswith("http://127.0.0.1:") and url.endswith(dashboard_prefix(slurm_site.config, run_id))
+    assert code == 200 and "bokeh" in text
+    with transaction(slurm_site.engine) as db:
+        assert db.get(PipelineRun, run_id).dashboard is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_who_may_open_a_runs_dashboard(engine_site) -> None:  # type: ignore[no-untyped-def]
+    """The proxy's permission rule: the owner and site admins; other members 403; others 404; one line each."""
+    from archive_data import ADMIN
+    from hub.services.api.dashboard import dashboard_target
+    from incloud_kernel.archive import projects
+    from incloud_kernel.archive.permissions import Actor
+    from incloud_kernel.db import transaction
+    from incloud_kernel.errors import NotFound, PermissionDenied
+    from incloud_kernel.pipeline import runs
+
+    with transaction(engine_site.engine) as db:
+        for user in ("alice", "bob"):
+            projects.grant(db, ADMIN, "STUDY1", user, "member")
+        alice = Actor.resolve(db, "alice")
+        run_id = runs.create_run(db, alice, "toy", "STUDY1").id
+    with transaction(engine_site.engine) as db:
+        with pytest.raises(NotFound, match=f"run #{run_id} has not started yet"):
+            dashboard_target(db, alice, run_id, 5.0)
+        run = runs.begin(db, run_id, "host:1")
+        run.dashboard = "http://127.0.0.1:1/services/incloud-api/runs/1/dashboard"
+    with transaction(engine_site.engine) as db:
+        assert dashboard_target(db, alice, run_id, 5.0).startswith("http://127.0.0.1:1/")
+        assert dashboard_target(db, ADMIN, run_id, 5.0).startswith("http://127.0.0.1:1/")
+        with pytest.raises(PermissionDenied, match=f"^only the owner of run #{run_id} may open its dashboard$"):
+            dashboard_target(db, Actor.resolve(db, "bob"), run_id, 5.0)
+        with pytest.raises(NotFound, match=f"^run #{run_id} not found$"):
+            dashboard_target(db, Actor.resolve(db, "carol"), run_id, 5.0)
+        runs.cancel(db, alice, run_id, 5.0)  # a live driver: cancelling
+        db.get(runs.PipelineRun, run_id).state = runs.CANCELLED
+    with transaction(engine_site.engine) as db:
+        with pytest.raises(NotFound, match=f"^run #{run_id} has ended; its dashboard is gone$"):
+            dashboard_target(db, alice, run_id, 5.0)
