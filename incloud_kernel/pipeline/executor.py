@@ -195,7 +195,8 @@ class Driver:
             future.cancel()
         if workers:
             try:
-                self.client.restart_workers(list(workers), timeout=60, raise_for_error=False)
+                with _beating(self.site, self.run_id):  # a restart takes seconds: the driver is alive meanwhile
+                    self.client.restart_workers(list(workers), timeout=60, raise_for_error=False)
             except Exception:  # noqa: BLE001 - a worker that cannot restart is replaced by its cluster or lost
                 pass
         retried: list[int] = []
