@@ -225,3 +225,22 @@ def test_who_may_open_a_runs_dashboard(engine_site) -> None:  # type: ignore[no-
     with transaction(engine_site.engine) as db:
         with pytest.raises(NotFound, match=f"^run #{run_id} has ended; its dashboard is gone$"):
             dashboard_target(db, alice, run_id, 5.0)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_scheduler_refuses_a_client_without_the_clusters_certificate(engine_site) -> None:  # type: ignore
+    """The dashboard is reachable on loopback; the scheduler, which would run any code as the service user, is
+    not: mutual TLS with the cluster's own temporary authority refuses plain TCP and any other certificate."""
+    from distributed import Client
+    from distributed.security import Security
+
+    from incloud_kernel.pipeline.executor import cluster_for
+
+    engine_site.config.compute.workers = 1
+    with cluster_for(engine_site.config.compute) as cluster, Client(cluster) as own:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:") and own.submit(sum, [1, 2]).result() == 3
+        with pytest.raises(Exception):  # noqa: B017 - refused one way or another (closed, timed out)
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+        with pytest.raises(Exception):  # noqa: B017
+            Client(address, security=Security.temporary(), timeout=5)

@@ -62,7 +62,12 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
                 dashboard_prefix: str | None = None) -> Iterator[Any]:
     """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit; Slurm worker jobs write
     their output into ``log_directory`` (default: the driver's working folder, sbatch's default). The
-    scheduler's dashboard listens on a free port of ``compute.dashboard_host`` under ``dashboard_prefix``."""
+    scheduler's dashboard listens on a free port of ``compute.dashboard_host`` under ``dashboard_prefix``.
+
+    Scheduler, workers and client speak mutual TLS with a temporary certificate authority of this cluster
+    (Dask's ``security=True``): another account on a node cannot connect to the scheduler and run code as the
+    service user. Slurm worker jobs read their certificate from ``log_directory`` (private to the service user,
+    shared with the jobs)."""
     dashboard = _dashboard_options(compute, dashboard_prefix)
     if compute.backend == "slurm":
         # dask_jobqueue installs a SIGINT handler when first imported: a caller driving from a thread must have
@@ -78,13 +83,14 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
             job_name=f"incloud-run-{run_id}" if run_id is not None else "incloud-pipeline",
             job_extra_directives=list(compute.slurm_job_extra), scheduler_options=options,
             worker_extra_args=[f"--nthreads={compute.threads_per_worker}"], death_timeout=60,
-            log_directory=log_directory)
+            log_directory=log_directory, security=True, shared_temp_directory=log_directory)
         cluster.scale(compute.workers)
     else:
         from distributed import LocalCluster
 
         cluster = LocalCluster(n_workers=compute.workers, threads_per_worker=compute.threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address=dashboard["dashboard_address"],
+                               processes=True, host="127.0.0.1", security=True,
+                               dashboard_address=dashboard["dashboard_address"],
                                scheduler_kwargs={k: v for k, v in dashboard.items() if k == "http_prefix"})
     try:
         yield cluster
