@@ -162,6 +162,14 @@ class ComputeSection:
     pipelines: dict[str, str] = field(default_factory=dict)
     #: Seconds between the driver's heartbeats; a running run silent for 3 intervals is shown as interrupted.
     heartbeat_interval: float = 5.0
+    #: Seconds one task may compute before it is stopped and counted as a failed attempt ("timed out after N
+    #: s"; retried as any failure); 0: no limit. A stage's ``timeout`` overrides it, ``stage_timeouts`` both.
+    task_timeout: float = 6 * 3600.0
+    #: The site's per-stage limits, stage name -> seconds (0: none), e.g. ``{qc = 1800}``.
+    stage_timeouts: dict[str, float] = field(default_factory=dict)
+    #: Interface the driver's Dask dashboard listens on (the API service must reach it there; it has no login
+    #: of its own, so never every interface): loopback for drivers on the API service's host.
+    dashboard_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.backend not in COMPUTE_BACKENDS:
@@ -170,6 +178,8 @@ class ComputeSection:
             raise ConfigError("compute.workers, compute.threads_per_worker and compute.max_attempts must be >= 1")
         if self.retry_backoff < 0 or self.heartbeat_interval <= 0:
             raise ConfigError("compute.retry_backoff must be >= 0 and compute.heartbeat_interval > 0")
+        if self.task_timeout < 0 or any(v < 0 for v in self.stage_timeouts.values()):
+            raise ConfigError("compute.task_timeout and compute.stage_timeouts must be >= 0 seconds (0: no limit)")
 
 
 #: Where pipelines run (``ComputeSection.backend``).

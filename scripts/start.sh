@@ -116,6 +116,19 @@ else
   fi
 fi
 
+# The demo's QC indices, once (the first start; a later start finds that run and starts nothing): driven in the
+# background, so the login URL is not delayed; the QC review dashboard fills in as series are done.
+QC_LINE=""
+if [ "${INCLOUD_DEMO:-1}" = 1 ]; then
+  if qc_out=$(run "$INCLOUD" pipeline run qc DEMO --detach --once 2>&1); then
+    QC_LINE="
+  QC:        the demo's quality indices are computed in the background at the first start
+             (incloud pipeline status); then, as reviewer, open Review QC on the home page"
+  else
+    log "could not start the demo's QC run: ${qc_out##*$'\n'}"
+  fi
+fi
+
 password=$(sed -n 's/^shared_password = "\(.*\)"$/\1/p' "$SITE_FILE")
 cat <<EOF
 
@@ -129,5 +142,5 @@ INCloud is running.
   Isolation: $ISOLATION
   Site:      $HOME_DIR   (incloud config show; incloud archive ls)
   In a notebook:  import incloud_kernel; client = incloud_kernel.connect(); client.series(project="DEMO")
-  Stop:      kill \$(cat $HOME_DIR/hub/hub.pid)
+  Stop:      kill \$(cat $HOME_DIR/hub/hub.pid)${QC_LINE}
 EOF

@@ -57,6 +57,19 @@ class Summary(JsonStage):
         return {"brain_volume_l": volume / 1000.0}
 
 
+class Sleeper(BrainVolume):
+    """``brainvol`` that sleeps ``sleep`` s for the participant ``sleep_on`` only, with a stage time limit of its
+    own (``timeout``): the per-task time limit's test, where one input overruns and the others finish."""
+
+    defaults = {**BrainVolume.defaults, "sleep_on": "", "sleep": 0.0}
+    timeout = 3.0
+
+    def measure(self, inputs: StageInput) -> Mapping[str, Any]:
+        if inputs.participant == self.parameters["sleep_on"]:
+            time.sleep(self.parameters["sleep"])
+        return super().measure(inputs)
+
+
 def toy(version: str = "1", requires_qc: bool = False, **parameters: Any) -> Pipeline:
     return Pipeline("toy", version, [BrainVolume(**parameters), Summary()], requires_qc=requires_qc,
                     description="Engine test pipeline")
@@ -67,7 +80,12 @@ TOY2 = toy("2")
 TOY_QC = Pipeline("toyqc", "1", [BrainVolume()], requires_qc=True)
 FAILING = Pipeline("failing", "1", [BrainVolume(fail_on="P01"), Summary()], requires_qc=False)
 SLOW = Pipeline("slow", "1", [BrainVolume(pause=2.0)], requires_qc=False)
+#: Runs long enough to be watched (its dashboard opened) and is then cancelled.
+LINGER = Pipeline("linger", "1", [BrainVolume(pause=300.0)], requires_qc=False)
+#: P01's input sleeps past the stage's 3 s limit; the others finish.
+TIMED = Pipeline("timed", "1", [Sleeper(sleep_on="P01", sleep=600.0), Summary()], requires_qc=False)
 
 #: What the tests put into ``INCLOUD_COMPUTE_PIPELINES`` (the site's own pipelines).
 REFS = {"toy": "pipeline_toy:TOY", "toy2": "pipeline_toy:TOY2", "toyqc": "pipeline_toy:TOY_QC",
-        "failing": "pipeline_toy:FAILING", "slow": "pipeline_toy:SLOW"}
+        "failing": "pipeline_toy:FAILING", "slow": "pipeline_toy:SLOW",
+        "linger": "pipeline_toy:LINGER", "timed": "pipeline_toy:TIMED"}

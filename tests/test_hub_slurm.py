@@ -33,19 +33,9 @@ print(json.dumps({"whoami": c.user["name"], "unix": pwd.getpwuid(os.getuid()).pw
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:
-    from services.hubstack import HubStack
+    from services.hubstack import HubStack, require_hub_stack
 
-    if os.geteuid() != 0:
-        missing("the Slurm hub test needs root (useradd, munge, slurmd)")
-    for tool in ("slurmctld", "slurmd", "munged", "sbatch", "useradd", "runuser"):
-        require_tool(tool)
-    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL")
-    if not base:
-        missing("INCLOUD_TEST_POSTGRES_URL not set (run the suite through scripts/test.sh)")
-    from hub.spawners import proxy_command
-
-    if not shutil.which(proxy_command()):
-        missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
+    base = require_hub_stack()
     # Slurm daemons and the users' jobs must traverse this folder: not under pytest's private 0700 tmp.
     work = Path(tempfile.mkdtemp(prefix="incloud-hub-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
     s = HubStack(work, base)

@@ -574,6 +574,9 @@ class PipelineRun(Base):
     #: The process driving the run (host:pid) and its last sign of life: a stale heartbeat means "interrupted".
     driver: Mapped[str | None] = mapped_column(String(256))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Internal URL of the live driver's Dask dashboard (``http://host:port/<public prefix>``), which only the
+    #: API service proxies (to the run's owner); None when no driver is running it.
+    dashboard: Mapped[str | None] = mapped_column(String(512))
 
     tasks: Mapped[list[PipelineTask]] = relationship(back_populates="run", cascade="all, delete-orphan")
 

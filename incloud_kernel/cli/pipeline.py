@@ -68,18 +68,28 @@ def _drive(site: Any, run_id: int, quiet: bool) -> str:
 @click.argument("name")
 @click.argument("project")
 @click.option("--detach", is_flag=True, help="Drive the run in the background and return its id at once.")
+@click.option("--once", is_flag=True, help="Start nothing if a run of this pipeline version over PROJECT is "
+              "waiting, going or has ended (cancelled ones aside): a start script's first computation.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_json_option
 @_as_option
 @click.pass_context
-def run(ctx: click.Context, name: str, project: str, detach: bool, quiet: bool, as_json: bool,
+def run(ctx: click.Context, name: str, project: str, detach: bool, once: bool, quiet: bool, as_json: bool,
         as_user: str | None) -> None:
     """Run pipeline NAME over PROJECT's series (exit 1 if some input failed; 'status' says which)."""
     from incloud_kernel.db import transaction
     from incloud_kernel.pipeline import runs
+    from incloud_kernel.pipeline.pipeline import get
 
     site, actor = _open(as_user)
     with transaction(site.engine) as db:
+        earlier = [r for r in runs.list_runs(db, actor, project) if r.pipeline == name
+                   and r.version == get(name).version and r.state != runs.CANCELLED] if once else []
+        if earlier:
+            click.echo(_dump({"run": earlier[0].id, "state": earlier[0].state, "started": False}) if as_json
+                       else f"run #{earlier[0].id} of {name} over {project} exists ({earlier[0].state}): "
+                            "nothing started")
+            return
         row = runs.create_run(db, actor, name, project, backend=site.config.compute.backend)
         run_id, total = row.id, len(row.tasks)
     if detach:
@@ -144,12 +154,19 @@ def status(run_id: int | None, project: str | None, show_tasks: bool, as_json: b
                            f"{'interrupted' if r['interrupted'] else r['state']}\t{_counts_line(r['counts'])}")
             return
         report = runs.progress(db, actor, run_id, beat, with_tasks=show_tasks or as_json)
+    if report.get("dashboard"):  # a path behind the hub's proxy: on the hub's public address
+        from urllib.parse import urlparse
+
+        hub = urlparse(site.config.hub.bind_url)
+        report["dashboard"] = f"{hub.scheme}://{hub.netloc}{report['dashboard']}"
     if as_json:
         click.echo(_dump(report))
         return
     state = "interrupted (driver gone: 'incloud pipeline resume')" if report["interrupted"] else report["state"]
     click.echo(f"run #{report['run']} {report['pipeline']} {report['version']} on {report['project']}: {state}; "
                f"{_counts_line(report['counts'])} of {report['total']} ({report['reused']} reused)")
+    if report.get("dashboard"):
+        click.echo(f"  dashboard (yours only, while it runs): {report['dashboard']}")
     for stage, counts in report["stages"].items():
         click.echo(f"  stage {stage}: {_counts_line(counts)}")
     for subject, counts in report["subjects"].items():

@@ -3,24 +3,33 @@
 
 The driver holds no state the database does not: it reads the run's tasks, submits each ready one
 (``runs.execute_task`` on a worker), records what comes back, and beats a heartbeat so others can tell a live
-run from an interrupted one. Killing it loses nothing that ``resume`` cannot finish. Must never pass a
-database credential or token through the scheduler (workers read the site config from their environment,
-which the LocalCluster or ``sbatch`` hands down), and never leave a cluster behind on exit.
+run from an interrupted one. Killing it loses nothing that ``resume`` cannot finish. A task running longer
+than its time limit (``compute.task_timeout``, a stage's ``timeout``, ``compute.stage_timeouts``) is stopped by
+restarting the worker under it and counted as a failed attempt.
+
+The scheduler's Dask dashboard listens on ``compute.dashboard_host`` (loopback by default) under the public path
+the API service proxies it at (``dashboard_prefix``); its internal URL is kept on the run while the driver lives,
+for that proxy only. Must never pass a database credential or token through the scheduler (workers read the site
+config from their environment, which the LocalCluster or ``sbatch`` hands down), never bind the dashboard to
+every interface by default (it has no login of its own), and never leave a cluster behind on exit.
 """
 from __future__ import annotations
 
 import heapq
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
 
 from sqlalchemy import select
 
 from incloud_kernel.archive.models import PipelineRun, PipelineTask, utcnow
-from incloud_kernel.config import ComputeSection
+from incloud_kernel.config import ComputeSection, Config
 from incloud_kernel.db import transaction
 from incloud_kernel.pipeline import runs
 from incloud_kernel.pipeline.pipeline import load
@@ -28,17 +37,44 @@ from incloud_kernel.pipeline.provenance import host
 
 Progress = Callable[[dict[str, int]], None]
 
+#: The hub-managed API service that proxies run dashboards (``hub.roles.API_SERVICE``; the kernel never imports
+#: the hub package).
+API_SERVICE = "incloud-api"
+
+
+def dashboard_prefix(cfg: Config, run_id: int) -> str:
+    """The public path of run ``run_id``'s Dask dashboard behind the hub's proxy (no trailing slash). The
+    dashboard is served under this very prefix (Dask's ``http_prefix``) so that the API service forwards paths
+    unchanged and Bokeh's relative links and websocket resolve through the proxy."""
+    base = urlparse(cfg.hub.bind_url).path.rstrip("/")
+    return f"{base}/services/{API_SERVICE}/runs/{int(run_id)}/dashboard"
+
+
+def _dashboard_options(compute: ComputeSection, prefix: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"dashboard_address": f"{compute.dashboard_host}:0"}
+    if prefix:
+        options["http_prefix"] = prefix
+    return options
+
 
 @contextmanager
-def cluster_for(compute: ComputeSection, run_id: int | None = None, log_directory: str | None = None) -> Iterator[Any]:
+def cluster_for(compute: ComputeSection, run_id: int | None = None, log_directory: str | None = None,
+                dashboard_prefix: str | None = None) -> Iterator[Any]:
     """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit; Slurm worker jobs write
-    their output into ``log_directory`` (default: the driver's working folder, sbatch's default)."""
+    their output into ``log_directory`` (default: the driver's working folder, sbatch's default). The
+    scheduler's dashboard listens on a free port of ``compute.dashboard_host`` under ``dashboard_prefix``.
+
+    Scheduler, workers and client speak mutual TLS with a temporary certificate authority of this cluster
+    (Dask's ``security=True``): another account on a node cannot connect to the scheduler and run code as the
+    service user. Slurm worker jobs read their certificate from ``log_directory`` (private to the service user,
+    shared with the jobs)."""
+    dashboard = _dashboard_options(compute, dashboard_prefix)
     if compute.backend == "slurm":
         # dask_jobqueue installs a SIGINT handler when first imported: a caller driving from a thread must have
         # imported it in the main thread before (the CLI and the API's background drivers drive in it).
         from dask_jobqueue import SLURMCluster
 
-        options: dict[str, Any] = {"dashboard_address": ":0"}
+        options: dict[str, Any] = dict(dashboard)
         if compute.scheduler_host:
             options["host"] = compute.scheduler_host
         cluster = SLURMCluster(
@@ -47,13 +83,15 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
             job_name=f"incloud-run-{run_id}" if run_id is not None else "incloud-pipeline",
             job_extra_directives=list(compute.slurm_job_extra), scheduler_options=options,
             worker_extra_args=[f"--nthreads={compute.threads_per_worker}"], death_timeout=60,
-            log_directory=log_directory)
+            log_directory=log_directory, security=True, shared_temp_directory=log_directory)
         cluster.scale(compute.workers)
     else:
         from distributed import LocalCluster
 
         cluster = LocalCluster(n_workers=compute.workers, threads_per_worker=compute.threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address=":0")
+                               processes=True, host="127.0.0.1", security=True,
+                               dashboard_address=dashboard["dashboard_address"],
+                               scheduler_kwargs={k: v for k, v in dashboard.items() if k == "http_prefix"})
     try:
         yield cluster
     finally:
@@ -72,6 +110,22 @@ class Driver:
         self.futures: dict[Any, int] = {}
         self.retries: list[tuple[float, int]] = []  # (monotonic time due, task id)
         self.last_beat = 0.0
+        self.running_since: dict[int, float] = {}  # task id -> monotonic time it was first seen running
+        self.limits: dict[int, float] = {}
+
+    def _time_limits(self) -> dict[int, float]:
+        """Task id -> seconds it may compute (0: no limit): the site's ``stage_timeouts`` for its stage, else the
+        stage's own ``timeout``, else ``compute.task_timeout``."""
+        with transaction(self.site.engine) as db:
+            pipe = load(db.get(PipelineRun, self.run_id).pipeline_ref)  # type: ignore[union-attr]
+            tasks = list(db.execute(select(PipelineTask.id, PipelineTask.stage).where(
+                PipelineTask.run_id == self.run_id)))
+        out: dict[int, float] = {}
+        for task_id, name in tasks:
+            stage_limit = getattr(pipe.stage(name), "timeout", None)
+            limit = self.compute.stage_timeouts.get(name, stage_limit)
+            out[task_id] = float(self.compute.task_timeout if limit is None else limit)
+        return out
 
     # -- graph ---------------------------------------------------------------------------------------------------
     def _dependencies(self) -> dict[int, list[int]]:
@@ -129,9 +183,40 @@ class Driver:
                                                               PipelineTask.state.in_([runs.WAITING, runs.RUNNING]))):
                 task.state = runs.CANCELLED
 
+    def _stop_overdue(self, states: dict[int, tuple[str, int]]) -> tuple[list[int], list[int]]:
+        """Stop tasks computing longer than their limit: the worker under each is restarted (a Python thread
+        cannot be interrupted) and the attempt counts as failed; returns the ids of the stopped tasks and of those that will be retried."""
+        now = time.monotonic()
+        for future, task_id in self.futures.items():
+            if states.get(task_id, ("", 0))[0] == runs.RUNNING:
+                self.running_since.setdefault(task_id, now)
+        overdue = [(f, t) for f, t in self.futures.items() if self.limits.get(t, 0) > 0
+                   and t in self.running_since and now - self.running_since[t] > self.limits[t]]
+        if not overdue:
+            return [], []
+        keys = {f.key: t for f, t in overdue}
+        workers = {w for w, held in self.client.processing().items() if keys.keys() & set(held)}
+        for future, task_id in overdue:
+            self.futures.pop(future)
+            future.cancel()
+        if workers:
+            try:
+                with _beating(self.site, self.run_id):  # a restart takes seconds: the driver is alive meanwhile
+                    self.client.restart_workers(list(workers), timeout=60, raise_for_error=False)
+            except Exception:  # noqa: BLE001 - a worker that cannot restart is replaced by its cluster or lost
+                pass
+        retried: list[int] = []
+        for _, task_id in overdue:
+            self.running_since.pop(task_id, None)
+            attempts = self._states().get(task_id, ("", 1))[1]
+            if self._failed(task_id, attempts, f"TimeoutError: timed out after {self.limits[task_id]:g} s"):
+                retried.append(task_id)
+        return [t for _, t in overdue], retried
+
     def drive(self) -> str:
         """Drive to the end; returns the run's final state (done, failed or cancelled)."""
         needs = self._dependencies()
+        self.limits = self._time_limits()
         queued: set[int] = set()
         retrying: set[int] = set()
         while True:
@@ -165,6 +250,9 @@ class Driver:
             if not self.futures:
                 time.sleep(min(0.5, max(0.0, self.retries[0][0] - time.monotonic())))
                 continue
+            stopped, retried = self._stop_overdue(states)
+            queued.difference_update(stopped)
+            retrying.update(retried)
             done: list[Any] = []
             until = time.monotonic() + 0.5  # the database is read again at most twice a second while tasks run
             while not done and time.monotonic() < until:
@@ -174,6 +262,7 @@ class Driver:
             for future in done:
                 task_id = self.futures.pop(future)
                 queued.discard(task_id)
+                self.running_since.pop(task_id, None)
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - the worker died under it too often (KilledWorker)
@@ -187,6 +276,7 @@ class Driver:
         with transaction(self.site.engine) as db:
             run = db.get(PipelineRun, self.run_id)
             run.state, run.finished_at, run.heartbeat_at = state, utcnow(), utcnow()  # type: ignore[union-attr]
+            run.dashboard = None  # type: ignore[union-attr]  # the cluster closes with the driver
             counts = runs.count_states([t.state for t in db.scalars(select(PipelineTask).where(
                 PipelineTask.run_id == self.run_id))])
         if self.on_progress:
@@ -218,8 +308,64 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
     from incloud_kernel.site import private_dir
 
     logs = str(private_dir(site.config.home / "pipeline-logs"))
-    with cluster_for(site.config.compute, run_id, logs) as cluster, Client(cluster) as own:
-        return Driver(site, run_id, own, on_progress).drive()
+    prefix = dashboard_prefix(site.config, run_id)
+    with ExitStack() as stack:
+        with _beating(site, run_id):
+            cluster = stack.enter_context(cluster_for(site.config.compute, run_id, logs, prefix))
+            own = stack.enter_context(Client(cluster))
+            url = _record_dashboard(site, run_id, own, prefix)
+        try:
+            return Driver(site, run_id, own, on_progress).drive()
+        finally:
+            if url:
+                _clear_dashboard(site, run_id, url)
+
+
+@contextmanager
+def _beating(site: Any, run_id: int) -> Iterator[None]:
+    """Beat the run's heartbeat from a thread while its cluster starts (the drive loop beats after): a cluster
+    slow to start on a loaded node must not make a live driver look dead (and its run resumable by another)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(site.config.compute.heartbeat_interval):
+            try:
+                with transaction(site.engine) as db:
+                    run = db.get(PipelineRun, run_id)
+                    if run is not None:
+                        run.heartbeat_at = utcnow()
+            except Exception:  # noqa: BLE001 - a missed beat only makes the run look interrupted
+                pass
+
+    thread = threading.Thread(target=beat, name=f"incloud-run-{run_id}-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _record_dashboard(site: Any, run_id: int, client: Any, prefix: str) -> str | None:
+    """Keep the internal URL of this driver's dashboard on the run (for the API service's proxy); returns it."""
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if not port:
+        return None
+    bind = site.config.compute.dashboard_host
+    host = socket.gethostname() if bind in ("", "0.0.0.0", "::") else bind
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{int(port)}{prefix}"
+    with transaction(site.engine) as db:
+        run = db.get(PipelineRun, run_id)
+        run.dashboard = url  # type: ignore[union-attr]
+    return url
+
+
+def _clear_dashboard(site: Any, run_id: int, url: str) -> None:
+    """Forget this driver's dashboard (unless another driver's replaced it meanwhile)."""
+    with transaction(site.engine) as db:
+        run = db.get(PipelineRun, run_id)
+        if run is not None and run.dashboard == url:
+            run.dashboard = None
 
 
 def spawn_driver(home: str | os.PathLike[str], run_id: int) -> int:
@@ -238,4 +384,4 @@ def spawn_driver(home: str | os.PathLike[str], run_id: int) -> int:
     return proc.pid
 
 
-__all__ = ["cluster_for", "Driver", "drive", "spawn_driver"]
+__all__ = ["cluster_for", "dashboard_prefix", "Driver", "drive", "spawn_driver", "API_SERVICE"]

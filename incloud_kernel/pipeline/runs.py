@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -134,6 +135,14 @@ def interrupted(run: PipelineRun, heartbeat_interval: float) -> bool:
         beat is None or utcnow() - beat > timedelta(seconds=3 * heartbeat_interval))
 
 
+def dashboard_path(run: PipelineRun, heartbeat_interval: float) -> str | None:
+    """The hub-relative path of the run's live Dask dashboard (its status page), or None when the run has no
+    live driver. Never the internal address: the dashboard is reached through the API service's proxy only."""
+    if not run.dashboard or run.state not in (RUNNING, CANCELLING) or interrupted(run, heartbeat_interval):
+        return None
+    return urlparse(run.dashboard).path.rstrip("/") + "/status"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Progress, cancel
 # --------------------------------------------------------------------------------------------------------------
@@ -172,7 +181,7 @@ def progress(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0,
     out: dict[str, Any] = {
         "run": run.id, "pipeline": run.pipeline, "version": run.version, "project": project.code if project else None,
         "owner": run.owner, "state": run.state, "backend": run.backend,
-        "interrupted": interrupted(run, heartbeat_interval),
+        "interrupted": interrupted(run, heartbeat_interval), "dashboard": dashboard_path(run, heartbeat_interval),
         "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
         "total": len(tasks), "counts": count_states([t.state for t in tasks]),
         "reused": sum(1 for t in tasks if t.reused),
@@ -219,7 +228,7 @@ def cancel(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0) -
         for task in db.scalars(select(PipelineTask).where(PipelineTask.run_id == run.id,
                                                           PipelineTask.state == RUNNING)):
             task.state = CANCELLED
-        run.finished_at = utcnow()
+        run.finished_at, run.dashboard = utcnow(), None
     audit(db, actor, "pipeline.cancel", "pipeline_run", run.id)
     db.flush()
     return run
@@ -239,7 +248,7 @@ def begin(db: DB, run_id: int, driver: str, heartbeat_interval: float = 5.0) -> 
         raise ValidationError(f"run #{run_id} is {run.state} with a live driver ({run.driver})")
     for task in db.scalars(select(PipelineTask).where(PipelineTask.run_id == run.id, PipelineTask.state == RUNNING)):
         task.state = WAITING
-    run.state, run.driver, run.heartbeat_at = RUNNING, driver[:256], utcnow()
+    run.state, run.driver, run.heartbeat_at, run.dashboard = RUNNING, driver[:256], utcnow(), None
     run.started_at = run.started_at or utcnow()
     run.finished_at = None
     return run
@@ -392,4 +401,4 @@ def execute_task(task_id: int) -> dict[str, Any]:
 
 
 __all__ = ["create_run", "get_run", "list_runs", "progress", "summary", "cancel", "begin", "execute_task", "select_series",
-           "interrupted", "outputs_of", "count_states", "one_line", "TASK_STATES"]
+           "interrupted", "dashboard_path", "outputs_of", "count_states", "one_line", "TASK_STATES"]

@@ -73,6 +73,9 @@ class Stage:
     #: Distributions whose versions go into the provenance (python, numpy, nibabel and incloud always do).
     libraries: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: Seconds one series may take in this stage (0: no limit); None: the site's ``compute.task_timeout``.
+    #: The site's ``compute.stage_timeouts`` overrides it. Not a parameter: it never changes an output.
+    timeout: ClassVar[float | None] = None
 
     def __init__(self, **parameters: Any) -> None:
         unknown = set(parameters) - set(self.defaults)

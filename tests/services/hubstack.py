@@ -11,4 +11,27 @@ if _BENCH not in sys.path:
 
 from hubstack import PASSWORD, HubStack, HubUser, PgDatabases, free_port, slurm, spawn, wait_for  # noqa: E402
 
-__all__ = ["PASSWORD", "HubStack", "HubUser", "PgDatabases", "free_port", "slurm", "spawn", "wait_for"]
+
+def require_hub_stack() -> str:
+    """What a HubStack needs here (root, Slurm and munge, PostgreSQL, the proxy), or ``conftest.missing`` (a
+    skip, a failure under CI=true); returns the PostgreSQL server URL the stack makes its databases on."""
+    import os
+    import shutil
+
+    from conftest import missing, require_tool
+    from hub.spawners import proxy_command
+
+    if os.geteuid() != 0:
+        missing("the Slurm hub test needs root (useradd, munge, slurmd)")
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch", "useradd", "runuser"):
+        require_tool(tool)
+    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL")
+    if not base:
+        missing("INCLOUD_TEST_POSTGRES_URL not set (run the suite through scripts/test.sh)")
+    if not shutil.which(proxy_command()):
+        missing("configurable-http-proxy not installed (scripts/lib/install.sh ensure_node_tools)")
+    return str(base)
+
+
+__all__ = ["PASSWORD", "HubStack", "HubUser", "PgDatabases", "free_port", "require_hub_stack", "slurm", "spawn",
+           "wait_for"]

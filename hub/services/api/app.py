@@ -530,7 +530,7 @@ def openapi(prefix: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in all_routes():
         path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
-            .replace(r"(P[A-Z2-7]{16})", "{uid}")
+            .replace(r"(P[A-Z2-7]{16})", "{uid}").replace("(.*)", "{path}")
         scope = getattr(route.handler, "scope", None)
         op: dict[str, Any] = {
             "summary": route.summary,

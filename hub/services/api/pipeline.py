@@ -3,8 +3,10 @@
 A run is started for the calling user (``custom:incloud:write`` and write on the project, checked by
 ``incloud_kernel.pipeline.runs`` through ``archive.permissions``) and driven by a background process of the
 service (``executor.spawn_driver``), so no request waits on Dask. Progress and cancel follow the same rules as
-the CLI (read the project to watch; own the run or manage the project to cancel). Never returns a token or a
-patient-identifying value: inputs are series ids and pseudonymous labels.
+the CLI (read the project to watch; own the run or manage the project to cancel). A running run's Dask
+dashboard is proxied for its owner (``hub.services.api.dashboard``); progress gives its link. Never returns a
+token, the dashboard's internal address or a patient-identifying value: inputs are series ids and pseudonymous
+labels.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 from tornado import web
 
 from hub.services.api.app import BaseHandler, Route
+from hub.services.api.dashboard import DashboardHandler
 from incloud_kernel.archive.permissions import Actor
 
 READ, WRITE = "custom:incloud:read", "custom:incloud:write"
@@ -24,6 +27,12 @@ class PipelineHandler(BaseHandler):
     @property
     def heartbeat(self) -> float:
         return self.api.site.config.compute.heartbeat_interval
+
+    def linked(self, report: dict[str, Any]) -> dict[str, Any]:
+        """``report`` with its dashboard path made an absolute URL on the host the caller used (the proxy's)."""
+        if report.get("dashboard"):
+            report["dashboard"] = f"{self.request.protocol}://{self.request.host}{report['dashboard']}"
+        return report
 
 
 class PipelinesHandler(PipelineHandler):
@@ -50,7 +59,7 @@ class RunsHandler(PipelineHandler):
         project = self.get_query_argument("project", None)
 
         def work(db: Any, actor: Actor) -> list[dict[str, Any]]:
-            return [runs.progress(db, actor, r.id, self.heartbeat, with_tasks=False)
+            return [self.linked(runs.progress(db, actor, r.id, self.heartbeat, with_tasks=False))
                     for r in runs.list_runs(db, actor, project)]
 
         self.send({"items": await self.in_db(work)})
@@ -83,7 +92,8 @@ class RunHandler(PipelineHandler):
     async def get(self, run_id: str) -> None:
         from incloud_kernel.pipeline import runs
 
-        self.send(await self.in_db(lambda db, actor: runs.progress(db, actor, int(run_id), self.heartbeat)))
+        self.send(self.linked(await self.in_db(lambda db, actor: runs.progress(db, actor, int(run_id),
+                                                                               self.heartbeat))))
 
 
 class RunCancelHandler(PipelineHandler):
@@ -108,4 +118,6 @@ ROUTES: list[Route] = [
     Route("api/runs", RunsHandler, "Pipeline runs you may see (GET) or start (POST {pipeline, project})"),
     Route(r"api/runs/([0-9]+)", RunHandler, "Progress of one run per stage and subject, errors and outputs per input"),
     Route(r"api/runs/([0-9]+)/cancel", RunCancelHandler, "Cancel a run (POST)"),
+    Route(r"runs/([0-9]+)/dashboard/(.*)", DashboardHandler, "The Dask dashboard of a running run (pages and "
+          "websockets; its owner and site admins only; 404 once the run has ended)"),
 ]
