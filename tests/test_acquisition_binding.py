@@ -253,3 +253,46 @@ def test_unbooked_studies_setting_is_checked() -> None:
     assert AcquisitionSection().unbooked_studies == "route"
     with pytest.raises(ConfigError, match="route or quarantine"):
         AcquisitionSection(unbooked_studies="drop")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_registry_pseudonym_and_date_shift_reach_bound_and_unbound_studies(booked_site, tmp_path: Path) -> None:
+    """The registry hook of de-identification is wired into ingest: an unbound study of an enrolled person
+    (found by its record number) is archived under the registry pseudonym; a bound study takes the registry's
+    date shift of the booking's participant."""
+    from incloud_kernel.acquisition import binding, keyring, registry
+    from incloud_kernel.archive.models import Project
+    from incloud_kernel.ingest.chain import IngestChain
+
+    site = booked_site
+    with transaction(site.engine) as db:
+        made = registry.register(db, Actor.console("registrar"), {
+            "family_name": "Quennevillier", "given_names": "Ottoline", "birth_date": "1961-04-23", "sex": "F",
+            "record_number": "MRN-4417-2209"}, config=site.config, project="DEMO")
+    files = make_booked_study(tmp_path / "a", seed=7, patient_id="MRN-4417-2209")
+    [outcome] = IngestChain(site).run_files(files, "DEMO", job_id="job-u")
+    assert outcome.participant == made.pseudonym and outcome.booking is None
+
+    with transaction(site.engine) as db:
+        bookings.record_screening(db, ADMIN, made.pseudonym, datetime.now(UTC).date())
+        start = datetime.combine(next_monday(), datetime.min.time(), UTC) + timedelta(hours=9)
+        [row] = bookings.book(db, ALICE, scanner="MR1", participant=made.pseudonym, protocol="t1-small",
+                              start=start, minutes=60)
+        accession = row.accession_number
+        demo = db.scalar(select(Project).where(Project.code == "DEMO"))
+        shift = registry.date_offset(keyring.load(site.config), made.uid, demo.id)
+    ds = pydicom.Dataset()
+    ds.AccessionNumber, ds.StudyInstanceUID = accession, "1.2.3"
+    with transaction(site.engine) as db:
+        bound = binding.find(db, site.config, [ds])
+    assert (bound.participant, bound.date_offset) == (made.pseudonym, shift)
+    files = make_booked_study(tmp_path / "b", seed=8, accession=accession, patient_id=made.pseudonym)
+    [outcome] = IngestChain(site).run_files(files, "P1", job_id="job-b")
+    assert (outcome.project, outcome.participant) == ("DEMO", made.pseudonym)
+    # The de-identified instances (the series cache; refacing is off here) carry the study date moved by it.
+    [series] = outcome.series
+    cached = sorted((site.config.spool / "ingest" / "deid-cache" / series.series_uid).glob("*.dcm"))
+    clean, original = pydicom.dcmread(cached[0]), pydicom.dcmread(files[0])
+    assert clean.PatientID == made.pseudonym
+    moved = datetime.strptime(clean.StudyDate, "%Y%m%d") - datetime.strptime(original.StudyDate, "%Y%m%d")
+    assert moved.days == shift
