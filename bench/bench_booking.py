@@ -71,12 +71,16 @@ def _attempts(n: int, seed: int) -> list[tuple[str, int, datetime, int]]:
     return out
 
 
+#: The states that hold a slot (pending, approved, acquired), as SQL literals.
+_HOLDING = ", ".join(f"'{s}'" for s in m.HOLDING_STATES)
+
+
 def _overlaps(url: str) -> int:
     with get_engine(url).connect() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM booking a JOIN booking b ON a.scanner_id = b.scanner_id AND a.id < b.id "
             "AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at "
-            "WHERE a.status IN ('pending','approved') AND b.status IN ('pending','approved')")).scalar())
+            f"WHERE a.status IN ({_HOLDING}) AND b.status IN ({_HOLDING})")).scalar())
 
 
 @click.command()
@@ -146,7 +150,7 @@ def main(url: str | None, attempts: int, threads: int, seed: int) -> None:
             click.echo(f"{backend}: {attempts} attempts by {threads} threads in {seconds:.2f} s: "
                        f"{attempts / seconds:.0f} attempts/s, {counts['booked'] / seconds:.0f} bookings/s; "
                        f"booked {counts['booked']}, taken {counts['taken']}, errors {counts['error']}; "
-                       f"overlapping holding bookings: {overlaps}")
+                       f"double bookings (overlapping holding bookings): {overlaps}")
             if overlaps or counts["error"]:
                 raise SystemExit(1)
         finally:

@@ -14,6 +14,7 @@ The file-based plugin (Orthanc 1.10.1) re-reads and parses every ``.wl`` file on
 grows with the number of entries; the report states how many were used. Everything lives in a temporary
 folder that is removed afterwards.
 
+    python bench/bench_worklist.py                  # the issue's figure: 10,000 entries, 20 runs each
     python bench/bench_worklist.py --entries 1000 --repeat 10
 """
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _timed(args: list[str], repeat: int, expect: int | None) -> tuple[float, flo
 
 
 @click.command()
-@click.option("--entries", default=1000, show_default=True, help="Scheduled entries in the worklist folder.")
-@click.option("--repeat", default=10, show_default=True, help="Runs of each query.")
+@click.option("--entries", default=10_000, show_default=True, help="Scheduled entries in the worklist folder.")
+@click.option("--repeat", default=20, show_default=True, help="Runs of each query.")
 def main(entries: int, repeat: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-worklist-") as tmp:
         port, http_port = _port(), _port()

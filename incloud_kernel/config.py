@@ -356,6 +356,9 @@ class AcquisitionSection:
     screening_valid_days: int = 365
     #: Time zone of new scanners' opening hours and of the quota's calendar months (IANA name).
     timezone: str = "UTC"
+    #: A study from the DICOM edge whose AccessionNumber and StudyInstanceUID name no booking: ``route`` (the
+    #: project ``dicom.routing`` gives it, else the unassigned inbox) or ``quarantine`` (kept out, with a reason).
+    unbooked_studies: str = "route"
 
     def __post_init__(self) -> None:
         if self.notice_hours < 0 or self.monthly_quota_hours < 0 or self.screening_valid_days < 0:
@@ -363,6 +366,8 @@ class AcquisitionSection:
                               "negative")
         if not 1 <= self.slot_minutes <= 24 * 60 or (24 * 60) % self.slot_minutes:
             raise ConfigError("acquisition.slot_minutes must divide a day (e.g. 5, 15, 30, 60)")
+        if self.unbooked_studies not in ("route", "quarantine"):
+            raise ConfigError("acquisition.unbooked_studies must be route or quarantine")
         for code, hours in self.project_quota_hours.items():
             if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
                 raise ConfigError(f"acquisition.project_quota_hours.{code} must be a number of hours, 0 or more")

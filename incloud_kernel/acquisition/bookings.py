@@ -492,6 +492,8 @@ def _changeable(db: DB, actor: Actor, booking: int | Booking, settings: Acquisit
     scanner = get_scanner(db, row.scanner_id)
     if row.status == "cancelled":
         raise ValidationError(f"booking #{row.id} is already cancelled")
+    if row.status == "acquired":  # its study arrived and was archived under it
+        raise ValidationError(f"booking #{row.id} has been acquired; it can no longer be {what}")
     if aware(row.starts_at) <= now:
         raise ValidationError(f"booking #{row.id} has already started; it can no longer be {what}")
     if perm.manages_scanner(actor, scanner):
@@ -627,7 +629,7 @@ def list_bookings(db: DB, actor: Actor, *, scanner: int | str | Scanner | None =
         query = query.where(Booking.starts_at < instant(end, tz))
     if status is not None:
         if status not in (*HOLDING_STATES, "cancelled"):
-            raise ValidationError("status must be pending, approved or cancelled")
+            raise ValidationError("status must be pending, approved, acquired or cancelled")
         query = query.where(Booking.status == status)
     if not 1 <= limit <= perm.MAX_PAGE_SIZE:
         raise ValidationError(f"limit must be between 1 and {perm.MAX_PAGE_SIZE}")
@@ -691,7 +693,7 @@ def ical(db: DB, actor: Actor, scanner: int | str | Scanner, *, since: datetime 
         event.add("dtstamp", stamp)
         event.add("dtstart", aware(b.starts_at))
         event.add("dtend", aware(b.ends_at))
-        event.add("status", "CONFIRMED" if b.status == "approved" else "TENTATIVE")
+        event.add("status", "TENTATIVE" if b.status == "pending" else "CONFIRMED")
         if b.id in visible:
             person = db.get(Participant, b.participant_id)
             event.add("summary", f"{codes.get(b.project_id)} sub-{person.label if person else b.participant_id} "

@@ -96,6 +96,26 @@ PARAMETERS: dict[str, Callable[[str, Any], Any]] = {
     "duration_s": _number(0, 7_200),
 }
 
+#: How far an acquired value may be from the booked one and still comply (``acquisition.compliance``):
+#: ``(absolute, relative)`` in the parameter's unit, the larger of ``absolute`` and ``relative`` x booked
+#: applying. Scanners round what they store (TR to 0.1 ms, TE to 0.01 ms, voxel sizes from a FOV divided by the
+#: matrix), dcm2niix stores seconds; counts (matrix, slices, volumes, directions, acceleration) must be exact.
+#: ``sequence``, ``orientation``, ``slice_order`` and ``duration_s`` have no reliable header and are not compared.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "repetition_time": (1.0, 0.01),
+    "echo_time": (0.1, 0.02),
+    "inversion_time": (1.0, 0.01),
+    "flip_angle": (0.5, 0.0),
+    "voxel_size": (0.01, 0.02),
+    "matrix": (0.0, 0.0),
+    "slices": (0.0, 0.0),
+    "multiband": (0.0, 0.0),
+    "parallel_acceleration": (0.01, 0.0),
+    "volumes": (0.0, 0.0),
+    "b_values": (10.0, 0.05),
+    "directions": (0.0, 0.0),
+}
+
 
 def validate(params: Any) -> dict[str, Any]:
     """The parameters checked and normalised (numbers as float where a fraction makes sense).

@@ -623,6 +623,17 @@ class RegistryDateOffset:
         return "RegistryDateOffset()"
 
 
+def participant_date_offset(db: DB, config: Any, participant_id: int) -> int | None:
+    """The registry's date shift (days) of the person enrolled as archive participant ``participant_id`` in its
+    project, for a study bound to a booking (whose PatientID is the pseudonym, not a record number); None when
+    the participant is not an enrolled person. Needs the registry keys only then. No decryption."""
+    enrolment = db.scalar(select(RegistryEnrolment).where(RegistryEnrolment.participant_id == participant_id))
+    if enrolment is None:
+        return None
+    person = _live(db, enrolment.person_id)
+    return date_offset(_ring(db, config).ring, person.uid, enrolment.project_id)
+
+
 def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseudonym, RegistryDateOffset]:
     """The pseudonym and date-offset callbacks that make ``deid`` use the registry for ``project``: the
     enrolled persons' exact look-up digests mapped to their project pseudonym and date shift. No decryption."""
@@ -645,5 +656,5 @@ def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseud
 
 
 __all__ = ["DuplicateSuspected", "Registration", "check_identity", "register", "decide", "enrol", "show", "find",
-           "attributes", "rotate_key", "pseudonym", "date_offset", "candidates", "deid_sources",
+           "attributes", "rotate_key", "pseudonym", "date_offset", "candidates", "deid_sources", "participant_date_offset",
            "RegistryPseudonym", "RegistryDateOffset"]

@@ -340,7 +340,8 @@ class Protocol(Base):
 # --------------------------------------------------------------------------------------------------------------
 
 #: Booking states that hold their slot (a cancelled booking keeps its row as history but frees the slot).
-HOLDING_STATES = ("pending", "approved")
+#: ``acquired``: its study arrived and was bound to it at ingest (migration 0008_binding); it keeps its slot.
+HOLDING_STATES = ("pending", "approved", "acquired")
 
 
 class Scanner(Base):
@@ -390,7 +391,7 @@ class Booking(Base):
         Index("ix_booking_scanner_time", "scanner_id", "starts_at"),
         Index("ix_booking_project", "project_id", "starts_at"),
         CheckConstraint("ends_at > starts_at", name="ck_booking_order"),
-        CheckConstraint("status in ('pending','approved','cancelled')", name="ck_booking_status"),
+        CheckConstraint("status in ('pending','approved','acquired','cancelled')", name="ck_booking_status"),
         UniqueConstraint("accession_number", name="uq_booking_accession"),
         UniqueConstraint("study_uid", name="uq_booking_study_uid"),
     )
@@ -415,6 +416,29 @@ class Booking(Base):
     #: made and kept (a move keeps them) so that ingest can bind the study that comes back (migration 0007).
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_uid: Mapped[str | None] = mapped_column(String(64))
+
+
+class ProtocolCheck(Base):
+    """The protocol-compliance verdict of one archived series bound to a booking (``acquisition.compliance``):
+    ``compliant``, ``deviation`` (each difference as {parameter, booked, acquired}; the series also carries a QC
+    caveat naming them) or ``not_booked`` (no booked protocol has the series' BIDS suffix). Migration 0008."""
+
+    __tablename__ = "protocol_check"
+    __table_args__ = (
+        Index("ix_protocol_check_project", "project_id", "series_id"),
+        CheckConstraint("verdict in ('compliant','deviation','not_booked')", name="ck_protocol_check_verdict"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("booking.id", ondelete="SET NULL"))
+    protocol_id: Mapped[int | None] = mapped_column(ForeignKey("protocol.id", ondelete="SET NULL"))
+    verdict: Mapped[str] = mapped_column(String(16))
+    deviations: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: Booked parameters the headers do not give (not compared, so neither compliant nor deviating).
+    unverified: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class BookingWait(Base):

@@ -146,7 +146,7 @@ def create(ae_title: str, participant: str, start: str, minutes: int | None, end
 @click.option("--project", help="Only this project.")
 @click.option("--from", "start", help="Only bookings ending after this date-time.")
 @click.option("--to", "end", help="Only bookings starting before this date-time.")
-@click.option("--status", type=click.Choice(["pending", "approved", "cancelled"]))
+@click.option("--status", type=click.Choice(["pending", "approved", "acquired", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_as_option
 def list_(ae_title: str | None, project: str | None, start: str | None, end: str | None, status: str | None,

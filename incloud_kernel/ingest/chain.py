@@ -37,7 +37,7 @@ from incloud_kernel.archive import records
 from incloud_kernel.archive.models import DataFile, Participant, Project, Series, Session
 from incloud_kernel.archive.permissions import SYSTEM, Actor
 from incloud_kernel.archive.projects import audit, create_project
-from incloud_kernel.errors import IncloudError
+from incloud_kernel.errors import IncloudError, NotFound
 from incloud_kernel.ingest.convert import ConversionError, Converted, convert_series
 from incloud_kernel.ingest.naming import BidsName, SeriesFacts, classify
 from incloud_kernel.site import Site, private_dir
@@ -99,6 +99,8 @@ class SeriesOutcome:
     series_id: int | None = None
     relpaths: list[str] = field(default_factory=list)
     name: str = ""
+    #: Protocol compliance of a series of a bound study (``acquisition.compliance``): compliant, deviation...
+    verdict: str = ""
 
 
 @dataclass
@@ -122,6 +124,8 @@ class StudyOutcome:
     session: str
     series: list[SeriesOutcome] = field(default_factory=list)
     held_back: list[HeldBack] = field(default_factory=list)
+    #: The booking the study was bound to (its AccessionNumber or StudyInstanceUID), if any.
+    booking: int | None = None
     #: Received files whose instance the archive now holds (archived, merged or already archived before).
     accounted: list[Path] = field(default_factory=list)
 
@@ -202,8 +206,11 @@ def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
 class IngestChain:
     """Runs the chain for studies of a site; one instance per worker (holds the deid context and rules)."""
 
-    def __init__(self, site: Site, *, actor: Actor = SYSTEM) -> None:
+    def __init__(self, site: Site, *, actor: Actor = SYSTEM, enforce_booking: bool = False) -> None:
         self.site = site
+        #: Studies from the DICOM edge: one bound to no booking follows ``acquisition.unbooked_studies``
+        #: (a release or a folder import names its project and is not held to it).
+        self.enforce_booking = enforce_booking
         self.config = site.config
         self.actor = actor
         self.key = site.secret_key()
@@ -216,16 +223,53 @@ class IngestChain:
         self._fits: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- steps with other components
-    def _deidentify(self, ds: Dataset) -> Dataset:
+    def _context(self, project: str, binding: Any) -> Any:
+        """The de-identification context of one study. A study bound to a booking takes the booking's
+        participant label as pseudonym and the registry's date shift; any other study the registry's pseudonym
+        and date shift when its person is registered and enrolled in ``project`` (matched by record number or
+        name with birth date), else the site's keyed defaults."""
+        try:
+            from incloud_kernel.deid import DeidContext
+        except ImportError:
+            raise ChainFailure("deidentify", "the de-identification component is not installed") from None
+        if self._deid_context is None:
+            self._deid_context = DeidContext.for_site(self.site)
+        if binding is not None:
+            from incloud_kernel.acquisition.binding import deid_context
+
+            return deid_context(self._deid_context, binding)
+        try:
+            return DeidContext.for_site(self.site, registry_project=project)
+        except NotFound:  # the unassigned inbox before its first study: nobody is enrolled there
+            return self._deid_context
+
+    def _bind(self, items: list[tuple[Path, Dataset]]) -> Any:
+        """The booking binding of a study, read from its ORIGINAL instances (de-identification replaces the
+        accession number and the UIDs); applies ``acquisition.unbooked_studies`` to an edge study without one."""
+        from incloud_kernel.acquisition.binding import BindingConflict, find
+
+        try:
+            with records.transaction(self.site) as db:
+                binding = find(db, self.config, [ds for _, ds in items])
+        except BindingConflict as exc:
+            raise ChainFailure("bind", str(exc)) from None
+        if binding is None and self.enforce_booking and self.config.acquisition.unbooked_studies == "quarantine":
+            raise ChainFailure("bind", "the study's accession number and study UID name no booking "
+                                       "(acquisition.unbooked_studies = quarantine)")
+        return binding
+
+    def _deidentify(self, ds: Dataset, context: Any = None) -> Dataset:
         """PS3.15 de-identification with the site profile (``incloud_kernel.deid``)."""
         try:
             from incloud_kernel.deid import BurnedInText, DeidContext, DeidError, deidentify
         except ImportError:
             raise ChainFailure("deidentify", "the de-identification component is not installed") from None
-        if self._deid_context is None:
-            self._deid_context = DeidContext.for_site(self.site)
+        if context is None:
+            if self._deid_context is None:
+                self._deid_context = DeidContext.for_site(self.site)
+            context = self._deid_context
         try:
-            return deidentify(ds, self._deid_context)
+            return deidentify(ds, context)
         except BurnedInText as exc:  # a policy hold, not a failure: the caller decides per series
             raise _HeldBack(str(exc.reason)) from None
         except DeidError as exc:
@@ -338,10 +382,15 @@ class IngestChain:
         held: dict[str, HeldBack] = {}  # original SeriesInstanceUID -> instances held back (burned-in text)
         passed: set[str] = set()  # original SeriesInstanceUIDs with at least one de-identified instance
         received: list[Path] = []  # files of de-identified instances: each ends in an archived series
+        self.step = "bind"
+        binding = self._bind(items)
+        if binding is not None:  # the booking's project and participant, whatever the routing said
+            project = binding.project
+        context = self._context(project, binding)
         self.step = "deidentify"
         for path, ds in items:
             try:
-                clean = self._deidentify(ds)
+                clean = self._deidentify(ds, context)
             except _HeldBack as hb:
                 entry = held.setdefault(str(ds.SeriesInstanceUID), HeldBack([], hb.reason))
                 entry.paths.append(path)
@@ -366,10 +415,12 @@ class IngestChain:
             reasons = sorted({h.reason for h in held.values()})
             raise ChainFailure("deidentify", "every instance was held back: " + "; ".join(reasons))
         self.step = "archive"
-        participant, scoped = self._resolve_participant(project, self._participant_label(first_deid))
+        participant, scoped = self._resolve_participant(
+            project, binding.participant if binding is not None else self._participant_label(first_deid))
         session = _label("s", self.key, "session:" + str(first_deid.StudyInstanceUID), 8)
         outcome = StudyOutcome(project=project, participant=participant, session=session,
-                               held_back=list(held.values()))
+                               held_back=list(held.values()),
+                               booking=binding.booking_id if binding is not None else None)
         if scoped:  # the same study may already be archived in the participant's first project: own series keys
             series_files = {self._scoped_uid(project, suid): files for suid, files in series_files.items()}
             facts_src = {self._scoped_uid(project, suid): ds for suid, ds in facts_src.items()}
@@ -402,6 +453,8 @@ class IngestChain:
                                            item.original, item.existing)
                     done.append(item)
                     outcome.series.append(result)
+                if binding is not None and done:
+                    self._check_protocol(db, binding, done, outcome.series)
             self.step = "backup"
             self._backup([relpath for s in outcome.series for relpath in s.relpaths])
             for item in done:
@@ -413,6 +466,27 @@ class IngestChain:
             for suid, paths in added.items():
                 self._drop_from_cache(suid, paths)
         return outcome
+
+    def _check_protocol(self, db: Any, binding: Any, done: list[_Prepared], results: list[SeriesOutcome]) -> None:
+        """In the archive transaction of a bound study: mark its booking acquired and compare each archived
+        series (not those under sourcedata/) with the booked protocol versions (``acquisition.compliance``)."""
+        from incloud_kernel.acquisition import binding as bindings
+        from incloud_kernel.acquisition import compliance
+
+        by_suid = {r.series_uid: r for r in results}
+        booking = bindings.acquired(db, binding, [by_suid[i.suid].series_id for i in done])
+        if booking is None:
+            return
+        for item in done:
+            result = by_suid[item.suid]
+            series = db.get(Series, result.series_id)
+            if series is None or item.name.datatype == records.SOURCEDATA:
+                continue
+            sidecar = json.loads(item.payload["json"])
+            acquired = compliance.acquired_parameters(sidecar, item.params,
+                                                      compliance.read_bvals(item.payload.get("bval")),
+                                                      compliance.header_facts(item.original))
+            result.verdict = compliance.check_series(db, booking, series, acquired).verdict
 
     def _mark_archived(self, item: _Prepared) -> None:
         """Record which instances the archive holds. A refaced series does not keep its de-identified DICOM:

@@ -242,7 +242,7 @@ class IngestWorker:
         self.cursor = Cursor(self.paths.cursor)
         self.journal = Journal(self.paths.jobs)
         self.retries = Retries(self.paths.retries)
-        self.chain = IngestChain(site)
+        self.chain = IngestChain(site, enforce_booking=True)
         self._lock_fh: Any = None
         self._interrupted: dict[str, str] = {}
         self.stop_event = threading.Event()

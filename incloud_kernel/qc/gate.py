@@ -40,6 +40,8 @@ from incloud_kernel.errors import ValidationError
 
 #: Who the automatic decisions are recorded as (in ``qc_review.reviewer`` and the audit log).
 AUTO_REVIEWER = "system:qc-gate"
+#: Who records a protocol deviation found at ingest (``acquisition.compliance``) as a caveat (``flag``).
+PROTOCOL_REVIEWER = "system:protocol-check"
 #: Decisions a reviewer may take (``pending`` re-opens a series for review).
 DECISIONS = tuple(q.value for q in QCStatus)
 MAX_REASON = 500
@@ -165,6 +167,8 @@ def apply_thresholds(db: DB, series: Series, cfg: QCSection | None = None) -> st
     if previous is None and series.qc_status != QCStatus.pending.value:  # set by hand before the gate existed
         return series.qc_status
     state, reason = automatic(series.suffix, current_indices(db, [series.id])[series.id], rules(cfg))
+    if previous is not None and previous.reviewer != AUTO_REVIEWER and state != QCStatus.failed.value:
+        return series.qc_status  # a flag (``flag``) is lifted by a reviewer or a failing index, not by a pass
     if state == series.qc_status and (previous is None or previous.reason == reason):
         return state
     before, series.qc_status = series.qc_status, state
@@ -173,6 +177,23 @@ def apply_thresholds(db: DB, series: Series, cfg: QCSection | None = None) -> st
     db.flush()
     audit(db, Actor(AUTO_REVIEWER), "qc.auto", "series", series.id, decision=state, previous=before)
     return state
+
+
+def flag(db: DB, series: Series, reason: str, *, reviewer: str = PROTOCOL_REVIEWER) -> str:
+    """An automatic caveat from outside the thresholds (a protocol deviation found at ingest): the series stays
+    usable with ``reason`` (value-free, one line) as the thresholds' decisions are recorded, by ``reviewer``.
+    A reviewer's decision and a fail stand (the flag is then only audited); a later passing index does not lift
+    it. Internal (no permission check): the ingest chain calls it in its archive transaction. Returns the state."""
+    reason = _clean_text(reason, MAX_REASON, "reason")
+    previous = last_review(db, series.id)
+    before = series.qc_status
+    if (previous is None or previous.source != "reviewer") and before != QCStatus.failed.value:
+        series.qc_status = QCStatus.caveat.value
+        db.add(QCReview(series_id=series.id, project_id=series.project_id, reviewer=reviewer,
+                        decision=QCStatus.caveat.value, reason=reason, comment="", source="auto"))
+        db.flush()
+    audit(db, Actor(reviewer), "qc.flag", "series", series.id, decision=series.qc_status, previous=before)
+    return series.qc_status
 
 
 def _clean_text(value: str | None, limit: int, what: str) -> str:
@@ -353,6 +374,6 @@ def queue(db: DB, actor: Actor, project: int | str | Project, cfg: QCSection | N
                             "fail": r.fail_at} for r in site_rules]}
 
 
-__all__ = ["AUTO_REVIEWER", "DECISIONS", "Rule", "rules", "automatic", "record_indices", "current_indices",
+__all__ = ["AUTO_REVIEWER", "PROTOCOL_REVIEWER", "DECISIONS", "flag", "Rule", "rules", "automatic", "record_indices", "current_indices",
            "last_review", "apply_thresholds", "review", "accepted_states", "set_policy", "usable_series",
            "outlier_flags", "queue"]
