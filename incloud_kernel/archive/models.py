@@ -340,7 +340,7 @@ class Protocol(Base):
 # --------------------------------------------------------------------------------------------------------------
 
 #: Booking states that hold their slot (a cancelled booking keeps its row as history but frees the slot).
-#: ``acquired``: its study arrived and was bound to it at ingest (migration 0008_binding); it keeps its slot.
+#: ``acquired``: its study arrived and was bound to it at ingest (migration 0009_binding); it keeps its slot.
 HOLDING_STATES = ("pending", "approved", "acquired")
 
 

@@ -1,14 +1,14 @@
 """binding: bookings become ``acquired`` when their study arrives; the protocol-compliance verdict per series
 
-Revision ID: 0008_binding
-Revises: 0007_worklist
+Revision ID: 0009_binding
+Revises: 0008_run_dashboard
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0008_binding'
-down_revision = '0007_worklist'
+revision = '0009_binding'
+down_revision = '0008_run_dashboard'
 branch_labels = None
 depends_on = None
 
