@@ -35,7 +35,7 @@ BOOL_CRITERIA = ("first_episode", "follow_up")
 CRITERIA = TEXT_CRITERIA + BOOL_CRITERIA + ("age",)
 SEXES = ("M", "F", "O")
 QC_STATES = ("pending", "pass", "fail", "caveat")
-SHAPES = ("long", "wide")
+SHAPES = ("long", "wide", "xarray")
 #: Largest page of scans one query lists (an export pages through them).
 MAX_LIMIT = 10_000
 #: Columns of a scan in a result, in order (attributes; the partition keys first).
@@ -157,8 +157,10 @@ class Result:
     rows: "pd.DataFrame"
     criteria: dict[str, Any] = field(default_factory=dict)
 
-    def frame(self, shape: str = "long") -> "pd.DataFrame":
-        return wide(self.rows) if _shape(shape) == "wide" else self.rows
+    def frame(self, shape: str = "long") -> Any:
+        """The rows as ``long`` or ``wide`` DataFrame, or the ``xarray`` DataArray."""
+        shape = _shape(shape)
+        return wide(self.rows) if shape == "wide" else to_xarray(self.rows) if shape == "xarray" else self.rows
 
     def to_xarray(self) -> Any:
         return to_xarray(self.rows)
@@ -291,7 +293,8 @@ def search(site: Any, db: DB, actor: Actor, *, limit: int | None = 100, offset: 
 
 def features(site: Any, db: DB, actor: Actor, *, shape: str = "long", limit: int | None = 100, offset: int = 0,
              **criteria: Any) -> tuple[int | str, "pd.DataFrame"]:
-    """``(total_count, DataFrame)``: ``search`` in the issue's shape (``shape`` long or wide)."""
+    """``(total_count, DataFrame)``: ``search`` in the issue's shape (``shape`` long, wide, or xarray for a
+    DataArray in place of the DataFrame)."""
     _shape(shape)
     result = search(site, db, actor, limit=limit, offset=offset, **criteria)
     return result.count, result.frame(shape)
