@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -185,8 +186,14 @@ def _files(root: Path, kind: str, keys: Iterable[tuple[str, ...]]) -> list[str]:
     return out
 
 
+_LOCAL = threading.local()
+
+
 class Library:
-    """The Parquet of one site, read with DuckDB (one in-memory connection per query; nothing is cached)."""
+    """The Parquet of one site, read with DuckDB: one in-memory connection per thread and library root, kept for
+    the thread's later queries (opening one costs tens of ms); it holds no data and no permission. DuckDB's
+    Parquet metadata cache stays off: files are replaced in place (``os.replace``) and a footer cached by
+    modification time could outlive a rewrite within the same second."""
 
     def __init__(self, root: Path, min_cell: int = 5) -> None:
         self.root = Path(root)
@@ -200,35 +207,38 @@ class Library:
     def _connect(self) -> Any:
         import duckdb
 
-        return duckdb.connect()
+        cache = _LOCAL.__dict__.setdefault("connections", {})
+        con = cache.get(self.root)
+        if con is None:
+            con = cache[self.root] = duckdb.connect()
+        return con
 
-    def count(self, criteria: Mapping[str, Any]) -> int:
-        """Scans matching ``criteria`` in every project (unmasked: callers show ``mask`` of it)."""
+    def counts(self, criteria: Mapping[str, Any], projects: list[str]) -> tuple[int, int]:
+        """(scans matching ``criteria`` in every project, those of them in ``projects``), in one pass; unmasked
+        (callers show ``mask`` of the first)."""
         if not any((self.root / "scans").glob("project=*/pipeline=*/version=*/*.parquet")):
-            return 0
+            return 0, 0
         where, params = scan_filter(criteria)
+        head: list[Any] = []
+        listed = f"count(DISTINCT series) FILTER (WHERE {_in('project', projects, head)})" if projects else "0"
         source = str(self.root / "scans" / "*" / "*" / "*" / "*.parquet")
-        with self._connect() as con:
-            return int(con.execute(f"SELECT count(DISTINCT series) FROM read_parquet(?, {_HIVE}) WHERE {where}",
-                                   [source, *params]).fetchone()[0])
+        row = self._connect().execute(f"SELECT count(DISTINCT series), {listed} FROM read_parquet(?, {_HIVE}) "
+                                      f"WHERE {where}", [*head, source, *params]).fetchone()
+        return int(row[0]), int(row[1])
 
     def scans(self, projects: list[str], criteria: Mapping[str, Any], limit: int | None, offset: int = 0
-              ) -> tuple[int, "pd.DataFrame"]:
-        """(matching scans of ``projects``, one page of them ordered by project, pipeline, version, series)."""
+              ) -> "pd.DataFrame":
+        """One page of the matching scans of ``projects``, ordered by project, pipeline, version, series."""
         import pandas as pd
 
         files = _files(self.root, "scans", [(p,) for p in projects])
         if not files:
-            return 0, pd.DataFrame(columns=list(SCAN_FIELDS))
+            return pd.DataFrame(columns=list(SCAN_FIELDS))
         where, params = scan_filter(criteria)
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        columns = ", ".join(SCAN_FIELDS)
-        with self._connect() as con:
-            source = f"read_parquet(?, {_HIVE})"
-            listed = int(con.execute(f"SELECT count(*) FROM {source} WHERE {where}", [files, *params]).fetchone()[0])
-            frame = con.execute(f"SELECT {columns} FROM {source} WHERE {where} "
-                                f"ORDER BY project, pipeline, version, series{page}", [files, *params]).fetchdf()
-        return listed, frame
+        return self._connect().execute(
+            f"SELECT {', '.join(SCAN_FIELDS)} FROM read_parquet(?, {_HIVE}) WHERE {where} "
+            f"ORDER BY project, pipeline, version, series{page}", [files, *params]).fetchdf()
 
     def values(self, scans: "pd.DataFrame", criteria: Mapping[str, Any]) -> "pd.DataFrame":
         """Long value rows of the scans in ``scans`` (atlas, feature and region criteria applied)."""
@@ -247,9 +257,8 @@ class Library:
         for name in ("atlas", "feature", "region"):
             if name in criteria:
                 clauses.append(_in(name, criteria[name], params))
-        with self._connect() as con:
-            return con.execute(f"SELECT {', '.join(columns)} FROM read_parquet(?, {_HIVE}) "
-                               f"WHERE {' AND '.join(clauses)}", [files, *params]).fetchdf()
+        return self._connect().execute(f"SELECT {', '.join(columns)} FROM read_parquet(?, {_HIVE}) "
+                                       f"WHERE {' AND '.join(clauses)}", [files, *params]).fetchdf()
 
 
 def _long(scans: "pd.DataFrame", values: "pd.DataFrame") -> "pd.DataFrame":
@@ -279,8 +288,8 @@ def search(site: Any, db: DB, actor: Actor, *, limit: int | None = 100, offset: 
     allowed = permissions.feature_project_codes(db, actor)
     if "project" in checked:
         allowed = [p for p in allowed if p in checked["project"]]
-    total = library.count(checked)
-    listed, scans = library.scans(allowed, checked, limit, offset)
+    total, listed = library.counts(checked, allowed)
+    scans = library.scans(allowed, checked, limit, offset)
     rows = _long(scans, library.values(scans, checked))
     shown = mask(total, library.min_cell)
     if audit:
