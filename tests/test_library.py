@@ -206,3 +206,15 @@ def test_refresh_takes_new_qc_decisions_from_the_archive(lib) -> None:  # type: 
         assert store.refresh(lib, db, "SCZA") == 8
     after = _ask(lib, "admin", qc="fail")
     assert before.count == "< 5" and after.count == 8
+
+
+def test_list_fallback_answers_as_the_bit_masks(lib, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A library with more distinct diagnosis codes or feature sets than fit in a bit mask is searched by list
+    functions; both paths give the same answer (the index of a new root is loaded with the patched limit)."""
+    asks = [dict(SCZ), {"feature": "fa"}, {"atlas": "jhu", "diagnosis": ["BD", "HC"]}, {"atlas": "none"}]
+    with_bits = [(_ask(lib, "max", **a).count, _ask(lib, "max", **a).listed) for a in asks]
+    monkeypatch.setattr(query, "MAX_BITS", 0)
+    monkeypatch.setattr(query, "_SHARED", {})
+    assert [(_ask(lib, "max", **a).count, _ask(lib, "max", **a).listed) for a in asks] == with_bits
+    assert not query._SHARED[lib.config.library_root].codes
+    assert with_bits[0] == (len(expected(diagnosis="SCZ")), 6) and with_bits[3] == (0, 0)

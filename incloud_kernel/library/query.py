@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session as DB
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.errors import ValidationError
-from incloud_kernel.library.store import SCAN_COLUMNS, library_root
+from incloud_kernel.library.store import SCAN_COLUMNS, generation, library_root
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -109,17 +109,30 @@ def _in(column: str, values: list[Any], params: list[Any]) -> str:
     return f"{column} IN ({', '.join('?' * len(values))})"
 
 
-def scan_filter(criteria: Mapping[str, Any]) -> tuple[str, list[Any]]:
+#: List columns of a scan that the scan index also keeps as bit masks (one bit per distinct value), when they hold
+#: at most ``MAX_BITS`` distinct values: a bit test is ~10x faster than a list search over a million scans.
+BIT_COLUMNS = ("diagnosis", "feature_sets")
+MAX_BITS = 62
+
+
+def _wanted(criteria: Mapping[str, Any], column: str, names: list[str]) -> list[str]:
+    """The values of list ``column`` that the criteria accept, out of ``names`` (the column's distinct values)."""
+    if column == "diagnosis":
+        return list(criteria["diagnosis"])
+    atlases, features = criteria.get("atlas"), criteria.get("feature")
+    return [n for n in names if (not atlases or n.split(":", 1)[0] in atlases)
+            and (not features or n.split(":", 1)[-1] in features)]
+
+
+def scan_filter(criteria: Mapping[str, Any], codes: Mapping[str, list[str]] | None = None) -> tuple[str, list[Any]]:
     """The WHERE clause (``TRUE`` when empty) and its parameters over the scan rows for checked ``criteria``.
-    ``region`` does not restrict scans (it picks values)."""
+    ``codes`` maps a ``BIT_COLUMNS`` name to its distinct values in bit order when the scan index keeps its
+    ``<name>_bits`` column. ``region`` does not restrict scans (it picks values)."""
     clauses: list[str] = []
     params: list[Any] = []
     for name in ("project", "pipeline", "version", "participant", "session", "sex", "scanner", "qc"):
         if name in criteria:
             clauses.append(_in(name, criteria[name], params))
-    if "diagnosis" in criteria:
-        clauses.append("list_has_any(diagnosis, ?::VARCHAR[])")
-        params.append(criteria["diagnosis"])
     if "medication" in criteria:  # free text: any of the words given, case-insensitive, as a part
         clauses.append("(" + " OR ".join("contains(lower(medication), lower(?))" for _ in criteria["medication"]) + ")")
         params.extend(criteria["medication"])
@@ -130,15 +143,27 @@ def scan_filter(criteria: Mapping[str, Any]) -> tuple[str, list[Any]]:
     if "age" in criteria:
         clauses.append("age BETWEEN ? AND ?")
         params.extend(criteria["age"])
-    atlases, features = criteria.get("atlas"), criteria.get("feature")
-    if atlases and features:
-        clauses.append("list_has_any(feature_sets, ?::VARCHAR[])")
-        params.append([f"{a}:{f}" for a in atlases for f in features])
-    elif features or atlases:
-        part = 2 if features else 1
-        clauses.append(f"list_has_any(list_transform(feature_sets, lambda x: split_part(x, ':', {part})), "
-                       "?::VARCHAR[])")
-        params.append(features or atlases)
+    for column in BIT_COLUMNS:
+        if column == "diagnosis" and "diagnosis" not in criteria:
+            continue
+        if column == "feature_sets" and not (criteria.get("atlas") or criteria.get("feature")):
+            continue
+        names = (codes or {}).get(column)
+        if names is not None:
+            wanted = set(_wanted(criteria, column, names))
+            clauses.append(f"({column}_bits & ?) <> 0")
+            params.append(sum(1 << k for k, n in enumerate(names) if n in wanted))
+        elif column == "diagnosis":
+            clauses.append("list_has_any(diagnosis, ?::VARCHAR[])")
+            params.append(criteria["diagnosis"])
+        elif criteria.get("atlas") and criteria.get("feature"):
+            clauses.append("list_has_any(feature_sets, ?::VARCHAR[])")
+            params.append([f"{a}:{f}" for a in criteria["atlas"] for f in criteria["feature"]])
+        else:
+            part = 2 if criteria.get("feature") else 1
+            clauses.append(f"list_has_any(list_transform(feature_sets, lambda x: split_part(x, ':', {part})), "
+                           "?::VARCHAR[])")
+            params.append(criteria.get("feature") or criteria.get("atlas"))
     return (" AND ".join(clauses) or "TRUE"), params
 
 
@@ -187,13 +212,69 @@ def _files(root: Path, kind: str, keys: Iterable[tuple[str, ...]]) -> list[str]:
 
 
 _LOCAL = threading.local()
+_SHARED: dict[Path, "_ScanIndex"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class _ScanIndex:
+    """Every scan row of one library root in one in-memory DuckDB database, shared by the process's threads (each
+    reads through its own cursor), reloaded when ``store.generation`` changes (every publish, compaction and
+    refresh bumps it). Counting 1M scans then reads memory, not a million Parquet rows per query. It holds
+    attributes only, never values, and no permission."""
+
+    def __init__(self, root: Path) -> None:
+        import duckdb
+
+        self.root = root
+        self.db = duckdb.connect()
+        self.generation: str | None = None
+        self.codes: dict[str, list[str]] = {}
+        self.unique = True
+        self.lock = threading.Lock()
+
+    def cursor(self) -> Any:
+        """A cursor of this thread on a current index (reloaded first if the library changed)."""
+        current = generation(self.root)
+        if current != self.generation:
+            with self.lock:
+                if current != self.generation:
+                    self._load(current)
+        cursors = _LOCAL.__dict__.setdefault("cursors", {})
+        key = (self.root, id(self.db))
+        if key not in cursors:
+            cursors[key] = self.db.cursor()
+        return cursors[key]
+
+    def _load(self, current: str) -> None:
+        columns = ", ".join(["project", "pipeline", "version", *SCAN_COLUMNS])
+        if any((self.root / "scans").glob("project=*/pipeline=*/version=*/*.parquet")):
+            source = str(self.root / "scans" / "*" / "*" / "*" / "*.parquet")
+            self.db.execute(f"CREATE OR REPLACE TABLE scans AS SELECT {columns} FROM read_parquet(?, {_HIVE}) "
+                            "ORDER BY project, pipeline, version, series", [source])
+        else:
+            types = ", ".join([f"{p} VARCHAR" for p in ("project", "pipeline", "version")]
+                              + [f"{n} {t}" for n, t in SCAN_COLUMNS.items()])
+            self.db.execute(f"CREATE OR REPLACE TABLE scans ({types})")
+        codes: dict[str, list[str]] = {}
+        for column in BIT_COLUMNS:
+            names = sorted(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT unnest({column}) FROM scans").fetchall() if r[0] is not None)
+            if len(names) <= MAX_BITS:
+                self.db.execute(f"ALTER TABLE scans ADD COLUMN {column}_bits BIGINT")
+                self.db.execute(f"UPDATE scans SET {column}_bits = coalesce(list_sum(list_transform({column}, "
+                                "lambda x: (1::BIGINT << (list_position(?::VARCHAR[], x) - 1)))), 0)", [names])
+                codes[column] = names
+        #: One row per series (no series in two pipeline versions): a plain count is a count of scans.
+        self.unique = self.db.execute("SELECT count(*) = count(DISTINCT series) FROM scans").fetchone()[0]
+        self.codes = codes
+        self.generation = current
 
 
 class Library:
-    """The Parquet of one site, read with DuckDB: one in-memory connection per thread and library root, kept for
-    the thread's later queries (opening one costs tens of ms); it holds no data and no permission. DuckDB's
-    Parquet metadata cache stays off: files are replaced in place (``os.replace``) and a footer cached by
-    modification time could outlive a rewrite within the same second."""
+    """The Parquet of one site, read with DuckDB: scan rows through the process's shared in-memory index
+    (``_ScanIndex``), values straight from the Parquet (one connection per thread, kept: opening one costs tens
+    of ms). Holds no permission. DuckDB's Parquet metadata cache stays off: files are replaced in place
+    (``os.replace``) and a footer cached by modification time could outlive a rewrite within the same second."""
 
     def __init__(self, root: Path, min_cell: int = 5) -> None:
         self.root = Path(root)
@@ -213,17 +294,23 @@ class Library:
             con = cache[self.root] = duckdb.connect()
         return con
 
+    def _index(self) -> tuple[Any, _ScanIndex]:
+        with _SHARED_LOCK:
+            index = _SHARED.get(self.root)
+            if index is None:
+                index = _SHARED[self.root] = _ScanIndex(self.root)
+        cursor = index.cursor()
+        return cursor, index
+
     def counts(self, criteria: Mapping[str, Any], projects: list[str]) -> tuple[int, int]:
         """(scans matching ``criteria`` in every project, those of them in ``projects``), in one pass; unmasked
         (callers show ``mask`` of the first)."""
-        if not any((self.root / "scans").glob("project=*/pipeline=*/version=*/*.parquet")):
-            return 0, 0
-        where, params = scan_filter(criteria)
+        cursor, index = self._index()
+        where, params = scan_filter(criteria, index.codes)
         head: list[Any] = []
-        listed = f"count(DISTINCT series) FILTER (WHERE {_in('project', projects, head)})" if projects else "0"
-        source = str(self.root / "scans" / "*" / "*" / "*" / "*.parquet")
-        row = self._connect().execute(f"SELECT count(DISTINCT series), {listed} FROM read_parquet(?, {_HIVE}) "
-                                      f"WHERE {where}", [*head, source, *params]).fetchone()
+        counted = "count(*)" if index.unique else "count(DISTINCT series)"
+        listed = f"{counted} FILTER (WHERE {_in('project', projects, head)})" if projects else "0"
+        row = cursor.execute(f"SELECT {counted}, {listed} FROM scans WHERE {where}", [*head, *params]).fetchone()
         return int(row[0]), int(row[1])
 
     def scans(self, projects: list[str], criteria: Mapping[str, Any], limit: int | None, offset: int = 0
@@ -231,14 +318,16 @@ class Library:
         """One page of the matching scans of ``projects``, ordered by project, pipeline, version, series."""
         import pandas as pd
 
-        files = _files(self.root, "scans", [(p,) for p in projects])
-        if not files:
+        if not projects:
             return pd.DataFrame(columns=list(SCAN_FIELDS))
-        where, params = scan_filter(criteria)
+        cursor, index = self._index()
+        where, params = scan_filter(criteria, index.codes)
+        allowed: list[Any] = []
+        clause = _in("project", projects, allowed)
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        return self._connect().execute(
-            f"SELECT {', '.join(SCAN_FIELDS)} FROM read_parquet(?, {_HIVE}) WHERE {where} "
-            f"ORDER BY project, pipeline, version, series{page}", [files, *params]).fetchdf()
+        return cursor.execute(
+            f"SELECT {', '.join(SCAN_FIELDS)} FROM scans WHERE {clause} AND {where} "
+            f"ORDER BY project, pipeline, version, series{page}", [*allowed, *params]).fetchdf()
 
     def values(self, scans: "pd.DataFrame", criteria: Mapping[str, Any]) -> "pd.DataFrame":
         """Long value rows of the scans in ``scans`` (atlas, feature and region criteria applied)."""

@@ -122,6 +122,28 @@ def write_atomic(table: "pa.Table", path: Path, row_group_size: int | None = Non
     return path
 
 
+GENERATION = ".generation"
+
+
+def generation(root: Path) -> str:
+    """The library's current generation: changes whenever a scan file is written or removed (query processes
+    reload their scan index when it does). An absent file reads as ``"0"``."""
+    try:
+        return (root / GENERATION).read_text().strip() or "0"
+    except FileNotFoundError:
+        return "0"
+
+
+def bump_generation(root: Path) -> str:
+    """Mark the library changed (atomically); call after writing or removing scan files."""
+    value = uuid.uuid4().hex
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    os.replace(tmp, root / GENERATION)
+    return value
+
+
 @dataclass(frozen=True)
 class Published:
     """Where one series' rows went and how many."""
@@ -226,6 +248,7 @@ def publish(site: Any, db: DB, actor: Actor, frame: "pd.DataFrame", *, series: i
         scan_file = write_atomic(scan, partition_dir(root, "scans", project, pipeline, version) / name)
         if _in_parts(root, project, pipeline, version, row.id):
             _compact_locked(root, project, pipeline, version)  # the older copy in a part goes at once
+        bump_generation(root)
     return Published(project, pipeline, version, row.id, values.num_rows, scan_file, value_file)
 
 
@@ -274,6 +297,7 @@ def _compact_locked(root: Path, project: str, pipeline: str, version: str) -> in
     # distinct series, so only a listing in that instant can repeat a scan (docs/library.md).
     for old in scan_files + value_files:
         old.unlink(missing_ok=True)
+    bump_generation(root)
     return scans.num_rows
 
 
@@ -320,8 +344,9 @@ def refresh(site: Any, db: DB, project: str) -> int:
                         scan.update(_scan_attributes(db, series)[1])
                 write_atomic(pa.Table.from_pylist(rows, schema=scan_schema()), path)
                 done += len(rows)
+            bump_generation(root)
     return done
 
 
 __all__ = ["PARTITIONS", "SCAN_COLUMNS", "VALUE_COLUMNS", "Published", "library_root", "partition_dir", "publish",
-           "compact", "refresh", "partitions", "write_atomic", "scan_schema", "value_schema", "check_part"]
+           "compact", "refresh", "partitions", "generation", "bump_generation", "write_atomic", "scan_schema", "value_schema", "check_part"]
