@@ -170,21 +170,23 @@ def _pandas(data: Path) -> Any:
     scans["project"] = scans["project"].astype(str)
     scans = scans.sort_values(["project", "series"]).reset_index(drop=True)
     position = pd.Series(np.arange(len(scans)), index=scans["series"].to_numpy())
-    columns = [(a, f, f"R{r:03d}") for a, f, n in FEATURE_SETS for r in range(1, n + 1)]
-    values = np.zeros((len(scans), len(columns)), dtype=np.float32)
+    values = np.zeros((len(scans), sum(n for _, _, n in FEATURE_SETS)), dtype=np.float32)
     start = 0
     offsets = {}
     for a, f, n in FEATURE_SETS:
         offsets[(a, f)] = (start, n)
         start += n
     for path in (root / "values").rglob("*.parquet"):
-        frame = pd.read_parquet(path, columns=["series", "atlas", "feature", "region", "value"])
-        for (a, f), part in frame.groupby(["atlas", "feature"], sort=False):
-            off, n = offsets[(a, f)]
-            rows = position.loc[part["series"].to_numpy()].to_numpy()
-            cols = off + part["region"].str[1:].astype(int).to_numpy() - 1
-            values[rows, cols] = part["value"].to_numpy(dtype=np.float32)
-        del frame
+        # One feature set at a time (Parquet filters), so the temporaries stay one set of one project: rows are
+        # sorted by series then zero-padded region, so each set is a (scans x regions) block already.
+        for a, f, n in FEATURE_SETS:
+            part = pd.read_parquet(path, columns=["series", "value"],
+                                   filters=[("atlas", "=", a), ("feature", "=", f)])
+            block = part["value"].to_numpy(dtype=np.float32).reshape(-1, n)
+            rows = position.loc[part["series"].to_numpy()[::n]].to_numpy()
+            off = offsets[(a, f)][0]
+            values[rows, off:off + n] = block
+            del part, block
     allowed = set(MEMBER_OF + GRANTED)
     diagnosis_scz = scans["diagnosis"].map(lambda d: "SCZ" in d).to_numpy()
     off, n = offsets[("aal", "gmv")]
