@@ -216,5 +216,5 @@ def test_list_fallback_answers_as_the_bit_masks(lib, monkeypatch) -> None:  # ty
     monkeypatch.setattr(query, "MAX_BITS", 0)
     monkeypatch.setattr(query, "_SHARED", {})
     assert [(_ask(lib, "max", **a).count, _ask(lib, "max", **a).listed) for a in asks] == with_bits
-    assert not query._SHARED[lib.config.library_root].codes
+    assert not query._SHARED[lib.config.library_root].snapshot.codes
     assert with_bits[0] == (len(expected(diagnosis="SCZ")), 6) and with_bits[3] == (0, 0)

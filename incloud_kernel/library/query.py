@@ -216,6 +216,17 @@ _SHARED: dict[Path, "_ScanIndex"] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """One loaded state of the scan index: its table, the bit order of each ``BIT_COLUMNS`` column, and whether
+    every series appears once. Swapped as one object, so a query never mixes one load's table with another's
+    bit order."""
+
+    table: str
+    codes: dict[str, list[str]]
+    unique: bool
+
+
 class _ScanIndex:
     """Every scan row of one library root in one in-memory DuckDB database, shared by the process's threads (each
     reads through its own cursor), reloaded when ``store.generation`` changes (every publish, compaction and
@@ -228,12 +239,12 @@ class _ScanIndex:
         self.root = root
         self.db = duckdb.connect()
         self.generation: str | None = None
-        self.codes: dict[str, list[str]] = {}
-        self.unique = True
+        self.snapshot = _Snapshot("scans_0", {}, True)
+        self.loads = 0
         self.lock = threading.Lock()
 
-    def cursor(self) -> Any:
-        """A cursor of this thread on a current index (reloaded first if the library changed)."""
+    def cursor(self) -> tuple[Any, _Snapshot]:
+        """A cursor of this thread and the current snapshot (reloaded first if the library changed)."""
         current = generation(self.root)
         if current != self.generation:
             with self.lock:
@@ -243,31 +254,36 @@ class _ScanIndex:
         key = (self.root, id(self.db))
         if key not in cursors:
             cursors[key] = self.db.cursor()
-        return cursors[key]
+        return cursors[key], self.snapshot
 
     def _load(self, current: str) -> None:
+        self.loads += 1
+        table, old = f"scans_{self.loads}", f"scans_{self.loads - 2}"
         columns = ", ".join(["project", "pipeline", "version", *SCAN_COLUMNS])
         if any((self.root / "scans").glob("project=*/pipeline=*/version=*/*.parquet")):
             source = str(self.root / "scans" / "*" / "*" / "*" / "*.parquet")
-            self.db.execute(f"CREATE OR REPLACE TABLE scans AS SELECT {columns} FROM read_parquet(?, {_HIVE}) "
+            self.db.execute(f"CREATE TABLE {table} AS SELECT {columns} FROM read_parquet(?, {_HIVE}) "
                             "ORDER BY project, pipeline, version, series", [source])
         else:
             types = ", ".join([f"{p} VARCHAR" for p in ("project", "pipeline", "version")]
                               + [f"{n} {t}" for n, t in SCAN_COLUMNS.items()])
-            self.db.execute(f"CREATE OR REPLACE TABLE scans ({types})")
+            self.db.execute(f"CREATE TABLE {table} ({types})")
         codes: dict[str, list[str]] = {}
         for column in BIT_COLUMNS:
             names = sorted(r[0] for r in self.db.execute(
-                f"SELECT DISTINCT unnest({column}) FROM scans").fetchall() if r[0] is not None)
+                f"SELECT DISTINCT unnest({column}) FROM {table}").fetchall() if r[0] is not None)
             if len(names) <= MAX_BITS:
-                self.db.execute(f"ALTER TABLE scans ADD COLUMN {column}_bits BIGINT")
-                self.db.execute(f"UPDATE scans SET {column}_bits = coalesce(list_sum(list_transform({column}, "
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}_bits BIGINT")
+                self.db.execute(f"UPDATE {table} SET {column}_bits = coalesce(list_sum(list_transform({column}, "
                                 "lambda x: (1::BIGINT << (list_position(?::VARCHAR[], x) - 1)))), 0)", [names])
                 codes[column] = names
-        #: One row per series (no series in two pipeline versions): a plain count is a count of scans.
-        self.unique = self.db.execute("SELECT count(*) = count(DISTINCT series) FROM scans").fetchone()[0]
-        self.codes = codes
+        unique = bool(self.db.execute(f"SELECT count(*) = count(DISTINCT series) FROM {table}").fetchone()[0])
+        self.snapshot = _Snapshot(table, codes, unique)
         self.generation = current
+        # The previous table stays one more load, for queries that took its snapshot a moment ago (memory: two
+        # copies of the index at most).
+        if self.loads > 2:
+            self.db.execute(f"DROP TABLE IF EXISTS {old}")
 
 
 class Library:
@@ -294,23 +310,23 @@ class Library:
             con = cache[self.root] = duckdb.connect()
         return con
 
-    def _index(self) -> tuple[Any, _ScanIndex]:
+    def _index(self) -> tuple[Any, _Snapshot]:
         with _SHARED_LOCK:
             index = _SHARED.get(self.root)
             if index is None:
                 index = _SHARED[self.root] = _ScanIndex(self.root)
-        cursor = index.cursor()
-        return cursor, index
+        return index.cursor()
 
     def counts(self, criteria: Mapping[str, Any], projects: list[str]) -> tuple[int, int]:
         """(scans matching ``criteria`` in every project, those of them in ``projects``), in one pass; unmasked
         (callers show ``mask`` of the first)."""
-        cursor, index = self._index()
-        where, params = scan_filter(criteria, index.codes)
+        cursor, snap = self._index()
+        where, params = scan_filter(criteria, snap.codes)
         head: list[Any] = []
-        counted = "count(*)" if index.unique else "count(DISTINCT series)"
+        counted = "count(*)" if snap.unique else "count(DISTINCT series)"
         listed = f"{counted} FILTER (WHERE {_in('project', projects, head)})" if projects else "0"
-        row = cursor.execute(f"SELECT {counted}, {listed} FROM scans WHERE {where}", [*head, *params]).fetchone()
+        row = cursor.execute(f"SELECT {counted}, {listed} FROM {snap.table} WHERE {where}",
+                             [*head, *params]).fetchone()
         return int(row[0]), int(row[1])
 
     def scans(self, projects: list[str], criteria: Mapping[str, Any], limit: int | None, offset: int = 0
@@ -320,13 +336,13 @@ class Library:
 
         if not projects:
             return pd.DataFrame(columns=list(SCAN_FIELDS))
-        cursor, index = self._index()
-        where, params = scan_filter(criteria, index.codes)
+        cursor, snap = self._index()
+        where, params = scan_filter(criteria, snap.codes)
         allowed: list[Any] = []
         clause = _in("project", projects, allowed)
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return cursor.execute(
-            f"SELECT {', '.join(SCAN_FIELDS)} FROM scans WHERE {clause} AND {where} "
+            f"SELECT {', '.join(SCAN_FIELDS)} FROM {snap.table} WHERE {clause} AND {where} "
             f"ORDER BY project, pipeline, version, series{page}", [*allowed, *params]).fetchdf()
 
     def values(self, scans: "pd.DataFrame", criteria: Mapping[str, Any]) -> "pd.DataFrame":
