@@ -339,6 +339,66 @@ class Client:
         return self._json(f"api/registry/attributes/{pseudonym}")
 
 
+    # -- the brain feature library (count over all data; rows only from projects you may list) -----------------
+    @staticmethod
+    def _criteria(criteria: Mapping[str, Any]) -> dict[str, Any]:
+        """Criteria as query arguments: age (low, high) as "low-high", booleans as true/false, lists repeated."""
+        out: dict[str, Any] = {}
+        for name, value in criteria.items():
+            if value is None:
+                continue
+            if name == "age" and isinstance(value, (tuple, list)):
+                value = "-".join(str(v) for v in value) if len(value) == 2 else "invalid"
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
+        return out
+
+    def features(self, *, shape: str = "long", limit: int = 100, offset: int = 0, **criteria: Any):  # type: ignore[no-untyped-def]
+        """``(total_count, DataFrame)`` of the feature library: ``client.features(diagnosis="SCZ", age=(18, 40),
+        feature="gmv", atlas="aal", qc="pass")``. ``total_count`` counts matching scans in *every* project (a
+        count of 1-4 shows as "< 5"); the rows are ``limit`` scans (from ``offset``) of projects you are a member
+        of or hold a feature grant for. ``shape``: ``long`` (one row per value), ``wide`` (one row per scan, one
+        column per atlas/feature/region) or ``xarray`` (a scan x region x feature DataArray). Criteria: project,
+        pipeline, version, participant, session, sex, diagnosis, medication, scanner, qc, feature, atlas, region
+        (a list means any of), first_episode, follow_up (bool), age ((low, high) years, inclusive)."""
+        import pandas as pd
+
+        wanted = "long" if shape == "xarray" else shape
+        data = self._json("api/features", {**self._criteria(criteria), "shape": wanted, "limit": limit,
+                                           "offset": offset})
+        frame = pd.DataFrame(data["rows"], columns=data["columns"])
+        if shape == "xarray":
+            from incloud_kernel.library.query import to_xarray
+
+            return data["count"], to_xarray(frame)
+        return data["count"], frame
+
+    def export_features(self, dest: str | Path, *, fmt: str | None = None, shape: str = "long",
+                        **criteria: Any) -> Path:
+        """Every matching row you may list, saved to ``dest`` as CSV or Parquet (``fmt`` or ``dest``'s ending)."""
+        target = Path(dest)
+        fmt = fmt or target.suffix.lstrip(".").lower()
+        r = self._get("api/features/export", {**self._criteria(criteria), "format": fmt, "shape": shape})
+        tmp = target.with_name(f".{target.name}.part")
+        tmp.write_bytes(r.content)
+        os.replace(tmp, target)
+        return target
+
+    def share_features(self, project: str, expires: str, *, user: str | None = None, group: str | None = None,
+                       to_project: str | None = None) -> dict[str, Any]:
+        """Share ``project``'s features (not its images) with one user, group or project until ``expires``
+        (YYYY-MM-DD); project owners only. Returns the grant."""
+        return self._request("POST", "api/features/grants", body={
+            "project": project, "expires": expires, "user": user, "group": group, "to_project": to_project}).json()
+
+    def feature_grants(self, project: str) -> list[dict[str, Any]]:
+        """The feature grants of ``project`` (owners), newest first."""
+        return list(self._json("api/features/grants", {"project": project})["items"])
+
+    def revoke_feature_grant(self, grant_id: int) -> dict[str, Any]:
+        return self._request("POST", f"api/features/grants/{int(grant_id)}/revoke").json()
+
     # -- scanner bookings (the server applies every rule: opening hours, quotas, screening, no double booking) ---
     def scanners(self) -> list[dict[str, Any]]:
         """Scanners that can be booked: id, ae_title, modality, site, opening_hours, timezone, manager."""

@@ -405,6 +405,23 @@ class RegistrySection:
             raise ConfigError("registry.pseudonym_prefix must be 1-8 ASCII letters (BIDS-safe)")
 
 
+@dataclass
+class LibrarySection:
+    """The brain feature library (``incloud_kernel.library``): where its Parquet lives, how counts are masked.
+
+    ``root`` empty: ``$INCLOUD_HOME/library`` (0700, the service user's alone like every storage root). A count
+    of matches between 1 and ``min_cell - 1`` is shown as ``"< min_cell"`` (docs/library.md says what this does and
+    does not protect).
+    """
+
+    root: str = ""
+    min_cell: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_cell, bool) or not isinstance(self.min_cell, int) or self.min_cell < 1:
+            raise ConfigError("library.min_cell must be a whole number, 1 or more")
+
+
 #: What happens to a series no BIDS rule names (``IngestSection.unmatched``).
 UNMATCHED_CHOICES = ("sourcedata", "quarantine")
 
@@ -422,6 +439,7 @@ SECTIONS: dict[str, type] = {
     "qc": QCSection,
     "acquisition": AcquisitionSection,
     "registry": RegistrySection,
+    "library": LibrarySection,
 }
 
 
@@ -443,6 +461,7 @@ class Config:
     qc: QCSection
     acquisition: AcquisitionSection
     registry: RegistrySection
+    library: LibrarySection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.
@@ -469,6 +488,10 @@ class Config:
     def backup_root(self) -> Path:
         return self._root(self.storage.backup_root, "backup")
 
+    @property
+    def library_root(self) -> Path:
+        return self._root(self.library.root, "library")
+
     def effective(self) -> list[tuple[str, Any, str]]:
         """Every setting as (name, value, source), derived paths included."""
         rows: list[tuple[str, Any, str]] = [("home", str(self.home), self.sources.get("home", "default"))]
@@ -477,7 +500,7 @@ class Config:
             for f in dataclasses.fields(section):
                 key = f"{name}.{f.name}"
                 rows.append((key, getattr(section, f.name), self.sources.get(key, "default")))
-        for derived in ("database_url", "archive_root", "spool", "quarantine", "backup_root"):
+        for derived in ("database_url", "archive_root", "spool", "quarantine", "backup_root", "library_root"):
             rows.append((f"(effective) {derived}", str(getattr(self, derived)), "derived"))
         return rows
 

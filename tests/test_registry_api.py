@@ -7,18 +7,14 @@ and a registrar whose token lacks the registry scope). The client is ``incloud_k
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 from typing import Any, Iterator
 
 import pytest
 import requests
+from api_thread import serving
 from jupyterhub.services.auth import HubOAuth
-from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
-from tornado.netutil import bind_sockets
 
 from hub.roles import API_SERVICE, scopes_of
 from incloud_kernel.archive import projects
@@ -62,25 +58,8 @@ def api(site) -> Iterator[str]:  # type: ignore[no-untyped-def]
         projects.grant(db, console, "DEMO", "max", "member")
     auth = TableHubAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0)
     app = make_app(site.config, hub_auth=auth)
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        server = HTTPServer(app)
-        sockets = bind_sockets(0, "127.0.0.1")
-        server.add_sockets(sockets)
-        state["port"], state["loop"] = sockets[0].getsockname()[1], IOLoop.current()
-        ready.set()
-        IOLoop.current().start()
-        server.stop()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    yield f"http://127.0.0.1:{state['port']}/services/{API_SERVICE}/"
-    state["loop"].add_callback(state["loop"].stop)
-    thread.join(10)
+    with serving(app) as url:
+        yield url
 
 
 def test_a_non_registrar_gets_403_on_every_identity_endpoint(api, caplog) -> None:  # type: ignore

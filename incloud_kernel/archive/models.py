@@ -658,3 +658,38 @@ class Provenance(Base):
     host: Mapped[str] = mapped_column(String(256))
     runtime_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ==============================================================================================================
+# The brain feature library (issue 16 item 2, ``incloud_kernel.library.sharing``): a project shares its *features*
+# (the Parquet rows of the library) with a user, a group or another project's members, for a time, without any
+# access to its images or archive metadata. Migration 0008_feature_grants.
+# ==============================================================================================================
+
+#: Who a feature grant is given to.
+GRANTEE_KINDS = ("user", "group", "project")
+
+
+class FeatureGrant(Base):
+    """Project ``project_id`` shares its feature rows with ``grantee`` (a user name, a group name, or, for kind
+    ``project``, the members of project ``grantee_project_id``) until ``expires_at``. A revoked grant keeps its
+    row (``revoked_at``) as history; only ``incloud_kernel.archive.permissions`` reads these rows for access."""
+
+    __tablename__ = "feature_grant"
+    __table_args__ = (
+        Index("ix_feature_grant_grantee", "grantee_kind", "grantee"),
+        Index("ix_feature_grant_project", "project_id", "id"),
+        CheckConstraint("grantee_kind in ('user','group','project')", name="ck_feature_grant_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    grantee_kind: Mapped[str] = mapped_column(String(8))
+    #: The user or group name; for kind ``project`` the grantee project's code at grant time (display only).
+    grantee: Mapped[str] = mapped_column(String(128))
+    grantee_project_id: Mapped[int | None] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(128))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import getpass
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session as DB
 from incloud_kernel.archive.models import (
     DataFile,
     Derivative,
+    FeatureGrant,
     GroupMember,
     Membership,
     Participant,
@@ -542,6 +543,42 @@ def visible_booking_clause(actor: Actor, project_column: Any, scanner_column: An
                scanner_column.in_(select(Scanner.id).where(Scanner.manager == actor.user)))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The brain feature library (incloud_kernel.library): who may list which project's feature rows
+# --------------------------------------------------------------------------------------------------------------
+
+def feature_project_ids(actor: Actor, now: datetime | None = None) -> Select[tuple[int]]:
+    """A SELECT of the ids of projects whose feature rows the actor may list: every project it may read
+    (any role), and every project with an unrevoked feature grant not expired at ``now`` to the actor's user
+    name, to one of its groups, or to a project it may read. A feature grant gives rows of the library only,
+    never archive metadata or files (those stay with ``visible_project_ids``)."""
+    if actor.site_admin:
+        return select(Project.id)
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    grantee = and_(FeatureGrant.grantee_kind == PrincipalKind.user.value, FeatureGrant.grantee == actor.user)
+    if actor.groups:
+        grantee = or_(grantee, and_(FeatureGrant.grantee_kind == PrincipalKind.group.value,
+                                    FeatureGrant.grantee.in_(sorted(actor.groups))))
+    grantee = or_(grantee, and_(FeatureGrant.grantee_kind == "project",
+                                FeatureGrant.grantee_project_id.in_(visible_project_ids(actor))))
+    granted = select(FeatureGrant.project_id).where(grantee, FeatureGrant.revoked_at.is_(None),
+                                                    FeatureGrant.expires_at > now)
+    return visible_project_ids(actor).union(granted)
+
+
+def feature_project_codes(db: DB, actor: Actor, now: datetime | None = None) -> list[str]:
+    """Codes of the projects ``feature_project_ids`` allows, sorted (the library's Parquet is partitioned by
+    project code, so this list is what a query may read rows from)."""
+    ids = feature_project_ids(actor, now).subquery()
+    return list(db.scalars(select(Project.code).where(Project.id.in_(select(ids))).order_by(Project.code)))
+
+
+def require_feature_sharing(db: DB, actor: Actor, project: int | str | Project) -> Project:
+    """The project if the actor may share (or stop sharing) its features: its owners and site admins, as for
+    any grant of the project (``manage``)."""
+    return require(db, actor, project, Action.manage)
+
+
 __all__ = [
     "Action", "Actor", "Page", "SYSTEM", "MAX_PAGE_SIZE", "allowed", "visible_project_ids", "role_in", "require",
     "get_participant", "get_session", "get_series", "get_derivative", "get_file",
@@ -550,4 +587,5 @@ __all__ = [
     "QC_REVIEWER_GROUP", "may_review", "require_review",
     "require_booking", "manages_scanner", "require_scanner_manager", "visible_booking_clause",
     "REGISTRAR_GROUP", "is_registrar", "require_registrar",
+    "feature_project_ids", "feature_project_codes", "require_feature_sharing",
 ]

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "book": "incloud_kernel.cli.booking:book",
     "registry": "incloud_kernel.cli.registry:registry",
     "pipeline": "incloud_kernel.cli.pipeline:pipeline",
+    "features": "incloud_kernel.cli.library:features",
 }
 
 

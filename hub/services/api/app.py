@@ -519,10 +519,12 @@ ROUTES: list[Route] = [
 
 
 def all_routes() -> list[Route]:
-    """``ROUTES`` plus the pipeline routes (``hub.services.api.pipeline``, which imports this module)."""
+    """``ROUTES`` plus the pipeline and feature-library routes (``hub.services.api.pipeline`` and ``.features``,
+    which import this module)."""
+    from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:
