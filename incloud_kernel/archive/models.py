@@ -663,7 +663,7 @@ class Provenance(Base):
 # ==============================================================================================================
 # The brain feature library (issue 16 item 2, ``incloud_kernel.library.sharing``): a project shares its *features*
 # (the Parquet rows of the library) with a user, a group or another project's members, for a time, without any
-# access to its images or archive metadata. Migration 0008_feature_grants.
+# access to its images or archive metadata. Migration 0010_feature_grants.
 # ==============================================================================================================
 
 #: Who a feature grant is given to.

@@ -1,14 +1,14 @@
 """feature grants: a project shares its feature-library rows with a user, group or project until a date
 
-Revision ID: 0008_feature_grants
-Revises: 0007_worklist
+Revision ID: 0010_feature_grants
+Revises: 0009_binding
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0008_feature_grants'
-down_revision = '0007_worklist'
+revision = '0010_feature_grants'
+down_revision = '0009_binding'
 branch_labels = None
 depends_on = None
 
