@@ -147,3 +147,15 @@ def test_a_failed_write_leaves_the_old_table_and_no_partial_file(tmp_path: Path,
     with pytest.raises(ValidationError, match="lacks column"):
         rows.write_rows(_frame().drop(columns=["unit"]), tmp_path / "new.tsv")
     assert not (tmp_path / "new.tsv").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_bad_image_is_one_line(tmp_path: Path) -> None:
+    atlas = _atlas("jhu-wm-2mm")
+    shape, affine = _grid(3.0)
+    bad = [tmp_path / "missing.nii.gz", nib.Nifti1Image(np.zeros((*shape, 2), np.float32), affine)]
+    (tmp_path / "text.nii.gz").write_text("not an image")
+    bad.append(tmp_path / "text.nii.gz")
+    for image in bad:
+        with pytest.raises(ValidationError, match="not a 3D image") as err:
+            rows.regional(image, atlas)
+        assert "\n" not in str(err.value)
