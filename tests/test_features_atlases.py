@@ -97,6 +97,27 @@ def test_mricron_jhu_is_read_on_fsl_grid_not_its_mirrored_affine(installed: list
         assert abs(_world(one, value)[:, 0].mean()) < 1.0
 
 
+@pytest.mark.parametrize("name", ["brodmann", "aal"])
+def test_unlateralised_names_are_checked_against_the_brain_they_were_drawn_on(installed: list[str], name: str) -> None:
+    """Brodmann's names carry no hemisphere, so a mirror would pass the laterality test: its labels must fit the
+    asymmetric single-subject brain they were drawn on (mricron's ch2bet, Colin27) better as read than mirrored
+    (AAL, checked by its names above, behaves the same: the control)."""
+    from nilearn.image import resample_to_img
+
+    brain = nib.load(atlases.MRICRON_DIR / "ch2bet.nii.gz")
+    inside = np.asarray(brain.dataobj) > 0
+    atlas = atlases.load_atlas(name)
+
+    def dice(affine: np.ndarray) -> float:
+        img = nib.Nifti1Image(np.asarray(atlas.image.dataobj), affine)
+        lab = np.asarray(resample_to_img(img, brain, interpolation="nearest", force_resample=True,
+                                         copy_header=True).dataobj) > 0
+        return 2 * float((lab & inside).sum()) / float(lab.sum() + inside.sum())
+
+    as_read, mirrored = dice(atlas.image.affine), dice(np.diag([-1.0, 1, 1, 1]) @ atlas.image.affine)
+    assert as_read > mirrored + 0.005, (as_read, mirrored)
+
+
 def test_an_unnamed_value_is_background_not_a_nameless_region(installed: list[str]) -> None:
     mars = atlases.load_atlas("marsatlas")  # its table does not name the image's value 255
     raw = np.asarray(nib.load(mars.path).dataobj)
