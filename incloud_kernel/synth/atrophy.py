@@ -217,18 +217,22 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
         return []
     tissue = head_tissue()
     edited = edited_head(effects)[0]
-    twin, to_ref = axial_twin(ref)
-    pts = participant.points(twin)
-    mni = to_mni(pts)
-    gm_before = to_ref(tissue.gm_probability(sample(load_templates().head, pts)))
-    gm_after = to_ref(tissue.gm_probability(sample(edited, pts)))
-    voxel_ml = float(np.prod(ref.GetSpacing())) / 1000.0
-    out = []
+    twin, _ = axial_twin(ref)  # same voxel centres as ref: sums over them do not depend on the order
+    pts = participant.points(twin).reshape(3, -1)
+    mni = np.moveaxis(to_mni(pts), 0, -1)
+    insides = []
     for e in effects:
         r = REGIONS[e.region]
-        rel = (np.moveaxis(mni, 0, -1) - r.center_lps) / np.asarray(r.radii)
-        inside = to_ref((np.square(rel).sum(-1) <= 1.0).astype(np.float32)) > 0.5
-        b, a = float(gm_before[inside].sum()) * voxel_ml, float(gm_after[inside].sum()) * voxel_ml
+        insides.append(np.square((mni - r.center_lps) / np.asarray(r.radii)).sum(-1) <= 1.0)
+    union = np.flatnonzero(np.logical_or.reduce(insides))
+    gm_before = tissue.gm_probability(sample(load_templates().head, pts[:, union]))
+    gm_after = tissue.gm_probability(sample(edited, pts[:, union]))
+    voxel_ml = float(np.prod(ref.GetSpacing())) / 1000.0
+    out = []
+    for e, inside in zip(effects, insides):
+        r = REGIONS[e.region]
+        sel = inside[union]
+        b, a = float(gm_before[sel].sum()) * voxel_ml, float(gm_after[sel].sum()) * voxel_ml
         out.append({
             "region": e.region, "kind": e.kind, "amount": e.amount,
             "gm_ml_before": round(b, 4), "gm_ml_after": round(a, 4),
