@@ -44,7 +44,7 @@ def anchor(folder: Path, direct_its: int) -> None:
     template = ants.image_read(str(folder / "template.nii.gz"))
     tmask = ants.image_read(str(folder / "template_mask.nii.gz"))
     lap("load")
-    n4 = ants.n4_bias_correction(t1, shrink_factor=4)
+    n4 = ants.n4_bias_field_correction(t1, shrink_factor=4)
     lap("n4")
     reg = ants.registration(fixed=template, moving=n4, type_of_transform="SyN")
     lap("registration")
