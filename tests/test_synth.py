@@ -63,7 +63,11 @@ def test_same_seed_same_study(tmp_path: Path, t1_study: StudyTruth) -> None:
 def test_labels_nifti_reads(t1_study: StudyTruth) -> None:
     img = nib.load(t1_study.labels_path)
     assert img.shape[3] == len(t1_study.labels_regions) == 3
-    assert json.loads(Path(t1_study.truth_path).read_text())["effects"][1]["percent"] == pytest.approx(-15.0)
+    saved = json.loads(Path(t1_study.truth_path).read_text())
+    assert [e["region"] for e in saved["effects"]] == ["ventricles"]
+    lost = {e["region"]: e for e in saved["t1_effects"]}
+    assert set(lost) == {"hippocampus_left", "hippocampus_right"} and lost["hippocampus_left"]["amount"] == 15.0
+    assert StudyTruth.load(t1_study.truth_path).t1_effects == t1_study.t1_effects
 
 
 def test_cli_writes_cohort_with_truth_beside_each_study(tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ def n4_bias_field(data: np.ndarray, affine: np.ndarray, mask: np.ndarray, shrink
 
 def _landmark_slices(s2t: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
     """Slice indices (k, canonical grid) of MRIQC's glabella and inion landmarks, carried from MNI space to
-    the subject through the average head (``incloud_kernel.synth.anatomy.HEAD_TO_MNI``) and the fit."""
-    from incloud_kernel.synth.anatomy import HEAD_TO_MNI
+    the subject through the average head (``incloud_kernel.head_to_mni.HEAD_TO_MNI``) and the fit."""
+    from incloud_kernel.head_to_mni import HEAD_TO_MNI
 
     flip = np.array([-1.0, -1.0, 1.0])
     m, o = HEAD_TO_MNI[:, :3], HEAD_TO_MNI[:, 3]

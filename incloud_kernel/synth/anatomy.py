@@ -16,15 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from incloud_kernel.errors import IncloudError
-
-#: Affine from pydeface head LPS mm to MNI152-2009c LPS mm (``q = M p + o``), found once with SimpleITK
-#: (Mattes MI, rigid -> similarity -> affine, MNI brain mask as moving mask; correlation of intensities inside the
-#: brain 0.61). The average head is about 20 % smaller than the MNI template, hence the scales near 1.2.
-HEAD_TO_MNI = np.array([
-    [1.17555068e00, -7.98675068e-02, 2.49545410e-02, -6.83389716e00],
-    [8.76502382e-02, 1.13428925e00, -1.78725804e-01, 1.63184100e01],
-    [-5.40732458e-03, 1.60798102e-01, 1.26660207e00, 4.73175876e00],
-])
+from incloud_kernel.head_to_mni import HEAD_TO_MNI, head_to_mni_transform  # noqa: F401 (HEAD_TO_MNI: re-export)
 
 
 class TemplateMissing(IncloudError):
@@ -87,8 +79,9 @@ class Templates:
     """The loaded images (float32 SimpleITK images in their own LPS physical space).
 
     ``head``: T1 intensities of the average head, about 0-650. ``gm``, ``wm``, ``brain``: fractions 0-1 in MNI
-    space; ``csf`` = brain - gm - wm clipped at 0. ``head_to_mni``: the SimpleITK transform mapping head points to
-    MNI points (the direction SimpleITK resampling needs to pull MNI values into head space).
+    space; ``csf`` = brain - gm - wm clipped at 0. ``head_to_mni``: the package's one head-to-MNI transform
+    (``incloud_kernel.head_to_mni``), mapping head points to MNI points (the direction SimpleITK resampling
+    needs to pull MNI values into head space).
     """
 
     head: sitk.Image
@@ -114,10 +107,7 @@ def load_templates() -> Templates:
     wm = _read(mni_path("wm"), 1.0 / 255.0)
     brain = sitk.Cast(_read(mni_path("t1")) > 0, sitk.sitkFloat32)
     csf = sitk.Clamp(brain - gm - wm, sitk.sitkFloat32, 0.0, 1.0)
-    aff = sitk.AffineTransform(3)
-    aff.SetMatrix(HEAD_TO_MNI[:, :3].ravel().tolist())
-    aff.SetTranslation(HEAD_TO_MNI[:, 3].tolist())
-    return Templates(head=head, gm=gm, wm=wm, csf=csf, head_to_mni=aff)
+    return Templates(head=head, gm=gm, wm=wm, csf=csf, head_to_mni=head_to_mni_transform())
 
 
 def physical_grid(img: sitk.Image) -> np.ndarray:

@@ -16,7 +16,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,13 +24,15 @@ from threadpoolctl import threadpool_limits
 
 from incloud_kernel.errors import IncloudError, ValidationError
 from incloud_kernel.synth import headers, writer
+from incloud_kernel.synth.atrophy import TissueEffect, planted_truth
 from incloud_kernel.synth.deform import Participant, VolumeEffect
 from incloud_kernel.synth.identities import make_identity
 from incloud_kernel.synth.sites import Site, make_sites
 from incloud_kernel.synth.structural import region_fractions_both, render_t1
 
 MODALITIES = ("T1w", "bold", "dwi")
-#: Regions shrunk for each diagnosis (both hippocampi for AD-like, one for a focal lesion-like effect).
+#: Regions whose grey matter is lost for each diagnosis (both hippocampi for AD-like, one for a focal
+#: lesion-like effect): ``atrophy_percent`` of each region's grey matter turned into CSF on the T1 pixels.
 DIAGNOSIS_REGIONS: dict[str, list[str]] = {
     "CN": [],
     "AD": ["hippocampus_left", "hippocampus_right"],
@@ -66,7 +68,10 @@ class StudyTruth:
 
     ``effects``: planted volume changes (region, percent) in the order applied; ``region_volumes_ml`` and
     ``region_volumes_ml_without_effects``: region volumes measured on the T1 grid (partial-volume sums) with and
-    without the effects. ``bold``/``dwi``: see ``incloud_kernel.synth.bold`` and ``.dwi`` (None if not made).
+    without the effects. ``t1_effects``: planted grey-matter loss on the T1 pixels (regional atrophy, cortical
+    thinning), one dict per effect as ``synth.atrophy.planted_truth`` measures it on the T1 grid: region, kind,
+    amount, gm_ml_before, gm_ml_after, percent, thinning_mm, region_mask. ``bold``/``dwi``: see
+    ``incloud_kernel.synth.bold`` and ``.dwi`` (None if not made).
     """
 
     participant_id: str
@@ -90,6 +95,7 @@ class StudyTruth:
     series: list[SeriesTruth] = field(default_factory=list)
     bold: dict[str, Any] | None = None
     dwi: dict[str, Any] | None = None
+    t1_effects: list[dict[str, Any]] = field(default_factory=list)
 
     def series_of(self, kind: str) -> list[SeriesTruth]:
         return [s for s in self.series if s.kind == kind]
@@ -153,12 +159,15 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
                diagnosis: str | None = None, atrophy_percent: float = 15.0, participant_id: str = "synth-001",
                visit: int = 1, compress: str | None | bool = False, secondary_capture: bool = True,
                labels: bool = True, bold_volumes: int | None = None, dwi_directions: int | None = None,
-               enhanced: bool | Sequence[str] = False) -> StudyTruth:
+               enhanced: bool | Sequence[str] = False, thinning: Mapping[str, float] | None = None) -> StudyTruth:
     """Write one study under ``out`` (``out/<participant_id>_v<visit>/``) and its truth beside it.
 
     ``seed`` fixes the participant (anatomy, identity, motion); ``age``/``sex``/``diagnosis`` override the random
     draws without changing anything else, so a study with ``diagnosis="CN"`` is the same person as with
-    ``"AD"`` but without the regional atrophy. ``small``: 2 mm T1, 4 mm BOLD with few volumes, 4 mm DWI
+    ``"AD"`` but without the regional atrophy (the diagnosis's regions lose ``atrophy_percent`` of their grey
+    matter on the T1 pixels). ``thinning``: region -> mm of cortex removed from the CSF side (e.g.
+    ``{"posterior_cingulate": 0.5}``; regions of ``anatomy.REGIONS``, 0-3 mm). ``small``: 2 mm T1, 4 mm BOLD
+    with few volumes, 4 mm DWI
     (a whole study in a few seconds); otherwise 1 mm T1, 3.5 mm BOLD with 100 volumes, 2.5 mm DWI with 32
     directions. ``compress``: False -> explicit VR LE; True -> the site's codec for the T1 series, and for the
     DWI series too when that codec is JPEG-LS (cheap to encode); a transfer syntax UID -> that codec for every
@@ -186,8 +195,9 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
         raise ValidationError(f"unknown diagnosis {diagnosis!r}; choose from {', '.join(DIAGNOSIS_REGIONS)}")
     site = site or make_sites(1, seed)[0]
     effects = [VolumeEffect("ventricles", 1.0 + VENTRICLE_GROWTH_PER_YEAR * max(0, age - 30))]
-    effects += [VolumeEffect(r, 1.0 - atrophy_percent / 100.0) for r in DIAGNOSIS_REGIONS[diagnosis]]
     participant = Participant.random(np.random.default_rng([seed, 2]), effects)
+    lost = [TissueEffect(r, "atrophy", float(atrophy_percent)) for r in DIAGNOSIS_REGIONS[diagnosis] if atrophy_percent]
+    participant.tissue_effects = lost + [TissueEffect(r, "thinning", float(mm)) for r, mm in (thinning or {}).items()]
     identity = make_identity(np.random.default_rng([seed, 3]), age, sex, _study_date(np.random.default_rng([seed, 4])))
     uids = headers.UidFactory(seed, label)
     ctx = headers.StudyContext(identity=identity, site=site, uids=uids, study_uid=uids("study"),
@@ -231,6 +241,7 @@ def make_study(out: str | Path, *, seed: int = 0, small: bool = True, modalities
     t1_img: sitk.Image | None = None
     if "T1w" in modalities or secondary_capture or labels:
         t1_img = render_t1(participant, site, 2.0 if small else 1.0, img_rng)
+        truth.t1_effects = planted_truth(participant, t1_img)
     if "T1w" in modalities:
         assert t1_img is not None
         s, t1_ref = _write_t1(study_dir, study_base, ctx, t1_img, number, clock, codec("T1w"))
@@ -336,8 +347,10 @@ def _write_secondary_capture(study_dir: Path, study_base: Any, ctx: headers.Stud
 
 
 def _write_labels(path: Path, participant: Participant, t1: sitk.Image, truth: StudyTruth) -> None:
-    """Region fractions of every planted-effect region on the T1 grid, as a 4D NIfTI (one volume per region)."""
+    """Region fractions of every planted-effect region on the T1 grid, as a 4D NIfTI (one volume per region;
+    volume effects first, then the grey-matter-loss regions, whose fractions are their MNI tissue fractions)."""
     regions = [e.region for e in participant.effects]
+    regions += [e.region for e in participant.tissue_effects if e.region not in regions]
     vols = []
     voxel_ml = float(np.prod(t1.GetSpacing())) / 1000.0
     for region in regions:

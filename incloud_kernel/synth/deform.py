@@ -114,6 +114,8 @@ class Participant:
     ``pose``: rotation (degrees, about x, y, z of the scanner LPS frame), translation (mm) and isotropic
     ``scale`` of the head relative to the template. ``warp_mm``: standard deviation of the B-spline control
     point displacements (mm). ``effects``: planted volume changes, applied nearest the template last.
+    ``tissue_effects``: planted grey-matter loss (``synth.atrophy.TissueEffect``: atrophy, thinning), an edit of
+    the template head's T1 the participant is rendered from (T1 only; the chain does not change).
     ``face_mm``: typical shift of the face bumps (each 2/3..4/3 of it; 0 = the template's own face); the bumps
     derive from ``seed`` (``face_bumps``), so these fields alone rebuild the same face.
     """
@@ -125,6 +127,7 @@ class Participant:
     warp_mm: float
     effects: list[VolumeEffect] = field(default_factory=list)
     face_mm: float = 12.0
+    tissue_effects: list[Any] = field(default_factory=list)
     _chain: sitk.CompositeTransform | None = field(default=None, repr=False)
     _effects_cache: dict = field(default_factory=dict, repr=False)
 
@@ -424,15 +427,18 @@ _ARRAYS: dict[int, tuple[sitk.Image, np.ndarray]] = {}
 
 
 def warm_up() -> None:
-    """Load the templates, their voxel arrays, the brain distance map of the face gate and scipy.ndimage now
-    (about 3 s), so processes forked afterwards
+    """Load the templates, their voxel arrays, the brain distance map of the face gate, the head's tissue
+    classes and scipy.ndimage now (about 8 s), so processes forked afterwards
     (``make_cohort``'s workers) share them instead of each loading its own."""
     from scipy import ndimage  # noqa: F401
+
+    from incloud_kernel.synth.atrophy import head_tissue
 
     t = load_templates()
     for img in (t.head, t.gm, t.wm, t.csf):
         _voxels(img)
     face.brain_distance_map()
+    head_tissue()  # the planted grey-matter loss's tissue classes (AD participants, thinning)
 
 
 def _voxels(src: sitk.Image) -> np.ndarray:

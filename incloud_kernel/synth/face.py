@@ -75,8 +75,8 @@ def gate(signed_mm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def brain_distance_map() -> sitk.Image:
     """Signed distance (mm, float32; negative inside) to the template brain, in template head space, on a
     ``DISTANCE_GRID_MM`` grid covering the head plus ``DISTANCE_MARGIN_MM``. The brain is the union of the MNI152
-    tissue maps (grey + white matter + CSF fractions >= 0.5, carried into head space by ``HEAD_TO_MNI``) and the
-    refacer's template brain, so no consumer's idea of the brain is moved by a face. About 1 s, once."""
+    tissue maps (grey + white matter + CSF fractions >= 0.5, carried into head space by
+    ``incloud_kernel.head_to_mni``) and the refacer's template brain, so no consumer's idea of the brain is moved by a face. About 1 s, once."""
     from scipy import ndimage
 
     t = load_templates()

@@ -71,11 +71,17 @@ def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator, scale: fl
 
 
 def render_t1(participant: Participant, site: Site, voxel_mm: float, rng: np.random.Generator) -> sitk.Image:
-    """The participant's T1w volume as a uint16 SimpleITK image on ``t1_grid``."""
+    """The participant's T1w volume as a uint16 SimpleITK image on ``t1_grid``; the template head carries the
+    participant's planted grey-matter loss (``tissue_effects``) when there is any."""
     ref = t1_grid(participant, voxel_mm)
     t = load_templates()
+    source = t.head
+    if participant.tissue_effects:
+        from incloud_kernel.synth.atrophy import edited_head
+
+        source = edited_head(tuple(participant.tissue_effects))[0]
     twin, to_ref = axial_twin(ref)
-    head = to_ref(sample(t.head, participant.points(twin)))
+    head = to_ref(sample(source, participant.points(twin)))
     out = sitk.GetImageFromArray(apply_site(head, site, rng))
     out.CopyInformation(ref)
     return out
