@@ -3,8 +3,10 @@
 Method: dipy's ``TissueClassifierHMRF`` (Zhang, Brady & Smith 2001, IEEE TMI 20:45: a hidden Markov random
 field with Gaussian class likelihoods, ICM with a Potts prior of weight ``beta``), the Atropos equivalent of
 this package. Classes are ordered by mean intensity (T1w: CSF < GM < WM); its partial-volume estimates are the
-probability maps. It runs on the brain's bounding box only (the background is dipy's class 0). This module
-never reads or writes files.
+probability maps. It runs on the brain's bounding box only (the background is dipy's class 0). When the HMRF
+degenerates (a class loses every voxel: dipy then returns NaN or empty maps, seen on the low-contrast
+synthetic heads), the maps are the posteriors of a 3-class Gaussian mixture (scikit-learn, as the QC code's
+``qc.anatomical.tissue_pvms``) instead, without the spatial prior. This module never reads or writes files.
 """
 from __future__ import annotations
 
@@ -30,6 +32,12 @@ def segment(data: np.ndarray, brain: np.ndarray, *, beta: float = 0.1, iteration
     values[inside] = np.maximum(values[inside], 1e-3)  # a brain voxel at exactly 0 would count as background
     classifier = TissueClassifierHMRF(verbose=False)
     _, _, pve = classifier.classify(values, 3, beta, tolerance=tolerance, max_iter=iterations)
+    pve = np.nan_to_num(pve, nan=0.0)
+    if min(float(pve[..., i][inside].sum()) for i in range(3)) < 0.001 * inside.sum():
+        from incloud_kernel.qc.anatomical import tissue_pvms
+
+        mixture = tissue_pvms(data, brain)
+        return {name: mixture[name.lower()] for name in TISSUES}
     out = {}
     for i, name in enumerate(TISSUES):
         full = np.zeros(brain.shape, dtype=np.float32)
