@@ -12,6 +12,7 @@ _BENCH = str(Path(__file__).resolve().parents[1] / "bench")
 if _BENCH not in sys.path:
     sys.path.append(_BENCH)
 
+from t1_heads import real_heads  # noqa: E402  (bench/t1_heads.py: real heads installed here)
 from template_heads import TestHead, make_head  # noqa: E402  (bench/template_heads.py)
 
-__all__ = ["TestHead", "make_head"]
+__all__ = ["TestHead", "make_head", "real_heads"]
