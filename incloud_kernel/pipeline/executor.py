@@ -75,14 +75,16 @@ class Driver:
 
     # -- graph ---------------------------------------------------------------------------------------------------
     def _dependencies(self) -> dict[int, list[int]]:
-        """Task id -> ids of the tasks it waits for (its upstream stages on the same series)."""
+        """Task id -> ids of the tasks it waits for (its upstream stages on the same series, and the
+        ``session_after`` stages on the same session's series: ``runs.session_dependencies``)."""
         with transaction(self.site.engine) as db:
             run = db.get(PipelineRun, self.run_id)
             pipe = load(run.pipeline_ref)  # type: ignore[union-attr]
             tasks = list(db.scalars(select(PipelineTask).where(PipelineTask.run_id == self.run_id)))
+            session = runs.session_dependencies(db, self.run_id, pipe)
         index = {(t.stage, t.series_id): t.id for t in tasks}
         return {t.id: [index[(dep, t.series_id)] for dep in pipe.stage(t.stage).after if (dep, t.series_id) in index]
-                for t in tasks}
+                + sorted(session.get(t.id, {}).values()) for t in tasks}
 
     def _states(self) -> dict[int, tuple[str, int]]:
         with transaction(self.site.engine) as db:

@@ -1,7 +1,7 @@
 """A pipeline: a versioned graph of stages over a project's archived series, and the site's registry of them.
 
 The graph is given by each stage's ``after`` (names of earlier stages whose outputs it reads for the same
-series); it must be acyclic and name only stages of the pipeline. The registry maps a name to an importable
+series) and ``session_after`` (earlier stages it reads on another series of the same session); it must be acyclic and name only stages of the pipeline. The registry maps a name to an importable
 ``module:attribute`` so that a Dask worker on another node imports the very same definition the run names.
 Must never hold state about runs (that is ``runs``) and never import a stage's heavy libraries at import time.
 """
@@ -41,7 +41,7 @@ class Pipeline:
             raise ValidationError(f"pipeline {self.name}: stages must be at least one, with distinct names")
         seen: set[str] = set()
         for stage in self.stages:
-            for dep in stage.after:
+            for dep in (*stage.after, *(name for name, _suffix in stage.session_after)):
                 if dep not in names:
                     raise ValidationError(f"pipeline {self.name}: stage {stage.name} follows unknown stage {dep}")
                 if dep not in seen:
@@ -62,6 +62,7 @@ class Pipeline:
 #: The site's pipelines: name -> ``module:attribute`` of a ``Pipeline``.
 REGISTRY: dict[str, str] = {
     "qc": "incloud_kernel.pipeline.pipeline:QC",
+    "features": "incloud_kernel.features.pipeline:FEATURES",
 }
 
 QC = Pipeline("qc", "1", [QCStage()], requires_qc=False,

@@ -105,6 +105,31 @@ def create_run(db: DB, actor: Actor, pipeline: str | Pipeline, project: int | st
     return run
 
 
+def session_dependencies(db: DB, run_id: int, pipe: Pipeline, session_id: int | None = None
+                         ) -> dict[int, dict[str, int]]:
+    """Task id -> ``{stage name: task id}`` of the tasks it reads on *another* series of its session (the
+    stages' ``session_after``): for each ``(stage, suffix)`` the run's task of that stage on the session's
+    lowest-id series of that suffix. A session without one has no entry (the stage gets an empty mapping).
+    ``session_id`` limits the answer to one session's tasks (one query either way)."""
+    if not any(s.session_after for s in pipe.stages):
+        return {}
+    stmt = (select(PipelineTask.id, PipelineTask.stage, Series.id, Series.session_id, Series.suffix)
+            .join(Series, Series.id == PipelineTask.series_id).where(PipelineTask.run_id == run_id))
+    if session_id is not None:
+        stmt = stmt.where(Series.session_id == session_id)
+    rows = db.execute(stmt.order_by(Series.id, PipelineTask.id)).all()
+    first: dict[tuple[int, str, str], int] = {}  # (session, stage, suffix) -> task on the lowest-id series
+    for task_id, stage, _series_id, session, suffix in rows:
+        first.setdefault((session, stage, suffix), task_id)
+    out: dict[int, dict[str, int]] = {}
+    for task_id, stage, _series_id, session, _suffix in rows:
+        links = {name: first[(session, name, suffix)] for name, suffix in pipe.stage(stage).session_after
+                 if (session, name, suffix) in first}
+        if links:
+            out[task_id] = links
+    return out
+
+
 def get_run(db: DB, actor: Actor, run_id: int, action: Action | str = Action.read) -> PipelineRun:
     """A run the actor may ``action`` (read: see its project); NotFound for a run of an invisible project."""
     run = db.get(PipelineRun, int(run_id))
@@ -276,19 +301,27 @@ def _inputs(db: DB, task: PipelineTask, pipe: Pipeline, root: Path) -> tuple[Sta
     files = {f.relpath.rsplit("/", 1)[-1][len(stem) + 1:]: root / f.relpath for f in raw
              if f.relpath.rsplit("/", 1)[-1].startswith(stem + ".")}
     used = [{"file_id": f.id, "relpath": f.relpath, "sha256": f.sha256} for f in raw]
+    def outputs(up: PipelineTask | None, name: str, of: str) -> dict[str, Path]:
+        prov = db.get(Provenance, up.provenance_id) if up and up.provenance_id else None
+        if prov is None:
+            raise ValidationError(f"upstream stage {name} has no outputs for {of}")
+        rows = list(db.scalars(select(DataFile).where(DataFile.derivative_id == prov.derivative_id)
+                               .order_by(DataFile.relpath)))
+        used.extend({"file_id": r.id, "relpath": r.relpath, "sha256": r.sha256} for r in rows)
+        return {r.relpath: root / r.relpath for r in rows}
+
     upstream: dict[str, dict[str, Path]] = {}
     for name in pipe.stage(task.stage).after:
         up = db.scalars(select(PipelineTask).where(PipelineTask.run_id == task.run_id, PipelineTask.stage == name,
                                                    PipelineTask.series_id == task.series_id)).one_or_none()
-        prov = db.get(Provenance, up.provenance_id) if up and up.provenance_id else None
-        if prov is None:
-            raise ValidationError(f"upstream stage {name} has no outputs for series #{task.series_id}")
-        rows = list(db.scalars(select(DataFile).where(DataFile.derivative_id == prov.derivative_id)))
-        upstream[name] = {r.relpath: root / r.relpath for r in rows}
-        used += [{"file_id": r.id, "relpath": r.relpath, "sha256": r.sha256} for r in rows]
+        upstream[name] = outputs(up, name, f"series #{task.series_id}")
+    session_upstream: dict[str, dict[str, Path]] = {}
+    links = session_dependencies(db, task.run_id, pipe, series.session_id).get(task.id, {})
+    for name, up_id in sorted(links.items()):
+        session_upstream[name] = outputs(db.get(PipelineTask, up_id), name, f"the session of series #{series.id}")
     inputs = StageInput(series_id=series.id, participant=part.label if part else "", session=ses.label if ses else "",
                         datatype=series.datatype, suffix=series.suffix, entities=dict(series.entities or {}),
-                        files=files, upstream=upstream)
+                        files=files, upstream=upstream, session_upstream=session_upstream)
     return inputs, used
 
 
@@ -392,4 +425,4 @@ def execute_task(task_id: int) -> dict[str, Any]:
 
 
 __all__ = ["create_run", "get_run", "list_runs", "progress", "summary", "cancel", "begin", "execute_task", "select_series",
-           "interrupted", "outputs_of", "count_states", "one_line", "TASK_STATES"]
+           "interrupted", "outputs_of", "count_states", "one_line", "session_dependencies", "TASK_STATES"]

@@ -27,7 +27,10 @@ class StageInput:
     """One archived series as a stage sees it: BIDS names and absolute paths of its files.
 
     ``files`` maps an extension (``nii.gz``, ``json``, ``bval``...) to the file in the archive (read only);
-    ``upstream`` maps an earlier stage's name to the files it produced for the same series.
+    ``upstream`` maps an earlier stage's name to the files it produced for the same series;
+    ``session_upstream`` maps an earlier stage named in the stage's ``session_after`` to the files it produced
+    for another series of the same session (BOLD reads the session's T1w outputs), keyed by archive path. It is
+    empty when the session has no such series in the run: the stage must cope (and say so in its outputs).
     """
 
     series_id: int
@@ -38,6 +41,7 @@ class StageInput:
     entities: Mapping[str, str]
     files: Mapping[str, Path]
     upstream: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
+    session_upstream: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
 
     @property
     def image(self) -> Path:
@@ -70,6 +74,11 @@ class Stage:
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: Names of earlier stages of the same pipeline whose outputs for the same series this stage reads.
     after: ClassVar[tuple[str, ...]] = ()
+    #: ``(stage name, suffix)`` pairs: earlier stages whose outputs for the same *session's* series of that suffix
+    #: this stage reads (``StageInput.session_upstream``). The engine makes the task wait for that task (the
+    #: session's lowest-id series of the suffix, when there are several) and fails it when that task fails, as
+    #: for ``after``; a session without such a series in the run gives an empty mapping, not a wait.
+    session_after: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: Distributions whose versions go into the provenance (python, numpy, nibabel and incloud always do).
     libraries: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[Mapping[str, Any]] = {}
