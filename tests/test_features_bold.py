@@ -6,7 +6,7 @@ directly) must find ALFF and fALFF raised there (z across regions > 2, the highe
 (the regional mean of the z-scored map is above 1 there and below 1 in every other region). The T1w route is checked on a
 session whose T1w is the MNI152 template itself (identity T1w->MNI transform) and whose EPI sits a few mm
 away. Real BOLD that ships in installed packages runs through (or, with too few volumes, stops with one line).
-4 mm grids and 64-80 volumes keep it to about a minute per run.
+4 mm grids and 80-100 volumes keep it to about a minute per run.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_t1w_route_through_the_t1_stage_outputs(tmp_path: Path) -> None:
     outputs = template_anatomy(tmp_path / "t1")
     anatomy = Anatomy.from_outputs(outputs)
     assert anatomy is not None
-    path, sidecar = template_bold(tmp_path, "Frontal_Sup_L", volumes=80)
+    path, sidecar = template_bold(tmp_path, "Frontal_Sup_L", volumes=100)
     est = BoldFeatures(atlas="aal", slice_timing=False)
     frame = est.fit(path, sidecar=sidecar, anatomy=anatomy).transform(path, sidecar=sidecar)
     assert est.route_ == ROUTE_T1W
@@ -114,7 +114,7 @@ def test_stage_writes_maps_rows_matrix_and_route(planted_run: tuple[Path, dict, 
     rows = pd.read_csv(outputs["func/task-rest_desc-features_bold.tsv"], sep="\t", dtype={"participant": str,
                                                                                           "session": str})
     assert tuple(rows.columns) == COLUMNS and set(rows.participant) == {"01"} and set(rows.pipeline) == {
-        "boldfeatures"}
+        "features+epi2mni"}
     assert "connectivity" not in set(rows.feature)
     matrix = pd.read_csv(outputs[f"func/task-rest_{space}_desc-aalFisherz_relmat.tsv"], sep="\t", index_col=0)
     assert matrix.shape[0] == matrix.shape[1] and (np.diag(matrix.to_numpy()) == 0).all()

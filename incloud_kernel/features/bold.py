@@ -30,6 +30,7 @@ ROUTE_EPI = "no T1w in the session: mean EPI registered to the MNI152 template d
 MEASURES = ("alff", "falff", "reho")
 UNITS = {"alff": "a.u.", "falff": "ratio", "reho": "W", "connectivity": "Fisher z"}
 MIN_VOLUMES = 16
+MIN_VOXELS = 27
 #: Brain voxels whose mean EPI is below this fraction of the median over the mask are not measured.
 EPI_FLOOR = 0.6
 
@@ -71,6 +72,22 @@ def _load4d(img: Any) -> Any:
         return check_niimg(img, ensure_ndim=4)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"BOLD input is not a 4-D image ({type(exc).__name__})") from None
+
+
+class _Clock:
+    """Seconds per named step (``timings_``: the benchmark prints them, the provenance keeps them)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _head(img: Any) -> Any:
@@ -140,7 +157,21 @@ class BoldFeatures:
 
     # -- fit: timing, motion, registration ----------------------------------------------------------------------
     def _series(self, img: Any, sidecar: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float, bool]:
-        """(float32 data x, y, z, t after slice timing, affine, TR s, slice timing applied)."""
+        """(float32 data x, y, z, t after slice timing, affine, TR s, slice timing applied). The run ``fit``
+        just read is kept until ``transform`` of the same path/image object takes it (fit_transform reads and
+        corrects once)."""
+        import os
+
+        key = (os.fspath(img) if isinstance(img, (str, os.PathLike)) else id(img), json.dumps(dict(sidecar),
+                                                                                             default=str))
+        cached = self.__dict__.pop("_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._read_series(img, sidecar)
+        self._cache = (key, out)
+        return out
+
+    def _read_series(self, img: Any, sidecar: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float, bool]:
         from incloud_kernel.features.bold_preproc import slice_time_correct
 
         nimg = _load4d(img)
@@ -194,7 +225,9 @@ class BoldFeatures:
 
         self._check()
         sidecar = dict(sidecar or {})
+        clock = _Clock()
         data, affine, tr, applied = self._series(img, sidecar)
+        clock.lap("load_slice_timing")
         n = data.shape[-1]
         ref_index = n // 2 if self.reference is None else int(self.reference)
         if not 0 <= ref_index < n:
@@ -202,6 +235,7 @@ class BoldFeatures:
         self.tr_, self.slice_timing_applied_, self.affine_ = tr, applied, affine
         self.motion_ = realign(data, affine, ref_index)
         self.fd_ = self.motion_.framewise_displacement()
+        clock.lap("realignment")
         ref = data[..., ref_index]
         epi = to_sitk(ref, affine)
         zooms = np.linalg.norm(affine[:3, :3], axis=0)
@@ -244,6 +278,8 @@ class BoldFeatures:
         self.points_ = self.points_[in_brain]
         self.tissue_ = {k: v[in_brain] for k, v in tissue.items()}
         self._nuisance_masks()
+        clock.lap("registration")
+        self.timings_ = clock.laps
         return self
 
     def _nuisance_masks(self) -> None:
@@ -287,11 +323,15 @@ class BoldFeatures:
         from incloud_kernel.features.bold_measures import alff_falff, bandpass, normalised, reho
         from incloud_kernel.features.bold_preproc import design, friston24, regress_out
 
+        clock = _Clock()
         ts, covered = self.timeseries(img, sidecar)
+        clock.lap("resample_once")
         # voxels of the template's mask that the EPI shows as non-brain (scalp, air, signal dropout) are left
         # out: their ALFF is motion at the brain's edge, not brain fluctuation
         mean = ts.mean(1)
-        covered &= mean > EPI_FLOOR * np.median(mean[covered]) if covered.any() else covered
+        if covered.sum() < MIN_VOXELS:
+            raise ValidationError(f"the EPI covers fewer than {MIN_VOXELS} brain voxels of the MNI grid")
+        covered &= mean > EPI_FLOOR * np.median(mean[covered])
         ts, mask = ts[covered], self.mask_.copy()
         mask[self.mask_] = covered
         wm, csf = self.wm_[covered], self.csf_[covered]
@@ -308,12 +348,14 @@ class BoldFeatures:
         x = x[:, x.std(0) > 0]
         cleaned = regress_out(ts, design(x)).astype(np.float32)
         alff, falff = alff_falff(cleaned, self.tr_, tuple(self.band), self.alff_method)
+        clock.lap("nuisance_alff")
         # ReHo and connectivity: data and regressors band-passed alike, then regressed (one projection, so the
         # regression cannot put back frequencies the filter removed: Hallquist 2013, Lindquist 2019)
         filtered = regress_out(bandpass(ts, self.tr_, tuple(self.band)),
                                bandpass(x.T, self.tr_, tuple(self.band)).T if x.size else np.zeros((ts.shape[1], 0)))
         filtered = filtered.astype(np.float32)
         w = reho(filtered, mask)
+        clock.lap("bandpass_reho")
         self.maps_ = {}
         values = {}
         atlas = load_atlas(self.atlas)
@@ -328,7 +370,11 @@ class BoldFeatures:
         self.mask_final_ = mask
         self.mean_image_ = self._image(ts.mean(1), mask)
         self.confounds_ = conf
+        clock.lap("regional_rows")
         self.connectivity_ = self._connectivity(filtered, mask, atlas)
+        clock.lap("connectivity")
+        self.timings_ = {**getattr(self, "timings_", {}), **clock.laps}
+        self.__dict__.pop("_cache", None)
         if self.connectivity_rows and len(self.connectivity_):
             frame = pd.concat([frame, self._pair_rows(atlas.name)], ignore_index=True)
         return frame
@@ -398,8 +444,14 @@ class BoldFeatures:
                                                                                         self.mask_).sum()),
             "wm_voxels": int(self.wm_.sum()), "csf_voxels": int(self.csf_.sum()),
             "parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in self.get_params().items()},
-            "registration": self.registration_,
+            "registration": self.registration_, "seconds": dict(getattr(self, "timings_", {})),
         }
+
+
+def pipeline_label(route: str) -> str:
+    """The rows' ``pipeline``: ``features`` through the session's T1w, ``features+epi2mni`` without one (the two
+    normalisations differ, so a feature library can keep them apart)."""
+    return "features" if route == ROUTE_T1W else "features+epi2mni"
 
 
 class BoldStage(Stage):
@@ -430,7 +482,7 @@ class BoldStage(Stage):
 
         out_dir = Path(out_dir)
         sidecar = json.loads(Path(inputs.files["json"]).read_text()) if "json" in inputs.files else {}
-        upstream = getattr(inputs, "session_upstream", {}) or {}
+        upstream = inputs.session_upstream or {}
         anatomy = Anatomy.from_outputs(upstream.get("t1features", {}))
         params = dict(self.parameters)
         params["band"] = tuple(params["band"])
@@ -451,7 +503,8 @@ class BoldStage(Stage):
             est.connectivity_.to_csv(put(self._name(inputs, f"{est.atlas}Fisherz", "relmat", "tsv")), sep="\t",
                                      float_format="%.6g", index_label="region")
         frame = rows.with_context(frame, participant=inputs.participant, session=inputs.session,
-                                  series=inputs.series_id, pipeline=self.name, version=self.version)
+                                  series=inputs.series_id, pipeline=pipeline_label(est.route_),
+                                  version=self.version)
         rows.write_rows(frame, put(self._name(inputs, "features", "bold", "tsv", space=False)))
         put(self._name(inputs, self.name, "bold", "json", space=False)).write_text(
             json.dumps(est.provenance(), indent=2, sort_keys=True, default=float))

@@ -114,10 +114,8 @@ class Motion:
         for p in self.params:
             t = sitk.Euler3DTransform()
             t.SetCenter(self.center.tolist())
-            t.SetRotation(*[float(v) for v in p[:3]])
-            t.SetTranslation([float(v) for v in p[3:]])
-            m = np.array(t.GetMatrix()).reshape(3, 3)
-            out.append((m, self.center + np.asarray(t.GetTranslation()) - m @ self.center))
+            t.SetParameters([float(v) for v in p])
+            out.append(affine_parts(t))
         return out
 
     def framewise_displacement(self, radius: float = 50.0) -> np.ndarray:
@@ -131,48 +129,48 @@ def realign(data: np.ndarray, affine: np.ndarray, reference: int = 0, sampling: 
     """Rigid (Euler3D) registration of every volume to volume ``reference``: mean squares inside the
     reference's head (same contrast, same run) on a random ``sampling`` fraction of its voxels, each volume
     started from its neighbour's estimate (head motion is smooth, so one full-resolution level suffices),
-    regular-step gradient descent."""
+    regular-step gradient descent. The volumes after the reference and those before it are two independent
+    chains, run on two threads (one ITK thread each: these images are too small to split further)."""
     import SimpleITK as sitk
+    from concurrent.futures import ThreadPoolExecutor
 
     n = data.shape[-1]
     fixed = to_sitk(data[..., reference], affine)
     arr = data[..., reference]
-    mask = to_sitk((arr > 0.2 * np.percentile(arr, 98)).astype(np.float32), affine)
-    fixed_mask = sitk.Cast(mask, sitk.sitkUInt8)
+    fixed_mask = sitk.Cast(to_sitk((arr > 0.2 * np.percentile(arr, 98)).astype(np.float32), affine), sitk.sitkUInt8)
     size = np.asarray(fixed.GetSize()) * np.asarray(fixed.GetSpacing())
     center = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(((np.asarray(fixed.GetSize()) - 1) / 2).tolist()))
     radius = float(np.linalg.norm(size) / 4)
     params = np.zeros((n, 6))
-    current = sitk.Euler3DTransform()
-    current.SetCenter(center.tolist())
-    order = list(range(reference, n)) + list(range(reference - 1, -1, -1))
-    for v in order:
-        if v == reference:
-            current = sitk.Euler3DTransform(current)
-            current.SetParameters([0.0] * 6)
-            continue
-        if v == reference - 1:  # going backwards: restart from the reference
-            current.SetParameters([0.0] * 6)
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMeanSquares()
-        reg.SetMetricFixedMask(fixed_mask)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(sampling, 1 + v)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=2e-3, numberOfIterations=40,
-                                                     relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-        reg.SetOptimizerScales([radius ** 2] * 3 + [1.0] * 3)
-        reg.SetShrinkFactorsPerLevel(list(levels))
-        reg.SetSmoothingSigmasPerLevel([float(f > 1) for f in levels])
-        reg.SetInitialTransform(sitk.Euler3DTransform(current), inPlace=True)
-        moving = to_sitk(data[..., v], affine)
-        try:
-            result = reg.Execute(fixed, moving)
-            current = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0)) \
-                if result.GetName() == "CompositeTransform" else sitk.Euler3DTransform(result)
-        except RuntimeError:  # a volume the metric cannot handle keeps its neighbour's estimate
-            pass
-        params[v] = current.GetParameters()
+
+    def chain(order: list[int]) -> None:
+        current = sitk.Euler3DTransform()
+        current.SetCenter(center.tolist())
+        for v in order:
+            reg = sitk.ImageRegistrationMethod()
+            reg.SetNumberOfThreads(1)
+            reg.SetMetricAsMeanSquares()
+            reg.SetMetricFixedMask(fixed_mask)
+            reg.SetMetricSamplingStrategy(reg.RANDOM)
+            reg.SetMetricSamplingPercentage(sampling, 1 + v)
+            reg.SetInterpolator(sitk.sitkLinear)
+            reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=2e-3, numberOfIterations=40,
+                                                         relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+            reg.SetOptimizerScales([radius ** 2] * 3 + [1.0] * 3)
+            reg.SetShrinkFactorsPerLevel(list(levels))
+            reg.SetSmoothingSigmasPerLevel([float(f > 1) for f in levels])
+            start = sitk.Euler3DTransform(current)
+            reg.SetInitialTransform(start, inPlace=True)
+            try:
+                reg.Execute(fixed, to_sitk(data[..., v], affine))
+                current = start
+            except RuntimeError:  # a volume the metric cannot handle keeps its neighbour's estimate
+                pass
+            params[v] = current.GetParameters()
+
+    chains = [list(range(reference + 1, n)), list(range(reference - 1, -1, -1))]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(chain, [c for c in chains if c]))
     return Motion(params=params, center=center)
 
 
@@ -201,6 +199,7 @@ def register(fixed: Any, moving: Any, kind: str = "rigid", fixed_mask: Any = Non
             start.SetMatrix(current.GetMatrix())
             start.SetTranslation(current.GetTranslation())
         reg = sitk.ImageRegistrationMethod()
+        reg.SetNumberOfThreads(1)  # ITK's threaded MI sums in thread order: one thread makes runs repeatable
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(0.25, seed)
