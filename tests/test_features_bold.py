@@ -79,18 +79,25 @@ def test_planted_signal_found_from_pixels_without_t1w(planted_run: tuple[Path, d
 
 
 def test_t1w_route_through_the_t1_stage_outputs(tmp_path: Path) -> None:
+    """The stage given the session's T1 stage outputs (``session_upstream``) coregisters to the T1w and
+    normalises through its transform; the planted region is found and the rows say ``features``."""
     outputs = template_anatomy(tmp_path / "t1")
-    anatomy = Anatomy.from_outputs(outputs)
-    assert anatomy is not None
-    path, sidecar = template_bold(tmp_path, "Frontal_Sup_L", volumes=100)
-    est = BoldFeatures(atlas="aal", slice_timing=False)
-    frame = est.fit(path, sidecar=sidecar, anatomy=anatomy).transform(path, sidecar=sidecar)
-    assert est.route_ == ROUTE_T1W
-    # the coregistration finds the planted shift (EPI point -> T1w point = EPI point - shift)
-    assert np.allclose(est.registration_["epi_to_t1w_rigid"][3:], [2.0, -1.5, -1.0], atol=1.0), \
-        est.registration_  # RAS shift (2, -1.5, 1) seen in LPS
-    _assert_planted_found(frame, "Frontal_Sup_L")
-    assert est.wm_.sum() > 50 and est.csf_.sum() > 5
+    assert Anatomy.from_outputs(outputs) is not None
+    path, _ = template_bold(tmp_path, "Frontal_Sup_L", volumes=100)
+    inputs = StageInput(series_id=3, participant="01", session="1", datatype="func", suffix="bold",
+                        entities={"task": "rest"}, files={"nii.gz": path, "json": path.with_suffix("").with_suffix(
+                            ".json")}, session_upstream={"t1features": outputs})
+    out = tmp_path / "out"
+    out.mkdir()
+    written = BoldStage(slice_timing=False).run(inputs, out)
+    prov = json.loads(written["func/task-rest_desc-boldfeatures_bold.json"].read_text())
+    assert prov["route"] == ROUTE_T1W and prov["wm_voxels"] > 50 and prov["csf_voxels"] > 5
+    # the coregistration finds the planted shift (EPI point -> T1w point = EPI point - shift): RAS (2, -1.5, 1)
+    # is LPS (-2, 1.5, 1)
+    assert np.allclose(prov["registration"]["epi_to_t1w_rigid"][3:], [2.0, -1.5, -1.0], atol=1.0), prov
+    rows = pd.read_csv(written["func/task-rest_desc-features_bold.tsv"], sep="\t")
+    assert set(rows.pipeline) == {"features"}
+    _assert_planted_found(rows, "Frontal_Sup_L")
 
 
 def test_anatomy_needs_every_t1_output(tmp_path: Path) -> None:

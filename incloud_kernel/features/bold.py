@@ -248,9 +248,11 @@ class BoldFeatures:
             t1_brain = to_sitk(np.asarray(t1.dataobj, np.float32) * (np.asarray(brain.dataobj) > 0), t1.affine)
             epi_to_t1 = register(epi, t1_brain, "rigid")  # maps an EPI point to the T1w point
             to_mni = sitk.ReadTransform(str(anatomy.to_mni))
-            p_t1 = transform_grid(to_mni, grid_mask.shape, self.grid_.affine)[grid_mask]
+            p_t1_all = transform_grid(to_mni, grid_mask.shape, self.grid_.affine)
             m, o = affine_parts(epi_to_t1)
-            self.points_ = (p_t1 - o) @ np.linalg.inv(m).T  # T1w point -> EPI point
+            points_all = (p_t1_all - o) @ np.linalg.inv(m).T  # T1w point -> EPI point
+            p_t1 = p_t1_all[grid_mask]
+            self.points_ = points_all[grid_mask]
             tissue = {k: sample(np.asarray(nib.load(getattr(anatomy, k)).dataobj, np.float32),
                                 nib.load(getattr(anatomy, k)).affine, p_t1)[0] for k in ("gm", "wm", "csf")}
             in_brain = sample(np.asarray(brain.dataobj, np.float32), brain.affine, p_t1, order=0)[0] > 0
@@ -263,7 +265,8 @@ class BoldFeatures:
             mni = to_sitk(np.asarray(template.dataobj, np.float32), template.affine)
             # the small EPI as the fixed image (metric points are fixed-image voxels), the affine inverted
             mni_to_epi = register(epi, mni, "affine", fixed_mask=_head(epi)).GetInverse()
-            self.points_ = transform_grid(mni_to_epi, grid_mask.shape, self.grid_.affine)[grid_mask]
+            points_all = transform_grid(mni_to_epi, grid_mask.shape, self.grid_.affine)
+            self.points_ = points_all[grid_mask]
             on_grid = {k: np.asarray(resample_to_img(f(resolution=2), self.grid_, interpolation="continuous",
                                                      force_resample=True, copy_header=True).dataobj,
                                      np.float32)[grid_mask]
@@ -273,6 +276,10 @@ class BoldFeatures:
             self.route_ = ROUTE_EPI
         self.registration_ = {"epi_to_t1w_rigid": list(epi_to_t1.GetParameters())} if anatomy is not None else \
             {"mni_to_epi_affine": list(mni_to_epi.GetParameters())}
+        import nibabel as nib
+
+        flat = sample(ref, affine, points_all.reshape(-1, 3))[0].reshape(grid_mask.shape)
+        self.reference_image_ = nib.Nifti1Image(flat, self.grid_.affine)  # the whole grid, for QC pictures
         self.mask_ = grid_mask.copy()
         self.mask_[grid_mask] = in_brain
         self.points_ = self.points_[in_brain]
@@ -513,16 +520,16 @@ class BoldStage(Stage):
 
     @staticmethod
     def _qc_picture(est: BoldFeatures, path: Path) -> None:
-        """The mean normalised EPI (zALFF-free, just intensities) under the MNI template's brain outline:
-        a reviewer sees at once whether the normalisation landed."""
+        """The reference EPI volume normalised (the whole grid, scalp included) under the MNI template's brain
+        outline: a reviewer sees at once whether the normalisation landed."""
         import matplotlib
 
         matplotlib.use("Agg")
         from nilearn import plotting
         from nilearn.datasets import load_mni152_brain_mask
 
-        display = plotting.plot_anat(est.mean_image_, display_mode="ortho", cut_coords=(0, -20, 10),
-                                     title=f"mean BOLD in {SPACE} ({'T1w route' if est.route_ == ROUTE_T1W else 'EPI->MNI route'})",
+        display = plotting.plot_anat(est.reference_image_, display_mode="ortho", cut_coords=(0, -20, 10),
+                                     title=f"reference BOLD in {SPACE} ({'T1w route' if est.route_ == ROUTE_T1W else 'EPI->MNI route'})",
                                      draw_cross=False, annotate=False)
         display.add_contours(load_mni152_brain_mask(resolution=2), levels=[0.5], colors="r", linewidths=1.0)
         display.savefig(str(path), dpi=80)
