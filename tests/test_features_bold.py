@@ -140,13 +140,16 @@ def stage_grid_shape(img: nib.Nifti1Image) -> tuple[int, ...]:
     return img.shape[:3]
 
 
-def test_real_bold_nibabel_functional_runs_through() -> None:
-    """nibabel's functional.nii: 20 volumes of a 3-slice partial field of view (4 x 4 x 8 mm)."""
+@pytest.mark.parametrize("options", [{}, {"alff_method": "cpac", "global_signal": True}])
+def test_real_bold_nibabel_functional_runs_through(options: dict) -> None:
+    """nibabel's functional.nii: 20 volumes of a 3-slice partial field of view (4 x 4 x 8 mm). (nilearn and
+    dipy ship no 4-D BOLD in their package data: dipy's 4-D files are DWI or tiny test arrays.)"""
     path = _file("nibabel", "tests", "data", "functional.nii")
-    est = BoldFeatures(atlas="aal")
-    frame = est.fit(path).transform(path)
+    est = BoldFeatures(atlas="aal", **options)
+    frame = est.fit_transform(path)
     assert est.route_ == ROUTE_EPI and not est.slice_timing_applied_
     assert len(frame) > 0 and np.isfinite(frame.value).all()
+    assert ("global_signal" in est.confounds_) == bool(options.get("global_signal"))
 
 
 def test_real_bold_too_short_is_one_line(tmp_path: Path) -> None:
