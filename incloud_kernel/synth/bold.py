@@ -9,8 +9,9 @@ reads for Siemens 2D; other vendors' converters get the same times from it). Nev
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,12 +24,32 @@ from incloud_kernel.synth.sites import Site
 from incloud_kernel.synth.structural import AXIAL, region_fractions, rician
 
 TR_S = 2.0
+#: Fine-grid voxels rendered beyond the field of view on each side (4 = one 4 mm voxel at ``small``).
+FINE_MARGIN = 4
 #: Planted signals: region -> (frequency Hz, amplitude as a fraction of the baseline).
 SIGNALS: dict[str, tuple[float, float]] = {
     "posterior_cingulate": (0.03, 0.03),
     "medial_prefrontal": (0.03, 0.03),
     "visual_cortex": (0.05, 0.03),
 }
+
+
+@dataclass(frozen=True)
+class PlantedSignal:
+    """A sinusoid of ``frequency_hz`` and ``amplitude`` (fraction of the static EPI) planted where ``mask`` is
+    non-zero: ``mask`` is an MNI-space image (SimpleITK, LPS; values 0-1, e.g. one atlas region's label as 0/1)
+    sampled through the participant's head-to-MNI chain, so the signal follows the anatomy the feature
+    pipeline will parcellate; without a mask, ``name`` is one of ``anatomy.REGIONS``."""
+
+    name: str
+    frequency_hz: float
+    amplitude: float
+    mask: sitk.Image | None = None
+
+
+def default_signals() -> list[PlantedSignal]:
+    """The QC cohort's planted signals (``SIGNALS``)."""
+    return [PlantedSignal(r, f, a) for r, (f, a) in SIGNALS.items()]
 
 
 def motion_parameters(volumes: int, rng: np.random.Generator, max_mm: float = 1.5,
@@ -66,31 +87,39 @@ def slice_times(n_slices: int, tr: float = TR_S) -> list[float]:
 
 
 def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix: int, slices: int, volumes: int,
-                rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
-    """(reference grid, uint16 array (volumes, z, y, x), truth dict)."""
+                rng: np.random.Generator, signals: Sequence[PlantedSignal] | None = None,
+                max_motion: tuple[float, float] = (1.5, 1.5)) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
+    """(reference grid, uint16 array (volumes, z, y, x), truth dict). ``signals`` defaults to
+    ``default_signals()``; an empty list plants none. ``max_motion`` (mm, degrees) bounds the head motion."""
+    signals = default_signals() if signals is None else list(signals)
     t = load_templates()
     center = participant.brain_center()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, center)
-    fine = grid((matrix * 2, matrix * 2, slices * 2), (voxel_mm / 2,) * 3, AXIAL, center)
+    # the fine grid overlaps the acquired field of view by FINE_MARGIN fine voxels on every side, so head motion
+    # brings anatomy (not zeros) into the edge slices
+    m = 2 * FINE_MARGIN
+    fine = grid((matrix * 2 + m, matrix * 2 + m, slices * 2 + m), (voxel_mm / 2,) * 3, AXIAL, center)
     head_points = participant.points(fine)
     head = sample(t.head, head_points) / np.float32(430.0)
     mni_points = to_mni(head_points)
     del head_points
     gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
+    masks = {s.name: sample(s.mask, mni_points) for s in signals if s.mask is not None}
     del mni_points
     brain = np.clip(gm + wm + csf, 0, 1)
     static = 0.55 * gm + 0.4 * wm + 0.9 * csf + 0.12 * head * (1.0 - brain)
     static = (static ** site.gamma if site.gamma != 1.0 else static).astype(np.float32)
     frames_t = np.arange(volumes) * TR_S
     signal_maps = []
-    for region, (freq, amp) in SIGNALS.items():
-        frac = region_fractions(participant, fine, region)
+    for planted in signals:
+        frac = masks[planted.name] if planted.name in masks else region_fractions(participant, fine, planted.name)
+        freq, amp = planted.frequency_hz, planted.amplitude
         course = np.sin(2 * np.pi * freq * frames_t)
         nz = np.argwhere(frac > 0)
         if len(nz):  # keep only the region's bounding box: the per-volume sum then touches few voxels
             box = tuple(slice(int(a), int(b) + 1) for a, b in zip(nz.min(0), nz.max(0)))
             signal_maps.append((box, frac[box] * static[box], amp * course))
-    motion = motion_parameters(volumes, rng)
+    motion = motion_parameters(volumes, rng, max_mm=max_motion[0], max_deg=max_motion[1])
     bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
     sigma = site.noise * 0.6
     out = np.empty((volumes, slices, matrix, matrix), np.uint16)
@@ -109,7 +138,7 @@ def render_bold(participant: Participant, site: Site, *, voxel_mm: float, matrix
         "motion_convention": "SimpleITK Euler3DTransform [rx, ry, rz deg, tx, ty, tz mm] about motion_center_lps; "
                              "maps volume-0 points to volume-t points (LPS)",
         "motion_center_lps": [float(v) for v in center],
-        "signals": {r: {"frequency_hz": f, "amplitude_fraction": a} for r, (f, a) in SIGNALS.items()},
+        "signals": {s.name: {"frequency_hz": s.frequency_hz, "amplitude_fraction": s.amplitude} for s in signals},
     }
     return ref, out, truth
 
