@@ -47,15 +47,11 @@ def fit_tensor(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.
                fit_method: str = "WLS", threshold: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
     """(FA, MD in mm2/s) of the diffusion tensor fitted voxel by voxel inside ``mask`` (0 outside); FA clipped
     to [0, 1] and non-finite values (a failed voxel fit) set to 0."""
-    from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
 
-    b0 = np.asarray(bvals) <= threshold
-    vecs = np.where(b0[:, None], 0.0, bvecs)
-    norms = np.linalg.norm(vecs, axis=1)
-    vecs[~b0] /= norms[~b0, None]
-    gtab = gradient_table(np.where(b0, 0.0, bvals), bvecs=vecs, b0_threshold=threshold)
-    fit = TensorModel(gtab, fit_method=fit_method).fit(np.clip(data, 1e-3, None), mask=mask)
+    from incloud_kernel.features.dwi_correct import gradient_table_of
+
+    fit = TensorModel(gradient_table_of(bvals, bvecs, threshold), fit_method=fit_method).fit(np.clip(data, 1e-3, None), mask=mask)
     fa = np.nan_to_num(np.clip(fit.fa, 0.0, 1.0)) * mask
     md = np.nan_to_num(fit.md) * mask
     return fa.astype(np.float32), md.astype(np.float32)
@@ -67,7 +63,8 @@ class DwiFeatures:
     Parameters (stored unchanged): ``atlas`` (a name for ``features.atlases.load_atlas``), ``correct_motion``
     (affine motion/eddy correction with gradient rotation), ``fit_method`` (dipy TensorModel: "WLS", "OLS",
     "NLLS"...), ``b0_threshold`` (s/mm2), ``resolution`` (mm of the MNI grid the maps are resampled to),
-    ``iterations`` (optimizer steps per level of each volume's registration).
+    ``iterations`` (optimizer steps per level of each volume's registration), ``eddy_axis`` (voxel axis of
+    phase encoding for the linear eddy-current fit, None = rigid motion only: see ``dwi_correct``).
 
     ``fit(img, bvals=None, bvecs=None, t1=None)`` learns ``fa_``/``md_`` (native nibabel images), ``mask_``,
     ``corrected_`` (``dwi_correct.Corrected``), ``to_mni_`` (SimpleITK transform MNI -> DWI), ``route_``
@@ -78,13 +75,15 @@ class DwiFeatures:
     """
 
     def __init__(self, atlas: str = "jhu-wm", correct_motion: bool = True, fit_method: str = "WLS",
-                 b0_threshold: float = 50.0, resolution: int = 2, iterations: int = 60) -> None:
+                 b0_threshold: float = 50.0, resolution: int = 2, iterations: int = 60,
+                 eddy_axis: int | None = None) -> None:
         self.atlas = atlas
         self.correct_motion = correct_motion
         self.fit_method = fit_method
         self.b0_threshold = b0_threshold
         self.resolution = resolution
         self.iterations = iterations
+        self.eddy_axis = eddy_axis
 
     # scikit-learn's parameter protocol (without importing scikit-learn: the API imports this module)
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -125,7 +124,7 @@ class DwiFeatures:
         lap("load")
         if self.correct_motion:
             corrected = dwi_correct.correct(data, affine, bvals, bvecs, threshold=self.b0_threshold,
-                                            iterations=self.iterations)
+                                            iterations=self.iterations, phase_axis=self.eddy_axis)
         else:
             mean_b0 = data[..., b0].mean(axis=3)
             corrected = dwi_correct.Corrected(data, bvals, bvecs, np.repeat(np.eye(4)[None], len(bvals), 0),
@@ -194,7 +193,8 @@ class DwiStage(Stage):
     suffixes = ("dwi",)
     libraries = ("dipy", "SimpleITK", "nilearn", "pandas")
     defaults: ClassVar[Mapping[str, Any]] = {"atlas": "jhu-wm", "correct_motion": True, "fit_method": "WLS",
-                                             "b0_threshold": 50.0, "resolution": 2, "iterations": 60}
+                                             "b0_threshold": 50.0, "resolution": 2, "iterations": 60,
+                                             "eddy_axis": None}
     session_after: ClassVar[tuple[tuple[str, str], ...]] = (("t1features", "T1w"),)
 
     def _name(self, inputs: StageInput, tail: str) -> str:

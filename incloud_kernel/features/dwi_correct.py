@@ -1,13 +1,16 @@
 """Motion and eddy-current correction of a DWI series, and the gradient rotation that goes with it.
 
-Each diffusion-weighted volume is registered to a *prediction of itself*: the diffusion tensor fitted to the
+Each diffusion-weighted volume is first rigidly registered to the mean b=0 by mutual information (so head
+motion does not blur what follows), then to a *prediction of itself*: the diffusion tensor fitted to the
 whole series predicts every volume's signal (S0 exp(-b g'Dg)), so volume and target share the contrast and a
 correlation metric applies (the idea of FSL ``eddy``, whose Gaussian-process prediction plays this role).
 Registering to the mean b=0 by mutual information (FSL ``eddy_correct``, dipy ``motion_correction``) was tried
 first: on motion-free synthetic data it found 2-5 % scalings that follow the gradient direction (diffusion
 contrast moves the apparent brain edge), which biased FA. The model per volume is a rigid fit (head motion)
 followed by a linear eddy current (displacement along the phase-encoding axis, linear in x, y, z: FSL
-``eddy``'s linear model), not a free 12-parameter affine. Gradients are rotated by the rigid part (dipy
+``eddy``'s linear model), not a free 12-parameter affine; the eddy fit is *off by default*: on synthetic
+series with no eddy current it still returned 1-3 % stretches along phase encoding (against 0), so it is
+offered (``phase_axis``) but not trusted yet. Gradients are rotated by the rigid part (dipy
 ``reorient_bvecs``, Leemans & Jones 2009). b=0 volumes are rigidly realigned to the first and averaged.
 Works on arrays and affines only: never reads or writes files, never logs anything from a header.
 """
@@ -57,11 +60,14 @@ def b0_mask(bvals: np.ndarray, threshold: float = B0_THRESHOLD) -> np.ndarray:
     return np.asarray(bvals, dtype=float) <= threshold
 
 
-def _method(n_voxels: int, shrink: list[int], iterations: int):
+def _method(n_voxels: int, shrink: list[int], iterations: int, metric: str):
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsCorrelation()  # volume and its prediction: same contrast, same scale up to noise
+    if metric == "mattes":  # different contrasts (a diffusion-weighted volume and the mean b=0)
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32 if n_voxels > 20000 else 16)
+    else:  # a volume and its prediction: same contrast, same scale up to noise
+        reg.SetMetricAsCorrelation()
     reg.SetMetricSamplingStrategy(reg.REGULAR)  # a fixed grid: the same input gives the same fit
     reg.SetMetricSamplingPercentage(min(1.0, 10000 / max(n_voxels, 1)), 7)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -104,14 +110,18 @@ def eddy_weights(affine: np.ndarray, phase_axis: int) -> list[float]:
     return weights
 
 
-def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray, mask: np.ndarray,
-                iterations: int = 60, phase_axis: int | None = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Register each of ``volumes`` (x, y, z, n) to its reference (``references`` (x, y, z, n), same contrast)
-    by correlation inside ``mask``: a rigid fit (head motion), then a linear eddy-current fit along ``phase_axis`` (the voxel axis of
+def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray, mask: np.ndarray, *,
+                iterations: int = 60, phase_axis: int | None = 1, metric: str = "correlation",
+                start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Register each of ``volumes`` (x, y, z, n) to its reference (``references`` (x, y, z, n) or one (x, y, z)
+    for all) by ``metric`` ("correlation" for the same contrast, "mattes" mutual information otherwise)
+    inside ``mask``: a rigid fit (head motion) from ``start`` ((n, 6) Euler parameters of an earlier round, or
+    identity), then a linear eddy-current fit along ``phase_axis`` (the voxel axis of
     phase encoding; None skips it) on top, in the head's frame (the rigid motion follows it: a few degrees of
     head rotation barely tilt the phase-encoding axis). Returns (the volumes resampled onto the reference,
     linear; their (n, 4, 4) LPS matrices, reference point -> volume point; the rigid part alone, which is the
-    rotation the gradients follow: a shear's polar rotation is not head motion).
+    rotation the gradients follow: a shear's polar rotation is not head motion; the (n, 6) rigid parameters
+    for a next round).
     Volumes too small for a fit (fewer than 12 voxels along an axis) are returned unmoved with identities.
     """
     import SimpleITK as sitk
@@ -122,9 +132,12 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
     n = volumes.shape[3]
     matrices = np.repeat(np.eye(4)[None], n, axis=0)
     rigids = matrices.copy()
+    params = np.zeros((n, 6)) if start is None else np.array(start, dtype=float)
+    if references.ndim == 3:
+        references = references[..., None]
     reference = references[..., 0]
     if not can_realign(reference.shape) or not mask.any():
-        return volumes.astype(np.float32, copy=True), matrices, rigids
+        return volumes.astype(np.float32, copy=True), matrices, rigids, params
     fixed_mask = sitk.Cast(to_sitk(mask.astype(np.uint8), affine), sitk.sitkUInt8)
     centre = fixed_mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.argwhere(mask).mean(axis=0)])
     extent = float(min(np.asarray(reference.shape) * np.linalg.norm(affine[:3, :3], axis=0)))
@@ -139,7 +152,7 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
     identity = (rigid.GetParameters(), eddy.GetParameters())
 
     def fit(transform, fixed, moving, optimizer_weights=None, initial=None):
-        reg = _method(n_voxels, shrink if optimizer_weights is None else [1], iterations)
+        reg = _method(n_voxels, shrink if optimizer_weights is None else [1], iterations, metric)
         reg.SetMetricFixedMask(fixed_mask)
         if optimizer_weights is not None:
             reg.SetOptimizerWeights(optimizer_weights)
@@ -150,12 +163,12 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
 
     for v in range(n):
         moving = sitk.Cast(to_sitk(volumes[..., v].astype(np.float32), affine), sitk.sitkFloat32)
-        fixed = sitk.Cast(to_sitk(references[..., v].astype(np.float32), affine), sitk.sitkFloat32)
-        start = (rigid.GetParameters(), eddy.GetParameters())
-        for attempt in range(2):  # from the previous volume's estimate, then (if implausible) from identity
-            if attempt:
-                rigid.SetParameters(identity[0])
-                eddy.SetParameters(identity[1])
+        fixed = sitk.Cast(to_sitk(references[..., min(v, references.shape[3] - 1)].astype(np.float32), affine),
+                          sitk.sitkFloat32)
+        begin = tuple(float(x) for x in params[v])
+        for attempt in range(2):  # from the earlier round's estimate, then (if implausible) from identity
+            rigid.SetParameters(identity[0] if attempt else begin)
+            eddy.SetParameters(identity[1])
             try:
                 fit(rigid, fixed, moving)
                 if weights is not None:  # eddy applied first, then the rigid motion: point -> rigid(eddy(point))
@@ -163,19 +176,20 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
                     if np.abs(homogeneous(eddy)[:3, :3] - np.eye(3)).max() > MAX_EDDY:
                         eddy.SetParameters(identity[1])
             except RuntimeError:  # too few samples inside both images
-                rigid.SetParameters(start[0])
-                eddy.SetParameters(start[1])
+                rigid.SetParameters(begin)
+                eddy.SetParameters(identity[1])
             total = homogeneous(rigid) @ homogeneous(eddy)
             if _plausible(total, extent):
                 break
         else:
             rigid.SetParameters(identity[0])
             eddy.SetParameters(identity[1])
+        params[v] = rigid.GetParameters()
         rigids[v] = homogeneous(rigid)
         matrices[v] = rigids[v] @ homogeneous(eddy)
         chain = sitk.CompositeTransform([rigid, eddy])  # ITK applies the last added (eddy) first
         out[..., v] = from_sitk(sitk.Resample(moving, fixed, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    return out, matrices, rigids
+    return out, matrices, rigids, params
 
 
 def rotate_bvecs(bvals: np.ndarray, bvecs: np.ndarray, matrices_lps: np.ndarray, affine: np.ndarray,
@@ -227,11 +241,12 @@ def gradient_table_of(bvals: np.ndarray, bvecs: np.ndarray, threshold: float = B
 
 def correct(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, *,
             mask: np.ndarray | None = None, threshold: float = B0_THRESHOLD, iterations: int = 60,
-            phase_axis: int | None = 1, rounds: int = 1) -> Corrected:
+            phase_axis: int | None = None, rounds: int = 1) -> Corrected:
     """Motion/eddy-correct ``data`` (x, y, z, volumes): b=0s realigned rigidly and averaged, every
-    diffusion-weighted volume registered to its tensor prediction (rigid + linear eddy current along
-    ``phase_axis``, see :func:`register_to`), bvecs rotated by the rigid part; ``rounds`` > 1 refits the tensor
-    on the corrected series and registers again (for large motion). ``mask`` (brain, on the data grid)
+    diffusion-weighted volume first rigidly to the mean b=0 (mutual information), then ``rounds`` times to its
+    tensor prediction from the series corrected so far (rigid + linear eddy current along ``phase_axis``, see
+    :func:`register_to`; ``phase_axis`` None, the default, fits no eddy current: see the module's note), bvecs
+    rotated by the rigid part. ``mask`` (brain, on the data grid)
     defaults to dipy's median_otsu of the mean b=0. Raises ``ValueError`` without a b=0 volume."""
     from incloud_kernel.qc.masks import epi_mask
     from incloud_kernel.qc.motion import realign
@@ -251,14 +266,22 @@ def correct(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.n
     rigids = matrices.copy()
     rotated = np.asarray(bvecs, dtype=float)
     dw_idx = np.flatnonzero(~b0)
-    for _ in range(max(1, rounds) if dw_idx.size else 0):
-        targets = predict(out, bvals, rotated, brain, threshold)
-        moved, fitted, rigid = register_to(targets[..., dw_idx], data[..., dw_idx], affine, brain, iterations,
-                                           phase_axis)
+    if dw_idx.size:
+        # round 0: rigid by mutual information to the mean b=0 (a rigid fit is not pulled by the contrast as a
+        # free affine is), so the first tensor prediction is not blurred by head motion
+        moved, _, rigid, params = register_to(mean_b0, data[..., dw_idx], affine, brain, iterations=iterations,
+                                              phase_axis=None, metric="mattes")
         out[..., dw_idx] = moved
-        matrices[dw_idx] = fitted
-        rigids[dw_idx] = rigid
+        rigids[dw_idx] = matrices[dw_idx] = rigid
         rotated = rotate_bvecs(bvals, bvecs, rigids, affine, threshold)
+        for _ in range(max(1, rounds)):
+            targets = predict(out, bvals, rotated, brain, threshold)
+            moved, fitted, rigid, params = register_to(targets[..., dw_idx], data[..., dw_idx], affine, brain,
+                                                       iterations=iterations, phase_axis=phase_axis, start=params)
+            out[..., dw_idx] = moved
+            matrices[dw_idx] = fitted
+            rigids[dw_idx] = rigid
+            rotated = rotate_bvecs(bvals, bvecs, rigids, affine, threshold)
     return Corrected(out, bvals, rotated, matrices, mean_b0, brain)
 
 
