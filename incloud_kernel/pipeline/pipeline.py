@@ -62,6 +62,7 @@ class Pipeline:
 #: The site's pipelines: name -> ``module:attribute`` of a ``Pipeline``.
 REGISTRY: dict[str, str] = {
     "qc": "incloud_kernel.pipeline.pipeline:QC",
+    "features": "incloud_kernel.features.pipeline:FEATURES",
 }
 
 QC = Pipeline("qc", "1", [QCStage()], requires_qc=False,

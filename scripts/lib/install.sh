@@ -26,6 +26,9 @@ ensure_apt() {
 # The venv is built with /usr/bin/python3 so that Slurm jobs of other users can execute it.
 ensure_venv() {
   ensure_apt python3 python3-venv python3-dev build-essential
+  # Parcellation atlases the feature pipelines read where Debian installs them (never downloaded at run time;
+  # docs/atlases.md): AAL, Harvard-Oxford cortical, JHU white matter, Brodmann, AICHA in /usr/share/mricron.
+  ensure_apt mricron-data
   local stamp="$INCLOUD_VENV/.incloud-stamp" want
   want=$(cat "$REPO/constraints.txt" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
   if [ ! -x "$INCLOUD_VENV/bin/python" ]; then
