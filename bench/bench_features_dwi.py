@@ -96,10 +96,10 @@ def main() -> None:
         before = DwiFeatures().fit_transform(base, bvals=bvals, bvecs=bvecs).set_index(["feature", "region"]).value
         after = est.transform().set_index(["feature", "region"]).value
         region = TractEffect().region
-        for feature in ("FA", "MD"):
+        for feature in ("fa", "md"):
             change = (after[(feature, region)] / before[(feature, region)] - 1) * 100
             print(f"  recovered {feature} change in {region}: {change:+.1f} % "
-                  f"(planted {truth['tract_effect']['percent'][feature.lower()]:+.1f} %)")
+                  f"(planted {truth['tract_effect']['percent'][feature]:+.1f} %)")
 
 
 if __name__ == "__main__":

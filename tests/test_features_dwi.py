@@ -154,9 +154,10 @@ def test_planted_tract_change_recovered_by_the_stage(tmp_path: Path) -> None:
     assert "dwi/space-MNI152NLin2009aSym_model-tensor_param-MD_dwimap.nii.gz" in names
     assert {"dwi/desc-features_dwi.tsv", "dwi/desc-preproc_dwi.bvec", "dwi/desc-brain_mask.nii.gz",
             "dwi/desc-motion_timeseries.tsv"} <= set(names)
-    frame = pd.read_csv(outputs["dwi/desc-features_dwi.tsv"], sep="\t")
+    frame = pd.read_csv(outputs["dwi/desc-features_dwi.tsv"], sep="\t", dtype={"participant": str, "session": str})
     assert tuple(frame.columns) == COLUMNS
-    assert set(frame["pipeline"]) == {"features/dwifeatures-direct"}  # no T1w in this session
+    assert set(frame["pipeline"]) == {"features/direct-mni"}  # no T1w in this session
+    assert set(frame["series"]) == {7} and set(frame["participant"]) == {"01"}
     assert set(frame["atlas"]) == {"jhu-wm"} and set(frame["unit"]) == {"1", "mm2/s"}
     fa = np.asarray(nib.load(outputs["dwi/model-tensor_param-FA_dwimap.nii.gz"]).dataobj)
     assert np.isfinite(fa).all() and 0 <= fa.min() and fa.max() <= 1
@@ -167,10 +168,10 @@ def test_planted_tract_change_recovered_by_the_stage(tmp_path: Path) -> None:
         return (after / before - 1) * 100
 
     planted = truth["tract_effect"]["percent"]
-    assert change("FA", TRACT.region) == pytest.approx(planted["fa"], abs=5.0)
-    assert change("MD", TRACT.region) == pytest.approx(planted["md"], abs=5.0)
+    assert change("fa", TRACT.region) == pytest.approx(planted["fa"], abs=5.0)
+    assert change("md", TRACT.region) == pytest.approx(planted["md"], abs=5.0)
     other = TRACT.region.replace("_L", "_R")
-    assert abs(change("FA", other)) < 2.0 and abs(change("MD", other)) < 2.0
+    assert abs(change("fa", other)) < 2.0 and abs(change("md", other)) < 2.0
 
 
 def test_series_without_b0_is_one_line_error() -> None:
@@ -205,3 +206,36 @@ def test_dipy_packaged_dwi_runs_through(name: str) -> None:
     assert np.isfinite(fa).all() and fa.min() >= 0 and fa.max() <= 1 and fa.max() > 0.1
     assert est.route_ == "none"
     assert est.transform().empty
+
+
+def test_t1_route_through_the_session_t1_stage_outputs(tmp_path: Path) -> None:
+    """With the session's T1 stage outputs (here a T1w that already is the MNI template, an identity
+    T1w->MNI transform file) the DWI goes b=0 -> T1w (rigid) -> MNI, and the rows say pipeline=features."""
+    import SimpleITK as sitk
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    anat = tmp_path / "t1"
+    anat.mkdir()
+    t1w, mask, xfm = (anat / "desc-preproc_T1w.nii.gz", anat / "desc-brain_mask.nii.gz",
+                      anat / "from-T1w_to-MNI152_mode-image_xfm.txt")
+    nib.save(load_mni152_template(resolution=2), t1w)
+    nib.save(load_mni152_brain_mask(resolution=2), mask)
+    sitk.WriteTransform(sitk.Euler3DTransform(), str(xfm))
+    upstream = {"anat/desc-preproc_T1w.nii.gz": t1w, "anat/desc-brain_mask.nii.gz": mask,
+                "anat/from-T1w_to-MNI152_mode-image_xfm.txt": xfm, "anat/desc-features_T1w.tsv": t1w}
+    img, bvals, bvecs, _ = synthetic_dwi(n_dirs=12)
+    files = _write(img, bvals, bvecs, tmp_path / "in")
+    inputs = StageInput(series_id=3, participant="01", session="01", datatype="dwi", suffix="dwi", entities={},
+                        files=files, session_upstream={"t1features": upstream})
+    out = tmp_path / "out"
+    out.mkdir()
+    outputs = DwiStage(correct_motion=False).run(inputs, out)
+    frame = pd.read_csv(outputs["dwi/desc-features_dwi.tsv"], sep="\t")
+    assert set(frame["pipeline"]) == {"features"}
+    fa = frame[frame.feature == "fa"].set_index("region").value
+    assert len(fa) >= 40 and fa.median() > 0.3  # the tracts land on white matter
+    # and on the same anatomy as the direct route: regional FA agrees across the 48 tracts
+    direct = DwiFeatures(correct_motion=False).fit_transform(img, bvals=bvals, bvecs=bvecs)
+    other = direct[direct.feature == "fa"].set_index("region").value
+    common = fa.index.intersection(other.index)
+    assert np.corrcoef(fa[common], other[common])[0, 1] > 0.8

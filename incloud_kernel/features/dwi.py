@@ -18,7 +18,9 @@ import numpy as np
 from incloud_kernel.pipeline.stage import Stage, StageInput
 
 #: Feature name -> unit of the long-format rows.
-UNITS = {"FA": "1", "MD": "mm2/s"}
+UNITS = {"fa": "1", "md": "mm2/s"}
+#: The rows' ``pipeline`` column by normalisation route (``docs/features.md``: a stage may qualify it).
+PIPELINE_BY_ROUTE = {"t1": "features", "direct": "features/direct-mni", "none": "features/no-mni"}
 
 
 def load_series(img: Any, bvals: Any = None, bvecs: Any = None) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -169,12 +171,12 @@ class DwiFeatures:
                 raise ValueError("DwiFeatures: fit a series before transform")
             self.fit(img)
         if self.fa_mni_ is None:
-            return rows.feature_table({}, atlas=self.atlas, feature="FA", unit=UNITS["FA"])
+            return rows.feature_table({}, atlas=self.atlas, feature="fa", unit=UNITS["fa"])
         atlas = load_atlas(self.atlas)
         mask = np.asarray(self.mask_mni_.dataobj) > 0
         frames = [rows.feature_table(rows.regional(image, atlas, reduce="mean", mask=mask), atlas=atlas.name,
                                      feature=feature, unit=UNITS[feature])
-                  for feature, image in (("FA", self.fa_mni_), ("MD", self.md_mni_))]
+                  for feature, image in (("fa", self.fa_mni_), ("md", self.md_mni_))]
         return pd.concat(frames, ignore_index=True)
 
     def fit_transform(self, img: Any, y: Any = None, **fit_params: Any):
@@ -185,7 +187,7 @@ class DwiStage(Stage):
     """Regional FA/MD of one DWI series: BIDS-derivative FA and MD maps (native and MNI), the brain mask, the
     rotated b-vectors, the per-volume motion and the ``desc-features`` TSV in the long format. Waits for the
     session's T1 stage (its T1w->MNI transform); without a T1w in the session it registers to MNI directly and
-    says so in the TSV's ``pipeline`` column (``features/dwifeatures-direct`` instead of ``-t1``)."""
+    says so in the TSV's ``pipeline`` column (``features/direct-mni`` instead of ``features``)."""
 
     name = "dwifeatures"
     version = "1"
@@ -224,19 +226,21 @@ class DwiStage(Stage):
             outputs[name] = path
 
         space = f"space-{TEMPLATE_SPACE}_"
-        for tail, image in ((f"model-tensor_param-FA_dwimap.nii.gz", est.fa_),
-                            (f"model-tensor_param-MD_dwimap.nii.gz", est.md_),
+        for tail, image in (("model-tensor_param-FA_dwimap.nii.gz", est.fa_),
+                            ("model-tensor_param-MD_dwimap.nii.gz", est.md_),
                             ("desc-brain_mask.nii.gz", est.mask_),
                             (f"{space}model-tensor_param-FA_dwimap.nii.gz", est.fa_mni_),
                             (f"{space}model-tensor_param-MD_dwimap.nii.gz", est.md_mni_)):
-            put(tail, lambda p, im=image: nib.save(im, p))
+            if image is not None:  # no MNI maps for a field of view too small to register (route "none")
+                put(tail, lambda p, im=image: nib.save(im, p))
         c = est.corrected_
         put("desc-preproc_dwi.bvec", lambda p: np.savetxt(p, c.bvecs.T, fmt="%.6f"))
         motion = "\n".join(["volume\tbval\tdisplacement_mm"] + [f"{i}\t{b:g}\t{d:.4f}" for i, (b, d) in
                                                                   enumerate(zip(c.bvals, c.displacement_mm))])
         put("desc-motion_timeseries.tsv", lambda p: p.write_text(motion + "\n"))
         frame = rows.with_context(est.transform(), participant=inputs.participant, session=inputs.session,
-                                  series=inputs.label, pipeline=f"features/{self.name}-{est.route_}",
+                                  series=inputs.series_id,
+                                  pipeline=PIPELINE_BY_ROUTE[est.route_],
                                   version=self.version)
         put("desc-features_dwi.tsv", lambda p: rows.write_rows(frame, p))
         return outputs
