@@ -75,13 +75,12 @@ def test_head_rotation_is_corrected_and_gradients_rotated() -> None:
     tilt the fibres."""
     import SimpleITK as sitk
 
+    from incloud_kernel.deface.geometry import to_sitk
+
     n = 16
     ref_img, bvals, bvecs, _ = synthetic_dwi(n_dirs=n)
     still = np.asarray(ref_img.dataobj, np.float32)
     mask = dwi_correct.correct(still[..., :1], ref_img.affine, bvals[:1], bvecs[:1]).mask
-    centre = sitk.Image([1, 1, 1], sitk.sitkFloat32)
-    from incloud_kernel.deface.geometry import to_sitk
-
     grid = to_sitk(mask.astype(np.float32), ref_img.affine)
     centre = grid.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.argwhere(mask).mean(axis=0)])
     turn = sitk.VersorRigid3DTransform()

@@ -30,6 +30,10 @@ MAX_SHIFT_FRACTION = 0.2
 #: beyond 5 % (seen once in 24 noisy 4 mm volumes, a 10 % squeeze) is noise, and that volume keeps only its
 #: rigid fit.
 MAX_EDDY = 0.05
+#: Threads per registration. One: the volumes' fits are small, and ITK's multi-threaded metric synchronises
+#: its threads at every iteration, which on an oversubscribed machine (2 cores, load 10-18 here) made a fit
+#: ten times slower in wall time than one thread (a 3 mm, 20-direction series: 275 s against 21 s).
+REGISTRATION_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def _method(n_voxels: int, shrink: list[int], iterations: int, metric: str):
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(REGISTRATION_THREADS)
     if metric == "mattes":  # different contrasts (a diffusion-weighted volume and the mean b=0)
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32 if n_voxels > 20000 else 16)
     else:  # a volume and its prediction: same contrast, same scale up to noise
@@ -112,7 +117,9 @@ def eddy_weights(affine: np.ndarray, phase_axis: int) -> list[float]:
 
 def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray, mask: np.ndarray, *,
                 iterations: int = 60, phase_axis: int | None = 1, metric: str = "correlation",
-                start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                start: np.ndarray | None = None, centre: tuple[float, float, float] | None = None,
+                shrink: list[int] | None = None, resample: bool = True,
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
     """Register each of ``volumes`` (x, y, z, n) to its reference (``references`` (x, y, z, n) or one (x, y, z)
     for all) by ``metric`` ("correlation" for the same contrast, "mattes" mutual information otherwise)
     inside ``mask``: a rigid fit (head motion) from ``start`` ((n, 6) Euler parameters of an earlier round, or
@@ -121,7 +128,9 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
     head rotation barely tilt the phase-encoding axis). Returns (the volumes resampled onto the reference,
     linear; their (n, 4, 4) LPS matrices, reference point -> volume point; the rigid part alone, which is the
     rotation the gradients follow: a shear's polar rotation is not head motion; the (n, 6) rigid parameters
-    for a next round).
+    about ``centre`` (LPS mm, default the mask's centroid) for a next round, which may run on another grid).
+    ``shrink`` (default [2, 1], [1] for small images) sets the pyramid; ``resample`` False skips the output;
+    ``iterations`` 0 only resamples with ``start``.
     Volumes too small for a fit (fewer than 12 voxels along an axis) are returned unmoved with identities.
     """
     import SimpleITK as sitk
@@ -139,12 +148,14 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
     if not can_realign(reference.shape) or not mask.any():
         return volumes.astype(np.float32, copy=True), matrices, rigids, params
     fixed_mask = sitk.Cast(to_sitk(mask.astype(np.uint8), affine), sitk.sitkUInt8)
-    centre = fixed_mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.argwhere(mask).mean(axis=0)])
+    if centre is None:
+        centre = fixed_mask.TransformContinuousIndexToPhysicalPoint(
+            [float(c) for c in np.argwhere(mask).mean(axis=0)])
     extent = float(min(np.asarray(reference.shape) * np.linalg.norm(affine[:3, :3], axis=0)))
-    shrink = [2, 1] if min(reference.shape) >= 24 else [1]
+    shrink = shrink or ([2, 1] if min(reference.shape) >= 24 else [1])
     n_voxels = int(mask.sum())
     weights = eddy_weights(affine, phase_axis) if phase_axis is not None else None
-    out = np.empty(volumes.shape, dtype=np.float32)
+    out = np.empty(volumes.shape, dtype=np.float32) if resample else None
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(centre)
     eddy = sitk.AffineTransform(3)
@@ -169,6 +180,8 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
         for attempt in range(2):  # from the earlier round's estimate, then (if implausible) from identity
             rigid.SetParameters(identity[0] if attempt else begin)
             eddy.SetParameters(identity[1])
+            if not iterations:  # resample only, with the given parameters
+                break
             try:
                 fit(rigid, fixed, moving)
                 if weights is not None:  # eddy applied first, then the rigid motion: point -> rigid(eddy(point))
@@ -187,6 +200,8 @@ def register_to(references: np.ndarray, volumes: np.ndarray, affine: np.ndarray,
         params[v] = rigid.GetParameters()
         rigids[v] = homogeneous(rigid)
         matrices[v] = rigids[v] @ homogeneous(eddy)
+        if out is None:
+            continue
         chain = sitk.CompositeTransform([rigid, eddy])  # ITK applies the last added (eddy) first
         out[..., v] = from_sitk(sitk.Resample(moving, fixed, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     return out, matrices, rigids, params
@@ -269,15 +284,27 @@ def correct(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.n
     if dw_idx.size:
         # round 0: rigid by mutual information to the mean b=0 (a rigid fit is not pulled by the contrast as a
         # free affine is), so the first tensor prediction is not blurred by head motion
-        moved, _, rigid, params = register_to(mean_b0, data[..., dw_idx], affine, brain, iterations=iterations,
-                                              phase_axis=None, metric="mattes")
+        # on a grid of twice the voxel size (block means: cheap), one pyramid level
+        from incloud_kernel.deface.geometry import block_downsample, to_sitk
+
+        target_mm = 2.0 * float(np.linalg.norm(affine[:3, :3], axis=0).min())
+        coarse_b0, coarse_affine = block_downsample(mean_b0, affine, target_mm)
+        coarse_mask = block_downsample(brain.astype(np.float32), affine, target_mm)[0] > 0.5
+        coarse = np.stack([block_downsample(data[..., v], affine, target_mm)[0] for v in dw_idx], axis=-1)
+        grid = to_sitk(brain.astype(np.uint8), affine)
+        centre = grid.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.argwhere(brain).mean(axis=0)])
+        params = register_to(coarse_b0, coarse, coarse_affine, coarse_mask, iterations=iterations,
+                             phase_axis=None, metric="mattes", centre=centre, shrink=[1], resample=False)[3]
+        moved, _, rigid, params = register_to(mean_b0, data[..., dw_idx], affine, brain, iterations=0,
+                                              phase_axis=None, start=params, centre=centre, shrink=[1])
         out[..., dw_idx] = moved
         rigids[dw_idx] = matrices[dw_idx] = rigid
         rotated = rotate_bvecs(bvals, bvecs, rigids, affine, threshold)
         for _ in range(max(1, rounds)):
             targets = predict(out, bvals, rotated, brain, threshold)
             moved, fitted, rigid, params = register_to(targets[..., dw_idx], data[..., dw_idx], affine, brain,
-                                                       iterations=iterations, phase_axis=phase_axis, start=params)
+                                                       iterations=iterations, phase_axis=phase_axis, start=params,
+                                                       centre=centre, shrink=[1])
             out[..., dw_idx] = moved
             matrices[dw_idx] = fitted
             rigids[dw_idx] = rigid

@@ -37,7 +37,10 @@ def _register(fixed, moving, transform, fixed_mask=None, shrink=(4, 2, 1), itera
     """Mattes mutual information, multi-resolution, from ``transform`` (moments-initialised by the caller)."""
     import SimpleITK as sitk
 
+    from incloud_kernel.features.dwi_correct import REGISTRATION_THREADS
+
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(REGISTRATION_THREADS)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.REGULAR)
     reg.SetMetricSamplingPercentage(0.2, 11)
