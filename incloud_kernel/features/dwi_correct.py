@@ -1,7 +1,8 @@
 """Motion and eddy-current correction of a DWI series, and the gradient rotation that goes with it.
 
-Each diffusion-weighted volume is first rigidly registered to the mean b=0 by mutual information (so head
-motion does not blur what follows), then to a *prediction of itself*: the diffusion tensor fitted to the
+Each diffusion-weighted volume is first rigidly registered to the mean b=0 by mutual information on a grid of
+twice the voxel size (so head motion does not blur what follows; cheap), then at full resolution to a
+*prediction of itself*: the diffusion tensor fitted to the
 whole series predicts every volume's signal (S0 exp(-b g'Dg)), so volume and target share the contrast and a
 correlation metric applies (the idea of FSL ``eddy``, whose Gaussian-process prediction plays this role).
 Registering to the mean b=0 by mutual information (FSL ``eddy_correct``, dipy ``motion_correction``) was tried
