@@ -2,12 +2,16 @@
 
 Each voxel mixes grey matter, white matter (its corpus callosum part oriented left-right, the rest
 foot-head), CSF (isotropic free water) and non-brain tissue, with the tissue fractions of the participant's
-anatomy; each tissue has one tensor, so FA and MD per region are exact in pure voxels. B-values and gradient
+anatomy; each tissue has one tensor, so FA and MD per region are exact in pure voxels. A ``TractEffect`` plants
+a known FA decrease and MD increase in the white matter of one JHU white-matter label (its MNI region mapped
+into the head through the participant's own chain, so the pipeline must find it from the pixels). B-values and gradient
 directions go in the standard attributes DiffusionBValue (0018,9087) and DiffusionGradientOrientation (0018,9089)
 (patient LPS frame), which dcm2niix reads. Never writes anything but the series folder it is given.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,43 @@ TISSUES: dict[str, tuple[float, float, float, tuple[float, float, float]]] = {
     "csf": (0.0, 3.0e-3, 1.00, (0.0, 0.0, 1.0)),
     "nonbrain": (0.0, 1.0e-3, 0.35, (0.0, 0.0, 1.0)),
 }
+
+
+@dataclass(frozen=True)
+class TractEffect:
+    """FA times ``fa_factor`` and MD times ``md_factor`` (both tensors' shape kept axially symmetric) in the
+    white matter (corpus callosum included) of the JHU white-matter label ``region`` (mricron-data's name),
+    dilated by ``margin_mm`` so the label's own voxels are wholly affected even after a registration error of
+    that size (the effect is "in the tract", not only in its core)."""
+
+    region: str = "Superior_corona_radiata_L"
+    fa_factor: float = 0.80
+    md_factor: float = 1.10
+    margin_mm: float = 3.0
+
+    @property
+    def percent(self) -> dict[str, float]:
+        return {"fa": round((self.fa_factor - 1) * 100, 6), "md": round((self.md_factor - 1) * 100, 6)}
+
+
+@lru_cache(maxsize=4)
+def tract_image(region: str, margin_mm: float) -> sitk.Image:
+    """The JHU label ``region`` (MNI, 1 mm) dilated by ``margin_mm``, as a 0/1 float SimpleITK image (LPS)."""
+    from scipy import ndimage
+
+    from incloud_kernel.deface.geometry import to_sitk
+    from incloud_kernel.features.atlases import load_atlas
+
+    atlas = load_atlas("jhu-wm")
+    value = next((k for k, name in atlas.labels.items() if name == region), None)
+    if value is None:
+        raise ValueError(f"no JHU white-matter label named {region!r}")
+    labels = np.asarray(atlas.image.dataobj)
+    mask = labels == value
+    steps = int(round(margin_mm / float(min(atlas.image.header.get_zooms()[:3]))))
+    if steps:
+        mask = ndimage.binary_dilation(mask, iterations=steps)
+    return to_sitk(mask.astype(np.float32), atlas.image.affine)
 
 
 def directions(n: int) -> np.ndarray:
@@ -63,7 +104,11 @@ def fsl_bvecs(bvecs_lps: np.ndarray, affine_ras: np.ndarray, manufacturer: str =
 
 
 def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix: int, slices: int, n_dirs: int,
-               rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
+               rng: np.random.Generator, tract: TractEffect | None = None, gradients: np.ndarray | None = None,
+               ) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
+    """(grid, signal (volumes, z, y, x), truth) of one DWI series; ``tract`` plants its FA/MD change;
+    ``gradients`` (n_dirs, 3) LPS unit vectors replace the default directions in the signal only (the truth
+    keeps the default ones: a test plants head rotation as "the anatomy saw another gradient")."""
     t = load_templates()
     ref = grid((matrix, matrix, slices), (voxel_mm,) * 3, AXIAL, participant.brain_center())
     head_points = participant.points(ref)
@@ -71,16 +116,25 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
     mni_points = to_mni(head_points)
     del head_points
     gm, wm, csf = (sample(img, mni_points) for img in (t.gm, t.wm, t.csf))
+    in_tract = sample(tract_image(tract.region, tract.margin_mm), mni_points) if tract else None
     del mni_points
     cc = np.minimum(region_fractions(participant, ref, "corpus_callosum"), wm)
     brain = np.clip(gm + wm + csf, 0, 1)
     fractions = {"corpus_callosum": cc, "wm": wm - cc, "gm": gm, "csf": csf, "nonbrain": head * (1 - brain)}
+    tissues = dict(TISSUES)
+    if tract is not None:
+        for name in ("corpus_callosum", "wm"):
+            fa, md, s0, e = TISSUES[name]
+            tissues[f"{name}_tract"] = (fa * tract.fa_factor, md * tract.md_factor, s0, e)
+            fractions[f"{name}_tract"] = fractions[name] * in_tract
+            fractions[name] = fractions[name] * (1 - in_tract)
     bvals = np.array([0.0] + [B_VALUE] * n_dirs)
     bvecs = np.vstack([[0.0, 0.0, 0.0], directions(n_dirs)])
+    seen = bvecs if gradients is None else np.vstack([[0.0, 0.0, 0.0], gradients])
     # signal(volume, voxel) = sum over tissues of attenuation(volume, tissue) * s0(tissue) * fraction(tissue, voxel)
-    weights = np.stack([s0 * np.exp(-bvals * np.einsum("ni,ij,nj->n", bvecs, tensor(fa, md, e), bvecs))
-                        for fa, md, s0, e in TISSUES.values()], 1).astype(np.float32)  # (volumes, tissues)
-    tissue = np.stack([np.asarray(fractions[name], np.float32).ravel() for name in TISSUES])  # (tissues, voxels)
+    weights = np.stack([s0 * np.exp(-bvals * np.einsum("ni,ij,nj->n", seen, tensor(fa, md, e), seen))
+                        for fa, md, s0, e in tissues.values()], 1).astype(np.float32)  # (volumes, tissues)
+    tissue = np.stack([np.asarray(fractions[name], np.float32).ravel() for name in tissues])  # (tissues, voxels)
     data = (weights @ tissue).reshape((len(bvals),) + gm.shape)
     bias = site.bias_field(ref.GetSize()).transpose(2, 1, 0)
     sigma = site.noise * 0.5
@@ -90,7 +144,9 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
         "b_value": B_VALUE, "bvals": bvals.tolist(), "bvecs_lps": np.round(bvecs, 6).tolist(),
         "voxel_mm": voxel_mm, "matrix": [matrix, matrix, slices],
         "regions": {name: {"fa": fa, "md_mm2_s": md, "eigenvalues": np.linalg.eigvalsh(tensor(fa, md, e))[::-1].tolist(),
-                           "principal_direction_lps": list(e)} for name, (fa, md, _, e) in TISSUES.items()},
+                           "principal_direction_lps": list(e)} for name, (fa, md, _, e) in tissues.items()},
+        "tract_effect": None if tract is None else {"atlas": "jhu-wm", "region": tract.region,
+                                                    "margin_mm": tract.margin_mm, "percent": tract.percent},
         "region_definition": "tissue fractions of the MNI152 2009c maps; corpus_callosum is the white matter "
                              "inside incloud_kernel.synth.anatomy.REGIONS['corpus_callosum']",
     }
@@ -100,15 +156,16 @@ def render_dwi(participant: Participant, site: Site, *, voxel_mm: float, matrix:
 def write_dwi(study_dir: Path, study_base: Dataset, ctx: headers.StudyContext, participant: Participant,
               site: Site, number: int, clock: float, ts: str, *, small: bool, directions: int | None,
               rng: np.random.Generator, reference: tuple[str, str] | None,
-              enhanced: bool = False) -> tuple[Any, dict[str, Any]]:
+              enhanced: bool = False, tract: TractEffect | None = None) -> tuple[Any, dict[str, Any]]:
     """Write the DWI series (one file per slice per volume, or with ``enhanced`` one Enhanced MR multi-frame
-    file with an MR Diffusion Sequence per frame) and return (SeriesTruth, dwi truth)."""
+    file with an MR Diffusion Sequence per frame) and return (SeriesTruth, dwi truth); ``tract`` plants an
+    FA/MD change (recorded in the truth's ``tract_effect``)."""
     from incloud_kernel.synth.cohort import SeriesTruth
 
     voxel, matrix, slices = (4.0, 48, 28) if small else (2.5, 88, 54)
     n_dirs = directions or (30 if small else 32)
     ref, data, truth = render_dwi(participant, site, voxel_mm=voxel, matrix=matrix, slices=slices, n_dirs=n_dirs,
-                                  rng=rng)
+                                  rng=rng, tract=tract)
     idn = ctx.identity
     base, suid, start = headers.start_series(ctx, study_base, number, clock, "ep2d_diff_b1000")
     headers.mr_image_attributes(
