@@ -22,6 +22,11 @@ def _line(b: dict[str, Any]) -> str:
             f"{b['status']:<9} {b['project']:<10} sub-{b['participant_label']:<8} {b['protocol']}")
 
 
+def _num(value: Any) -> str:
+    """A parameter value as people write it (2300, not 2300.0); lists and text unchanged."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _participant(value: str) -> int | str:
     """A participant's label (``0001``), or its internal id as ``#12``."""
     return int(value[1:]) if value.startswith("#") and value[1:].isdigit() else value
@@ -162,6 +167,31 @@ def list_(ae_title: str | None, project: str | None, start: str | None, end: str
             click.echo(_line(r))
         if not rows:
             click.echo("no bookings")
+    _echo(rows, as_json, text)
+
+
+@book.command("compliance")
+@click.argument("project")
+@click.option("--booking", "booking_id", type=int, help="Only the series bound to this booking.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_as_option
+def compliance_(project: str, booking_id: int | None, as_json: bool, as_user: str | None) -> None:
+    """The protocol-compliance verdict of PROJECT's booked series: each deviation as parameter, booked, acquired."""
+    from incloud_kernel.acquisition import compliance
+
+    rows = _run(as_user, lambda db, actor: compliance.verdicts(db, actor, project, booking=booking_id))
+
+    def text(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            proto = f"{r['protocol']['key']} v{r['protocol']['version']}" if r["protocol"] else "-"
+            booking = f"#{r['booking']}" if r["booking"] is not None else "-"
+            click.echo(f"series #{r['series']:<6} booking {booking:<6} {proto:<20} {r['verdict']}")
+            for d in r["deviations"]:
+                click.echo(f"    {d['parameter']}: booked {_num(d['booked'])}, acquired {_num(d['acquired'])}")
+            if r["unverified"]:
+                click.echo(f"    unverified: {', '.join(map(str, r['unverified']))}")
+        if not rows:
+            click.echo("no compliance verdicts")
     _echo(rows, as_json, text)
 
 
