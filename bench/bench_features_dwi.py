@@ -19,11 +19,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from dwi_data import synthetic_dwi  # noqa: E402  (the tests' renderer -> NIfTI helper, shared on purpose)
+from dwi_inputs import synthetic_dwi  # noqa: E402  (shared with tests/test_features_dwi.py)
 
 from incloud_kernel.features.dwi import DwiFeatures  # noqa: E402
 from incloud_kernel.synth.dwi import TractEffect  # noqa: E402

@@ -4,6 +4,7 @@ gradients rotated, the stage writes BIDS derivatives and long-format rows, and t
 wheel runs through. Small data: 4 mm, 16-24 directions."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dwi_data import synthetic_dwi
 from incloud_kernel.features import dwi_correct
 from incloud_kernel.features.dwi import DwiFeatures, DwiStage, fit_tensor
 from incloud_kernel.features.rows import COLUMNS
 from incloud_kernel.pipeline.stage import StageInput
 from incloud_kernel.synth.dwi import TractEffect, directions, tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from dwi_inputs import synthetic_dwi  # noqa: E402  (the benchmark's inputs, shared)
 
 TRACT = TractEffect()  # Superior_corona_radiata_L: FA -20 %, MD +10 %
 

@@ -1,5 +1,5 @@
-"""Synthetic DWI series for the DWI feature tests, straight from the generator's renderer (no DICOM round trip:
-tests/test_synth_dicom.py covers dcm2niix): a NIfTI image, FSL-convention bvals/bvecs and the ground truth."""
+"""Synthetic DWI series for the DWI feature benchmark and tests, straight from the generator's renderer (no DICOM round
+trip: tests/test_synth_dicom.py covers dcm2niix): a NIfTI image, FSL-convention bvals/bvecs and the ground truth."""
 from __future__ import annotations
 
 from typing import Any
