@@ -4,8 +4,6 @@ tolerances and missing values, the binding of a study by its booking's accession
 each deviation, the booking marked acquired, and the unbooked-study policy (route vs quarantine with a reason)."""
 from __future__ import annotations
 
-import os
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from incloud_kernel.archive.models import AuditEvent, Booking, ProtocolCheck, QC
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.archive.projects import create_project, grant
 from incloud_kernel.db import transaction
+from test_projects_cli import _capture, run  # noqa: F401 - _capture: the autouse fixture run() needs
 
 ADMIN = Actor.console("tester")
 ALICE = Actor("alice")
@@ -157,23 +156,6 @@ def book(site, hour: int, day: date | None = None) -> dict:  # type: ignore[no-u
         return {**bookings.as_dict(db, row), "accession_number": row.accession_number, "study_uid": row.study_uid}
 
 
-def console(capsys, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    """``incloud ARGS`` in this process (the site's INCLOUD_* variables are set); pytest's umask put back after."""
-    from incloud_kernel.cli import main
-
-    capsys.readouterr()
-    umask = os.umask(0o077)
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.umask(umask)
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
 def verdict_of(site, booking_id: int) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     with transaction(site.engine) as db:
         return compliance.verdicts(db, ALICE, "DEMO", booking=booking_id)
@@ -194,8 +176,8 @@ def booked_site(site, monkeypatch):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_study_is_bound_by_accession_or_study_uid_checked_and_the_booking_acquired(booked_site, tmp_path: Path,
-                                                                                   capsys) -> None:
+def test_study_is_bound_by_accession_or_study_uid_checked_and_the_booking_acquired(booked_site, site_env,
+                                                                                   tmp_path: Path) -> None:
     from incloud_kernel.ingest.chain import IngestChain
 
     site = booked_site
@@ -238,13 +220,13 @@ def test_study_is_bound_by_accession_or_study_uid_checked_and_the_booking_acquir
             bookings.cancel(db, Actor.console("x"), second["id"])
 
     # The same verdicts from the console: each deviation on its own line; bob (no member) is refused in one line.
-    shown = console(capsys, "book", "compliance", "DEMO", "--as", "alice")
+    shown = run(site_env, "book", "compliance", "DEMO", "--as", "alice")
     assert shown.returncode == 0, shown.stderr
     assert "compliant" in shown.stdout and "deviation" in shown.stdout
     assert "repetition_time: booked 2300, acquired 2500" in shown.stdout
-    one = console(capsys, "book", "compliance", "DEMO", "--booking", str(first["id"]), "--as", "alice")
+    one = run(site_env, "book", "compliance", "DEMO", "--booking", str(first["id"]), "--as", "alice")
     assert one.returncode == 0 and "deviation" not in one.stdout and "compliant" in one.stdout
-    refused = console(capsys, "book", "compliance", "DEMO", "--as", "bob")
+    refused = run(site_env, "book", "compliance", "DEMO", "--as", "bob")
     assert refused.returncode != 0 and refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
 
 

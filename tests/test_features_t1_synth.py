@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-atrophy = pytest.importorskip("incloud_kernel.synth.atrophy", reason="synth.atrophy (branch synthfx) not merged")
+from incloud_kernel.synth import atrophy  # noqa: E402
 
 from incloud_kernel.features.atlases import Atlas  # noqa: E402
 from incloud_kernel.features.t1 import T1Features  # noqa: E402

@@ -11,7 +11,6 @@ never writes outside the stage's folder, never puts a header value into an error
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from incloud_kernel.errors import ValidationError
+from incloud_kernel.features.estimator import FeatureEstimator, StepClock
 from incloud_kernel.pipeline.stage import Stage, StageInput
 
 #: The space of every output map: nilearn's packaged MNI152 template (ICBM 2009a symmetric).
@@ -74,22 +74,6 @@ def _load4d(img: Any) -> Any:
         raise ValidationError(f"BOLD input is not a 4-D image ({type(exc).__name__})") from None
 
 
-class _Clock:
-    """Seconds per named step (``timings_``: the benchmark prints them, the provenance keeps them)."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
-
-
 def _head(img: Any) -> Any:
     """A loose head mask of an EPI volume (above a fifth of its 98th percentile) for the registration metric."""
     import SimpleITK as sitk
@@ -107,7 +91,7 @@ def _slice_axis(sidecar: Mapping[str, Any]) -> tuple[int, bool]:
     return "ijk".index(code.rstrip("-")), code.endswith("-")
 
 
-class BoldFeatures:
+class BoldFeatures(FeatureEstimator):
     """ALFF, fALFF, ReHo and ROI-to-ROI connectivity of one resting BOLD run, per region of ``atlas``.
 
     Parameters (scikit-learn rule: stored unchanged, validated in ``fit``): ``atlas`` name
@@ -133,17 +117,6 @@ class BoldFeatures:
         self.connectivity_rows = connectivity_rows
 
     # -- scikit-learn protocol (without importing scikit-learn at import) ----------------------------------------
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
-
-    def set_params(self, **params: Any) -> "BoldFeatures":
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"unknown parameter {k!r} for BoldFeatures")
-            setattr(self, k, v)
-        return self
-
     def _check(self) -> None:
         from incloud_kernel.features.bold_measures import ALFF_METHODS
 
@@ -225,7 +198,7 @@ class BoldFeatures:
 
         self._check()
         sidecar = dict(sidecar or {})
-        clock = _Clock()
+        clock = StepClock()
         data, affine, tr, applied = self._series(img, sidecar)
         clock.lap("load_slice_timing")
         n = data.shape[-1]
@@ -330,7 +303,7 @@ class BoldFeatures:
         from incloud_kernel.features.bold_measures import alff_falff, bandpass, normalised, reho
         from incloud_kernel.features.bold_preproc import design, friston24, regress_out
 
-        clock = _Clock()
+        clock = StepClock()
         ts, covered = self.timeseries(img, sidecar)
         clock.lap("resample_once")
         # voxels of the template's mask that the EPI shows as non-brain (scalp, air, signal dropout) are left

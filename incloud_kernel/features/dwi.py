@@ -9,12 +9,12 @@ Heavy libraries are imported when used; nothing downloads; no header value goes 
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from incloud_kernel.features.estimator import FeatureEstimator, StepClock
 from incloud_kernel.pipeline.stage import Stage, StageInput
 
 #: Feature name -> unit of the long-format rows.
@@ -59,7 +59,7 @@ def fit_tensor(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.
     return fa.astype(np.float32), md.astype(np.float32)
 
 
-class DwiFeatures:
+class DwiFeatures(FeatureEstimator):
     """Regional FA and MD of one DWI series (scikit-learn transformer contract).
 
     Parameters (stored unchanged): ``atlas`` (a name for ``features.atlases.load_atlas``), ``correct_motion``
@@ -87,36 +87,16 @@ class DwiFeatures:
         self.iterations = iterations
         self.eddy_axis = eddy_axis
 
-    # scikit-learn's parameter protocol (without importing scikit-learn: the API imports this module)
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def set_params(self, **params: Any) -> "DwiFeatures":
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"DwiFeatures has no parameter {key!r}")
-            setattr(self, key, value)
-        return self
-
     def fit(self, img: Any, y: Any = None, *, bvals: Any = None, bvecs: Any = None,
             t1: Mapping[str, Path] | None = None) -> "DwiFeatures":
-        import time
-
         import nibabel as nib
 
         from incloud_kernel.features import dwi_correct, dwi_mni
         from incloud_kernel.qc.masks import epi_mask
         from incloud_kernel.qc.motion import can_realign
 
-        clock = [time.perf_counter()]
-        timings: dict[str, float] = {}
-
-        def lap(step: str) -> None:
-            clock.append(time.perf_counter())
-            timings[step] = clock[-1] - clock[-2]
-
+        clock = StepClock()
+        lap = clock.lap
         image, bvals, bvecs = load_series(img, bvals, bvecs)
         data = np.asarray(image.dataobj, dtype=np.float32)
         affine = image.affine
@@ -155,7 +135,7 @@ class DwiFeatures:
             inside = dwi_mni.resample(corrected.mask.astype(np.float32), affine, self.to_mni_, self.resolution)
             self.mask_mni_ = nib.Nifti1Image((np.asarray(inside.dataobj) > 0.5).astype(np.uint8), inside.affine)
             lap("resample_mni")
-        self.timings_ = timings
+        self.timings_ = clock.laps
         return self
 
     def transform(self, img: Any = None):

@@ -22,7 +22,6 @@ a stage is given; errors name the file, never a header value.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 import numpy as np
 
 from incloud_kernel.features.atlases import DEFAULT_ATLAS
+from incloud_kernel.features.estimator import FeatureEstimator, StepClock
 from incloud_kernel.pipeline.stage import Stage, StageInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 GLOBAL_ATLAS, GLOBAL_REGION = "global", "brain"
 
 
-class T1Features:
+class T1Features(FeatureEstimator):
     """Regional T1w features of one image (path or nibabel image, nilearn's ``check_niimg`` contract).
 
     Parameters (stored unchanged, scikit-learn's rule): ``atlas`` (a name from
@@ -70,11 +70,6 @@ class T1Features:
         self.thickness_step_mm = thickness_step_mm
         self.seed = seed
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's parameters (scikit-learn's ``get_params``)."""
-        return {k: getattr(self, k) for k in ("atlas", "n4_shrink_mm", "demons_iterations", "hmrf_beta",
-                                              "hmrf_iterations", "thickness_step_mm", "seed")}
-
     # -- fit -----------------------------------------------------------------------------------------------------
     def fit(self, img: Any, y: Any = None) -> "T1Features":
         """Bias-correct, register, extract the brain, segment and measure thickness (see the module text)."""
@@ -89,15 +84,8 @@ class T1Features:
         from incloud_kernel.qc.anatomical import n4_bias_field
         from incloud_kernel.qc.images import QCInputError, load
 
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(step: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[step] = round(now - clock, 3)
-            clock = now
-
+        clock = StepClock()
+        lap = clock.lap
         self.atlas_ = self.atlas if isinstance(self.atlas, atlases.Atlas) else atlases.load_atlas(self.atlas)
         im = load(img, ndim=3)
         data = np.clip(im.data, 0, None)
@@ -139,7 +127,7 @@ class T1Features:
         self.thickness_ = image(thickness, np.float32)
         self.labels_ = image(np.rint(labels), np.int32)
         self.zooms_ = im.zooms
-        self.timings_ = timings
+        self.timings_ = clock.laps
         return self
 
     # -- transform -----------------------------------------------------------------------------------------------
