@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from incloud_kernel.errors import StorageError, ValidationError
 
@@ -57,6 +59,28 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write the new file to; when the block ends cleanly the file is
+    fsynced and renamed over ``target`` (readers see the old file or the whole new one), and when it raises
+    the temporary file is removed. Its name starts with a dot and ends in ``.tmp``, so no reader's glob of
+    ``*.parquet`` or ``*.tsv`` ever matches it. For files outside the archive's own ``atomic_write``."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _chunks(source: bytes | Path | BinaryIO) -> Iterable[bytes]:

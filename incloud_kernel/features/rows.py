@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from incloud_kernel.archive.storage import replacing
 from incloud_kernel.errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,17 +132,8 @@ def write_rows(frame: "pd.DataFrame", path: str | os.PathLike[str]) -> Path:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValidationError(f"feature table lacks column(s) {', '.join(missing)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            frame.to_csv(fh, sep="\t", columns=list(COLUMNS), index=False, lineterminator="\n",
-                         float_format="%.10g")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, sep="\t", columns=list(COLUMNS), index=False, lineterminator="\n", float_format="%.10g")
     return target
 
 

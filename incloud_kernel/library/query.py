@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session as DB
 
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.archive.storage import replacing
 from incloud_kernel.errors import ValidationError
 from incloud_kernel.library.store import SCAN_COLUMNS, generation, library_root
 
@@ -461,16 +461,13 @@ def export(frame: "pd.DataFrame", path: str | os.PathLike[str], fmt: str | None 
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ValidationError(f"folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        if fmt == "csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            if fmt == "csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ValidationError(f"cannot write {target}: {exc.strerror or type(exc).__name__}") from None
     return target
 

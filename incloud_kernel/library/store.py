@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session as DB
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.models import Participant, Project, Series, Session
 from incloud_kernel.archive.permissions import Action, Actor
+from incloud_kernel.archive.storage import replacing
 from incloud_kernel.errors import StorageError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,14 +111,8 @@ def write_atomic(table: "pa.Table", path: Path, row_group_size: int | None = Non
     import pyarrow.parquet as pq
 
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -137,10 +131,8 @@ def generation(root: Path) -> str:
 def bump_generation(root: Path) -> str:
     """Mark the library changed (atomically); call after writing or removing scan files."""
     value = uuid.uuid4().hex
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    os.replace(tmp, root / GENERATION)
+    with replacing(root / GENERATION) as tmp:
+        tmp.write_text(value)
     return value
 
 
