@@ -103,30 +103,19 @@ def acquired(db: DB, binding: Binding, series_ids: list[int]) -> Booking | None:
     return booking
 
 
-class FixedPseudonym:
-    """The de-identification's pseudonym for a bound study: the booking's participant label (picklable)."""
+class Fixed:
+    """A de-identification callback (pseudonym or date shift) that gives the same value for every dataset of a
+    bound study: the booking's participant label, or the registry's shift of an enrolled person. A class so that
+    worker processes can receive it; its repr never shows the value."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
-    def __call__(self, ds: Dataset) -> str:
-        return self.label
-
-    def __repr__(self) -> str:
-        return "FixedPseudonym()"
-
-
-class FixedOffset:
-    """The de-identification's date shift for a bound study of an enrolled person: the registry's (picklable)."""
-
-    def __init__(self, days: int) -> None:
-        self.days = days
-
-    def __call__(self, ds: Dataset) -> int:
-        return self.days
+    def __call__(self, ds: Dataset) -> Any:
+        return self.value
 
     def __repr__(self) -> str:
-        return "FixedOffset()"
+        return "Fixed()"
 
 
 def deid_context(base: Any, binding: Binding) -> Any:
@@ -134,9 +123,9 @@ def deid_context(base: Any, binding: Binding) -> Any:
     date shift; the site key, options and UID mapping stay the base's."""
     import dataclasses
 
-    offset = FixedOffset(binding.date_offset) if binding.date_offset is not None else base.date_offset
-    return dataclasses.replace(base, pseudonym=FixedPseudonym(binding.participant), date_offset=offset)
+    offset = Fixed(binding.date_offset) if binding.date_offset is not None else base.date_offset
+    return dataclasses.replace(base, pseudonym=Fixed(binding.participant), date_offset=offset)
 
 
 __all__ = ["Binding", "BindingConflict", "study_keys", "booking_for", "find", "acquired", "deid_context",
-           "FixedPseudonym", "FixedOffset"]
+           "Fixed"]

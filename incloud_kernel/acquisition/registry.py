@@ -572,6 +572,23 @@ def rotate_key(engine: Any, config: Any, actor: Actor, *, batch: int = 200) -> d
 
 # -- de-identification hook ---------------------------------------------------------------------------------------
 
+def dataset_digests(ring: keyring.Keyring, ds: Dataset) -> list[str]:
+    """The exact blind-index digests a DICOM dataset can match, best first: its Patient ID as a record number,
+    then its name with birth date (as ``matching.exact_keys`` forms them at registration)."""
+    out: list[str] = []
+    pid = matching.normalise_record_number(str(ds.get("PatientID", "") or ""))
+    if pid:
+        out.append(ring.digest("blind-index", "mrn:" + pid))
+    name = str(ds.get("PatientName", "") or "")
+    born = str(ds.get("PatientBirthDate", "") or "").strip()
+    if "^" in name and len(born) == 8 and born.isdigit():
+        family, given = (name.split("^") + [""])[:2]
+        key = "|".join((matching.normalise_name(family), matching.normalise_name(given),
+                        f"{born[:4]}-{born[4:6]}-{born[6:]}"))
+        out.append(ring.digest("blind-index", "name_dob:" + key))
+    return out
+
+
 class RegistryPseudonym:
     """Pseudonym callback for ``deid``: a source whose Patient ID (as a record number) or name with birth date
     is registered and enrolled in the project gets its registry pseudonym; anyone else the default HMAC one.
@@ -584,18 +601,10 @@ class RegistryPseudonym:
         self._table, self._fallback, self._dates = table, fallback, fallback_dates
 
     def lookup(self, ds: Dataset) -> tuple[str, int] | None:
-        pid = matching.normalise_record_number(str(ds.get("PatientID", "") or ""))
-        if pid:
-            hit = self._table.get(self._ring.digest("blind-index", "mrn:" + pid))
+        for digest in dataset_digests(self._ring, ds):
+            hit = self._table.get(digest)
             if hit:
                 return hit
-        name = str(ds.get("PatientName", "") or "")
-        born = str(ds.get("PatientBirthDate", "") or "").strip()
-        if "^" in name and len(born) == 8 and born.isdigit():
-            family, given = (name.split("^") + [""])[:2]
-            key = "|".join((matching.normalise_name(family), matching.normalise_name(given),
-                            f"{born[:4]}-{born[4:6]}-{born[6:]}"))
-            return self._table.get(self._ring.digest("blind-index", "name_dob:" + key))
         return None
 
     def __call__(self, ds: Dataset) -> str:
@@ -634,9 +643,12 @@ def participant_date_offset(db: DB, config: Any, participant_id: int) -> int | N
     return date_offset(_ring(db, config).ring, person.uid, enrolment.project_id)
 
 
-def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseudonym, RegistryDateOffset]:
+def deid_sources(site: Any, project: int | str | Project, study: Iterable[Dataset] | None = None
+                 ) -> tuple[RegistryPseudonym, RegistryDateOffset]:
     """The pseudonym and date-offset callbacks that make ``deid`` use the registry for ``project``: the
-    enrolled persons' exact look-up digests mapped to their project pseudonym and date shift. No decryption."""
+    enrolled persons' exact look-up digests mapped to their project pseudonym and date shift. No decryption.
+    With ``study`` (the original datasets of one study, as ingest has them) the table holds only the persons
+    that study can match, so each arriving study costs one indexed look-up, not a read of the project."""
     from incloud_kernel.db import transaction
 
     key = site.secret_key()
@@ -646,10 +658,14 @@ def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseud
             fallback = RegistryPseudonym(b"\0" * 32, {}, HmacPseudonym(key), HmacDateOffset(key))
             return fallback, RegistryDateOffset(fallback)  # nobody enrolled: the defaults, no key ring needed
         ring = _ring(db, site.config).ring
-        rows = db.execute(select(RegistryIndex.digest, RegistryEnrolment.pseudonym, RegistryPerson.uid)
-                          .join(RegistryEnrolment, RegistryEnrolment.person_id == RegistryIndex.person_id)
-                          .join(RegistryPerson, RegistryPerson.id == RegistryIndex.person_id)
-                          .where(RegistryEnrolment.project_id == target.id, RegistryIndex.kind.in_(EXACT_KINDS)))
+        stmt = (select(RegistryIndex.digest, RegistryEnrolment.pseudonym, RegistryPerson.uid)
+                .join(RegistryEnrolment, RegistryEnrolment.person_id == RegistryIndex.person_id)
+                .join(RegistryPerson, RegistryPerson.id == RegistryIndex.person_id)
+                .where(RegistryEnrolment.project_id == target.id, RegistryIndex.kind.in_(EXACT_KINDS)))
+        if study is not None:
+            wanted = {d for ds in study for d in dataset_digests(ring, ds)}
+            stmt = stmt.where(RegistryIndex.digest.in_(sorted(wanted)))
+        rows = db.execute(stmt)
         table = {digest: (label, date_offset(ring, uid, target.id)) for digest, label, uid in rows}
     source = RegistryPseudonym(ring.index_key, table, HmacPseudonym(key), HmacDateOffset(key))
     return source, RegistryDateOffset(source)
@@ -657,4 +673,4 @@ def deid_sources(site: Any, project: int | str | Project) -> tuple[RegistryPseud
 
 __all__ = ["DuplicateSuspected", "Registration", "check_identity", "register", "decide", "enrol", "show", "find",
            "attributes", "rotate_key", "pseudonym", "date_offset", "candidates", "deid_sources", "participant_date_offset",
-           "RegistryPseudonym", "RegistryDateOffset"]
+           "RegistryPseudonym", "RegistryDateOffset", "dataset_digests"]

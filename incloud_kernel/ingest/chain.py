@@ -223,11 +223,11 @@ class IngestChain:
         self._fits: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- steps with other components
-    def _context(self, project: str, binding: Any) -> Any:
-        """The de-identification context of one study. A study bound to a booking takes the booking's
-        participant label as pseudonym and the registry's date shift; any other study the registry's pseudonym
-        and date shift when its person is registered and enrolled in ``project`` (matched by record number or
-        name with birth date), else the site's keyed defaults."""
+    def _context(self, project: str, binding: Any, study: list[Dataset]) -> Any:
+        """The de-identification context of one study (its ORIGINAL datasets). A study bound to a booking takes
+        the booking's participant label as pseudonym and the registry's date shift; any other study the
+        registry's pseudonym and date shift when its person is registered and enrolled in ``project`` (matched by
+        record number or name with birth date), else the site's keyed defaults."""
         try:
             from incloud_kernel.deid import DeidContext
         except ImportError:
@@ -239,7 +239,7 @@ class IngestChain:
 
             return deid_context(self._deid_context, binding)
         try:
-            return DeidContext.for_site(self.site, registry_project=project)
+            return DeidContext.for_site(self.site, registry_project=project, registry_study=study)
         except NotFound:  # the unassigned inbox before its first study: nobody is enrolled there
             return self._deid_context
 
@@ -258,16 +258,10 @@ class IngestChain:
                                        "(acquisition.unbooked_studies = quarantine)")
         return binding
 
-    def _deidentify(self, ds: Dataset, context: Any = None) -> Dataset:
-        """PS3.15 de-identification with the site profile (``incloud_kernel.deid``)."""
-        try:
-            from incloud_kernel.deid import BurnedInText, DeidContext, DeidError, deidentify
-        except ImportError:
-            raise ChainFailure("deidentify", "the de-identification component is not installed") from None
-        if context is None:
-            if self._deid_context is None:
-                self._deid_context = DeidContext.for_site(self.site)
-            context = self._deid_context
+    def _deidentify(self, ds: Dataset, context: Any) -> Dataset:
+        """PS3.15 de-identification of one instance in its study's context (``_context``)."""
+        from incloud_kernel.deid import BurnedInText, DeidError, deidentify  # _context found the component
+
         try:
             return deidentify(ds, context)
         except BurnedInText as exc:  # a policy hold, not a failure: the caller decides per series
@@ -386,7 +380,7 @@ class IngestChain:
         binding = self._bind(items)
         if binding is not None:  # the booking's project and participant, whatever the routing said
             project = binding.project
-        context = self._context(project, binding)
+        context = self._context(project, binding, [ds for _, ds in items])
         self.step = "deidentify"
         for path, ds in items:
             try:
