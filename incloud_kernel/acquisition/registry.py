@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from pydicom import Dataset
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session as DB
+from sqlalchemy.orm import Session as DB, object_session
 
 from incloud_kernel.acquisition import keyring, matching
 from incloud_kernel.archive import records
@@ -141,7 +141,11 @@ def _check_reason(reason: Any, identity: Mapping[str, str] | None = None) -> str
 @dataclass
 class _Ring:
     """The key ring of one operation; reloaded once when a record names a key it does not hold (a rotation that
-    started after it was loaded)."""
+    started after it was loaded).
+
+    The row itself can be the stale side: read just before a rotation re-sealed it and dropped its old key, it
+    names a key the reloaded ring no longer holds. Then the row is read again (it is re-sealed by then: the old
+    key is dropped only once no record uses it) and opened with the new key."""
 
     config: Any
     ring: keyring.Keyring
@@ -150,6 +154,12 @@ class _Ring:
     def open(self, person: RegistryPerson) -> dict[str, str]:
         if person.key_id not in self.ring.data_keys and not self.reloaded:
             self.ring, self.reloaded = keyring.load(self.config), True
+        if person.key_id not in self.ring.data_keys:
+            session = object_session(person)
+            if session is not None:
+                session.refresh(person)
+                if person.key_id not in self.ring.data_keys:
+                    self.ring = keyring.load(self.config)
         return json.loads(self.ring.open(person.key_id, person.nonce, person.ciphertext, person.uid.encode()))
 
     def seal(self, person: RegistryPerson, identity: Mapping[str, str]) -> None:
