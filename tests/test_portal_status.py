@@ -33,6 +33,7 @@ def test_status_counts_only_what_the_viewer_may_see(site: Site) -> None:
     assert member["reservation"] == {"upcoming": 0, "to_approve": 0} and "qc" not in member and "health" not in member
     stranger = _status(site, "olga", ["researcher"])
     assert stranger["archive"] == {"projects": 0, "participants": 0, "series": 0, "last_arrivals": []}
+    assert (member["features"], stranger["features"]) == ({"projects": 1}, {"projects": 0})  # the library tile
     reviewer = _status(site, "rita", ["qc_reviewer"])
     assert reviewer["qc"] == {"waiting": 4, "failed": 0}
     clinician = _status(site, "rita", ["clinician"])

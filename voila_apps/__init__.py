@@ -36,6 +36,7 @@ DASHBOARDS: list[Dashboard] = [
     Dashboard("archive", "Open the archive browser", "archive.ipynb", module="archive"),
     Dashboard("qc", "Review QC", "qc_review.ipynb", module="qc"),
     Dashboard("reservation", "Book a scanner", "reservation.ipynb", module="reservation"),
+    Dashboard("features", "Query the feature library", "feature_library.ipynb", module="features"),
 ]
 
 

@@ -79,6 +79,10 @@
     reservation: function (r) {
       return [stats([[r.upcoming, "upcoming bookings of yours"], [r.to_approve, "waiting for your approval"]])];
     },
+    features: function (f) {
+      return [stats([[f.projects, "projects whose features you may list"]]),
+              el("p", "ic-note", "Counts cover every project; rows only those you may list.")];
+    },
     health: function (h) {
       var out = [];
       var svc = el("p", "ic-status");

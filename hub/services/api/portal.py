@@ -86,6 +86,12 @@ def reservation_status(db: Any, actor: Actor) -> dict[str, Any]:
     return {"upcoming": len(mine), "to_approve": len(waiting)}
 
 
+def features_status(db: Any, actor: Actor) -> dict[str, Any]:
+    """The Feature library tile: how many projects' feature rows the viewer may list (memberships and unexpired
+    feature grants; the library's counts cover every project)."""
+    return {"projects": len(permissions.feature_project_codes(db, actor))}
+
+
 def _count_entries(path: Any) -> int | None:
     try:
         return sum(1 for _ in path.iterdir())
@@ -148,6 +154,8 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = processing_status(db, actor, site.config.compute.heartbeat_interval)
         elif module.key == "reservation":
             out[module.key] = reservation_status(db, actor)
+        elif module.key == "features":
+            out[module.key] = features_status(db, actor)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
     return out
