@@ -130,6 +130,8 @@ def test_same_count_different_rows_downloads_and_plots(portal, browser, shots, w
         page.select_option(".fl-plotregion select", label="Hippocampus_L")
         assert act(page, "button.fl-plot-region") == "ready: Region plotted."
         assert image_width(page, ".fl-region-img img") > 300
+        groups = page.eval_on_selector_all("#fl-groups td:first-child", "els => els.map(e => e.innerText)")
+        assert set(groups) == ({"HC", "SCZ"} if who == "researcher" else {"BD", "SCZ"})  # all but the diagnosis
         page.select_option(".fl-group select", label="SCZ")
         control = "HC" if who == "researcher" else "BD"  # the outsider lists no controls: SCZ vs BD
         page.select_option(".fl-control select", label=control)
