@@ -108,6 +108,37 @@ class FeatureExportHandler(FeaturesHandler):
         self.finish(data)
 
 
+class FeatureCatalogHandler(FeaturesHandler):
+    """The tables (library partitions) the caller may read now: the manifest a workstation's catalog syncs to."""
+
+    async def get(self) -> None:
+        from dataclasses import asdict
+
+        from incloud_kernel.library import catalog
+
+        def work(db: Any, actor: Actor) -> dict[str, Any]:
+            return {"user": actor.user, "tables": [asdict(t) for t in catalog.manifest(self.api.site, db, actor)]}
+
+        self.send(await self.in_db(work))
+
+
+class FeatureCatalogTableHandler(FeaturesHandler):
+    """One permitted partition (``project``, ``pipeline``, ``version``) as one Parquet file; 404 otherwise."""
+
+    async def get(self) -> None:
+        from incloud_kernel.library import catalog
+
+        key = [self.get_query_argument(k, "") for k in ("project", "pipeline", "version")]
+
+        def work(db: Any, actor: Actor) -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                return catalog.write_table(self.api.site, db, actor, *key, Path(tmp) / "t.parquet").read_bytes()
+
+        data = await self.in_db(work)
+        self.set_header("Content-Type", "application/vnd.apache.parquet")
+        self.finish(data)
+
+
 def _grant_dict(view: Any) -> dict[str, Any]:
     return dict(vars(view))
 
@@ -165,6 +196,10 @@ ROUTES: list[Route] = [
     Route("api/features", FeatureQueryHandler, "Feature library: the count over all data (masked below the site's "
           "minimum cell) and one page of the matching rows you may list (criteria as query arguments)"),
     Route("api/features/export", FeatureExportHandler, "Every matching row you may list as CSV or Parquet"),
+    Route("api/features/catalog", FeatureCatalogHandler, "The feature tables (library partitions) you may read "
+          "now: what incloud_kernel.features.catalog() syncs your workstation's Intake catalog to"),
+    Route("api/features/catalog/table", FeatureCatalogTableHandler, "One feature table you may read (project, "
+          "pipeline, version) as Parquet"),
     Route("api/features/grants", FeatureGrantsHandler, "Feature grants of a project (GET) or share its features "
           "with a user, group or project until a date (POST; owners)"),
     Route(r"api/features/grants/([0-9]+)/revoke", FeatureGrantRevokeHandler, "End a feature grant (owners)"),
