@@ -23,6 +23,7 @@ from incloud_kernel.errors import NotFound
 from incloud_kernel.library import catalog, sharing, store
 from library_data import ADMIN, build, expected, rows_for
 
+REPO = Path(__file__).resolve().parents[1]
 VALUES_PER_SCAN = 8  # library_data: 5 AAL volumes and 3 JHU FA values
 
 
@@ -156,6 +157,8 @@ def test_importing_features_does_not_import_intake() -> None:
 # -- the Done-when test: a notebook in a real workstation on Slurm --------------------------------------------
 
 NOTEBOOK = """
+import sys
+sys.path.insert(0, %r)  # the checkout under test (the job keeps no PYTHONPATH; unreadable: the venv's copy)
 import json, os, pwd, stat, incloud_kernel.features as f
 cat = f.catalog()
 out = {"unix": pwd.getpwuid(os.getuid()).pw_name, "entries": sorted(cat.entries)}
@@ -217,7 +220,7 @@ def test_notebook_in_a_slurm_workstation_reads_permitted_tables_only(stack) -> N
     assert result["ready"], f"workstation did not start: {result['message']}"
 
     def notebook() -> dict[str, Any]:
-        out = run_code(stack.url, f"/user/{alice.name}/", alice.token, NOTEBOOK % str(files["P2"]))
+        out = run_code(stack.url, f"/user/{alice.name}/", alice.token, NOTEBOOK % (str(REPO), str(files["P2"])))
         assert not out.error, out.error + out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
