@@ -15,7 +15,7 @@ import pytest
 
 from conftest import missing
 from incloud_kernel.errors import ValidationError
-from incloud_kernel.library.combat import ComBat
+from incloud_kernel.library.combat import ComBat, harmonise
 
 #: The reference environment (scripts/lib/install.sh ensure_combat_reference_venv): neuroCombat, numpy, pandas.
 REFERENCE_VENV = Path(os.environ.get("INCLOUD_COMBAT_VENV", "/opt/incloud/combat-venv"))
@@ -99,6 +99,20 @@ def test_transform_harmonises_new_scans_with_their_own_covariates() -> None:
     out = model.transform(frame, sites[~train], covariates[~train][["age", "diagnosis"]].reset_index(drop=True))
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(frame.columns)
     assert np.allclose(out.to_numpy(), new)
+
+
+def test_harmonise_a_wide_library_table() -> None:
+    data, sites, covariates, _ = _planted(seed=5)
+    columns = [f"aal/gmv/R{i}" for i in range(data.shape[1])]
+    table = pd.concat([pd.DataFrame({"participant": [f"p{i}" for i in range(len(data))], "scanner": sites}),
+                       covariates.reset_index(drop=True), pd.DataFrame(data, columns=columns)], axis=1)
+    out, model = harmonise(table, covariates=("age", "diagnosis"))
+    expected = ComBat().fit_transform(data, sites, covariates[["age", "diagnosis"]])
+    assert np.allclose(out[columns].to_numpy(), expected) and out["participant"].tolist() == table["participant"].tolist()
+    again, same = harmonise(table.iloc[:10], covariates=("age", "diagnosis"), model=model)
+    assert same is model and np.allclose(again[columns].to_numpy(), expected[:10])
+    with pytest.raises(ValidationError, match="no column 'site'"):
+        harmonise(table, batch="site")
 
 
 @pytest.mark.parametrize("eb, mean_only", [(True, False), (False, False), (True, True)])

@@ -246,3 +246,10 @@ def test_notebook_in_a_slurm_workstation_reads_permitted_tables_only(stack) -> N
         sharing.revoke(db, ADMIN, made.id)
     seen = notebook()
     assert p2 not in seen["entries"] and seen["tables"] == [p1 + ".parquet"] and seen["api"] == "NotFound"
+
+
+def test_the_example_in_catalogs_is_what_the_code_writes(tmp_path: Path) -> None:
+    table = catalog.Table("P1_features_v1", "P1", "features", "1", "0123456789abcdef")
+    catalog.build(Path("/home/alice/.incloud/catalog/tables"), [table], user="alice").to_yaml_file(
+        str(tmp_path / "c.yaml"))
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text()) == yaml.safe_load((REPO / "catalogs" / "example.yaml").read_text())

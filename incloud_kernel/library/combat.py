@@ -191,4 +191,23 @@ class ComBat:
         return self.fit(X, batch, covariates).transform(X, batch, covariates)
 
 
-__all__ = ["ComBat"]
+def harmonise(table: "pd.DataFrame", *, batch: str = "scanner", covariates: Sequence[str] = ("age",),
+              columns: Sequence[str] | None = None, model: ComBat | None = None) -> tuple["pd.DataFrame", ComBat]:
+    """Harmonise a *wide* library table (``client.features(shape="wide")``, ``query.wide`` of a catalog table)
+    across ``batch`` (the scanner), keeping the effects of ``covariates`` (scan columns such as age, sex; a
+    diagnosis list must be made a column first, e.g. ``scz = diagnosis.apply(lambda d: "SCZ" in d)``).
+    ``columns``: the feature columns (default: every ``atlas/feature/region`` column). ``model``: a ComBat
+    fitted before (then only transformed). Returns a copy with those columns harmonised and the model."""
+    names = list(columns) if columns is not None else [c for c in table.columns if str(c).count("/") == 2]
+    missing = [c for c in [batch, *covariates, *names] if c not in table.columns]
+    if missing or not names:
+        raise ValidationError(f"the table has no column {missing[0]!r}" if missing else "no feature columns")
+    model = model or ComBat().fit(table[names], table[batch].to_numpy(), table[list(covariates)] if covariates
+                                  else None)
+    out = table.copy()
+    out[names] = model.transform(table[names], table[batch].to_numpy(),
+                                 table[list(covariates)] if covariates else None).to_numpy()
+    return out, model
+
+
+__all__ = ["ComBat", "harmonise"]
