@@ -22,6 +22,7 @@ from incloud_kernel.db import transaction
 from incloud_kernel.errors import NotFound
 from incloud_kernel.library import catalog, sharing, store
 from library_data import ADMIN, build, expected, rows_for
+from test_projects_cli import _capture, ok, one_line_error, run  # noqa: F401 - _capture: autouse capsys hook
 
 REPO = Path(__file__).resolve().parents[1]
 VALUES_PER_SCAN = 8  # library_data: 5 AAL volumes and 3 JHU FA values
@@ -144,6 +145,22 @@ def test_catalog_through_the_api_and_the_workstation_function(lib, tmp_path: Pat
         assert len(open_catalog(eve, tmp_path / "eve")[name + "_dask"].read().compute()) == len(cat[name].read())
         olivia.revoke_feature_grant(made["id"])
         assert len(open_catalog(eve, tmp_path / "eve").entries) == 0 and _tables(tmp_path / "eve") == set()
+
+
+def test_cli_writes_a_users_catalog_and_downloads_are_audited(site_env, site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from incloud_kernel.archive.models import AuditEvent
+    build(site)
+    out = ok(site_env, "features", "catalog", str(tmp_path / "bert"), "--as", "bert")
+    assert out.strip() == f"wrote {tmp_path / 'bert' / 'catalog.yaml'}"
+    assert _tables(tmp_path / "bert") == {catalog.table_name("SCZB", "features", "1")}
+    with transaction(site.engine) as db:
+        events = db.scalars(select(AuditEvent).where(AuditEvent.action == "features.catalog")).all()
+        assert [(e.actor, e.detail["project"]) for e in events] == [("bert", "SCZB")]
+    (tmp_path / "afile").write_text("")
+    error = one_line_error(run(site_env, "features", "catalog", str(tmp_path / "afile" / "sub"), "--as", "bert"), 2)
+    assert "cannot make the catalog folder" in error
 
 
 def test_importing_features_does_not_import_intake() -> None:

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from incloud_kernel.archive import permissions
 from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.storage import replacing
-from incloud_kernel.errors import NotFound
+from incloud_kernel.errors import NotFound, StorageError
 from incloud_kernel.library.store import check_part, library_root, partition_dir, partitions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,8 @@ def write_table(site: Any, db: "DB", actor: Actor, project: str, pipeline: str, 
 
     with replacing(dest) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+    audit(db, actor, "features.catalog", "feature_table", table_name(*key), project=key[0], pipeline=key[1],
+          version=key[2], values=table.num_rows)
     return dest
 
 
@@ -132,8 +135,12 @@ def default_folder() -> Path:
 
 
 def _private(folder: Path) -> Path:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)  # also when it existed with a looser mode
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # also when it existed with a looser mode
+    except OSError as exc:
+        raise StorageError(f"cannot make the catalog folder {folder}: {exc.strerror or type(exc).__name__}") \
+            from None
     return folder
 
 
@@ -161,8 +168,8 @@ def sync(folder: Path, tables: list[Table], fetch: Callable[[Table, Path], Any],
     except (FileNotFoundError, ValueError):
         state = {}
     wanted = {t.name: t for t in tables}
-    for path in tables_dir.iterdir():  # revoked, expired or gone: removed before anything else
-        if path.is_file() and (path.suffix != ".parquet" or path.stem not in wanted):
+    for path in tables_dir.glob("*.parquet"):  # revoked, expired or gone: removed before anything else
+        if path.stem not in wanted:
             path.unlink(missing_ok=True)
     for name in list(state):
         if name not in wanted:
@@ -211,8 +218,9 @@ def from_api(client: "Client", folder: Path | None = None) -> Any:
     """In a workstation: sync the user's folder with the API's manifest and open its catalog."""
     folder = Path(folder) if folder is not None else default_folder()
     answer = client._get("api/features/catalog").json()
-    tables = [Table(**{k: t[k] for k in ("name", "project", "pipeline", "version", "stamp")})
-              for t in answer["tables"]]
+    tables = [Table(table_name(check_part(t["project"], "project"), check_part(t["pipeline"], "pipeline"),
+                               check_part(t["version"], "version")), t["project"], t["pipeline"], t["version"],
+                    str(t["stamp"])) for t in answer["tables"]]
 
     def fetch(table: Table, dest: Path) -> None:
         r = client._get("api/features/catalog/table", {"project": table.project, "pipeline": table.pipeline,

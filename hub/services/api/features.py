@@ -132,7 +132,9 @@ class FeatureCatalogTableHandler(FeaturesHandler):
 
         def work(db: Any, actor: Actor) -> bytes:
             with tempfile.TemporaryDirectory() as tmp:
-                return catalog.write_table(self.api.site, db, actor, *key, Path(tmp) / "t.parquet").read_bytes()
+                data = catalog.write_table(self.api.site, db, actor, *key, Path(tmp) / "t.parquet").read_bytes()
+            db.commit()  # the download's audit event
+            return data
 
         data = await self.in_db(work)
         self.set_header("Content-Type", "application/vnd.apache.parquet")
