@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -108,22 +107,19 @@ def write_table(site: Any, db: "DB", actor: Actor, project: str, pipeline: str, 
     attributes = ", ".join(f"s.{c}" for c in SCAN_FIELDS if c not in ("project", "pipeline", "version"))
     empty = ("SELECT NULL::BIGINT AS series, NULL::VARCHAR AS atlas, NULL::VARCHAR AS region, NULL::VARCHAR AS "
              "feature, NULL::DOUBLE AS value, NULL::VARCHAR AS unit, NULL::TIMESTAMPTZ AS published_at WHERE false")
-    with duckdb.connect() as con:
-        con.execute("SET preserve_insertion_order = false")
-        table = con.sql(
-            "WITH s AS (SELECT * FROM read_parquet(?, hive_partitioning = false) "
-            "QUALIFY row_number() OVER (PARTITION BY series ORDER BY published_at DESC) = 1), "
-            f"v AS ({'SELECT * FROM read_parquet(?, hive_partitioning = false)' if values else empty}) "
-            f"SELECT ?::VARCHAR AS project, ?::VARCHAR AS pipeline, ?::VARCHAR AS version, {attributes}, "
-            f"{', '.join(f'v.{c}' for c in VALUE_FIELDS)} FROM s JOIN v ON v.series = s.series "
-            "AND v.published_at = s.published_at ORDER BY s.series, v.atlas, v.feature, v.region",
-            params=[scans, *([values] if values else []), *key]).to_arrow_table()
-    import pyarrow.parquet as pq
-
-    with replacing(dest) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    query = ("WITH s AS (SELECT * FROM read_parquet(?, hive_partitioning = false) "
+             "QUALIFY row_number() OVER (PARTITION BY series ORDER BY published_at DESC) = 1), "
+             f"v AS ({'SELECT * FROM read_parquet(?, hive_partitioning = false)' if values else empty}) "
+             f"SELECT ?::VARCHAR AS project, ?::VARCHAR AS pipeline, ?::VARCHAR AS version, {attributes}, "
+             f"{', '.join(f'v.{c}' for c in VALUE_FIELDS)} FROM s JOIN v ON v.series = s.series "
+             "AND v.published_at = s.published_at ORDER BY s.series, v.atlas, v.feature, v.region")
+    with replacing(dest) as tmp, duckdb.connect() as con:
+        # COPY streams to the file (DuckDB spills a big sort to disk): a partition never sits whole in memory
+        target = str(tmp).replace("'", "''")
+        rows = con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)",
+                           [scans, *([values] if values else []), *key]).fetchone()
     audit(db, actor, "features.catalog", "feature_table", table_name(*key), project=key[0], pipeline=key[1],
-          version=key[2], values=table.num_rows)
+          version=key[2], values=int(rows[0]) if rows else None)
     return dest
 
 
@@ -142,19 +138,6 @@ def _private(folder: Path) -> Path:
         raise StorageError(f"cannot make the catalog folder {folder}: {exc.strerror or type(exc).__name__}") \
             from None
     return folder
-
-
-def _write_private(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary file in the same 0700 folder, 0600, then rename (readers see old or new)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o600)
-        write(Path(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def sync(folder: Path, tables: list[Table], fetch: Callable[[Table, Path], Any], *, user: str = "") -> Path:
@@ -177,11 +160,16 @@ def sync(folder: Path, tables: list[Table], fetch: Callable[[Table, Path], Any],
     for table in tables:
         dest = tables_dir / f"{table.name}.parquet"
         if state.get(table.name) != table.stamp or not dest.exists():
-            _write_private(dest, lambda tmp, t=table: fetch(t, tmp))
+            with replacing(dest) as tmp:  # renamed over the old copy when whole
+                fetch(table, tmp)
+                os.chmod(tmp, 0o600)  # a writer may have made a new file with the umask's mode
             state[table.name] = table.stamp
-    _write_private(state_path, lambda tmp: tmp.write_text(json.dumps(state, sort_keys=True)))
+    with replacing(state_path) as tmp:
+        tmp.write_text(json.dumps(state, sort_keys=True))
     target = folder / CATALOG_FILE
-    _write_private(target, lambda tmp: build(tables_dir, tables, user=user).to_yaml_file(str(tmp)))
+    with replacing(target) as tmp:
+        build(tables_dir, tables, user=user).to_yaml_file(str(tmp))
+        os.chmod(tmp, 0o600)
     return target
 
 

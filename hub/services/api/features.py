@@ -10,6 +10,7 @@ of". ``GET api/features/export?format=csv|parquet`` sends every permitted matchi
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -130,15 +131,27 @@ class FeatureCatalogTableHandler(FeaturesHandler):
 
         key = [self.get_query_argument(k, "") for k in ("project", "pipeline", "version")]
 
-        def work(db: Any, actor: Actor) -> bytes:
-            with tempfile.TemporaryDirectory() as tmp:
-                data = catalog.write_table(self.api.site, db, actor, *key, Path(tmp) / "t.parquet").read_bytes()
+        def work(db: Any, actor: Actor) -> Path:
+            folder = Path(tempfile.mkdtemp(prefix="incloud-table-"))
+            try:
+                path = catalog.write_table(self.api.site, db, actor, *key, folder / "table.parquet")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             db.commit()  # the download's audit event
-            return data
+            return path
 
-        data = await self.in_db(work)
-        self.set_header("Content-Type", "application/vnd.apache.parquet")
-        self.finish(data)
+        path = await self.in_db(work)
+        try:  # streamed in chunks: a big partition never sits whole in this process's memory
+            self.set_header("Content-Type", "application/vnd.apache.parquet")
+            self.set_header("Content-Length", str(path.stat().st_size))
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    self.write(chunk)
+                    await self.flush()
+            self.finish()
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _grant_dict(view: Any) -> dict[str, Any]:
