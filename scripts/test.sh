@@ -10,6 +10,7 @@ ensure_apt postgresql dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-postgre
            slurm-wlm munge chromium chromium-driver openssh-client openssh-server sudo curl procps \
            podman runc debootstrap uidmap
 ensure_venv
+ensure_combat_reference_venv
 ensure_node_tools
 ensure_labextension
 

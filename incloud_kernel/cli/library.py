@@ -156,3 +156,19 @@ def refresh(project: str) -> None:
     site = _site()
     done = _run(None, lambda db, actor: store.refresh(site, db, project))
     click.echo(f"{done} scans refreshed")
+
+
+@features.command("catalog")
+@click.argument("folder", type=click.Path(file_okay=False))
+@_as_option
+def catalog_(folder: str, as_user: str | None) -> None:
+    """Write the Intake catalog of the feature tables you may read (one Parquet per project, pipeline and
+    version) to FOLDER (0700): tables no longer permitted are deleted. In a workstation use
+    ``incloud_kernel.features.catalog()`` instead (it syncs ~/.incloud/catalog through the API)."""
+    from pathlib import Path
+
+    from incloud_kernel.library import catalog
+
+    site = _site()
+    path = _run(as_user, lambda db, actor: catalog.materialise(site, db, actor, Path(folder)))
+    click.echo(f"wrote {path}")

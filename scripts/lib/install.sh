@@ -60,6 +60,18 @@ ensure_venv() {
   chmod -R a+rX "$INCLOUD_VENV" 2>/dev/null || true
 }
 
+# neuroCombat 0.2.12 in a venv of its own: the reference tests/test_combat.py checks library/combat.py against
+# (it is not in the main venv: its fit/transform is unusable, docs/library.md). Never imported by INCloud.
+ensure_combat_reference_venv() {
+  local venv="$INCLOUD_PREFIX/combat-venv"
+  "$venv/bin/python" -c 'import neuroCombat, pandas' 2>/dev/null && return 0
+  log "creating the neuroCombat reference venv $venv"
+  /usr/bin/python3 -m venv "$venv" || die "cannot create venv at $venv"
+  "$venv/bin/pip" install -q -c "$REPO/constraints.txt" numpy pandas neuroCombat==0.2.12 2>&1 \
+    | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -c 'import neuroCombat, pandas' || die "neuroCombat did not install in $venv"
+}
+
 # Node tools from npm: the BIDS validator and JupyterHub's proxy.
 ensure_node_tools() {
   # NodeSource's nodejs ships npm and conflicts with Debian's npm package: ask apt only for what is missing.

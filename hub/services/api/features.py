@@ -10,6 +10,7 @@ of". ``GET api/features/export?format=csv|parquet`` sends every permitted matchi
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,51 @@ class FeatureExportHandler(FeaturesHandler):
         self.finish(data)
 
 
+class FeatureCatalogHandler(FeaturesHandler):
+    """The tables (library partitions) the caller may read now: the manifest a workstation's catalog syncs to."""
+
+    async def get(self) -> None:
+        from dataclasses import asdict
+
+        from incloud_kernel.library import catalog
+
+        def work(db: Any, actor: Actor) -> dict[str, Any]:
+            return {"user": actor.user, "tables": [asdict(t) for t in catalog.manifest(self.api.site, db, actor)]}
+
+        self.send(await self.in_db(work))
+
+
+class FeatureCatalogTableHandler(FeaturesHandler):
+    """One permitted partition (``project``, ``pipeline``, ``version``) as one Parquet file; 404 otherwise."""
+
+    async def get(self) -> None:
+        from incloud_kernel.library import catalog
+
+        key = [self.get_query_argument(k, "") for k in ("project", "pipeline", "version")]
+
+        def work(db: Any, actor: Actor) -> Path:
+            folder = Path(tempfile.mkdtemp(prefix="incloud-table-"))
+            try:
+                path = catalog.write_table(self.api.site, db, actor, *key, folder / "table.parquet")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            db.commit()  # the download's audit event
+            return path
+
+        path = await self.in_db(work)
+        try:  # streamed in chunks: a big partition never sits whole in this process's memory
+            self.set_header("Content-Type", "application/vnd.apache.parquet")
+            self.set_header("Content-Length", str(path.stat().st_size))
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    self.write(chunk)
+                    await self.flush()
+            self.finish()
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def _grant_dict(view: Any) -> dict[str, Any]:
     return dict(vars(view))
 
@@ -165,6 +211,10 @@ ROUTES: list[Route] = [
     Route("api/features", FeatureQueryHandler, "Feature library: the count over all data (masked below the site's "
           "minimum cell) and one page of the matching rows you may list (criteria as query arguments)"),
     Route("api/features/export", FeatureExportHandler, "Every matching row you may list as CSV or Parquet"),
+    Route("api/features/catalog", FeatureCatalogHandler, "The feature tables (library partitions) you may read "
+          "now: what incloud_kernel.features.catalog() syncs your workstation's Intake catalog to"),
+    Route("api/features/catalog/table", FeatureCatalogTableHandler, "One feature table you may read (project, "
+          "pipeline, version) as Parquet"),
     Route("api/features/grants", FeatureGrantsHandler, "Feature grants of a project (GET) or share its features "
           "with a user, group or project until a date (POST; owners)"),
     Route(r"api/features/grants/([0-9]+)/revoke", FeatureGrantRevokeHandler, "End a feature grant (owners)"),
