@@ -440,6 +440,12 @@ class Client:
         """Approve a pending booking of a scanner you manage (needs the ``custom:incloud:approve`` scope)."""
         return self._request("POST", f"api/bookings/{int(booking_id)}/approve", body={}).json()
 
+    def compliance(self, project: str, *, booking: int | None = None) -> list[dict[str, Any]]:
+        """The protocol-compliance verdicts of a project's booked series (``booking`` narrows to one booking):
+        series, booking, verdict, protocol, deviations as {parameter, booked, acquired}, unverified."""
+        params = {} if booking is None else {"booking": int(booking)}
+        return list(self._json(f"api/projects/{project}/compliance", params)["items"])
+
     def scanner_calendar(self, scanner_id: int) -> bytes:
         """The scanner's iCalendar feed (parse it with ``icalendar.Calendar.from_ical``)."""
         return self._get(f"api/scanners/{int(scanner_id)}/calendar.ics").content

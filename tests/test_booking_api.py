@@ -115,3 +115,31 @@ def test_fifty_parallel_api_requests_for_one_slot_make_one_booking(stack, bookin
         held = db.scalar(select(func.count()).select_from(Booking).where(
             Booking.scanner_id == scanner_id, Booking.status != "cancelled"))
     assert held == 1
+
+
+def test_compliance_verdicts_through_the_api_for_readers_only(stack, booking_site) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Issue 18's verdicts over REST: a member reads P1's verdicts (all, or one booking's), a non-member is
+    refused, and a malformed booking id is one line. The verdict row is what ingest writes (``check_series``)."""
+    from sqlalchemy import select
+
+    from incloud_kernel.archive.models import Project, ProtocolCheck, Series
+    from incloud_kernel.client import connect
+    from incloud_kernel.db import transaction
+    from incloud_kernel.errors import NotFound, PermissionDenied, ValidationError
+
+    alice, maria, _ = booking_site
+    with transaction(stack.site.engine) as db:
+        series = db.scalar(select(Series).join(Project, Project.id == Series.project_id)
+                           .where(Project.code == "P1").order_by(Series.id).limit(1))
+        assert series is not None, "the stack's P1 has archived series"
+        db.add(ProtocolCheck(series_id=series.id, project_id=series.project_id, verdict="deviation",
+                             deviations=[{"parameter": "repetition_time", "booked": 2300, "acquired": 2330}]))
+        series_id = series.id
+    researcher = connect(stack.api_url, alice.token)
+    [verdict] = researcher.compliance("P1")
+    assert (verdict["series"], verdict["verdict"], verdict["deviations"][0]["acquired"]) == (series_id, "deviation", 2330)
+    assert researcher.compliance("P1", booking=999999) == []
+    with pytest.raises((NotFound, PermissionDenied)):
+        connect(stack.api_url, maria.token).compliance("P1")  # the scanner's manager is not a P1 reader
+    with pytest.raises(ValidationError, match="booking must be a booking id"):
+        researcher._json("api/projects/P1/compliance", {"booking": "x"})

@@ -202,6 +202,21 @@ class ProjectHandler(BaseHandler):
         self.send(await self.in_db(lambda db, actor: row_to_dict(permissions.require(db, actor, code, "read"))))
 
 
+class ComplianceHandler(BaseHandler):
+    """The protocol-compliance verdicts of a project's booked series (its readers; ``?booking=`` narrows)."""
+
+    scope = "custom:incloud:read"
+
+    async def get(self, code: str) -> None:
+        booking_id = self.get_query_argument("booking", None)
+        if booking_id is not None and not booking_id.isdigit():
+            raise web.HTTPError(400, reason="booking must be a booking id (a number)")
+        from incloud_kernel.acquisition import compliance
+
+        self.send({"items": await self.in_db(lambda db, actor: compliance.verdicts(
+            db, actor, code, booking=None if booking_id is None else int(booking_id)))})
+
+
 class FileContentHandler(BaseHandler):
     """The bytes of one archived file the caller may read (streamed in 1 MiB chunks)."""
 
@@ -481,6 +496,8 @@ ROUTES: list[Route] = [
     Route("api/me", MeHandler, "Who the token belongs to, its groups and INCloud scopes"),
     Route("api/projects", ListHandler, "Projects you may read", _lister(permissions.list_projects)),
     Route(r"api/projects/([A-Za-z0-9]+)", ProjectHandler, "One project by code"),
+    Route(r"api/projects/([A-Za-z0-9]+)/compliance", ComplianceHandler, "Protocol-compliance verdicts of a "
+          "project's booked series: compliant, deviation (parameter, booked, acquired) or not_booked (filter: booking)"),
     Route("api/participants", ListHandler, "Participants of your projects",
           _lister(permissions.list_participants)),
     Route("api/sessions", ListHandler, "Sessions of your projects", _lister(permissions.list_sessions)),
