@@ -99,7 +99,9 @@ def account_hook(launcher: list[str]):  # type: ignore[no-untyped-def]
         from tornado import web
 
         try:
-            await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]))
+            kind = ["temporary"] if authentication.get("incloud_workshop") else []  # hub.workshops' students
+            await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]),
+                               *kind)
         except LauncherError as exc:  # e.g. a name that cannot be an account: the login page says why (403)
             error = web.HTTPError(403, "no workstation account")
             error.jupyterhub_message = str(exc)  # type: ignore[attr-defined]

@@ -523,8 +523,9 @@ def all_routes() -> list[Route]:
     which import this module)."""
     from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
+    from hub.services.api.workshops import ROUTES as WORKSHOP_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:
@@ -532,7 +533,8 @@ def openapi(prefix: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in all_routes():
         path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
-            .replace(r"(P[A-Z2-7]{16})", "{uid}").replace("(.*)", "{path}")
+            .replace(r"(P[A-Z2-7]{16})", "{uid}").replace(r"([a-z][a-z0-9]{2,11})", "{workshop}") \
+            .replace("(.*)", "{path}")
         scope = getattr(route.handler, "scope", None)
         op: dict[str, Any] = {
             "summary": route.summary,
