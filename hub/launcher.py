@@ -39,7 +39,8 @@ TEMPORARY = "INCloud temporary workshop account"
 
 #: Variables of the hub's spawner environment a workstation may receive; everything else is dropped.
 ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "INCLOUD_API_")
-ENV_NAMES = ("LANG", "LC_ALL")
+#: (MEM_LIMIT and CPU_LIMIT are what JupyterHub exports for a server's limits, e.g. a workshop's.)
+ENV_NAMES = ("LANG", "LC_ALL", "MEM_LIMIT", "CPU_LIMIT")
 
 WRAPPER = """#!/bin/sh
 # Written by `python -m hub.launcher install` (INCloud). Run by the hub's user through sudo; see hub/launcher.py.

@@ -80,7 +80,8 @@ class WorkshopLogins:
         if verdict == "student":
             return {"name": name, "incloud_workshop": True}
         if verdict == "refused":
-            self.log.warning("workshop login refused for %s (wrong password or workshop not running)", name)  # type: ignore[attr-defined]
+            self.log.warning(  # type: ignore[attr-defined]
+                "workshop login refused for %s (wrong password or workshop not running)", name)
             return None
         return await maybe_future(super().authenticate(handler, data))  # type: ignore[misc]
 
