@@ -116,6 +116,11 @@ def test_students_read_the_dataset_only_and_nothing_after_expiry(teach) -> None:
         teacher = workshops.list_workshops(db, _as(db, "tina", "teacher"))
         assert [(w.code, w.students, w.state) for w in teacher["teaching"]] == [("mri101", 3, "running")]
         assert workshops.due_accounts(db) == []
+        # The day after its end date, without anybody ending it: no login, no dataset, every account due.
+        after = TODAY + timedelta(days=3)
+        assert workshops.check_login(db, alice, alice_pw, today=after) is None
+        assert not db.scalars(perm.workshop_project_ids(student, today=after)).all()
+        assert workshops.due_accounts(db, today=after) == [alice, bob, joined]
 
     out = ok(env, "workshop", "expire", "mri101")
     assert "ended workshop mri101" in out and "3 account(s)" in out

@@ -533,8 +533,7 @@ def openapi(prefix: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in all_routes():
         path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
-            .replace(r"(P[A-Z2-7]{16})", "{uid}").replace(r"([a-z][a-z0-9]{2,11})", "{workshop}") \
-            .replace("(.*)", "{path}")
+            .replace(r"(P[A-Z2-7]{16})", "{uid}").replace("(.*)", "{path}")
         scope = getattr(route.handler, "scope", None)
         op: dict[str, Any] = {
             "summary": route.summary,

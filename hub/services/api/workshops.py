@@ -16,7 +16,7 @@ from hub.services.api.app import BaseHandler, Route
 from incloud_kernel.archive.permissions import Actor
 
 SEE, TEACH = "custom:incloud:workshop", "custom:incloud:teach"
-_CODE = r"([a-z][a-z0-9]{2,11})"
+_CODE = r"([A-Za-z0-9]+)"  # checked by incloud_kernel.workshops; the API's usual code pattern
 
 
 class WorkshopsHandler(BaseHandler):
