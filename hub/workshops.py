@@ -120,13 +120,20 @@ def join_handler() -> type:
             from incloud_kernel import workshops
             from incloud_kernel.errors import IncloudError
 
+            from sqlalchemy.exc import IntegrityError
+
             code = self.get_body_argument("code", "")
-            try:
-                name, password, shown = await in_db(lambda db: workshops.join(db, code))
-            except IncloudError as exc:
-                self.set_status(400)
-                self.finish(await self.render_template("workshop_join.html", joined=None, error=str(exc)))
-                return
+            for attempt in range(5):  # two students joining at the same moment drew the same next user name
+                try:
+                    name, password, shown = await in_db(lambda db: workshops.join(db, code))
+                    break
+                except IntegrityError:
+                    if attempt == 4:
+                        raise
+                except IncloudError as exc:
+                    self.set_status(400)
+                    self.finish(await self.render_template("workshop_join.html", joined=None, error=str(exc)))
+                    return
             self.log.info("workshop %s: new account %s by join code", shown.code, name)
             self.finish(await self.render_template("workshop_join.html", error=None, joined={
                 "username": name, "password": password, "title": shown.title, "ends_on": shown.ends_on}))
