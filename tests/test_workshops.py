@@ -175,3 +175,14 @@ def test_hub_puts_workshop_logins_before_the_sites_authenticator(tmp_path) -> No
     assert role["scopes"] == SERVICE_SCOPES and role["services"] == [SERVICE]
     assert {g for g in c.JupyterHub.load_groups} >= {"teacher", "student"}
     assert callable(c.Spawner.pre_spawn_hook)
+
+
+def test_workstation_ports_come_from_below_the_ephemeral_range() -> None:
+    """20 spawns at once lost one server to a port an outgoing connection took between the hub's pick and the
+    server's bind (JupyterHub's random_port is an ephemeral port): ports now come from below that range and are
+    not handed twice while a server may still be starting."""
+    from hub.isolated import server_port
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [server_port(now=0.0) for _ in range(40)]
+    assert all(1024 <= p < low for p in ports) and len(set(ports)) == len(ports)
