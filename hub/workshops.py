@@ -279,10 +279,9 @@ def expire_round(hub: HubApi, launcher: str, users_dir: Path | None, log: Callab
     """Remove every due account (see the module's doc); the names removed. A failure leaves the account for the
     next round (one line in the log) and goes on with the others."""
     from incloud_kernel import workshops
-
-    done = []
     from incloud_kernel.db import transaction
 
+    done = []
     with transaction(_site_engine()) as db:
         due = workshops.due_accounts(db)
     for name in due:
