@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from incloud_kernel.config import Config, get_config
 from incloud_kernel.errors import ConfigError
 
-from hub import authenticators, roles, spawners
+from hub import authenticators, roles, spawners, workshops
 from hub.services import services
 
 
@@ -58,6 +58,7 @@ def configure(c: Any, cfg: Config | None = None) -> Config:
     c.JupyterHub.services = services(cfg)
     spawners.SETUPS[hub.mode](c, cfg, api_public_url(cfg))
     portal(c, cfg)
+    workshops.configure(c, cfg)
     return cfg
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import socket
+import time
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from jupyterhub.utils import random_port
 from traitlets import List, Unicode
 
 #: Where scripts/start.sh installs the wrapper sudo runs (root-owned, 0755).
@@ -46,6 +48,42 @@ async def run_launcher(launcher: list[str], *args: str, stdin: dict | None = Non
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+#: Ports this hub handed to servers lately (port -> when): not handed again while those may still be starting.
+_handed: dict[int, float] = {}
+
+
+def server_port(now: float | None = None) -> int:
+    """A free port *below* the kernel's ephemeral range for a new server.
+
+    JupyterHub's ``random_port`` binds port 0, i.e. takes an ephemeral port, and closes it; until the server binds
+    it (seconds later, in another process) any outgoing connection or kernel ZMQ socket on the machine may take
+    it, and the server then exits at once ("port is already in use") while the hub waits its whole
+    ``http_timeout`` (it does not poll the process meanwhile): 1 in 20 concurrent workshop spawns on a busy node.
+    Ports below the ephemeral range are only ever taken by explicit choice.
+    """
+    now = time.monotonic() if now is None else now
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port, when in list(_handed.items()):
+        if now - when > 300:
+            del _handed[port]
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed[port] = now
+        return port
+    raise LauncherError("no free port for the workstation below the ephemeral range")
+
+
 class IsolatedSpawner(LocalProcessSpawner):
     """LocalProcessSpawner whose process work (account, start, signals) is done by the root launcher."""
 
@@ -64,7 +102,7 @@ class IsolatedSpawner(LocalProcessSpawner):
 
     async def start(self) -> tuple[str, int]:  # type: ignore[override]
         if self.port == 0:
-            self.port = random_port()
+            self.port = server_port()
         reply = await run_launcher(self.launcher, "spawn", self.user.name,
                                    stdin={"args": self.get_args(), "env": self.get_env()})
         self.pid = int(reply["pid"])
@@ -99,7 +137,9 @@ def account_hook(launcher: list[str]):  # type: ignore[no-untyped-def]
         from tornado import web
 
         try:
-            await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]))
+            kind = ["temporary"] if authentication.get("incloud_workshop") else []  # hub.workshops' students
+            await run_launcher(launcher, "ensure-user", authenticator.normalize_username(authentication["name"]),
+                               *kind)
         except LauncherError as exc:  # e.g. a name that cannot be an account: the login page says why (403)
             error = web.HTTPError(403, "no workstation account")
             error.jupyterhub_message = str(exc)  # type: ignore[attr-defined]

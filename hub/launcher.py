@@ -7,7 +7,9 @@ That file is a root-owned wrapper written by :func:`install` which clears the en
 (``INCLOUD_LAUNCHER_*``: the users' group, home base and workstation venv), so the hub can only choose *which*
 action for *which* hub user, never what runs:
 
-    incloud-workstation ensure-user NAME     create the account if missing (home 0700, group of workstation users)
+    incloud-workstation ensure-user NAME [temporary]   create the account if missing (home 0700, group of
+                                             workstation users); ``temporary`` marks a workshop's account
+    incloud-workstation remove-user NAME     kill the processes of a *temporary* account, delete it and its home
     incloud-workstation spawn NAME           start the workstation as NAME; stdin {"args": [...], "env": {...}}
     incloud-workstation signal NAME PID SIG  send SIG to PID if that process belongs to NAME
 
@@ -32,9 +34,13 @@ from pathlib import Path
 #: What a hub user name must look like to become a system account (useradd's portable subset, no leading '-').
 NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
+#: The comment (GECOS) of accounts made for teaching workshops: the only ones ``remove-user`` may delete.
+TEMPORARY = "INCloud temporary workshop account"
+
 #: Variables of the hub's spawner environment a workstation may receive; everything else is dropped.
 ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "INCLOUD_API_")
-ENV_NAMES = ("LANG", "LC_ALL")
+#: (MEM_LIMIT and CPU_LIMIT are what JupyterHub exports for a server's limits, e.g. a workshop's.)
+ENV_NAMES = ("LANG", "LC_ALL", "MEM_LIMIT", "CPU_LIMIT")
 
 WRAPPER = """#!/bin/sh
 # Written by `python -m hub.launcher install` (INCloud). Run by the hub's user through sudo; see hub/launcher.py.
@@ -66,8 +72,9 @@ def account(name: str, group: str) -> pwd.struct_passwd:
     return entry
 
 
-def ensure_user(name: str) -> pwd.struct_passwd:
-    """Create the account on first use: own group, ``/bin/bash``, home ``HOME_BASE/NAME`` mode 0700."""
+def ensure_user(name: str, temporary: bool = False) -> pwd.struct_passwd:
+    """Create the account on first use: own group, ``/bin/bash``, home ``HOME_BASE/NAME`` mode 0700 (with the
+    ``TEMPORARY`` comment for a workshop's account; an existing account is never re-marked)."""
     group, home_base, _ = _settings()
     if not NAME.match(name):
         raise Refused(f"hub user name {name!r} cannot be a system account (lower-case letters, digits, _ and -)")
@@ -81,7 +88,8 @@ def ensure_user(name: str) -> pwd.struct_passwd:
         home_base.mkdir(parents=True, exist_ok=True)
         # useradd refuses a name whose group already exists (e.g. sudo, shadow): no way into a privileged group.
         r = subprocess.run(["useradd", "--create-home", "--home-dir", str(home_base / name), "--shell", "/bin/bash",
-                            "--groups", group, "--key", "HOME_MODE=0700", "--key", "UMASK=077", name],
+                            "--groups", group, "--key", "HOME_MODE=0700", "--key", "UMASK=077",
+                            *(["--comment", TEMPORARY] if temporary else []), name],
                            capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
             raise Refused(f"could not create system account {name}: {r.stderr.strip().splitlines()[-1:]}")
@@ -165,6 +173,46 @@ def send_signal(name: str, pid: int, sig: int) -> bool:
     return True
 
 
+def remove_user(name: str) -> list[str]:
+    """Delete a temporary (workshop) account: SIGKILL its processes, ``userdel -r`` (account, group, home), and
+    the home folder if anything is left of it. Refuses every account not created as temporary."""
+    import shutil
+    import time
+
+    group, home_base, _ = _settings()
+    try:
+        entry = account(name, group)
+    except KeyError:
+        return []  # already gone
+    if entry.pw_gecos != TEMPORARY:
+        raise Refused(f"system account {name} is not a temporary workshop account; refusing to remove it")
+    removed = []
+    for _ in range(20):  # a dying server may still fork: look again until nothing of the account runs
+        pids = []
+        for entry_dir in Path("/proc").iterdir():
+            try:
+                if entry_dir.name.isdigit() and entry_dir.stat().st_uid == entry.pw_uid:
+                    pids.append(int(entry_dir.name))
+            except FileNotFoundError:
+                pass
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        removed = ["processes"]
+        time.sleep(0.2)
+    r = subprocess.run(["userdel", "--remove", "--force", name], capture_output=True, text=True, timeout=60)
+    if r.returncode not in (0, 12):  # 12: the home folder could not be removed (handled below)
+        raise Refused(f"could not delete system account {name}: {r.stderr.strip().splitlines()[-1:]}")
+    home = Path(entry.pw_dir)
+    if home.parent == home_base and home.exists():
+        shutil.rmtree(home)
+    return [*removed, "system account", "home folder"]
+
+
 def install(wrapper: str, group: str, home_base: str, venv: str, python: str | None = None) -> str:
     """Write the root-owned wrapper (0755) that sudo runs; returns its text. Needs root."""
     script = Path(__file__).resolve()
@@ -198,16 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if os.geteuid() != 0:
             raise Refused("the workstation launcher must run as root (through sudo)")
-        if args[:1] == ["ensure-user"] and len(args) == 2:
-            entry = ensure_user(args[1])
+        if args[:1] == ["ensure-user"] and (len(args) == 2 or args[2:] == ["temporary"]):
+            entry = ensure_user(args[1], temporary=len(args) == 3)
             print(json.dumps({"uid": entry.pw_uid, "home": entry.pw_dir}))
         elif args[:1] == ["spawn"] and len(args) == 2:
             request = json.loads(sys.stdin.read() or "{}")
             print(json.dumps({"pid": spawn(args[1], request)}))
+        elif args[:1] == ["remove-user"] and len(args) == 2:
+            print(json.dumps({"removed": remove_user(args[1])}))
         elif args[:1] == ["signal"] and len(args) == 4:
             print(json.dumps({"alive": send_signal(args[1], int(args[2]), int(args[3]))}))
         else:
-            raise Refused("usage: incloud-workstation ensure-user NAME | spawn NAME | signal NAME PID SIG")
+            raise Refused("usage: incloud-workstation ensure-user NAME [temporary] | spawn NAME | signal NAME PID SIG"
+                          " | remove-user NAME")
     except (Refused, KeyError, ValueError, OSError, subprocess.SubprocessError) as exc:
         message = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
         print(f"incloud-workstation: {message}", file=sys.stderr)

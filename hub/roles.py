@@ -26,6 +26,8 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
     "custom:incloud:admin": {"description": "Manage projects, grants and users of the INCloud archive."},
     "custom:incloud:book": {"description": "Book scanner time for participants of your projects."},
     "custom:incloud:approve": {"description": "Approve bookings of scanners you manage."},
+    "custom:incloud:workshop": {"description": "See your teaching workshops (as teacher or student)."},
+    "custom:incloud:teach": {"description": "Run teaching workshops on projects you own."},
 }
 
 #: What every INCloud role needs besides its custom scopes: to reach the API service at all.
@@ -38,6 +40,10 @@ ROLE_SCOPES: dict[str, list[str]] = {
     "clinician": ["custom:incloud:upload", "custom:incloud:reports"],
     "registrar": ["custom:incloud:read", "custom:incloud:registry"],
     "scanner_manager": ["custom:incloud:read", "custom:incloud:book", "custom:incloud:approve"],
+    "teacher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:workshop", "custom:incloud:teach"],
+    # Temporary workshop accounts (incloud_kernel.workshops): they read their workshop's dataset and nothing else
+    # (which project is decided by incloud_kernel.archive.permissions, not by these scopes).
+    "student": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:workshop"],
     "admin": sorted(CUSTOM_SCOPES),
 }
 
@@ -104,7 +110,7 @@ MODULES: list[Module] = [
            "custom:incloud:reports", built=False),
     Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",
            "custom:incloud:upload", built=False),
-    Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:admin", built=False),
+    Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:workshop"),
     Module("health", "Site health", "Services, disk and queues of this site.", "custom:incloud:admin"),
 ]
 

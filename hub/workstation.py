@@ -121,6 +121,14 @@ def _seed_root() -> None:
         notebooks.install(Path(root))
     except Exception as exc:  # noqa: BLE001 - the user still gets a workstation
         print(f"hub.workstation: could not add INCloud's notebooks: {type(exc).__name__}: {exc}", file=sys.stderr)
+    try:
+        from pathlib import Path
+
+        from hub.workshops import seed_course  # a workshop student's course notebooks (nothing for others)
+
+        seed_course(Path(root))
+    except Exception as exc:  # noqa: BLE001 - the student still gets a workstation
+        print(f"hub.workstation: could not add the course notebooks: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

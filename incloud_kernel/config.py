@@ -240,6 +240,8 @@ class HubSection:
     cull_every: int = 300
     #: Port of the SSH entry point (token as password) into workstations.
     ssh_port: int = 8022
+    #: How often (s) the workshop-expiry service removes the accounts of ended workshops (hub.workshops).
+    workshop_expire_every: int = 300
 
 
 @dataclass

@@ -31,7 +31,10 @@ def test_embedded_default_is_a_local_spawner_with_native_sign_up(tmp_path) -> No
     c = _configure(tmp_path)  # a laptop: the hub and its workstations run as one (non-root) person
     assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")
     assert "--allow-root" not in c.Spawner.args
-    assert c.JupyterHub.authenticator_class == "hub.native.IncloudNativeAuthenticator"
+    from hub.native import IncloudNativeAuthenticator
+
+    # The site's authenticator, with workshop accounts' logins in front of it (hub.workshops).
+    assert c.JupyterHub.authenticator_class.__mro__[2] is IncloudNativeAuthenticator
     assert c.NativeAuthenticator.open_signup is False
     assert c.Spawner.environment["INCLOUD_API_URL"] == "http://127.0.0.1:8000/services/incloud-api/"
 

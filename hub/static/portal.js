@@ -83,6 +83,30 @@
       return [stats([[f.projects, "projects whose features you may list"]]),
               el("p", "ic-note", "Counts cover every project; rows only those you may list.")];
     },
+    workshops: function (w) {
+      var out = [];
+      function list(title, items, teacher) {
+        out.push(el("p", "ic-note", title));
+        var ul = el("ul", "ic-list");
+        items.forEach(function (x) {
+          var li = el("li");
+          li.setAttribute("data-workshop", x.code);
+          li.appendChild(el("span", "", x.title + " · " + x.dataset + (teacher ? " · " + x.students + "/" + x.size +
+                                                                          " students" : "")));
+          li.appendChild(el("span", "ic-when", x.state + " · until " + x.ends_on));
+          ul.appendChild(li);
+        });
+        out.push(ul);
+      }
+      if (w.teaching.length) list("Workshops you teach", w.teaching, true);
+      if (w.attending.length) list("Your workshop (its notebooks are in Workshop/ in your workstation)",
+                                   w.attending, false);
+      if (!w.teaching.length && !w.attending.length) {
+        out.push(el("p", "ic-note", w.may_teach ? "No workshops yet: incloud workshop create, or POST " +
+                                                  "api/workshops." : "You are in no workshop."));
+      }
+      return out;
+    },
     health: function (h) {
       var out = [];
       var svc = el("p", "ic-status");

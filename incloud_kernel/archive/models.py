@@ -693,3 +693,50 @@ class FeatureGrant(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_by: Mapped[str | None] = mapped_column(String(128))
+
+
+# ==============================================================================================================
+# Teaching workshops (issue 13 item 5, ``incloud_kernel.workshops``): a teacher lends one project read-only to a
+# class of temporary accounts until an end date. Only ``incloud_kernel.archive.permissions`` reads these rows for
+# access. Migration 0011_workshops.
+# ==============================================================================================================
+
+class Workshop(Base):
+    """A class: its students read project ``project_id`` (never write) from ``starts_on`` to ``ends_on``
+    inclusive, or until ``ended_at`` if the teacher ended it early. ``join_hash`` is the SHA-256 of the join code
+    (the code itself is shown once); ``notebooks`` maps course notebook file names to their JSON text."""
+
+    __tablename__ = "workshop"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    title: Mapped[str] = mapped_column(String(256))
+    teacher: Mapped[str] = mapped_column(String(128), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    size: Mapped[int] = mapped_column(Integer)
+    cores: Mapped[float] = mapped_column(Float, default=1.0)
+    memory: Mapped[str] = mapped_column(String(16), default="1G")
+    join_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    notebooks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    accounts: Mapped[list[WorkshopAccount]] = relationship(back_populates="workshop", cascade="all, delete-orphan")
+
+
+class WorkshopAccount(Base):
+    """One temporary student account: a generated user name and a password hash (scrypt; the password is shown
+    once). ``removed_at`` is set when the expiry job has removed the account, its servers and its files."""
+
+    __tablename__ = "workshop_account"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workshop_id: Mapped[int] = mapped_column(ForeignKey("workshop.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    workshop: Mapped[Workshop] = relationship(back_populates="accounts")

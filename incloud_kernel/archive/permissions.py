@@ -40,6 +40,8 @@ from incloud_kernel.archive.models import (
     Series,
     Session,
     SiteAdmin,
+    Workshop,
+    WorkshopAccount,
 )
 from incloud_kernel.errors import NotFound, PermissionDenied, ValidationError
 
@@ -134,19 +136,41 @@ def _principal_clause(actor: Actor) -> ColumnElement[bool]:
 
 
 def visible_project_ids(actor: Actor) -> Select[tuple[int]]:
-    """A SELECT of the ids of every project the actor may read, for use as ``col.in_(...)`` subquery."""
+    """A SELECT of the ids of every project the actor may read, for use as ``col.in_(...)`` subquery: its
+    memberships, and the dataset of a running workshop whose student it is (``workshop_project_ids``)."""
     if actor.site_admin:
         return select(Project.id)
-    return select(Membership.project_id).where(_principal_clause(actor))
+    return select(Membership.project_id).where(_principal_clause(actor)).union(workshop_project_ids(actor))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Teaching workshops (incloud_kernel.workshops): a workshop lends its dataset, read-only, to its students
+# --------------------------------------------------------------------------------------------------------------
+
+def workshop_running(today: date | None = None) -> ColumnElement[bool]:
+    """The clause of a workshop whose students may work now: started, not past its end date, not ended early."""
+    today = today or datetime.now(timezone.utc).date()
+    return and_(Workshop.starts_on <= today, Workshop.ends_on >= today, Workshop.ended_at.is_(None))
+
+
+def workshop_project_ids(actor: Actor, today: date | None = None) -> Select[tuple[int]]:
+    """A SELECT of the dataset project of the running workshop the actor is a (not removed) student of; nothing
+    for everybody else. The only grant a workshop gives: read (collaborator) on its one dataset, nothing more."""
+    return (select(Workshop.project_id).join(WorkshopAccount, WorkshopAccount.workshop_id == Workshop.id)
+            .where(WorkshopAccount.username == actor.user, WorkshopAccount.removed_at.is_(None),
+                   workshop_running(today)))
 
 
 def role_in(db: DB, actor: Actor, project_id: int) -> str | None:
-    """The strongest role the actor holds in the project (directly or via a group); ``None`` if none.
+    """The strongest role the actor holds in the project (directly or via a group); ``None`` if none. A student
+    of a running workshop on the project is its collaborator (read only).
 
     Site admins hold no role as such; ``require`` lets them do everything anyway.
     """
     roles = db.scalars(select(Membership.role).where(Membership.project_id == project_id,
                                                      _principal_clause(actor))).all()
+    if not roles and db.scalar(workshop_project_ids(actor).where(Workshop.project_id == project_id).limit(1)):
+        return Role.collaborator.value
     return max(roles, key=_RANK.__getitem__) if roles else None
 
 
@@ -581,6 +605,7 @@ def require_feature_sharing(db: DB, actor: Actor, project: int | str | Project) 
 
 __all__ = [
     "Action", "Actor", "Page", "SYSTEM", "MAX_PAGE_SIZE", "allowed", "visible_project_ids", "role_in", "require",
+    "workshop_running", "workshop_project_ids",
     "get_participant", "get_session", "get_series", "get_derivative", "get_file",
     "list_projects", "list_participants", "list_sessions", "list_series", "list_derivatives", "list_files",
     "count_projects", "count_participants", "count_sessions", "count_series", "count_files", "memberships",

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "registry": "incloud_kernel.cli.registry:registry",
     "pipeline": "incloud_kernel.cli.pipeline:pipeline",
     "features": "incloud_kernel.cli.library:features",
+    "workshop": "incloud_kernel.cli.workshop:workshop",
 }
 
 

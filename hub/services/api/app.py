@@ -540,8 +540,9 @@ def all_routes() -> list[Route]:
     which import this module)."""
     from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
+    from hub.services.api.workshops import ROUTES as WORKSHOP_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:

@@ -156,6 +156,10 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = reservation_status(db, actor)
         elif module.key == "features":
             out[module.key] = features_status(db, actor)
+        elif module.key == "workshops":
+            from incloud_kernel import workshops
+
+            out[module.key] = workshops.portal_status(db, actor)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
     return out
