@@ -20,7 +20,7 @@ from incloud_kernel.pipeline.stage import Stage, StageInput
 #: Feature name -> unit of the long-format rows.
 UNITS = {"fa": "1", "md": "mm2/s"}
 #: The rows' ``pipeline`` column by normalisation route (``docs/features.md``: a stage may qualify it).
-PIPELINE_BY_ROUTE = {"t1": "features", "direct": "features/direct-mni", "none": "features/no-mni"}
+PIPELINE_BY_ROUTE = {"t1": "features", "direct": "features+direct-mni", "none": "features+no-mni"}
 
 
 def load_series(img: Any, bvals: Any = None, bvecs: Any = None) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -167,7 +167,7 @@ class DwiStage(Stage):
     """Regional FA/MD of one DWI series: BIDS-derivative FA and MD maps (native and MNI), the brain mask, the
     rotated b-vectors, the per-volume motion and the ``desc-features`` TSV in the long format. Waits for the
     session's T1 stage (its T1w->MNI transform); without a T1w in the session it registers to MNI directly and
-    says so in the TSV's ``pipeline`` column (``features/direct-mni`` instead of ``features``)."""
+    says so in the TSV's ``pipeline`` column (``features+direct-mni`` instead of ``features``)."""
 
     name = "dwifeatures"
     version = "1"
