@@ -131,7 +131,9 @@ def test_features_pipeline_runs_an_archived_session_into_derivatives_rows_and_li
         assert base + tail in bold_files, sorted(bold_files)
     for tail in ("dwi/sub-P01_ses-1_model-tensor_param-FA_dwimap.nii.gz",
                  "dwi/sub-P01_ses-1_space-MNI152NLin2009aSym_model-tensor_param-MD_dwimap.nii.gz",
-                 "dwi/sub-P01_ses-1_desc-preproc_dwi.bvec", "dwi/sub-P01_ses-1_desc-features_dwi.tsv"):
+                 "dwi/sub-P01_ses-1_desc-preproc_dwi.bvec", "dwi/sub-P01_ses-1_desc-features_dwi.tsv",
+                 "dwi/sub-P01_ses-1_desc-tracts_dwi.png", "dwi/sub-P01_ses-1_desc-registration_dwi.png",
+                 "dwi/sub-P01_ses-1_desc-motion_dwi.png"):
         assert base + tail in dwi_files, sorted(dwi_files)
     assert all(p.is_file() for files in (t1_files, bold_files, dwi_files) for p in files.values())
     description = json.loads((site.archive_root / "derivatives/features-1/dataset_description.json").read_text())
