@@ -12,7 +12,7 @@ rigid only and with the eddy fit along phase encoding (``phase_axis=1``), and re
 - the FA error against the clean series' FA (median absolute, and the mean over FA > 0.3 voxels);
 - on the clean series itself (no eddy current): the largest fitted stretch/shear (%) and the FA change.
 
-    /opt/incloud/venv/bin/python bench/eval_eddy.py [--voxel 4] [--dirs 24] [--coefficient 0.03]
+    /opt/incloud/venv/bin/python bench/eval_eddy.py [--voxel 4] [--dirs 24] [--coefficient 0.03] [--rounds 1]
 
 Writes nothing; nothing downloads.
 """
@@ -64,7 +64,8 @@ def fa_of(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarr
 
 
 def evaluate(voxel_mm: float = 4.0, n_dirs: int = 24, coefficient: float = 0.03, shift_mm: float = 1.5,
-             seed: int = 3) -> dict[str, float]:
+             seed: int = 3, rounds: int = 1, cases: tuple[str, ...] = ("eddy/rigid", "eddy/eddyfit", "clean/rigid",
+                                                                          "clean/eddyfit")) -> dict[str, float]:
     from incloud_kernel.features import dwi_correct
     from incloud_kernel.features.dwi_qc import transform_parts
     from incloud_kernel.qc.masks import epi_mask
@@ -84,14 +85,16 @@ def evaluate(voxel_mm: float = 4.0, n_dirs: int = 24, coefficient: float = 0.03,
         return float(np.sqrt(np.mean(a[mask][:, dw] ** 2)))
 
     out: dict[str, float] = {"voxel_mm": voxel_mm, "directions": n_dirs, "coefficient_%": 100 * coefficient,
-                             "planted_max_%": float(transform_parts(planted)[1].max())}
+                             "planted_max_%": float(transform_parts(planted)[1].max()), "rounds": rounds}
     base = rms(distorted - clean)
     fa_bad = fa_of(distorted, bvals, bvecs, mask)
     out["uncorrected_fa_err_white"] = float(np.mean(np.abs(fa_bad - fa_clean)[white]))
     for name, data in (("eddy", distorted), ("clean", clean)):
         for label, axis in (("rigid", None), ("eddyfit", 1)):
+            if f"{name}/{label}" not in cases:
+                continue
             started = time.monotonic()
-            c = dwi_correct.correct(data, affine, bvals, bvecs, mask=mask, phase_axis=axis)
+            c = dwi_correct.correct(data, affine, bvals, bvecs, mask=mask, phase_axis=axis, rounds=rounds)
             seconds = time.monotonic() - started
             fa = fa_of(c.data, bvals, c.bvecs, mask)
             key = f"{name}/{label}"
@@ -127,8 +130,11 @@ def main() -> None:
     ap.add_argument("--coefficient", type=float, default=0.03)
     ap.add_argument("--shift", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of registration to the tensor prediction")
+    ap.add_argument("--cases", default="eddy/rigid,eddy/eddyfit,clean/rigid,clean/eddyfit")
     args = ap.parse_args()
-    result = evaluate(args.voxel, args.dirs, args.coefficient, args.shift, args.seed)
+    result = evaluate(args.voxel, args.dirs, args.coefficient, args.shift, args.seed, args.rounds,
+                      tuple(args.cases.split(",")))
     for key, value in result.items():
         print(f"{key:32s} {value:10.4f}")
 
