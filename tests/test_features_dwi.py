@@ -158,7 +158,7 @@ def test_planted_tract_change_recovered_by_the_stage(tmp_path: Path) -> None:
             "dwi/desc-motion_timeseries.tsv"} <= set(names)
     frame = pd.read_csv(outputs["dwi/desc-features_dwi.tsv"], sep="\t", dtype={"participant": str, "session": str})
     assert tuple(frame.columns) == COLUMNS
-    assert set(frame["pipeline"]) == {"features/direct-mni"}  # no T1w in this session
+    assert set(frame["pipeline"]) == {"features+direct-mni"}  # no T1w in this session
     assert set(frame["series"]) == {7} and set(frame["participant"]) == {"01"}
     assert set(frame["atlas"]) == {"jhu-wm"} and set(frame["unit"]) == {"1", "mm2/s"}
     fa = np.asarray(nib.load(outputs["dwi/model-tensor_param-FA_dwimap.nii.gz"]).dataobj)

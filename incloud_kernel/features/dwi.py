@@ -20,7 +20,7 @@ from incloud_kernel.pipeline.stage import Stage, StageInput
 #: Feature name -> unit of the long-format rows.
 UNITS = {"fa": "1", "md": "mm2/s"}
 #: The rows' ``pipeline`` column by normalisation route (``docs/features.md``: a stage may qualify it).
-PIPELINE_BY_ROUTE = {"t1": "features", "direct": "features/direct-mni", "none": "features/no-mni"}
+PIPELINE_BY_ROUTE = {"t1": "features", "direct": "features+direct-mni", "none": "features+no-mni"}
 
 
 def load_series(img: Any, bvals: Any = None, bvecs: Any = None) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -71,7 +71,7 @@ class DwiFeatures(FeatureEstimator):
     ``fit(img, bvals=None, bvecs=None, t1=None)`` learns ``fa_``/``md_`` (native nibabel images), ``mask_``,
     ``corrected_`` (``dwi_correct.Corrected``), ``to_mni_`` (SimpleITK transform MNI -> DWI), ``route_``
     ("t1", "direct", or "none" for a field of view under 12 voxels a side, which gets maps but no rows),
-    ``fa_mni_``/``md_mni_``/``mask_mni_``, ``timings_`` (seconds per step); ``t1`` is the session T1 stage's
+    ``fa_mni_``/``md_mni_``/``mask_mni_``/``b0_mni_`` (the mean b=0, for the QC picture), ``timings_`` (seconds per step); ``t1`` is the session T1 stage's
     outputs ({derivative name: path}) or None. ``transform(img)`` returns the long-format rows (atlas, region,
     feature, value, unit) for the fitted series (fitting ``img`` first when it is another one).
     """
@@ -120,7 +120,7 @@ class DwiFeatures(FeatureEstimator):
         self.mask_ = nib.Nifti1Image(corrected.mask.astype(np.uint8), affine)
         self.fa_ = nib.Nifti1Image(fa, affine)
         self.md_ = nib.Nifti1Image(md, affine)
-        self.to_mni_ = self.fa_mni_ = self.md_mni_ = self.mask_mni_ = None
+        self.to_mni_ = self.fa_mni_ = self.md_mni_ = self.mask_mni_ = self.b0_mni_ = None
         files = dwi_mni.t1_files(t1) if t1 else None
         if not can_realign(data.shape[:3]):
             # a few-voxel field of view (dipy's test sets) has no anatomy to register: maps, no regional rows
@@ -132,6 +132,7 @@ class DwiFeatures(FeatureEstimator):
             lap("register_mni")
             self.fa_mni_ = dwi_mni.resample(fa, affine, self.to_mni_, self.resolution)
             self.md_mni_ = dwi_mni.resample(md, affine, self.to_mni_, self.resolution)
+            self.b0_mni_ = dwi_mni.resample(corrected.mean_b0, affine, self.to_mni_, self.resolution)
             inside = dwi_mni.resample(corrected.mask.astype(np.float32), affine, self.to_mni_, self.resolution)
             self.mask_mni_ = nib.Nifti1Image((np.asarray(inside.dataobj) > 0.5).astype(np.uint8), inside.affine)
             lap("resample_mni")
@@ -165,9 +166,10 @@ class DwiFeatures(FeatureEstimator):
 
 class DwiStage(Stage):
     """Regional FA/MD of one DWI series: BIDS-derivative FA and MD maps (native and MNI), the brain mask, the
-    rotated b-vectors, the per-volume motion and the ``desc-features`` TSV in the long format. Waits for the
+    rotated b-vectors, the per-volume motion, the ``desc-features`` TSV in the long format and the QC pictures
+    (``dwi_qc``: ``desc-tracts``, ``desc-registration``, ``desc-motion`` PNGs). Waits for the
     session's T1 stage (its T1w->MNI transform); without a T1w in the session it registers to MNI directly and
-    says so in the TSV's ``pipeline`` column (``features/direct-mni`` instead of ``features``)."""
+    says so in the TSV's ``pipeline`` column (``features+direct-mni`` instead of ``features``)."""
 
     name = "dwifeatures"
     version = "1"
@@ -223,7 +225,26 @@ class DwiStage(Stage):
                                   pipeline=PIPELINE_BY_ROUTE[est.route_],
                                   version=self.version)
         put("desc-features_dwi.tsv", lambda p: rows.write_rows(frame, p))
+        self._qc_pictures(est, put)
         return outputs
+
+    @staticmethod
+    def _qc_pictures(est: DwiFeatures, put) -> None:  # type: ignore[no-untyped-def]
+        """The review pictures (``dwi_qc``): FA with the tract outlines and the b=0 registration in MNI (or FA
+        in native space for a field of view too small to register), and the per-volume correction."""
+        from incloud_kernel.features import dwi_qc, rows
+        from incloud_kernel.features.atlases import load_atlas
+
+        c = est.corrected_
+        if est.fa_mni_ is not None:
+            atlas = load_atlas(est.atlas)
+            put("desc-tracts_dwi.png",
+                lambda p: dwi_qc.tracts_png(p, est.fa_mni_, rows.atlas_on(est.fa_mni_, atlas), atlas.name))
+            put("desc-registration_dwi.png", lambda p: dwi_qc.registration_png(p, est.b0_mni_, est.route_))
+        else:
+            put("desc-fa_dwi.png", lambda p: dwi_qc.native_png(p, est.fa_, c.mask))
+        put("desc-motion_dwi.png", lambda p: dwi_qc.motion_png(p, c.bvals, c.matrices, c.displacement_mm,
+                                                               est.b0_threshold))
 
 
 __all__ = ["DwiFeatures", "DwiStage", "UNITS", "fit_tensor", "load_series"]

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DB
@@ -244,6 +244,27 @@ def publish(site: Any, db: DB, actor: Actor, frame: "pd.DataFrame", *, series: i
     return Published(project, pipeline, version, row.id, values.num_rows, scan_file, value_file)
 
 
+def publish_tables(site: Any, db: DB, actor: Actor, tables: list[Path], *, series: int,
+                   provenance: int | None = None) -> list[Published]:
+    """Publish the long-format feature tables (TSV, ``features.rows.COLUMNS``) one pipeline stage wrote for
+    ``series``: the engine's one call when it records a stage's outputs (``Stage.feature_tables``). Rows are
+    grouped by their ``pipeline`` and ``version`` columns (a stage may qualify the pipeline by its route, e.g.
+    ``features+epi2mni``), each group published as ``publish`` does; a table without rows publishes nothing."""
+    import pandas as pd
+
+    frames = [pd.read_csv(path, sep="\t", dtype={"participant": str, "session": str, "region": str})
+              for path in tables]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        return []
+    for column in ("pipeline", "version"):
+        if column not in frame.columns:
+            raise ValidationError(f"feature rows lack column {column}")
+    return [publish(site, db, actor, group, series=series, provenance=provenance, pipeline=str(pipeline),
+                    version=str(version))
+            for (pipeline, version), group in frame.groupby(["pipeline", "version"], sort=True)]
+
+
 def _parts(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
@@ -314,31 +335,52 @@ def compact(site: Any, project: str | None = None) -> int:
     return total
 
 
-def refresh(site: Any, db: DB, project: str) -> int:
+def refresh(site: Any, db: DB, project: str, series: Iterable[int] | None = None) -> int:
     """Rewrite the attributes of ``project``'s scan rows from the archive (after QC decisions or attribute
-    edits); values are untouched. Site-side maintenance: runs as the system. Returns the scans rewritten."""
+    edits); values are untouched. ``series``: only the files holding these scans are rewritten (a QC decision
+    refreshes its own scan; ``qc.gate`` calls this), None: every scan of the project. Site-side maintenance: runs
+    as the system. Returns the scans rewritten (0 when the library does not exist yet: nothing is created)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from incloud_kernel.archive.permissions import SYSTEM
 
+    config = getattr(site, "config", site)
+    if not Path(config.library_root).is_dir():
+        return 0
     root = library_root(site)
     code = permissions.require(db, SYSTEM, project).code
+    wanted = None if series is None else {int(s) for s in series}
     done = 0
     for key in partitions(root, code):
         with _locked(root, *key):
+            changed = 0
             for path in sorted(partition_dir(root, "scans", *key).glob("*.parquet")):
+                if wanted is not None and not _holds(path, wanted):
+                    continue
                 table = pq.read_table(path, schema=scan_schema())
                 rows = table.to_pylist()
                 for scan in rows:
-                    series = db.get(Series, scan["series"])
-                    if series is not None:
-                        scan.update(_scan_attributes(db, series)[1])
+                    row = db.get(Series, scan["series"])
+                    if row is not None:
+                        scan.update(_scan_attributes(db, row)[1])
                 write_atomic(pa.Table.from_pylist(rows, schema=scan_schema()), path)
-                done += len(rows)
-            bump_generation(root)
+                changed += len(rows)
+            if changed:
+                bump_generation(root)
+            done += changed
     return done
 
 
+def _holds(path: Path, series: set[int]) -> bool:
+    """Whether the scan file ``path`` holds one of ``series`` (a per-scan file by its name, a part by its rows)."""
+    import pyarrow.parquet as pq
+
+    if path.name.startswith("series-"):
+        return path.name[len("series-"):-len(".parquet")] in {str(s) for s in series}
+    return bool(series & set(pq.read_table(path, columns=["series"]).column("series").to_pylist()))
+
+
 __all__ = ["PARTITIONS", "SCAN_COLUMNS", "VALUE_COLUMNS", "Published", "library_root", "partition_dir", "publish",
+           "publish_tables",
            "compact", "refresh", "partitions", "generation", "bump_generation", "write_atomic", "scan_schema", "value_schema", "check_part"]

@@ -407,6 +407,11 @@ def execute_task(task_id: int) -> dict[str, Any]:
                     from incloud_kernel.qc.gate import record_indices
 
                     record_indices(db, actor, task.series_id, indices, f"{pipe.name}-{pipe.version}")
+                tables = stage.feature_tables(outputs)
+                if tables:  # feature rows go to the library in the same transaction: a failure retries the task
+                    from incloud_kernel.library.store import publish_tables
+
+                    publish_tables(site, db, actor, tables, series=task.series_id, provenance=prov.id)
                 row = db.get(PipelineTask, task_id)
                 row.state, row.error, row.reused, row.provenance_id = DONE, None, False, prov.id
                 row.finished_at = utcnow()

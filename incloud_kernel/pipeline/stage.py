@@ -20,6 +20,8 @@ from incloud_kernel.errors import ValidationError
 
 _NAME = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+]{0,31}$")
+#: A derivative name holding long-format feature rows (``Stage.feature_tables``).
+_FEATURE_TABLE = re.compile(r"(^|_)desc-features_[A-Za-z0-9]+\.tsv$")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,12 @@ class Stage:
         """QC indices held in this stage's ``outputs``, which the engine records in the QC gate (and its
         thresholds decide the series' QC state); None for a stage that computes no QC indices."""
         return None
+
+    def feature_tables(self, outputs: Mapping[str, Path]) -> list[Path]:
+        """The long-format feature tables (``features.rows.COLUMNS``) among this stage's ``outputs``, which the
+        engine publishes to the feature library (``library.store.publish_tables``) when it records them: by
+        convention every output named ``*_desc-features_<suffix>.tsv``. Most stages write none."""
+        return [Path(outputs[n]) for n in sorted(outputs) if _FEATURE_TABLE.search(n.rsplit("/", 1)[-1])]
 
     # -- helpers for subclasses --------------------------------------------------------------------------------
     def output_name(self, inputs: StageInput, extension: str, desc: str | None = None) -> str:

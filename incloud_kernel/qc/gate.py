@@ -13,6 +13,7 @@ Permissions come only from ``incloud_kernel.archive.permissions``.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from incloud_kernel.archive.models import (
 from incloud_kernel.archive.permissions import Action, Actor
 from incloud_kernel.archive.projects import audit
 from incloud_kernel.config import QCSection, get_config
-from incloud_kernel.errors import ValidationError
+from incloud_kernel.errors import StorageError, ValidationError
+
+log = logging.getLogger(__name__)
 
 #: Who the automatic decisions are recorded as (in ``qc_review.reviewer`` and the audit log).
 AUTO_REVIEWER = "system:qc-gate"
@@ -155,6 +158,21 @@ def last_review(db: DB, series_id: int) -> QCReview | None:
                       .order_by(QCReview.id.desc()).limit(1)).first()
 
 
+def _refresh_library(db: DB, series: Series) -> None:
+    """Copy ``series``' new QC state into the feature library's scan row (``library.store.refresh`` of that scan
+    only; nothing when it has no features there), so ``qc=`` queries follow the decision. A library that cannot
+    be written does not undo the decision: it is logged (one line, ids only) and ``incloud features refresh``
+    repairs it."""
+    from incloud_kernel.library import store
+
+    project = db.get(Project, series.project_id)
+    try:
+        store.refresh(get_config(), db, project.code, [series.id])
+    except (OSError, StorageError) as exc:
+        log.warning("feature library not refreshed after the QC decision on series #%s: %s", series.id,
+                    type(exc).__name__)
+
+
 def apply_thresholds(db: DB, series: Series, cfg: QCSection | None = None) -> str:
     """Decide ``series`` from its current indices unless a reviewer already has; returns its state.
 
@@ -176,6 +194,7 @@ def apply_thresholds(db: DB, series: Series, cfg: QCSection | None = None) -> st
                     reason=reason, comment="", source="auto"))
     db.flush()
     audit(db, Actor(AUTO_REVIEWER), "qc.auto", "series", series.id, decision=state, previous=before)
+    _refresh_library(db, series)
     return state
 
 
@@ -193,6 +212,8 @@ def flag(db: DB, series: Series, reason: str, *, reviewer: str = PROTOCOL_REVIEW
                         decision=QCStatus.caveat.value, reason=reason, comment="", source="auto"))
         db.flush()
     audit(db, Actor(reviewer), "qc.flag", "series", series.id, decision=series.qc_status, previous=before)
+    if series.qc_status != before:
+        _refresh_library(db, series)
     return series.qc_status
 
 
@@ -222,6 +243,7 @@ def review(db: DB, actor: Actor, series: int | str | Series, decision: str, *, c
     db.flush()
     audit(db, actor, "qc.review", "series", row.id, decision=decision, previous=before,
           fields=[name for name, text in (("reason", reason), ("comment", comment)) if text])
+    _refresh_library(db, row)
     return record
 
 
