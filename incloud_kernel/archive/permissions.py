@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, func, or_, select, union
 from sqlalchemy.orm import Session as DB
 
 from incloud_kernel.archive.models import (
@@ -135,12 +135,18 @@ def _principal_clause(actor: Actor) -> ColumnElement[bool]:
     return clause
 
 
-def visible_project_ids(actor: Actor) -> Select[tuple[int]]:
+def visible_project_ids(actor: Actor) -> Select[tuple[int]] | CompoundSelect:
     """A SELECT of the ids of every project the actor may read, for use as ``col.in_(...)`` subquery: its
     memberships, and the dataset of a running workshop whose student it is (``workshop_project_ids``)."""
     if actor.site_admin:
         return select(Project.id)
-    return select(Membership.project_id).where(_principal_clause(actor)).union(workshop_project_ids(actor))
+    return union(*_readable_parts(actor))
+
+
+def _readable_parts(actor: Actor) -> list[Select[tuple[int]]]:
+    """The SELECTs whose union ``visible_project_ids`` is, kept apart so other unions extend them at one level
+    (SQLite refuses a parenthesised UNION inside a UNION)."""
+    return [select(Membership.project_id).where(_principal_clause(actor)), workshop_project_ids(actor)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -571,7 +577,7 @@ def visible_booking_clause(actor: Actor, project_column: Any, scanner_column: An
 # The brain feature library (incloud_kernel.library): who may list which project's feature rows
 # --------------------------------------------------------------------------------------------------------------
 
-def feature_project_ids(actor: Actor, now: datetime | None = None) -> Select[tuple[int]]:
+def feature_project_ids(actor: Actor, now: datetime | None = None) -> Select[tuple[int]] | CompoundSelect:
     """A SELECT of the ids of projects whose feature rows the actor may list: every project it may read
     (any role), and every project with an unrevoked feature grant not expired at ``now`` to the actor's user
     name, to one of its groups, or to a project it may read. A feature grant gives rows of the library only,
@@ -587,7 +593,7 @@ def feature_project_ids(actor: Actor, now: datetime | None = None) -> Select[tup
                                 FeatureGrant.grantee_project_id.in_(visible_project_ids(actor))))
     granted = select(FeatureGrant.project_id).where(grantee, FeatureGrant.revoked_at.is_(None),
                                                     FeatureGrant.expires_at > now)
-    return visible_project_ids(actor).union(granted)
+    return union(*_readable_parts(actor), granted)
 
 
 def feature_project_codes(db: DB, actor: Actor, now: datetime | None = None) -> list[str]:
