@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mm", type=float, default=1.0)
     parser.add_argument("--direct-its", type=int, default=0)
     parser.add_argument("--no-anchor", action="store_true")
+    parser.add_argument("--cut-sulci", action="store_true", help="thickness with the buried-sulcus cut")
     parser.add_argument("--anchor", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.anchor:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"head {args.head} at {args.mm} mm: {data.shape}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     start = time.perf_counter()
-    fx = T1Features().fit(subject)
+    fx = T1Features(cut_sulci=args.cut_sulci).fit(subject)
     table = fx.transform()
     ours = time.perf_counter() - start
     print(f"ours: {ours:.1f} s total ({len(table)} rows); steps {fx.timings_}", flush=True)

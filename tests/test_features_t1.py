@@ -66,6 +66,46 @@ def test_thinning_lowers_laplace_thickness_by_the_planted_amount() -> None:
     assert abs((np.nanmean(before) - np.nanmean(after)) - 0.5) < 0.1
 
 
+def closed_sulcus(bank_mm: float = 3.5) -> dict:
+    """Two gyri whose facing banks touch: white-matter blades 6 mm wide, grey matter ``bank_mm`` thick on each
+    facing bank with no CSF between the banks (a buried sulcus, as 2 mm segmentations show), grey-matter crowns
+    on top and CSF above; 1 mm voxels, uniform along y. Hard probabilities (1 in the tissue's voxels)."""
+    bank = int(np.floor(bank_mm))
+    gap = 2 * bank + 1  # odd: the medial surface is the middle voxel's centre, bank_mm = bank + 0.5 from each WM face
+    shape = (2 + 6 + gap + 6 + 2, 24, 40)
+    wm = np.zeros(shape, bool)
+    gm = np.zeros(shape, bool)
+    x0 = 2
+    wm[x0:x0 + 6, :, 2:28] = True
+    wm[x0 + 6 + gap:x0 + 12 + gap, :, 2:28] = True
+    gm[x0 + 6:x0 + 6 + gap, :, 2:28] = True
+    gm[x0:x0 + 12 + gap, :, 28:31] = True  # crowns over both gyri and the sulcus' mouth
+    return {"WM": wm.astype(np.float32), "GM": gm.astype(np.float32), "CSF": (~(wm | gm)).astype(np.float32)}
+
+
+def test_sulcal_cut_measures_the_banks_of_a_buried_sulcus_apart() -> None:
+    """Without the cut, streamlines in a buried sulcus run along it to the brain's surface (the 2.5-4x DiReCT
+    levels measured at 2 mm); with it each bank reads its own thickness (3.5 mm: WM face to the medial surface)."""
+    from incloud_kernel.features.thickness import sulcal_cut
+
+    probseg = closed_sulcus(3.5)
+    gm, wm = probseg["GM"] > 0.5, probseg["WM"] > 0.5
+    cut = sulcal_cut(gm, wm, np.ones(3))
+    mid = 2 + 6 + 3  # the sheet's middle voxel
+    assert cut[mid, 4:20, 6:24].all()  # the medial surface of the buried part is cut ...
+    assert not cut[mid - 2:mid].any() and not cut[mid + 1:mid + 3].any()  # ... and nothing else of the banks
+    deep = (slice(None), slice(8, 16), slice(8, 20))  # mid-depth, away from the y edges and the mouth
+    bank = np.zeros(gm.shape, bool)
+    bank[mid - 3:mid] = True
+    bank[mid + 1:mid + 4] = True
+    with_cut = laplace_thickness(probseg, np.ones(3), cut_sulci=True)[deep][bank[deep]]
+    assert np.isfinite(with_cut).all()
+    assert abs(np.median(with_cut) - 3.5) < 0.2
+    without = laplace_thickness(probseg, np.ones(3), cut_sulci=False)[deep][bank[deep]]
+    ended = without[np.isfinite(without)]  # the old behaviour: along the sulcus to the mouth, or no end at all
+    assert ended.size < without.size / 2 or abs(np.median(ended) - 3.5) >= 0.2
+
+
 def _downsampled(path: Path, mm: float) -> nib.Nifti1Image:
     from incloud_kernel.deface.geometry import block_downsample
 

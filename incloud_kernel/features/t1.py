@@ -49,8 +49,10 @@ class T1Features(FeatureEstimator):
     Parameters (stored unchanged, scikit-learn's rule): ``atlas`` (a name from
     ``features.atlases.available_atlases`` or an ``Atlas``), ``n4_shrink_mm`` (N4's working grid),
     ``demons_iterations`` (per level, coarse to fine; empty: affine only), ``hmrf_beta`` / ``hmrf_iterations``
-    (segmentation smoothness and ICM iterations), ``thickness_step_mm`` (streamline step), ``seed`` (the
-    registration's metric sampling).
+    (segmentation smoothness and ICM iterations), ``thickness_step_mm`` (streamline step), ``cut_sulci`` (cut
+    buried sulci at their medial surface before the Laplace solve, ``thickness.sulcal_cut``: closer to DiReCT's
+    levels on real heads, but off by default because it hides planted thinning on the synthetic head, see
+    docs/features_t1.md), ``seed`` (the registration's metric sampling).
 
     ``fit`` keeps, on the T1w's own grid (closest-canonical RAS): ``preproc_`` (bias corrected),
     ``brain_mask_``, ``probseg_`` ({"CSF", "GM", "WM"} images), ``thickness_`` (mm, NaN off the grey matter),
@@ -61,13 +63,14 @@ class T1Features(FeatureEstimator):
 
     def __init__(self, atlas: "str | Atlas" = DEFAULT_ATLAS["T1w"], n4_shrink_mm: float = 4.0,
                  demons_iterations: tuple[int, ...] = (40, 20), hmrf_beta: float = 0.1, hmrf_iterations: int = 10,
-                 thickness_step_mm: float = 0.25, seed: int = 0) -> None:
+                 thickness_step_mm: float = 0.25, cut_sulci: bool = False, seed: int = 0) -> None:
         self.atlas = atlas
         self.n4_shrink_mm = n4_shrink_mm
         self.demons_iterations = demons_iterations
         self.hmrf_beta = hmrf_beta
         self.hmrf_iterations = hmrf_iterations
         self.thickness_step_mm = thickness_step_mm
+        self.cut_sulci = cut_sulci
         self.seed = seed
 
     # -- fit -----------------------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ class T1Features(FeatureEstimator):
         lap("brain_extraction")
         seg = segment(corrected, brain, beta=self.hmrf_beta, iterations=self.hmrf_iterations)
         lap("segmentation")
-        thickness = laplace_thickness(seg, im.zooms, step_mm=self.thickness_step_mm)
+        thickness = laplace_thickness(seg, im.zooms, step_mm=self.thickness_step_mm, cut_sulci=self.cut_sulci)
         lap("thickness")
         labels = self.warp_.to_t1w(np.asarray(self.atlas_.image.dataobj, dtype=np.float32),
                                    self.atlas_.image.affine, data.shape, im.affine, order=0)
@@ -204,7 +207,7 @@ class T1Stage(Stage):
     libraries = ("SimpleITK", "dipy", "nilearn", "scipy", "scikit-image")
     defaults: ClassVar[Mapping[str, Any]] = {
         "atlas": DEFAULT_ATLAS["T1w"], "n4_shrink_mm": 4.0, "demons_iterations": [40, 20], "hmrf_beta": 0.1,
-        "hmrf_iterations": 10, "thickness_step_mm": 0.25, "seed": 0,
+        "hmrf_iterations": 10, "thickness_step_mm": 0.25, "cut_sulci": False, "seed": 0,
     }
 
     def derivative(self, inputs: StageInput, tail: str) -> str:
