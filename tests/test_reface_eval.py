@@ -232,11 +232,12 @@ def test_refacing_meets_the_identity_goal_on_two_faces_of_an_independent_head(he
 
 def test_the_template_is_placed_by_the_cranium_not_by_the_face(head, refaced):
     """Two scans that differ only in their faces get (almost) the same placed template: the whole-head fit
-    differed by up to 0.27 mm in its matrix entries between these faces, the cranium refinement by < 0.1."""
+    differed by up to 0.27 in its matrix entries between these faces (planted faces 1-3), the cranium
+    refinement by 0.008 on faces 3 and 5."""
     (ra, _), (rb, _) = refaced
     pa, pb = ra.registration_.subject_to_template, rb.registration_.subject_to_template
     assert ra.registration_.checked is not None  # the checks ran on the whole-head fit
-    assert np.abs(pa - pb).max() < 0.1, np.abs(pa - pb).max()
+    assert np.abs(pa - pb).max() < 0.05, np.abs(pa - pb).max()
 
 
 def test_qc_picture_reports_this_scans_identity_figures(head, faces, refaced, tmp_path):
