@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from incloud_kernel.deface.blend import smoothstep
+from incloud_kernel.deface.identity import skin_threshold
 from incloud_kernel.deface.register import register_affine, register_to_mni, resample_to
 from incloud_kernel.deface.template import dilate_mm, mni_head_path
 
@@ -68,14 +69,8 @@ class Head:
 
 
 def surface_threshold(data: np.ndarray) -> float:
-    """Air/skin threshold for renders and depth maps: 15 % of the 90th percentile of the positive voxels.
-
-    Not ``head_threshold``: on the MNI152 head (values down to -21 from its resampling) that one falls to the
-    air level (0.4 of up to 300) and its surface is a halo in the air in front of the face. At 10 % the
-    MNI152 head still shows that halo; at 30 % the thin, dim eyelids vanish and the eyeballs show.
-    """
-    a = np.asarray(data, dtype=np.float32)
-    return 0.15 * float(np.percentile(a[a > 0], 90))
+    """Air/skin threshold for renders and depth maps (:func:`incloud_kernel.deface.identity.skin_threshold`)."""
+    return skin_threshold(data)
 
 
 def _mni_brain_on(shape: tuple[int, ...], affine: np.ndarray, mni_to_head: np.ndarray) -> np.ndarray:

@@ -93,7 +93,9 @@ def make_head(seed: int = 0, voxel_mm: float = 2.0, face_shift_mm: float = 14.0,
     q = p + disp
     qv = tvox[:3, :3] @ q + tvox[:3, 3:4]
     vals = ndimage.map_coordinates(t.data, qv, order=1, cval=0.0).reshape(shape)
-    brain = ndimage.map_coordinates(t.brain.astype(np.float32), qv, order=0).reshape(shape) > 0.5
+    # the true brain is the template's core (the MNI152 brain on the average head, 2 mm slack): its older BRAIN bit
+    # is 2.1 L and reaches into the orbits and cheeks
+    brain = ndimage.map_coordinates(t.core.astype(np.float32), qv, order=0).reshape(shape) > 0.5
     face = ndimage.map_coordinates((t.features & t.head).astype(np.float32), qv, order=0).reshape(shape) > 0.5
     front = ndimage.map_coordinates((t.face & t.head).astype(np.float32), qv, order=0).reshape(shape) > 0.5
     # stored like a scanner's T1w: white matter (template ~430) at 1500-3000, Rician noise at a white-matter

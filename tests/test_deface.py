@@ -27,7 +27,7 @@ from incloud_kernel.deface.qc import render
 from incloud_kernel.deface.reface import Refacer, save_image, stored_data
 from incloud_kernel.deface.register import brain_displacement, register_to_mni, resample_to
 from incloud_kernel.deface.safety import DefaceQuarantine
-from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
+from incloud_kernel.deface.template import CORE, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
 from heads import make_head
 from incloud_kernel.quarantine import Quarantine
 from incloud_kernel.synth.deform import Participant
@@ -65,7 +65,7 @@ def pydeface_case() -> Case:
     t = load_template()
     d, a = block_downsample(t.data, t.affine, 2.0)
     img = nib.Nifti1Image(np.rint(d).astype(np.int16), a)
-    brain = resample_to(t.brain.astype(np.float32), t.affine, d.shape, a, np.eye(4), cval=0) > 0.5
+    brain = resample_to(t.core.astype(np.float32), t.affine, d.shape, a, np.eye(4), cval=0) > 0.5  # true brain
     ref = Refacer(**PARAMS)
     return Case(img, ref.fit_transform(img), ref, brain)
 
@@ -91,7 +91,9 @@ def _synth_truth(truth, series: ddicom.DicomSeries) -> tuple[np.ndarray, np.ndar
     carried by the participant's known pose and warp; planted brain-internal effects left out)."""
     lab = Participant.from_truth(truth.participant).template_labels(series.raw.shape, series.affine)
     head = (lab & HEAD) > 0
-    return (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & head, ((lab & FACE) > 0) & head
+    # the true brain is the template's core (the MNI152 brain on the average head): its BRAIN bit is 2.1 L and
+    # reaches into the orbits and cheeks, so protecting it kept the refacer off the subject's cheeks
+    return (lab & CORE) > 0, ((lab & (FACE | EARS)) > 0) & head, ((lab & FACE) > 0) & head
 
 
 @pytest.fixture(scope="module")

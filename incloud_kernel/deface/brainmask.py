@@ -1,5 +1,6 @@
-"""The protected region: the subject's brain (the template brain placed by the registration) dilated by
-``protect_mm`` plus a safety ``margin_mm`` for registration error. Replacement weight is exactly zero there.
+"""The protected region: the subject's brain (the template's true-size brain, its CORE label, placed by the
+registration) dilated by ``protect_mm`` plus a safety ``margin_mm`` and ``FIT_ALLOWANCE_MM`` for registration
+error. Replacement weight is exactly zero there.
 
 Distances are computed once in template space (Euclidean distance transforms, cached per process) and
 sampled into the subject grid; a distance of r mm in the subject is at most ``sigma_max * r`` mm in the
@@ -20,6 +21,11 @@ from incloud_kernel.deface.template import Template, load_template
 
 #: Distances are clipped here (mm); no ramp or margin is ever that large.
 MAX_MM = 60.0
+#: Added to every protected distance (mm): how far the affinely placed template brain (CORE, the true-size
+#: MNI152 brain) was measured to fall short of a head's own brain. On the MNI152 head the fit refined on the
+#: cranium left the frontal pole up to 5 mm outside the placed core with 2 mm slack (990 voxels of brain +
+#: 5 mm changed at protect 5 + margin 2 before this allowance).
+FIT_ALLOWANCE_MM = 3.0
 
 
 #: Grid (mm) of the face/ear region's signed distance map (not a safety map: coarse is fine).
@@ -28,18 +34,19 @@ REGION_GRID_MM = 2.0
 
 @functools.lru_cache(maxsize=2)
 def template_distances(template: Template | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(distance to the brain, its grid affine, signed distance to the face+ears border, its grid affine).
+    """(distance to the brain (CORE), its grid affine, signed distance to the replaced zone's border, its grid
+    affine).
 
     Distance to the brain (mm, float32) is exact on the template's own 1 mm grid, minus half a voxel
     diagonal, so that linear interpolation between grid points can never overestimate it (a distance map is
-    1-Lipschitz). The signed region distance (2 mm grid) is positive inside face+ears, negative outside.
+    1-Lipschitz). The signed region distance (2 mm grid) is positive inside the zone, negative outside.
     Both are clipped at ``MAX_MM``.
     """
     t = template or load_template()
     vox = np.linalg.norm(t.affine[:3, :3], axis=0)
-    to_brain = ndimage.distance_transform_edt(~t.brain, sampling=vox).astype(np.float32)
+    to_brain = ndimage.distance_transform_edt(~t.core, sampling=vox).astype(np.float32)
     to_brain = np.maximum(to_brain - float(np.linalg.norm(vox)) / 2.0, 0.0)
-    region, grid = block_downsample(t.replace.astype(np.float32), t.affine, REGION_GRID_MM)
+    region, grid = block_downsample(t.zone.astype(np.float32), t.affine, REGION_GRID_MM)
     inside = region >= 0.5
     gvox = np.linalg.norm(grid[:3, :3], axis=0)
     signed = (ndimage.distance_transform_edt(inside, sampling=gvox)
@@ -67,7 +74,7 @@ def brain_distance(
     t = template or load_template()
     to_brain, grid, _, _ = template_distances(t)
     d = resample_to(to_brain, grid, shape, affine, subject_to_template, order=1, cval=0.0)
-    return d / sigma_max(subject_to_template)
+    return np.maximum(d / sigma_max(subject_to_template) - FIT_ALLOWANCE_MM, 0.0)
 
 
 def protected_mask(

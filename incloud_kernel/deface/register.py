@@ -38,6 +38,14 @@ class Registration:
     face_in_view: float = 0.0
     face_tissue: float = 0.0
     details: dict[str, float] = field(default_factory=dict)
+    #: The whole-head fit the checks (score, face in view, face tissue) were made on, when the placement
+    #: (``subject_to_template``) was refined on the cranium alone; None when they are the same.
+    checked: np.ndarray | None = None
+
+    @property
+    def check_matrix(self) -> np.ndarray:
+        """The fit whose score and face figures decide whether a series may be refaced."""
+        return self.subject_to_template if self.checked is None else self.checked
 
 
 #: Metric samples per iteration: enough for a stable 12-parameter fit, few enough for seconds per level.

@@ -23,7 +23,16 @@ reproducibly by ``python -m incloud_kernel.deface.template`` from those files:
   dilated by 8 mm more (the same 10 mm around the undilated brain as the face). Replaced with the face, so
   that a subject whose face lies up to that far from where the affine fit puts the average face still has
   every facial feature fully replaced, and the blend happens in the cheeks and forehead around them
-  (:func:`face_margin`; derivable from the stored face and brain bits alone).
+  (:func:`face_margin`; derivable from the stored face and brain bits alone);
+- core (bit 32): the protected brain: nilearn's MNI152 brain mask carried by the package's validated
+  average-head -> MNI affine (``incloud_kernel.head_to_mni``), dilated by ``BRAIN_SLACK_MM``. The brain bit
+  above is larger (its fit squashed the head along S-I) and reaches into the orbits and cheeks; it is kept
+  for the synthetic cohort, which plants its faces away from it, but the refacer protects the core;
+- zone (bit 64): where the template's *surface* replaces the subject's (:func:`face_zone`): face, ears and
+  margin dilated by ``ZONE_MM`` (20 mm), never within ``FACE_BRAIN_GAP_MM`` - slack of the core;
+- cranium (bit 128): the core dilated by ``CRANIUM_MM`` minus the replaced region and ``CRANIUM_GAP_MM``
+  around it (:func:`cranium_region`): what the registration's refinement looks at, so where the template
+  goes does not depend on the face it replaces.
 
 This module only reads packaged data; it must never write outside its own ``data`` folder (``build``).
 """
@@ -40,7 +49,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-BRAIN, FACE, EARS, HEAD, MARGIN = 1, 2, 4, 8, 16
+BRAIN, FACE, EARS, HEAD, MARGIN, CORE, ZONE, CRANIUM = 1, 2, 4, 8, 16, 32, 64, 128
 LABELS_FILE = "template_labels.nii.gz"
 SOURCE_FILE = "template_source.json"
 
@@ -59,6 +68,12 @@ BRAIN_SLACK_MM = 2.0
 FACE_MARGIN_MM = 15.0
 #: The face keeps this distance (mm) from the undilated brain.
 FACE_BRAIN_GAP_MM = 10.0
+#: How far (mm) beyond face, ears and margin the template's surface replaces the subject's (:attr:`Template.zone`).
+ZONE_MM = 20.0
+#: The registration's refinement ignores everything nearer than this (mm) to the replaced region.
+CRANIUM_GAP_MM = 4.0
+#: ... and looks no further than this (mm) from the protected brain (CORE): the brain and the skull around it.
+CRANIUM_MM = 15.0
 
 
 def mni_head_path() -> Path:
@@ -102,6 +117,9 @@ class Template:
     ears: np.ndarray
     head: np.ndarray
     margin: np.ndarray
+    core: np.ndarray
+    zone: np.ndarray
+    cranium: np.ndarray
 
     @property
     def features(self) -> np.ndarray:
@@ -122,11 +140,29 @@ def load_template() -> Template:
     if labels_img.shape != head_img.shape or not np.allclose(labels_img.affine, head_img.affine, atol=1e-4):
         raise FileNotFoundError("template labels do not match the installed pydeface head; rebuild them")
     lab = np.asarray(labels_img.dataobj, dtype=np.uint8)
+    if not (lab & CORE).any():
+        raise FileNotFoundError("template labels predate the protected-brain bit; rebuild them")
     data = np.asarray(head_img.dataobj, dtype=np.float32)
     return Template(
         data=data, affine=head_img.affine.copy(), brain=(lab & BRAIN) > 0, face=(lab & FACE) > 0,
-        ears=(lab & EARS) > 0, head=(lab & HEAD) > 0, margin=(lab & MARGIN) > 0,
+        ears=(lab & EARS) > 0, head=(lab & HEAD) > 0, margin=(lab & MARGIN) > 0, core=(lab & CORE) > 0,
+        zone=(lab & ZONE) > 0, cranium=(lab & CRANIUM) > 0,
     )
+
+
+def face_zone(replace: np.ndarray, core: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
+    """Where the subject's own surface is replaced by the template's (ZONE): face, ears and margin dilated by
+    ``ZONE_MM`` (cheeks, jaw, the sides of the nose and the skin around the ears wherever a subject's surface
+    lies, in front of or behind the placed template's), never nearer than ``FACE_BRAIN_GAP_MM`` to the
+    protected brain (``core``, with its 2 mm slack). Everything in it, air included, comes from the template."""
+    return dilate_mm(replace, ZONE_MM, voxel_mm) & ~dilate_mm(core, FACE_BRAIN_GAP_MM - BRAIN_SLACK_MM, voxel_mm)
+
+
+def cranium_region(replace: np.ndarray, core: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
+    """The brain and the skull and scalp around it (``CRANIUM_MM``), without the replaced region and
+    ``CRANIUM_GAP_MM`` around it (CRANIUM): where the registration's refinement looks, so the placed template
+    does not depend on the subject's face (two scans differing only in their faces get the same fit)."""
+    return dilate_mm(core, CRANIUM_MM, voxel_mm) & ~dilate_mm(replace, CRANIUM_GAP_MM, voxel_mm)
 
 
 def _ball(radius_vox: float) -> np.ndarray:
@@ -178,6 +214,15 @@ def build(out_dir: Path | None = None) -> Path:
                         cval=0) > 0.5
     core = brain
     brain = dilate_mm(core, BRAIN_SLACK_MM, vox)
+    # The protected brain (CORE): the same MNI152 mask carried by the package's validated average-head -> MNI
+    # affine (incloud_kernel.head_to_mni: Dice 0.96 against the head's own brain), 2 mm slack. The BRAIN bit
+    # above (kept for the synthetic cohort, which plants its faces away from it) is larger than the head's
+    # brain and reaches into the orbits and cheeks, where it kept the refacer off the subject's cheeks.
+    from incloud_kernel.head_to_mni import head_to_mni_ras
+
+    true_brain = resample_to(mask.get_fdata(dtype=np.float32), mask.affine, head.shape, aff, head_to_mni_ras(),
+                             order=1, cval=0) > 0.5
+    protect = dilate_mm(true_brain, BRAIN_SLACK_MM, vox)
     hmask = head_mask(head)
 
     i, j, k = np.meshgrid(*[np.arange(n) for n in head.shape], indexing="ij", sparse=True)
@@ -189,7 +234,11 @@ def build(out_dir: Path | None = None) -> Path:
     ears &= ~face
     margin = face_margin(face, brain, vox) & ~ears
 
-    lab = (brain * BRAIN | face * FACE | ears * EARS | hmask * HEAD | margin * MARGIN).astype(np.uint8)
+    replace = face | ears | margin
+    zone = face_zone(replace, protect, vox)
+    cranium = cranium_region(replace, protect, vox)
+    lab = (brain * BRAIN | face * FACE | ears * EARS | hmask * HEAD | margin * MARGIN | protect * CORE | zone * ZONE
+           | cranium * CRANIUM).astype(np.uint8)
     out_dir = Path(out_dir) if out_dir else _own_data("")
     out_dir.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(lab, aff)
@@ -202,7 +251,9 @@ def build(out_dir: Path | None = None) -> Path:
         "face_margin_mm": FACE_MARGIN_MM,
         "face_brain_gap_mm": FACE_BRAIN_GAP_MM,
         "head_to_mni_ras": np.round(head_to_mni, 6).tolist(),
-        "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD, "margin": MARGIN},
+        "bits": {"brain": BRAIN, "face": FACE, "ears": EARS, "head": HEAD, "margin": MARGIN, "core": CORE,
+                 "zone": ZONE, "cranium": CRANIUM},
+        "zone_mm": ZONE_MM, "cranium_mm": CRANIUM_MM, "cranium_gap_mm": CRANIUM_GAP_MM,
     }, indent=1) + "\n")
     return out_dir / LABELS_FILE
 
