@@ -40,16 +40,17 @@ class TableHubAuth(HubOAuth):
         return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
 
 
-def planted_study(out: Path, seed: int = 11, modalities: tuple[str, ...] = ("T1w",)) -> tuple[Path, set[str]]:
-    """A small synthetic study (2 mm T1w by default) with the planted identities; returns its folder and the
-    original UIDs now in its files."""
+def planted_study(out: Path, seed: int = 11, modalities: tuple[str, ...] = ("T1w",),
+                  screen_save: bool = False) -> tuple[Path, set[str]]:
+    """A small synthetic study (2 mm T1w by default; with ``screen_save`` a burned-in secondary capture too) with
+    the planted identities; returns its folder and the original UIDs now in its files."""
     from incloud_kernel.synth import make_study
 
-    truth = make_study(out, seed=seed, small=True, modalities=modalities, secondary_capture=False, labels=False)
+    truth = make_study(out, seed=seed, small=True, modalities=modalities, secondary_capture=screen_save,
+                       labels=False)
     folder = Path(truth.study_dir)
-    for extra in folder.glob("*.json"):
-        extra.unlink()
     uids = plant_identities(sorted(folder.rglob("*.dcm")))
+    uids.discard("None")  # an attribute the synthetic series lacks, not a UID
     return folder, uids
 
 
