@@ -105,6 +105,17 @@ def test_identified_or_tampered_instances_are_refused_with_a_reason(api, site, t
     forged.save_as(tmp_path / "forged.dcm", enforce_file_format=True)
     r = _stow(api, ticket["id"], [(tmp_path / "forged.dcm").read_bytes()])
     assert _reasons(r) == ["not de-identified: the site's profile still changes InstitutionName"]
+    # 3b. a name hidden beside the refacing record (same private group) or in the method's own text
+    forged = pydicom.dcmread(files[0])
+    forged.private_block(0x0009, "QZVENDOR 1.0", create=True).add_new(0x20, "LO", "Quenzelmark^Ottiline")
+    forged.save_as(tmp_path / "forged.dcm", enforce_file_format=True)
+    r = _stow(api, ticket["id"], [(tmp_path / "forged.dcm").read_bytes()])
+    assert r.status_code == 409 and "not de-identified" in _reasons(r)[0]
+    forged = pydicom.dcmread(files[0])
+    forged.DeidentificationMethod = "Quenzelmark"
+    forged.save_as(tmp_path / "forged.dcm", enforce_file_format=True)
+    r = _stow(api, ticket["id"], [(tmp_path / "forged.dcm").read_bytes()])
+    assert _reasons(r) == ["not de-identified: the site's profile still changes DeidentificationMethod"]
     # 4. a head slice whose pixels changed after refacing (the marker no longer matches), and one never marked
     forged = pydicom.dcmread(files[0])
     forged.PixelData = bytes(len(forged.PixelData))
