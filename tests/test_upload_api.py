@@ -7,6 +7,7 @@ the refacing marker), from a small synthetic head study with identities planted 
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -149,6 +150,15 @@ def test_a_good_study_is_archived_and_sending_again_is_idempotent(api, site, tmp
     with transaction(site.engine) as db:
         rows = list(db.scalars(select(Series)))
     assert [r.suffix for r in rows] == ["T1w"]
+    # an API that died during the chain left the state "ingesting": the next look at it runs the chain again
+    ticket_file = site.config.spool / "upload" / ticket["id"] / "ticket.json"
+    ticket_file.write_text(json.dumps({**json.loads(ticket_file.read_text()), "state": "ingesting"}))
+    while (state_now := client.get(f"api/upload/{ticket['id']}"))["state"] == "ingesting":
+        assert time.monotonic() < deadline + 600
+        time.sleep(1)
+    assert state_now["state"] == "archived", state_now
+    with transaction(site.engine) as db:
+        assert len(list(db.scalars(select(Series)))) == 1  # the same series, not a second one
     # sending again after the archive: acknowledged, nothing stored, nothing archived twice
     r = _stow(api, ticket["id"], [files[0].read_bytes()])
     assert r.status_code == 409  # the upload is archived: a new one needs a new ticket

@@ -342,6 +342,8 @@ class TicketHandler(UploadHandler):
 
     async def get(self, ticket: str) -> None:
         data = self.owned(ticket)
+        if data["state"] == "ingesting":  # after an API restart nothing runs it any more: the chain is idempotent
+            start_ingest(self.api.site, self.store(), ticket)
         self.send({k: data.get(k) for k in ("id", "project", "state", "received", "reason", "series")})
 
 
@@ -392,7 +394,7 @@ class CompleteHandler(UploadHandler):
                                     reason="incomplete")
             data["state"] = "ingesting"
             self.store().save(data)
-            threading.Thread(target=ingest_ticket, args=(self.api.site, self.store(), ticket), daemon=True).start()
+            start_ingest(self.api.site, self.store(), ticket)
         self.send({k: data.get(k) for k in ("id", "state", "received")})
 
 
@@ -460,6 +462,26 @@ def receive(store: Store, data: dict[str, Any], blobs: list[bytes]) -> tuple[lis
         fresh["received"] = _count(data["id"], folder)
         store.save(fresh)
     return stored, failed
+
+
+_ingesting: set[str] = set()
+
+
+def start_ingest(site: Any, store: Store, ticket: str) -> None:
+    """Run ``ingest_ticket`` in a thread of this process unless one runs it already."""
+    with _locks_guard:
+        if ticket in _ingesting:
+            return
+        _ingesting.add(ticket)
+
+    def run() -> None:
+        try:
+            ingest_ticket(site, store, ticket)
+        finally:
+            with _locks_guard:
+                _ingesting.discard(ticket)
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def ingest_ticket(site: Any, store: Store, ticket: str) -> None:
