@@ -47,8 +47,9 @@ from incloud_kernel.site import private_dir
 log = logging.getLogger("incloud.api.upload")
 
 UPLOAD_SCOPE = "custom:incloud:upload"
-#: Largest request body the route reads (one instance or a small batch); bigger: 413, nothing read.
-MAX_REQUEST_BYTES = 256 << 20
+#: Largest request body the route reads (one instance or a small batch); bigger: 413. Below tornado's own
+#: default limit (100 MB), which would close the connection without an answer.
+MAX_REQUEST_BYTES = 96 << 20
 #: Requests one user may make per minute on the upload routes (a token bucket); more: 429 with Retry-After.
 RATE_PER_MINUTE = 1200
 #: Instances one ticket (one study) may hold.
