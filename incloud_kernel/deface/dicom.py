@@ -336,3 +336,62 @@ def reface_session(groups: dict[str, list[Path]], refacer_factory=None,
         except safety.DefaceQuarantine as exc:
             result.quarantined[uid] = exc.reason
     return result
+
+
+# -- the refacing marker -------------------------------------------------------------------------------------------
+
+#: CID 7050 code for a removed face (PS3.16): what a refaced instance adds to its De-identification Method Codes.
+CLEAN_VISUAL_FEATURES = ("113102", "DCM", "Clean Recognizable Visual Features")
+#: Private creator of INCloud's own refacing record (group 0x0009, element xx10: JSON, no header value).
+REFACE_CREATOR = "INCLOUD REFACE 1"
+_REFACE_GROUP = 0x0009
+
+
+def _pixel_digest(ds: pydicom.Dataset) -> str:
+    import hashlib
+
+    return hashlib.sha256(bytes(ds["PixelData"].value or b"") if "PixelData" in ds else b"").hexdigest()
+
+
+def mark_refaced(ds: pydicom.Dataset, *, score: float | None = None) -> None:
+    """Record in ``ds`` (in place) that its face was replaced by this refacer: code 113102 "Clean Recognizable
+    Visual Features" in the De-identification Method Code Sequence and INCloud's refacing record, a private
+    element holding the tool, its version, the fit score and the SHA-256 of the Pixel Data as stored now.
+
+    Why a record beside the code: anybody can add a code item; the record ties the claim to these very pixels,
+    so a receiver (the clinic upload route) can tell a marked instance whose pixels were changed afterwards or
+    swapped. Call it on the datasets ``reface_session`` returns, after any re-encoding."""
+    import json
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    items = list(ds.get("DeidentificationMethodCodeSequence") or [])
+    if not any(str(i.get("CodeValue", "")) == CLEAN_VISUAL_FEATURES[0] for i in items):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = CLEAN_VISUAL_FEATURES
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    record = {"tool": "incloud_kernel.deface", "version": 1, "pixel_sha256": _pixel_digest(ds)}
+    if score is not None:
+        record["score"] = round(float(score), 4)
+    block = ds.private_block(_REFACE_GROUP, REFACE_CREATOR, create=True)
+    block.add_new(0x10, "UT", json.dumps(record, sort_keys=True))
+
+
+def refacing_record(ds: pydicom.Dataset) -> dict | None:
+    """The refacing record of a marked instance, or None when the instance does not carry a valid one: the
+    113102 code, the private record, and a pixel digest equal to the Pixel Data it holds now."""
+    import json
+
+    codes = {str(i.get("CodeValue", "")) for i in ds.get("DeidentificationMethodCodeSequence") or []}
+    if CLEAN_VISUAL_FEATURES[0] not in codes:
+        return None
+    try:
+        block = ds.private_block(_REFACE_GROUP, REFACE_CREATOR)
+        record = json.loads(str(block[0x10].value))
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not isinstance(record, dict) or record.get("pixel_sha256") != _pixel_digest(ds):
+        return None
+    return record

@@ -17,7 +17,8 @@ from incloud_kernel.deface.headmask import head_threshold
 
 def canonical(img: nib.spatialimages.SpatialImage) -> np.ndarray:
     """The voxel array in RAS axis order (i: left->right, j: posterior->anterior, k: inferior->superior)."""
-    return np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32).reshape(img.shape[:3])
+    can = nib.as_closest_canonical(img)  # a sagittal or coronal stack changes its axis order
+    return np.asarray(can.dataobj, dtype=np.float32).reshape(can.shape[:3])
 
 
 def depth_map(data: np.ndarray, view: str = "front", threshold: float | None = None,

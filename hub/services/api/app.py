@@ -536,20 +536,21 @@ ROUTES: list[Route] = [
 
 
 def all_routes() -> list[Route]:
-    """``ROUTES`` plus the pipeline and feature-library routes (``hub.services.api.pipeline`` and ``.features``,
-    which import this module)."""
+    """``ROUTES`` plus the pipeline, feature-library, workshop and clinic upload routes
+    (``hub.services.api.pipeline``, ``.features``, ``.workshops`` and ``.upload``, which import this module)."""
     from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
+    from hub.services.api.upload import ROUTES as UPLOAD_ROUTES
     from hub.services.api.workshops import ROUTES as WORKSHOP_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES + UPLOAD_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:
     """OpenAPI 3.1 description built from ``ROUTES`` (so it cannot drift from the route table)."""
     paths: dict[str, Any] = {}
     for route in all_routes():
-        path = "/" + route.path.replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
+        path = "/" + route.path.replace(r"([A-Za-z0-9_-]+)", "{ticket}").replace(r"([A-Za-z0-9]+)", "{code}").replace(r"([0-9]+)", "{id}") \
             .replace(r"(P[A-Z2-7]{16})", "{uid}").replace("(.*)", "{path}")
         scope = getattr(route.handler, "scope", None)
         op: dict[str, Any] = {

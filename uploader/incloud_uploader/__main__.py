@@ -1,0 +1,5 @@
+import sys
+
+from incloud_uploader.cli import main
+
+sys.exit(main())
