@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "registry": "incloud_kernel.cli.registry:registry",
     "pipeline": "incloud_kernel.cli.pipeline:pipeline",
     "features": "incloud_kernel.cli.library:features",
+    "cads": "incloud_kernel.cli.cads:cads",
 }
 
 

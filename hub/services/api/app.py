@@ -521,10 +521,11 @@ ROUTES: list[Route] = [
 def all_routes() -> list[Route]:
     """``ROUTES`` plus the pipeline and feature-library routes (``hub.services.api.pipeline`` and ``.features``,
     which import this module)."""
+    from hub.services.api.cads import ROUTES as CADS_ROUTES
     from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + CADS_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:
