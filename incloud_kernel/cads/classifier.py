@@ -9,8 +9,8 @@
    logistic regression), a tree ensemble (random forest) or both (soft vote), wrapped in
    ``CalibratedClassifierCV`` so the probabilities are calibrated on data the model did not fit;
 3. an "outside the training distribution" detector: the Mahalanobis distance (Ledoit-Wolf covariance) of a scan's
-   z-scores from the training scans, warned beyond the training distances' 99.5th centile, and ages or sites the
-   training data did not cover.
+   z-scores from the training scans, warned beyond the 99.5th centile of the training scans' out-of-fold
+   distances, and ages or sites the training data did not cover.
 
 ``leave_site_out(frame, labels)`` validates the whole recipe site by site (each site's scans predicted by a model
 fitted without that site, the normative part included). Probabilities come with the range over the calibration
@@ -101,11 +101,24 @@ class DiagnosticModel:
         self.model_ = CalibratedClassifierCV(_estimator(self.kind, self.seed), method="sigmoid",
                                              cv=self.calibration_folds).fit(z, y)
         filled = np.where(np.isfinite(z), z, 0.0)
+        self.ood_limit_ = self._ood_limit(filled)
         self.center_ = filled.mean(axis=0)
         self.precision_ = LedoitWolf().fit(filled).precision_
-        self.ood_limit_ = float(np.percentile(self._distance(filled), OOD_CENTILE))
         self.n_train_ = int(len(y))
         return self
+
+    def _ood_limit(self, filled: np.ndarray, folds: int = 5) -> float:
+        """The ``OOD_CENTILE`` centile of *out-of-fold* distances: a training scan is closer to a covariance fitted
+        on it than a new scan is, so in-sample distances would warn about ordinary new scans."""
+        from sklearn.covariance import LedoitWolf
+        from sklearn.model_selection import KFold
+
+        distances = np.empty(len(filled))
+        for fit, held in KFold(folds, shuffle=True, random_state=self.seed).split(filled):
+            self.center_ = filled[fit].mean(axis=0)
+            self.precision_ = LedoitWolf().fit(filled[fit]).precision_
+            distances[held] = self._distance(filled[held])
+        return float(np.percentile(distances, OOD_CENTILE))
 
     def _distance(self, z: np.ndarray) -> np.ndarray:
         d = z - self.center_
