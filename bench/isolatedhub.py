@@ -39,7 +39,7 @@ SITE_NAME = "Portal test site"
 #: What each demo user must see on the home page, from the issue's text (not computed from hub.roles): built
 #: modules first, then the planned ones.
 EXPECTED = {
-    "admin": ["archive", "qc", "workstation", "reservation", "processing", "health", "features", "reports",
+    "admin": ["archive", "qc", "workstation", "reservation", "processing", "reports", "health", "features",
               "upload", "workshops"],
     "researcher": ["archive", "workstation", "reservation", "processing", "features"],
     "reviewer": ["archive", "qc", "workstation"],

@@ -102,7 +102,7 @@ MODULES: list[Module] = [
     Module("features", "Feature library", "Query brain features across your projects.", "custom:incloud:write",
            built=False),
     Module("reports", "CADS reports", "Computer-aided diagnosis reports of your patients.",
-           "custom:incloud:reports", built=False),
+           "custom:incloud:reports"),
     Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",
            "custom:incloud:upload", built=False),
     Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:admin", built=False),

@@ -19,14 +19,17 @@ from incloud_kernel.site import Site
 ADMIN = Actor.console("tester")
 
 
-def build(site: Site, n: int = 160, n_other: int = 6, seed: int = 3) -> pd.DataFrame:
+def build(site: Site, n: int = 160, n_other: int = 6, seed: int = 3, projects: tuple[str, str] = ("CADS", "OTHER"),
+          clinician: str = "cleo") -> pd.DataFrame:
+    mine, other = projects
     frame = synthetic.cohort(n + n_other, seed=seed)
-    frame["project"] = ["CADS"] * n + ["OTHER"] * n_other
+    frame["project"] = [mine] * n + [other] * n_other
+    frame["participant"] = [f"{mine[:2]}{p}" for p in frame["participant"]]  # labels are unique site-wide
     ids = []
     with records.transaction(site) as db:
-        create_project(db, ADMIN, "CADS", "CADS cohort", owner="olivia")
-        create_project(db, ADMIN, "OTHER", "Another cohort", owner="bert")
-        grant(db, ADMIN, "CADS", "cleo", "collaborator")
+        create_project(db, ADMIN, mine, "CADS cohort", owner="olivia")
+        create_project(db, ADMIN, other, "Another cohort", owner="bert")
+        grant(db, ADMIN, mine, clinician, "collaborator")
         for row in frame.itertuples():
             participant = records.add_participant(db, ADMIN, row.project, row.participant, sex=row.sex,
                                                   birth_year=1970, diagnosis=[row.diagnosis], follow_up=False)

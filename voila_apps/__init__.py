@@ -36,6 +36,7 @@ DASHBOARDS: list[Dashboard] = [
     Dashboard("archive", "Open the archive browser", "archive.ipynb", module="archive"),
     Dashboard("qc", "Review QC", "qc_review.ipynb", module="qc"),
     Dashboard("reservation", "Book a scanner", "reservation.ipynb", module="reservation"),
+    Dashboard("cads", "Open CADS reports", "cads_report.ipynb", module="reports"),
 ]
 
 

@@ -11,9 +11,10 @@ From a notebook (the workstation's own token and rights)::
 
     import incloud_kernel, incloud_kernel.cads as cads
     client = incloud_kernel.connect()
-    report = cads.fetch_report(client, 1234)          # the dict the dashboard shows
-    cads.fetch_report_pdf(client, 1234, "r.pdf")      # the PDF for the clinical record
-    cads.fetch_models(client)                         # model versions, metrics, decisions
+    report = cads.fetch_report(client, 1234)    # the dict the dashboard shows
+    cads.fetch_report_pdf(client, 1234, "r.pdf")  # the PDF for the clinical record
+    cads.fetch_scans(client)                    # the scans whose report you may open
+    cads.fetch_models(client)                   # model versions, metrics, decisions
 """
 from __future__ import annotations
 
@@ -35,9 +36,14 @@ def fetch_report_pdf(client: Any, series: int, dest: str | Path, *, model: int |
     return target
 
 
+def fetch_scans(client: Any) -> list[dict[str, Any]]:
+    """The scans whose report you may open (series, pseudonym, project, session, QC)."""
+    return list(client._json("api/cads/scans")["items"])
+
+
 def fetch_models(client: Any) -> list[dict[str, Any]]:
     """Every model version with its metrics and retraining decision."""
     return list(client._json("api/cads/models")["items"])
 
 
-__all__ = ["fetch_report", "fetch_report_pdf", "fetch_models"]
+__all__ = ["fetch_report", "fetch_report_pdf", "fetch_scans", "fetch_models"]

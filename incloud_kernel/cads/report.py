@@ -60,6 +60,19 @@ def scan_frame(site: Any, db: DB, actor: Actor, series: int) -> tuple[Any, Any]:
     return row, data.wide_to_frame(wide.head(1))
 
 
+def available(site: Any, db: DB, actor: Actor, limit: int = 2000) -> list[dict[str, Any]]:
+    """The scans with features in the library whose report the actor may open (projects it is a member of; a
+    feature grant alone lists features, not reports): series, pseudonym, project, session, QC state."""
+    from sqlalchemy import select
+
+    from incloud_kernel.library.query import Library
+
+    codes = sorted(db.scalars(select(Project.code).where(Project.id.in_(permissions.visible_project_ids(actor)))))
+    scans = Library.of(site).scans(codes, {}, limit)
+    return [{"series": int(r.series), "pseudonym": r.participant, "project": r.project, "session": r.session,
+             "qc": r.qc} for r in scans.drop_duplicates("series").itertuples()]
+
+
 def _digest(frame: Any, features: list[str]) -> str:
     values = [None if v != v else round(float(v), 9) for v in frame.iloc[0].reindex(features).tolist()]
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
@@ -128,4 +141,4 @@ def _validated(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"heldout": pick(metrics.get("heldout")), "leave_site_out": pick(lso.get("pooled"))}
 
 
-__all__ = ["STATEMENT", "THRESHOLD", "build", "scan_frame"]
+__all__ = ["STATEMENT", "THRESHOLD", "available", "build", "scan_frame"]

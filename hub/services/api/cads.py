@@ -2,8 +2,8 @@
 
 ``GET api/cads/report/<series>?model=&threshold=`` answers the report of one series for whoever may read that
 series' project (any role: a clinician collaborator gets it; anyone else gets 403, the same for a series that
-does not exist); ``GET api/cads/report/<series>/pdf`` the PDF for the clinical record; ``GET api/cads/models`` the
-versions with their metrics and decisions (no training series ids). Retraining is the site console's
+does not exist); ``GET api/cads/report/<series>/pdf`` the PDF for the clinical record; ``GET api/cads/scans`` the scans whose report
+the user may open; ``GET api/cads/models`` the versions with their metrics and decisions (no training series ids). Retraining is the site console's
 (``incloud cads retrain``). Every permission decision is ``incloud_kernel.archive.permissions``'; the routes only
 parse arguments. Never logs a report's content.
 """
@@ -78,6 +78,15 @@ class CadsReportPdfHandler(CadsHandler):
         self.finish(data)
 
 
+class CadsScansHandler(CadsHandler):
+    """The scans whose report the user may open."""
+
+    async def get(self) -> None:
+        from incloud_kernel.cads import report
+
+        self.send({"items": await self.in_db(lambda db, actor: report.available(self.api.site, db, actor))})
+
+
 class CadsModelsHandler(CadsHandler):
     """Every model version with metrics and decision."""
 
@@ -92,6 +101,7 @@ ROUTES: list[Route] = [
           "and centiles, probabilities with their ranges, model version and validated performance (readers of "
           "its project)"),
     Route(r"api/cads/report/([0-9]+)/pdf", CadsReportPdfHandler, "The CADS report of a series as PDF"),
+    Route("api/cads/scans", CadsScansHandler, "Scans with features whose CADS report you may open"),
     Route("api/cads/models", CadsModelsHandler, "CADS model versions with held-out metrics and retraining "
           "decisions"),
 ]
