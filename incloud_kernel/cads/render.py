@@ -30,14 +30,24 @@ def _z_image(report: dict[str, Any]) -> Any:
     from incloud_kernel.features.atlases import load_atlas
 
     atlas = load_atlas(MAP_ATLAS)
-    labels = np.asarray(atlas.image.dataobj).astype(int)
+    labels = _labels(atlas)
     by_name = {name: value for value, name in atlas.labels.items()}
-    z = np.zeros(labels.shape, dtype=np.float32)
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.float32)  # label value -> z (0: no colour)
     for region in report["regions"]:
         atlas_name, feature, name = (region["feature"].split("/", 2) + ["", ""])[:3]
         if atlas_name == MAP_ATLAS and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
-            z[labels == by_name[name]] = region["z"]
-    return nib.Nifti1Image(z, atlas.image.affine)
+            lookup[by_name[name]] = region["z"]
+    return nib.Nifti1Image(lookup[labels], atlas.image.affine)
+
+
+_LABELS: dict[str, np.ndarray] = {}
+
+
+def _labels(atlas: Any) -> np.ndarray:
+    """The atlas's label array, read once per process (a report paints it with one table look-up)."""
+    if atlas.name not in _LABELS:
+        _LABELS[atlas.name] = np.asarray(atlas.image.dataobj).astype(np.int32)
+    return _LABELS[atlas.name]
 
 
 def draw_brain_map(report: dict[str, Any], figure: Any, rect: tuple[float, float, float, float]) -> None:
@@ -50,7 +60,7 @@ def draw_brain_map(report: dict[str, Any], figure: Any, rect: tuple[float, float
     plotting.plot_stat_map(_z_image(report), bg_img=load_mni152_template(resolution=2), axes=ax,
                            display_mode="z", cut_coords=(-20, -8, 4, 16, 30, 48), threshold=MAP_FLOOR,
                            vmax=max(4.0, threshold + 1), cmap="RdBu_r", colorbar=True, annotate=False,
-                           draw_cross=False, black_bg=False)
+                           draw_cross=False, black_bg=False, resampling_interpolation="nearest")
 
 
 def brain_map_png(report: dict[str, Any], dpi: int = 90) -> bytes:
