@@ -82,16 +82,29 @@ def save(site: Any, model: DiagnosticModel, version: int) -> tuple[Path, str]:
     return path, _sha256(path)
 
 
+#: path -> (sha256, (size, mtime_ns), model): a process loads a version once; a changed file is checked again.
+_LOADED: dict[str, tuple[str, tuple[int, int], DiagnosticModel]] = {}
+
+
 def load(row: CadsModel) -> DiagnosticModel:
-    """The fitted model of a version, after checking its file's SHA-256."""
+    """The fitted model of a version, after checking its file's SHA-256 (once per process while the file's size
+    and modification time stay the same)."""
     import joblib
 
     path = Path(row.path)
-    if not path.is_file():
-        raise StorageError(f"the file of model version {row.version} is missing")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise StorageError(f"the file of model version {row.version} is missing") from None
+    key = (stat.st_size, stat.st_mtime_ns)
+    cached = _LOADED.get(str(path))
+    if cached is not None and cached[0] == row.sha256 and cached[1] == key:
+        return cached[2]
     if _sha256(path) != row.sha256:
         raise StorageError(f"the file of model version {row.version} does not match its checksum; not loaded")
-    return joblib.load(path)
+    model = joblib.load(path)
+    _LOADED[str(path)] = (row.sha256, key, model)
+    return model
 
 
 def current(db: DB) -> CadsModel | None:
