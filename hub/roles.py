@@ -107,7 +107,7 @@ MODULES: list[Module] = [
     Module("processing", "Processing", "Pipelines on the cluster: running and failed.", "custom:incloud:write"),
     Module("features", "Feature library", "Query brain features across your projects.", "custom:incloud:write"),
     Module("reports", "CADS reports", "Computer-aided diagnosis reports of your patients.",
-           "custom:incloud:reports", built=False),
+           "custom:incloud:reports"),
     Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",
            "custom:incloud:upload", built=False),
     Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:workshop"),

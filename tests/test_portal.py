@@ -55,8 +55,8 @@ def test_each_demo_user_sees_exactly_the_modules_their_roles_allow(portal, brows
     assert shown == EXPECTED[who]
     assert SITE_NAME in page.inner_text("#incloud-brand") and "INCloud" in page.inner_text("#incloud-brand")
     built = page.eval_on_selector_all(".ic-card:not(.ic-planned)", "els => els.map(e => e.dataset.module)")
-    assert set(built) == {"archive", "qc", "workstation", "reservation", "processing", "features", "workshops",
-                          "health"} & set(EXPECTED[who])
+    assert set(built) == {"archive", "qc", "workstation", "reservation", "processing", "features", "reports",
+                          "workshops", "health"} & set(EXPECTED[who])
     if "archive" in shown:  # live status from the API, as this user: DEMO's 6 series (admin: OTHER's too)
         stats = page.inner_text("[data-live='archive'] .ic-stats")
         assert ("7" if who == "admin" else "6") + "\nseries" in stats, stats

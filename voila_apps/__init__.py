@@ -37,6 +37,7 @@ DASHBOARDS: list[Dashboard] = [
     Dashboard("qc", "Review QC", "qc_review.ipynb", module="qc"),
     Dashboard("reservation", "Book a scanner", "reservation.ipynb", module="reservation"),
     Dashboard("features", "Query the feature library", "feature_library.ipynb", module="features"),
+    Dashboard("cads", "Open CADS reports", "cads_report.ipynb", module="reports"),
 ]
 
 

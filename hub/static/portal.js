@@ -76,6 +76,9 @@
       }
       return out;
     },
+    reports: function (r) {
+      return [stats([[r.scans, "scans with a report you may open"], [r.model ? "v" + r.model : "–", "model"]])];
+    },
     reservation: function (r) {
       return [stats([[r.upcoming, "upcoming bookings of yours"], [r.to_approve, "waiting for your approval"]])];
     },

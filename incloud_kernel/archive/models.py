@@ -740,3 +740,50 @@ class WorkshopAccount(Base):
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     workshop: Mapped[Workshop] = relationship(back_populates="accounts")
+
+
+# ==============================================================================================================
+# Computer-aided diagnosis (issue 17 item 3, ``incloud_kernel.cads.registry``): every trained model is a version
+# with its training snapshot (the library query and the series ids), code and library versions, metrics and the
+# retraining decision. The fitted model itself is a joblib file under ``$INCLOUD_HOME/cads/models`` whose SHA-256
+# is kept here. Migration 0012_cads_models.
+# ==============================================================================================================
+
+#: A model version's state: the one ``current`` model answers reports; ``refused`` candidates are kept as history.
+CADS_STATUSES = ("candidate", "current", "retired", "refused")
+
+
+class CadsModel(Base):
+    """One trained diagnostic model version. Never deleted (old reports name it and must stay reproducible)."""
+
+    __tablename__ = "cads_model"
+    __table_args__ = (
+        CheckConstraint("status in ('candidate','current','retired','refused')", name="ck_cads_model_status"),
+        Index("ix_cads_model_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: 1, 2, ... in training order; what reports name.
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The library query the training data came from (criterion names and values: no identity).
+    query: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Series ids of the training and of the held-out scans (the snapshot; library rows are keyed by series).
+    training_series: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    heldout_series: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    features: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: ``{"leave_site_out": {...}, "heldout": {...}, "current_on_heldout": {...}}``.
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Why it was promoted or refused (one line).
+    decision: Mapped[str] = mapped_column(String(512), default="")
+    code_version: Mapped[str] = mapped_column(String(64))
+    library_generation: Mapped[str] = mapped_column(String(128), default="")
+    #: Distribution name -> version (python, numpy, scikit-learn, ...).
+    libraries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "pipeline": "incloud_kernel.cli.pipeline:pipeline",
     "features": "incloud_kernel.cli.library:features",
     "workshop": "incloud_kernel.cli.workshop:workshop",
+    "cads": "incloud_kernel.cli.cads:cads",
 }
 
 

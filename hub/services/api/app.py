@@ -536,14 +536,16 @@ ROUTES: list[Route] = [
 
 
 def all_routes() -> list[Route]:
-    """``ROUTES`` plus the pipeline, feature-library, workshop and clinic upload routes
-    (``hub.services.api.pipeline``, ``.features``, ``.workshops`` and ``.upload``, which import this module)."""
+    """``ROUTES`` plus the pipeline, feature-library, workshop, clinic upload and CADS routes
+    (``hub.services.api.pipeline``, ``.features``, ``.workshops``, ``.upload`` and ``.cads``, which import this
+    module)."""
+    from hub.services.api.cads import ROUTES as CADS_ROUTES
     from hub.services.api.features import ROUTES as FEATURE_ROUTES
     from hub.services.api.pipeline import ROUTES as PIPELINE_ROUTES
     from hub.services.api.upload import ROUTES as UPLOAD_ROUTES
     from hub.services.api.workshops import ROUTES as WORKSHOP_ROUTES
 
-    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES + UPLOAD_ROUTES
+    return ROUTES + PIPELINE_ROUTES + FEATURE_ROUTES + WORKSHOP_ROUTES + UPLOAD_ROUTES + CADS_ROUTES
 
 
 def openapi(prefix: str) -> dict[str, Any]:

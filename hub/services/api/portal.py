@@ -138,6 +138,14 @@ def health_status(db: Any, site: Site, hub_ok: bool) -> dict[str, Any]:
                        "slurm": _slurm_queue() if cfg.hub.mode == "cluster" else None}}
 
 
+def reports_status(db: Any, actor: Actor, site: Site) -> dict[str, Any]:
+    """Scans whose CADS report the actor may open, and the current model version (None: none trained yet)."""
+    from incloud_kernel.cads import registry, report
+
+    current = registry.current(db)
+    return {"scans": len(report.available(site, db, actor)), "model": current.version if current else None}
+
+
 def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = True) -> dict[str, Any]:
     """Status of every module the scopes open; modules not built yet get ``{"built": false}``."""
     out: dict[str, Any] = {}
@@ -162,6 +170,8 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = workshops.portal_status(db, actor)
         elif module.key == "health":
             out[module.key] = health_status(db, site, hub_ok)
+        elif module.key == "reports":
+            out[module.key] = reports_status(db, actor, site)
     return out
 
 

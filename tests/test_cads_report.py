@@ -1,0 +1,135 @@
+"""CADS items 4-5: the report from the library, its PDF, the API, the CLI and the notebook calls, and who may read it.
+
+A clinician who is a collaborator in project CADS gets the report of a CADS participant (JSON, PDF, CLI, through
+the client) and 403 for a participant of project OTHER and for a series that does not exist (the same answer, so
+probing ids reveals nothing); a token without the reports scope gets 403 too. Every report names its model
+version; a report by an older version is reproduced exactly after a newer one is promoted.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from api_thread import serving
+from jupyterhub.services.auth import HubOAuth
+
+from cads_data import ADMIN, build
+from hub.roles import API_SERVICE, scopes_of
+from incloud_kernel import cads
+from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.cads import registry, render, report
+from incloud_kernel.client import Client
+from incloud_kernel.db import transaction
+from incloud_kernel.errors import PermissionDenied
+from test_projects_cli import _capture, ok, one_line_error, run, run_process  # noqa: F401 - _capture: autouse
+
+ACCESS = f"access:services!service={API_SERVICE}"
+TOKENS = {f"t-{name}": {"name": name, "kind": "user", "groups": groups,
+                        "scopes": sorted({ACCESS, *scopes_of(groups, False)})}
+          for name, groups in (("cleo", ["clinician"]), ("olivia", ["researcher"]), ("carl", ["clinician"]))}
+
+
+class _TableAuth(HubOAuth):
+    async def get_user(self, handler, sync=True):  # type: ignore[no-untyped-def, override]
+        header = handler.request.headers.get("Authorization", "")
+        return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
+
+
+def _library(site: Any) -> Any:
+    frame = build(site, n=120, n_other=4)
+    with transaction(site.engine) as db:
+        outcome = registry.retrain(site, db, ADMIN, kind="linear", validate=False)
+    assert outcome.promoted, outcome.decision
+    return frame
+
+
+def _series(frame: Any, project: str, k: int = 0) -> int:
+    return int(frame[frame["project"] == project]["series"].iloc[k])
+
+
+REQUIRED = ("pseudonym", "scan", "regions", "flagged", "expected_false_flags", "probabilities", "model",
+            "statement", "warnings")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path: Path) -> None:  # type: ignore
+    frame = _library(site)
+    mine, other = _series(frame, "CADS", 3), _series(frame, "OTHER")
+    with transaction(site.engine) as db:
+        cleo = Actor.resolve(db, "cleo")
+        first = report.build(site, db, cleo, mine)
+        for bad in (other, 999_999):  # not hers, and not there: the same refusal
+            with pytest.raises(PermissionDenied, match=f"no CADS report you may open for series {bad}"):
+                report.build(site, db, cleo, bad)
+    assert all(key in first for key in REQUIRED)
+    assert first["pseudonym"] == frame.set_index("series").loc[mine, "participant"]
+    assert first["scan"]["qc"] == "pass" and first["model"]["version"] == 1
+    assert first["statement"].startswith("This report supports and does not replace clinical judgement")
+    assert first["expected_false_flags"] == pytest.approx(60 * 0.0455, abs=0.01)
+    assert {p["category"] for p in first["probabilities"]} == {"BD", "HC", "SCZ"}
+    assert all(p["low"] <= p["probability"] <= p["high"] for p in first["probabilities"])
+    assert first["model"]["validated"]["heldout"]["balanced_accuracy"] > 0.5
+    # a newer model is promoted; the old report is reproduced by naming its version
+    with transaction(site.engine) as db:
+        assert registry.retrain(site, db, ADMIN, kind="ensemble", validate=False, tolerance=0.5).promoted
+    with transaction(site.engine) as db:
+        cleo = Actor.resolve(db, "cleo")
+        newer = report.build(site, db, cleo, mine)
+        again = report.build(site, db, cleo, mine, model=1)
+    assert newer["model"]["version"] == 2
+    assert again["model"].pop("status") == "retired" and first["model"].pop("status") == "current"
+    strip = lambda r: {k: v for k, v in r.items() if k != "created_at"}  # noqa: E731
+    assert strip(again) == strip(first)  # every number, flag and probability the same
+    # the PDF
+    pdf = render.pdf(first, tmp_path / "report.pdf")
+    head = pdf.read_bytes()
+    assert head.startswith(b"%PDF") and len(head) > 20_000
+    # the CLI: the clinician's rights, the console's models and retraining
+    env = site_env
+    out = ok(env, "cads", "report", str(mine), "--as", "cleo", "--pdf", str(tmp_path / "cli.pdf"))
+    assert "model v2" in out and "supports and does not replace clinical judgement" in out
+    assert "expected by chance: 2.7" in out and (tmp_path / "cli.pdf").is_file()
+    assert json.loads(ok(env, "cads", "report", str(mine), "--model", "1", "--json", "--as", "cleo"))[
+        "input_sha256"] == first["input_sha256"]
+    line = one_line_error(run_process(env, "cads", "report", str(other), "--as", "cleo"), 3)
+    assert "no CADS report you may open" in line
+    assert "v1\tretired" in ok(env, "cads", "models") and "v2\tcurrent" in ok(env, "cads", "models")
+    line = one_line_error(run_process(env, "cads", "retrain", "--as", "cleo"), 3)
+    assert "site administrator" in line
+    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate")
+    assert out.startswith("model v3: ")
+
+
+@pytest.fixture
+def api(site) -> Iterator[tuple[str, Any]]:  # type: ignore[no-untyped-def]
+    from hub.services.api.app import make_app
+
+    frame = _library(site)
+    app = make_app(site.config, hub_auth=_TableAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0))
+    with serving(app) as url:
+        yield url, frame
+
+
+def test_clinician_collaborator_gets_the_report_over_the_api_others_403(api, tmp_path: Path) -> None:  # type: ignore
+    url, frame = api
+    mine, other = _series(frame, "CADS", 5), _series(frame, "OTHER", 1)
+    cleo = Client(url, "t-cleo")
+    got = cads.fetch_report(cleo, mine, threshold=2.5)
+    assert got["model"]["version"] == 1 and got["threshold"] == 2.5 and got["series"] == mine
+    pdf = cads.fetch_report_pdf(cleo, mine, tmp_path / "r.pdf")
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert cads.fetch_models(cleo)[0]["status"] == "current"
+    for series in (other, 999_999):
+        with pytest.raises(PermissionDenied, match="no CADS report you may open"):
+            cads.fetch_report(cleo, series)
+    with pytest.raises(PermissionDenied):  # carl is a clinician but not in project CADS
+        cads.fetch_report(Client(url, "t-carl"), mine)
+    with pytest.raises(PermissionDenied, match="lacks scope custom:incloud:reports"):  # a researcher's token
+        cads.fetch_report(Client(url, "t-olivia"), mine)
+    import requests
+
+    r = requests.get(f"{url}api/cads/report/{mine}", params={"threshold": "lots"},
+                     headers={"Authorization": "token t-cleo"}, timeout=30)
+    assert r.status_code == 400 and "threshold" in r.json()["message"]
