@@ -423,7 +423,11 @@ def run_batch(jobs: list[Job], context: DeidContext, out_root: Path, quarantine_
         _WORKER.clear()
         _WORKER.update(saved)
     else:
-        ctx = mp.get_context("fork")
+        # forkserver, not fork: the workers start from a clean server process, never from a copy of a caller that
+        # may hold native threads (a notebook's, the API's, a test session's browser driver or thread pools),
+        # which made forked workers die at birth and the pool re-fork them without end. The context and the
+        # worker functions pickle (module-level functions; the callbacks are built to go to worker processes).
+        ctx = mp.get_context("forkserver")
         with ctx.Pool(n_jobs, initializer=_init_worker, initargs=initargs) as pool:
             chunk = max(1, min(64, len(jobs) // (n_jobs * 8) or 1))
             for result in pool.imap_unordered(process, jobs, chunksize=chunk):
