@@ -33,15 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from eval_heads import _package_file  # noqa: E402 - a packaged file located without importing its package
 from t1_heads import real_heads  # noqa: E402
-
-
-def _package_file(package: str, relative: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    return path if path.is_file() else None
 
 
 #: (name, package, relative path) of the real 4D BOLD-like images.
