@@ -22,7 +22,6 @@ name, shape, seconds, outcome (rows, or the one-line error).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time

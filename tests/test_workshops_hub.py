@@ -28,6 +28,7 @@ import requests
 
 from conftest import missing
 from isolated_hub import chromium, hub_user, log_in, nifti_bytes, portal_stack
+from test_hub_embedded import _pids_of  # noqa: E402 - processes of a system user, read from /proc
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(1800)]
 
@@ -113,15 +114,6 @@ def _remove_leftovers(names: list[str]) -> None:
         subprocess.run(["userdel", "-r", "-f", name], capture_output=True, timeout=30)
 
 
-def _pids_of(uid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
-                pids.append(int(entry.name))
-        except FileNotFoundError:
-            pass
-    return pids
 
 
 def _server_environ(uid: int) -> dict[str, str]:
