@@ -19,7 +19,7 @@ from archive_data import ADMIN, populate
 from conftest import make_env
 from incloud_kernel import db as dbmod
 from incloud_kernel.acquisition import registry
-from incloud_kernel.archive import projects
+from incloud_kernel.archive import projects, sitebackup
 from incloud_kernel.archive.models import (Membership, Participant, Project, QCReview, RegistryEnrolment,
                                            RegistryPerson, Series, SiteAdmin)
 from incloud_kernel.archive.permissions import Actor
@@ -138,19 +138,22 @@ def test_restore_drill_brings_back_database_files_pseudonyms_and_qc(site: Site, 
         "or point database.url at a new one)"]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_backup_keeps_the_newest_dumps_and_never_mixes_keys_with_them(site: Site, site_env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     populate(site)
     dest = tmp_path / "backup"
     for _ in range(3):
-        assert run(site_env, "backup", "create", str(dest), "--keep", "2").returncode == 0
-    from incloud_kernel.archive.sitebackup import dumps
-    assert len(dumps(dest)) == 2
+        assert sitebackup.create(site, ADMIN, dest, keep=2).complete
+    kept = sitebackup.dumps(dest)
+    assert len(kept) == 2 and all(p.with_name(p.name + ".json").is_file() for p in kept)
+    assert len(list((dest / "database").iterdir())) == 4
     out = run(site_env, "backup", "create", str(dest), "--keys-to", str(dest / "keys"))
     assert out.returncode == 2 and out.stderr.startswith("error: the key folder and the backup folder")
     assert not (dest / "keys").exists()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_backup_to_an_unwritable_target_is_one_line(site: Site, site_env: dict[str, str], tmp_path: Path) -> None:
     populate(site)
     target = tmp_path / "ro"
