@@ -342,6 +342,7 @@ def restore(config: Config, dest: Path, *, dump: Path | None = None, keys_from: 
     if not _empty(engine):
         raise ValidationError("the site database is not empty: restore only into a new, empty database "
                               "(drop and create it, or point database.url at a new one)")
+    keys_restored = load_keys(config, keys_from) if keys_from is not None else []  # a conflict stops us here
     if backend == "sqlite":
         engine.dispose()
         _restore_sqlite(Path(str(engine.url.database)), dump)
@@ -349,9 +350,8 @@ def restore(config: Config, dest: Path, *, dump: Path | None = None, keys_from: 
         _restore_postgres(engine, dump)
     schema.upgrade(engine)
     report = SiteRestoreReport(dump=str(dump), backend=backend, revision_in_dump=str(meta.get("revision", "")),
-                               revision_now=schema.current_revision(engine) or "", archive={})
-    if keys_from is not None:
-        report.keys_restored = load_keys(config, keys_from)
+                               revision_now=schema.current_revision(engine) or "", archive={},
+                               keys_restored=keys_restored)
     site = Site(config=config, engine=engine)
     site.ensure_roots()
     console = Actor.console()
