@@ -206,3 +206,31 @@ def test_postgres_backup_and_restore_as_an_unprivileged_role_with_a_password(tmp
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{role}{suffix}" WITH (FORCE)'))
             conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_file_replaced_between_the_dump_and_the_mirror_makes_the_backup_incomplete(
+        site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The dump's row and the mirrored bytes disagree: the run says so (exit 1 in the CLI) instead of keeping a
+    backup whose restore would fail on that file."""
+    from isolated_hub import nifti_bytes
+    from incloud_kernel.archive import integrity, records
+
+    populate(site)
+    with transaction(site.engine) as db:
+        series = db.scalars(select(Series).order_by(Series.id)).first()
+        sid = series.id
+    real_backup = integrity.backup
+
+    def late_writer(*args: Any, **kwargs: Any) -> Any:  # ingest replacing a series right after the dump
+        with transaction(site.engine) as db:
+            records.replace_files(site, ADMIN, db.get(Series, sid), {"nii.gz": nifti_bytes(seed=99)})
+        return real_backup(*args, **kwargs)
+
+    monkeypatch.setattr(sitebackup.integrity, "backup", late_writer)
+    report = sitebackup.create(site, ADMIN, tmp_path / "backup")
+    # the NIfTI now has other bytes, the sidecar is gone (replace_files swaps all files of the series)
+    assert not report.complete and report.changed == ["sub-P01/ses-1/anat/sub-P01_ses-1_T1w.json",
+                                                      "sub-P01/ses-1/anat/sub-P01_ses-1_T1w.nii.gz"]
+    monkeypatch.setattr(sitebackup.integrity, "backup", real_backup)
+    assert sitebackup.create(site, ADMIN, tmp_path / "backup").complete  # the next run is whole again
