@@ -324,6 +324,10 @@ def restore(config: Config, dest: Path, *, dump: Path | None = None, keys_from: 
 
     Raises ValidationError (no dump, database not empty), DatabaseError, StorageError.
     """
+    if not dest.is_dir():
+        raise ValidationError(f"backup folder {dest} does not exist")
+    if keys_from is not None and not keys_from.is_dir():
+        raise ValidationError(f"key folder {keys_from} does not exist")
     if dump is None:
         found = dumps(dest)
         if not found:

@@ -266,10 +266,10 @@ def backup_create(ctx: click.Context, dest: Path | None, keep: int, keys_to: Pat
 
 
 @site_backup.command("restore")
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--dump", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--dump", type=click.Path(path_type=Path), default=None,
               help="This dump instead of the newest in DEST/database.")
-@click.option("--keys-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--keys-from", type=click.Path(path_type=Path), default=None,
               help="Put the keys saved with --keys-to back (an existing different key is never overwritten).")
 @_json_option
 @click.pass_context
