@@ -233,7 +233,9 @@ def dump_database(site: Site, folder: Path, stamp: str) -> tuple[Path, dict[str,
     meta = {"backend": backend, "revision": schema.current_revision(site.engine), "incloud": __version__,
             "rows": len(rows), "created": stamp,
             "keys_in_use": sorted(name for name, path in key_files(site.config).items() if path.is_file())}
-    (folder / f"{final.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    fd = os.open(folder / f"{final.name}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(meta, indent=2) + "\n")
     return final, rows
 
 
