@@ -216,10 +216,8 @@ def dump_database(site: Site, folder: Path, stamp: str) -> tuple[Path, dict[str,
     tmp = folder / f".incloud-tmp-{os.getpid()}-{final.name}"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
-        if sqlite_path is not None:
-            tmp.unlink()
+        if sqlite_path is not None:  # an empty file is an empty SQLite database: the copy is 0600 throughout
             rows = _dump_sqlite(sqlite_path, tmp)
-            os.chmod(tmp, 0o600)
         else:
             rows = _dump_postgres(site.engine, tmp)
         with open(tmp, "rb") as fh:
