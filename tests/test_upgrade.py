@@ -9,6 +9,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from incloud_kernel.archive import schema, sitebackup
@@ -67,6 +68,7 @@ def test_incloud_init_upgrades_an_older_database_without_losing_a_row(site_env: 
     assert state(after) == before
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite's restore path: test_restore_drill
 def test_a_dump_from_an_older_version_restores_and_is_migrated(site_env: dict[str, str], tmp_path: Path) -> None:
     site = old_site(site_env)
     before = state(site)
