@@ -39,7 +39,10 @@ def configure(c: Any, cfg: Config | None = None) -> Config:
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
-    c.JupyterHub.cleanup_servers = True
+    # Upgrades restart the hub without touching running workstations (docs/backup.md "Upgrades"): Slurm jobs and
+    # containers outlive it and are found again from its database; the proxy it restarts gets its routes back.
+    # Embedded workstations are the hub's own child processes on the head node: those are stopped with it.
+    c.JupyterHub.cleanup_servers = hub.mode == "embedded"
     # Answer a spawn request at once; progress (and a clear failure message) follows on the progress stream.
     c.JupyterHub.slow_spawn_timeout = 0
     c.JupyterHub.allow_named_servers = hub.allow_named_servers

@@ -381,8 +381,12 @@ def _check_roots(archive: Path, backup: Path) -> None:
         raise StorageError(f"backup root {backup} and archive root {archive} must not contain each other")
 
 
-def backup(site: Site, actor: Actor, *, full: bool = False, progress: Progress | None = None) -> BackupReport:
+def backup(site: Site, actor: Actor, *, full: bool = False, progress: Progress | None = None,
+           backup_root: Path | None = None) -> BackupReport:
     """Mirror the archive root to the backup root, copying only what changed (by SHA-256).
+
+    ``backup_root``: where to mirror (default ``storage.backup_root``); ``incloud backup create DIR`` passes
+    its DIR so the files and the database dump of one site backup sit side by side.
 
     A recorded file is skipped when the manifest holds its row's SHA-256 and the backup copy has the row's
     size (``full=True`` re-hashes every backup copy instead). Every copied file is hashed while copying and
@@ -392,7 +396,7 @@ def backup(site: Site, actor: Actor, *, full: bool = False, progress: Progress |
     """
     _require_admin(actor, "back up the archive")
     progress = progress or _no_progress
-    root, broot = site.archive_root, site.config.backup_root
+    root, broot = site.archive_root, backup_root or site.config.backup_root
     if not root.is_dir():
         raise StorageError(f"archive root {root} does not exist: run 'incloud init'")
     _check_roots(root, broot)
@@ -473,7 +477,7 @@ class RestoreReport:
 
 
 def restore(site: Site, actor: Actor, relpaths: list[str] | None = None, *,
-            progress: Progress | None = None) -> RestoreReport:
+            progress: Progress | None = None, backup_root: Path | None = None) -> RestoreReport:
     """Bring back lost or corrupt recorded files from the backup root.
 
     ``relpaths``: paths relative to the archive root (each must have a DataFile row); ``None`` restores every
@@ -484,7 +488,7 @@ def restore(site: Site, actor: Actor, relpaths: list[str] | None = None, *,
     """
     _require_admin(actor, "restore archive files")
     progress = progress or _no_progress
-    root, broot = site.archive_root, site.config.backup_root
+    root, broot = site.archive_root, backup_root or site.config.backup_root
     rows = _rows(site)
     if relpaths is None:
         targets = sorted(rows)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "projects": "incloud_kernel.cli.projects:projects",
     "grant": "incloud_kernel.cli.projects:grant",
     "archive": "incloud_kernel.cli.archive:archive",
+    "backup": "incloud_kernel.cli.archive:site_backup",
     "export": "incloud_kernel.cli.archive:export",
     "synth": "incloud_kernel.cli.synth:synth",
     "deid": "incloud_kernel.cli.deid:deid",

@@ -1,4 +1,4 @@
-"""``incloud archive ls|verify|backup|restore|sweep`` and ``incloud export bids PROJECT DEST``.
+"""``incloud archive ls|verify|backup|restore|sweep``, ``incloud backup create|restore`` and ``incloud export bids``.
 
 Thin wrappers over ``archive.integrity`` and ``archive.export``: they open the site, pick the actor (the site
 console, an explicit site admin, unless ``--as USER``), show a progress bar on stderr for long work and print
@@ -221,3 +221,80 @@ def export_bids_cmd(project: str, dest: Path, as_json: bool, as_user: str | None
         f"exported project {report.project} to {report.dest}: {report.participants} participants, "
         f"{report.sessions} sessions, {report.files} files ({report.bytes} bytes), "
         f"{report.sidecars_written} sidecars written"])
+
+
+@click.group("backup")
+def site_backup() -> None:
+    """Back up and restore the whole site: the database and the archive's files together (docs/backup.md)."""
+
+
+@site_backup.command("create")
+@click.argument("dest", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--keep", default=7, show_default=True, type=click.IntRange(min=1),
+              help="Database dumps to keep in DEST/database (older ones are deleted; files are never pruned).")
+@click.option("--keys-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also copy the site key and the registry key ring here (never inside DEST).")
+@_json_option
+@_as_option
+@click.pass_context
+def backup_create(ctx: click.Context, dest: Path | None, keep: int, keys_to: Path | None, as_json: bool,
+                  as_user: str | None) -> None:
+    """Dump the database into DEST/database, then mirror the archive's files into DEST (default: the backup
+    root). Exit 1 when a file changed between the dump and the mirror (run it again)."""
+    from incloud_kernel.archive import sitebackup
+
+    site, actor = _open(as_user)
+    dest = dest or site.config.backup_root
+    with _progress("backing up", as_json) as progress:
+        report = sitebackup.create(site, actor, dest, keep=keep, keys_to=keys_to, progress=progress)
+    a = report.archive
+    lines = [f"backup {report.dest}: database dump {Path(report.dump).name} ({report.backend}, schema "
+             f"{report.revision}, {report.rows} file rows); files {len(a['copied'])} copied, {a['unchanged']} "
+             f"unchanged; {len(report.pruned)} old dump(s) pruned"]
+    lines += _listing("changed during the backup", report.changed)
+    lines += _listing("corrupt in the archive (not backed up)", a["corrupt_source"])
+    if report.keys_copied:
+        lines.append(f"keys copied to {keys_to}: {', '.join(report.keys_copied)}")
+    else:
+        lines.append("keys: not in this backup (by design); keep the site key and the registry key ring "
+                     "elsewhere (--keys-to, a vault)")
+    _emit(as_json, report.to_dict(), lines)
+    if not report.complete:
+        click.echo("error: the backup is not complete: files changed or are corrupt; run it again "
+                   "('incloud archive verify' if it repeats)", err=True)
+        ctx.exit(1)
+
+
+@site_backup.command("restore")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--dump", type=click.Path(path_type=Path), default=None,
+              help="This dump instead of the newest in DEST/database.")
+@click.option("--keys-from", type=click.Path(path_type=Path), default=None,
+              help="Put the keys saved with --keys-to back (an existing different key is never overwritten).")
+@_json_option
+@click.pass_context
+def backup_restore(ctx: click.Context, dest: Path, dump: Path | None, keys_from: Path | None,
+                   as_json: bool) -> None:
+    """Restore the site from DEST into an EMPTY database: the dump, migrations to this version, every recorded
+    file. Exit 1 when a file could not be restored or a key the site used is missing."""
+    from incloud_kernel.archive import sitebackup
+    from incloud_kernel.config import get_config
+
+    with _progress("restoring", as_json) as progress:
+        report = sitebackup.restore(get_config(), dest, dump=dump, keys_from=keys_from, progress=progress)
+    a = report.archive
+    lines = [f"restored database from {Path(report.dump).name} (schema {report.revision_in_dump or '?'} -> "
+             f"{report.revision_now}); files restored {len(a['restored'])}, failed {len(a['failed'])}; "
+             f"dataset files {report.dataset_files}"]
+    lines += _listing("failed", [f"{f['relpath']} ({f['reason']})" for f in a["failed"]])
+    if report.keys_restored:
+        lines.append(f"keys put back: {', '.join(report.keys_restored)}")
+    lines += _listing("key missing", report.keys_missing)
+    lines.append("next: 'incloud archive verify'")
+    _emit(as_json, report.to_dict(), lines)
+    if a["failed"]:
+        click.echo(f"error: {len(a['failed'])} file(s) could not be restored", err=True)
+        ctx.exit(1)
+    if report.keys_missing:
+        click.echo("error: the restored site lacks a key it used: put it back (--keys-from, the vault)", err=True)
+        ctx.exit(1)
