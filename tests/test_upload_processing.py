@@ -139,3 +139,32 @@ def test_an_uploaded_study_is_processed_by_itself_and_its_progress_is_shown(api,
     result = _status(api, t["id"], "t-cleo-qc").json()["result"]
     assert result["kind"] == "qc" and result["url"].endswith("/hub/user-redirect/voila/render/INCloud/dashboards/"
                                                               "qc_review.ipynb"), result
+
+
+def test_the_report_step_is_ready_when_the_library_and_a_model_have_the_series(site) -> None:  # type: ignore
+    """The last step without running pipelines: QC and feature runs recorded as done over one scan of a CADS
+    cohort (``cads_data``: its features in the library), a model trained and promoted; the report step is
+    "done" for the clinician and names the series whose report opens."""
+    from cads_data import ADMIN as CONSOLE, build
+
+    from incloud_kernel.cads import registry as models
+    from incloud_kernel.ingest import followup
+
+    frame = build(site, n=64, n_other=0)  # enough healthy controls for the normative model, few seconds
+    with transaction(site.engine) as db:
+        assert models.retrain(site, db, CONSOLE, kind="linear", validate=False).promoted
+    series = int(frame[frame["project"] == "CADS"]["series"].iloc[0])
+    record: dict = {}
+    with transaction(site.engine) as db:
+        row = db.get(Series, series)
+        for key, name in (("qc_run", "qc"), ("features_run", "features")):
+            run = PipelineRun(project_id=row.project_id, pipeline=name, version="1", pipeline_ref="-",
+                              owner="cleo", state="done")
+            db.add(run)
+            db.flush()
+            db.add(PipelineTask(run_id=run.id, stage=name, series_id=series, participant="x", state="done"))
+            record[key], record[key.replace("_run", "_tasks")] = run.id, 1
+    steps = followup.advance(site, "cleo", "CADS", [series], record)
+    assert [(s["name"], s["state"]) for s in steps] == [("archived", "done"), ("qc", "done"), ("features", "done"),
+                                                        ("report", "done")], steps
+    assert record["report_series"] == [series] and followup.settled(steps)
