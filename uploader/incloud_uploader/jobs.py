@@ -120,7 +120,7 @@ class Uploader:
         data = job.state.data
         outbox = job.folder / "outbox"
         if data.get("prepared"):  # a resumed upload: the outbox is complete and its UIDs are the ones sent
-            job.prepared = [prepare.Prepared(**{**p, "files": [outbox / f for f in p["files"]],
+            job.prepared = [prepare.Prepared(**{**p, "files": [_outbox_file(outbox, f) for f in p["files"]],
                                                 "qc_png": outbox / p["qc_png"] if p["qc_png"] else None})
                             for p in data["prepared"]]
             job.phase = "confirm" if not data.get("confirmed") else "uploading"
@@ -140,7 +140,8 @@ class Uploader:
 
         job.prepared = prepare.prepare_study(job.series, ticket, bytes.fromhex(data["uid_key"]), outbox,
                                              progress=say)
-        job.state.save(prepared=[{"key": p.key, "files": [f.name for f in p.files], "blocked": p.blocked,
+        job.state.save(prepared=[{"key": p.key, "files": [f.relative_to(outbox).as_posix() for f in p.files],
+                                  "blocked": p.blocked,
                                   "refaced": p.refaced,
                                   "qc_png": str(p.qc_png.relative_to(outbox)) if p.qc_png else None}
                                  for p in job.prepared])
@@ -180,6 +181,15 @@ class Uploader:
                 return
             review = any(s.get("state") == "review" for s in job.progress["steps"])
             time.sleep(self.review_poll if review else self.poll)
+
+
+def _outbox_file(outbox: Path, name: str) -> Path:
+    """A prepared file of the state (its path in the outbox; a state written before paths were kept names the
+    file alone, which lies in its series' folder)."""
+    path = outbox / name
+    if path.exists() or "/" in name:
+        return path
+    return next(outbox.glob(f"*/{name}"), path)
 
 
 def lookup_identity(patient: dict[str, str]) -> dict[str, str]:
