@@ -12,6 +12,10 @@ marker (DCM 113102 and INCloud's refacing record bound to the pixels, ``incloud_
 else is refused in the STOW-RS response with a reason the uploader shows. Instances are idempotent by SOP
 Instance UID: one sent again is acknowledged, not stored twice. ``POST api/upload/<ticket>/complete`` hands the
 study to the normal ingest chain (``IngestChain.run_files``, as ``incloud ingest PATH``); a failure quarantines it.
+Once archived, its processing starts by itself (``incloud_kernel.ingest.followup``: QC, features, CADS report),
+followed by a thread and by every ``GET api/upload/<ticket>``, which answers the steps and the result page.
+A clinic holding ``custom:incloud:lookup`` may send identifying fields with its ticket request: the ticket then
+carries the project's registry pseudonym (``registry.project_pseudonym``); the fields are never logged or kept.
 
 Tickets and received instances live under ``<spool>/upload/`` (folders 0700, files 0600), so an API restart in
 the middle of an upload loses nothing. This module must never log or answer with a header value, and never keep
