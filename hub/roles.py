@@ -22,6 +22,9 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
     "custom:incloud:qc": {"description": "Pass or fail scans in quality control."},
     "custom:incloud:upload": {"description": "Send de-identified scans from a clinic."},
     "custom:incloud:reports": {"description": "Read computer-aided diagnosis reports."},
+    "custom:incloud:lookup": {"description": "Upload under a patient's registry pseudonym: the clinic's upload "
+                                             "looks the patient up in the participant registry (no identity is "
+                                             "shown back)."},
     "custom:incloud:registry": {"description": "Register participants and see identities (registrar only)."},
     "custom:incloud:admin": {"description": "Manage projects, grants and users of the INCloud archive."},
     "custom:incloud:book": {"description": "Book scanner time for participants of your projects."},
@@ -38,6 +41,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
     "researcher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:write", "custom:incloud:book"],
     "qc_reviewer": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:qc"],
     "clinician": ["custom:incloud:upload", "custom:incloud:reports"],
+    # A clinic the site lets look patients up (with the clinician role): uploads join the registered person.
+    "clinic_lookup": ["custom:incloud:lookup"],
     "registrar": ["custom:incloud:read", "custom:incloud:registry"],
     "scanner_manager": ["custom:incloud:read", "custom:incloud:book", "custom:incloud:approve"],
     "teacher": ["custom:incloud:read", "custom:incloud:files", "custom:incloud:workshop", "custom:incloud:teach"],
@@ -109,7 +114,7 @@ MODULES: list[Module] = [
     Module("reports", "CADS reports", "Computer-aided diagnosis reports of your patients.",
            "custom:incloud:reports"),
     Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",
-           "custom:incloud:upload", built=False),
+           "custom:incloud:upload"),
     Module("workshops", "Workshops", "Teaching classes on a read-only dataset.", "custom:incloud:workshop"),
     Module("health", "Site health", "Services, disk and queues of this site.", "custom:incloud:admin"),
 ]

@@ -276,6 +276,9 @@ class IngestSection:
     max_attempts: int = 3
     #: Seconds before the first retry of such a study; doubled for each further attempt.
     retry_backoff: float = 30.0
+    #: A clinic upload (``api/upload``), once archived, starts its processing by itself: QC over its series,
+    #: the features when the QC gate accepts them, then the CADS report (``ingest.followup``).
+    process_uploads: bool = True
 
     def __post_init__(self) -> None:
         if self.unmatched not in UNMATCHED_CHOICES:

@@ -56,7 +56,7 @@ def test_each_demo_user_sees_exactly_the_modules_their_roles_allow(portal, brows
     assert SITE_NAME in page.inner_text("#incloud-brand") and "INCloud" in page.inner_text("#incloud-brand")
     built = page.eval_on_selector_all(".ic-card:not(.ic-planned)", "els => els.map(e => e.dataset.module)")
     assert set(built) == {"archive", "qc", "workstation", "reservation", "processing", "features", "reports",
-                          "workshops", "health"} & set(EXPECTED[who])
+                          "workshops", "health", "upload"} & set(EXPECTED[who])
     if "archive" in shown:  # live status from the API, as this user: DEMO's 6 series (admin: OTHER's too)
         stats = page.inner_text("[data-live='archive'] .ic-stats")
         assert ("7" if who == "admin" else "6") + "\nseries" in stats, stats
@@ -68,6 +68,10 @@ def test_each_demo_user_sees_exactly_the_modules_their_roles_allow(portal, brows
         assert page.inner_text("[data-live='reservation'] .ic-stat b") == "0"
     if "health" in shown:
         assert "database" in page.inner_text("[data-live='health']")
+    if "upload" in shown:  # how to install and run the uploader, with this site's API address; the uploads
+        howto = page.inner_text("[data-module='upload'] .ic-upload-howto")
+        assert f"incloud-uploader --server {portal.url.rstrip('/')}/services/incloud-api/ --token" in howto, howto
+        assert page.inner_text("[data-live='upload'] .ic-stat b") == "0"  # none yet in the demo site
     assert f"ssh -p 8022 {portal.names[who]}@127.0.0.1" in page.inner_html("[data-module='workstation']")
     page.screenshot(path=str(shots / f"home-{who}.png"), full_page=True)
     page.context.close()

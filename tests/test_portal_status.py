@@ -37,7 +37,7 @@ def test_status_counts_only_what_the_viewer_may_see(site: Site) -> None:
     reviewer = _status(site, "rita", ["qc_reviewer"])
     assert reviewer["qc"] == {"waiting": 4, "failed": 0}
     clinician = _status(site, "rita", ["clinician"])
-    assert clinician == {"reports": {"scans": 0, "model": None}, "upload": {"built": False}}
+    assert clinician == {"reports": {"scans": 0, "model": None}, "upload": {"uploads": 0, "last": []}}
 
 
 def test_site_health_only_for_the_admin_scope(site: Site) -> None:

@@ -30,9 +30,12 @@ from incloud_uploader import prepare, scan, send  # noqa: E402 - upload_data put
 
 
 @pytest.fixture
-def api(site) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def api(site, monkeypatch) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from hub.services.api.app import make_app
+    from incloud_kernel import config
 
+    monkeypatch.setenv("INCLOUD_INGEST_PROCESS_UPLOADS", "false")  # processing: test_upload_processing.py
+    site.config = config.get_config(reload=True)
     console = Actor.console("tester")
     with transaction(site.engine) as db:
         projects.create_project(db, console, "CLIN", owner="olivia")

@@ -4,13 +4,18 @@ The uploader (``python -m incloud_uploader``, the console script's module) runs 
 127.0.0.1; Chromium opens its one-time URL, picks a folder holding a small synthetic head study with identities
 planted everywhere (``ingest_data.plant_identities``) plus a burned-in screen save, and uploads it to the real
 INCloud API through a recording proxy (``recording_proxy``). After the third upload request the API is stopped,
-the page shows the retries, the API is started again and the upload resumes; the study is archived refaced and
-de-identified; nothing the uploader sent (paths, headers, bodies) holds a planted identity or an original UID.
+the page shows the retries, the API is started again and the upload resumes; a few requests later the uploader
+program itself is killed (a request in flight) and started again on the same work folder: the same choice resumes
+without preparing again, re-sending only the unacknowledged batch. The study is archived refaced and
+de-identified, its processing starts by itself and the page shows each step (archived, QC, features, report) and
+the result link; nothing the uploader sent (paths, headers, bodies) holds a planted identity or an original UID.
 Bad input (a DICOMDIR disc with nested folders, non-DICOM files, a corrupt instance, a folder of JPEGs, an
 expired token) gets a clear message on the page. Screenshots go to ``INCLOUD_UPLOAD_SHOTS`` or a temp folder.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
@@ -34,7 +39,7 @@ from incloud_kernel.db import transaction
 from isolated_hub import CHROMIUM, chromium
 from leakscan import identity_needles, scan_tree, summary
 from recording_proxy import recording_proxy
-from upload_data import ACCESS, PLANTED_VALUES, TOKENS, UPLOADER, TableHubAuth, planted_study
+from upload_data import ACCESS, PLANTED_VALUES, TOKENS, UPLOADER, TableHubAuth, model, planted_study
 
 from conftest import require_tool
 
@@ -82,7 +87,20 @@ class RestartableApi:
 
 
 @pytest.fixture
-def api(site) -> Iterator[RestartableApi]:  # type: ignore[no-untyped-def]
+def api(site, monkeypatch) -> Iterator[RestartableApi]:  # type: ignore[no-untyped-def]
+    from hub.services.api import upload
+    from incloud_kernel import config
+
+    # processing after the archive: the real QC pipeline on a LocalCluster, a one-stage toy as "features"
+    monkeypatch.setenv("INCLOUD_COMPUTE_PIPELINES", json.dumps({"features": "pipeline_toy:TOY_QC"}))
+    monkeypatch.setenv("INCLOUD_COMPUTE_WORKERS", "1")
+    monkeypatch.setenv("INCLOUD_COMPUTE_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("INCLOUD_COMPUTE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(upload, "FOLLOW_INTERVAL", 1.0)
+    monkeypatch.setitem(TOKENS, "t-cleo-qc", model("cleo", ["clinician", "qc_reviewer"]))
+    site.config = config.get_config(reload=True)
     console = Actor.console("tester")
     with transaction(site.engine) as db:
         projects.create_project(db, console, "CLIN", owner="olivia")
@@ -128,16 +146,24 @@ def test_upload_from_the_page_resumes_after_the_server_stops_and_sends_no_identi
     src, uids = planted_study(tmp_path / "src", screen_save=True)
     originals = sorted(src.rglob("*.dcm"))
     with recording_proxy(api.url) as proxy:
-        stopped = threading.Event()
+        stopped, killed = threading.Event(), threading.Event()
+        programs: list[subprocess.Popen] = []
 
-        def cut(n: int, path: str) -> None:  # the network goes at the third upload request
-            if path.endswith("/studies") and not stopped.is_set() and \
-                    sum(r.path.endswith("/studies") for r in proxy.records) == 2:
-                api.stop()
+        def cut(n: int, path: str) -> None:
+            if not path.endswith("/studies"):
+                return
+            if not stopped.is_set() and sum(r.path.endswith("/studies") for r in proxy.records) == 2:
+                api.stop()  # the network goes at the third upload request
                 stopped.set()
+            elif stopped.is_set() and not killed.is_set() and \
+                    sum(r.path.endswith("/studies") and r.status == 200 for r in proxy.records) >= 4:
+                programs[0].kill()  # then the uploader program itself dies, this request in flight
+                killed.set()
 
         proxy.before = cut
         proc, url = start_uploader(proxy.url, tmp_path / "work")
+        programs.append(proc)
+        errors = []
         try:
             page = _page(browser, url)
             page.wait_for_selector("#project option[value='CLIN']", state="attached", timeout=60_000)
@@ -161,10 +187,45 @@ def test_upload_from_the_page_resumes_after_the_server_stops_and_sends_no_identi
                                    timeout=120_000)
             page.screenshot(path=str(shots / "upload-3-server-down.png"), full_page=True)
             proxy.target = api.start().split("/services/")[0]  # the server is back (on another port)
-            page.wait_for_selector(".job[data-phase='archived']", timeout=900_000)
+            assert killed.wait(300), "the upload never went on after the server came back"
+            page.context.close()
+            errors.append(stop_uploader(programs.pop()))
+            # the program started again on the same work folder: the same choice resumes without re-preparing
+            proc, url = start_uploader(proxy.url, tmp_path / "work", token="t-cleo-qc")
+            programs.append(proc)
+            page = _page(browser, url)
+            page.wait_for_selector("#project option[value='CLIN']", state="attached", timeout=60_000)
+            page.fill("#path", str(tmp_path / "src"))
+            page.click("#scan")
+            page.wait_for_selector(".series-row", timeout=120_000)
+            page.click("#start")
+            page.wait_for_function("document.querySelector(\".job[data-phase='archived']\") || "
+                                   "document.getElementById('error').textContent", timeout=900_000)
+            assert page.inner_text("#error") == "" and page.locator("img.qc").count() == 1  # its renders again
             page.screenshot(path=str(shots / "upload-4-archived.png"), full_page=True)
+            # processing started by itself: the page shows each step, then the result link
+            page.wait_for_selector("li.step[data-step='qc']:not([data-state='running'])", timeout=600_000)
+            page.wait_for_selector("a.result", timeout=60_000)
+            page.screenshot(path=str(shots / "upload-5-processing.png"), full_page=True)
+            steps = page.eval_on_selector_all("li.step", "els => els.map(e => [e.dataset.step, e.dataset.state])")
+            assert [s for s, _ in steps] == ["archived", "qc", "features", "report"] and steps[0][1] == "done"
+            assert dict(steps)["qc"] in ("done", "failed", "review")
+            assert page.get_attribute("a.result", "href").endswith("/hub/user-redirect/voila/render/INCloud/"
+                                                                   "dashboards/qc_review.ipynb")
+            if dict(steps)["qc"] == "done":  # the toy features and then the report step settle too
+                page.wait_for_selector("li.step[data-step='report'][data-state='unavailable']", timeout=600_000)
         finally:
-            err = stop_uploader(proc)
+            errors += [stop_uploader(p) for p in programs]
+    err = "".join(errors)
+    assert "Traceback" not in err, err
+    # the restarted program prepared nothing again and sent only what the server had not acknowledged: no
+    # instance was acknowledged twice, except those of the request in flight when the program died
+    from hub.services.api.upload import parts
+
+    acked = [pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID
+             for r in proxy.records if r.path.endswith("/studies") and r.status == 200
+             for b in parts(dict(h.split(": ", 1) for h in r.headers.split("\n"))["Content-Type"], r.body)]
+    assert 0 < len(acked) - len(set(acked)) <= 8, (len(acked), len(set(acked)))
     # what the uploader sent: no planted identity, no original UID, anywhere (paths, headers, bodies)
     sent = proxy.everything_sent().lower()
     needles = identity_needles(PLANTED_VALUES, extra=uids)

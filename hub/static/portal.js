@@ -36,6 +36,9 @@
   function qcBadge(status) {
     return el("span", "ic-qc ic-qc-" + status, status);
   }
+  Array.prototype.forEach.call(document.querySelectorAll(".ic-api-url"), function (e) {
+    e.textContent = window.location.origin + e.textContent;
+  });
   var render = {
     archive: function (a) {
       var out = [stats([[a.projects, "projects"], [a.participants, "participants"], [a.series, "series"]])];
@@ -78,6 +81,26 @@
     },
     reports: function (r) {
       return [stats([[r.scans, "scans with a report you may open"], [r.model ? "v" + r.model : "–", "model"]])];
+    },
+    upload: function (u) {
+      var out = [stats([[u.uploads, "studies you uploaded"]])];
+      if (u.last.length) {
+        var ul = el("ul", "ic-list");
+        u.last.forEach(function (x) {
+          var li = el("li");
+          li.setAttribute("data-upload-state", x.state);
+          var steps = x.steps.filter(function (s) { return s.name !== "archived"; })
+            .map(function (s) { return s.name + " " + (s.state === "review" ? "waiting for QC review" : s.state); });
+          li.appendChild(el("span", "", x.project + " · " + x.series + " series · " + x.state +
+                            (steps.length ? " · " + steps.join(", ") : "")));
+          li.appendChild(el("span", "ic-when", when(x.created)));
+          ul.appendChild(li);
+        });
+        out.push(ul);
+      } else {
+        out.push(el("p", "ic-note", "No uploads yet."));
+      }
+      return out;
     },
     reservation: function (r) {
       return [stats([[r.upcoming, "upcoming bookings of yours"], [r.to_approve, "waiting for your approval"]])];

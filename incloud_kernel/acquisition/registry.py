@@ -488,12 +488,10 @@ def show(db: DB, actor: Actor, uid: str, reason: str, *, config: Any) -> dict[st
             "enrolments": _enrolments(db, live), "key_id": person.key_id}
 
 
-def find(db: DB, actor: Actor, reason: str, *, config: Any, record_number: str | None = None,
-         family_name: str | None = None, given_names: str | None = None,
-         birth_date: str | None = None) -> list[str]:
-    """Internal ids of the persons an exact look-up finds: by record number, or by names with birth date
-    (registrars only; audited with the reason, never with what was looked up)."""
-    require_registrar(actor)
+def _probe(record_number: str | None, family_name: str | None, given_names: str | None,
+           birth_date: str | None) -> dict[str, str]:
+    """An exact look-up's checked fields: a record number, names with birth date, or both (ValidationError
+    naming the field, never its value)."""
     probe: dict[str, str] = {}
     if record_number:
         probe["record_number"] = _line(record_number, "record_number", 64, True)
@@ -501,23 +499,63 @@ def find(db: DB, actor: Actor, reason: str, *, config: Any, record_number: str |
         probe.update(check_identity({"family_name": family_name, "given_names": given_names,
                                      "birth_date": birth_date}))
     if not probe:
-        raise ValidationError("find needs a record number, or family name, given names and birth date")
+        raise ValidationError("a look-up needs a record number, or family name, given names and birth date")
+    return probe
+
+
+def _probe_digests(ring: _Ring, probe: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The blind-index digests of a checked look-up (``_probe``)."""
+    digests = []
+    if probe.get("record_number"):
+        digests.append(("mrn", ring.ring.digest("blind-index",
+                                                "mrn:" + matching.normalise_record_number(probe["record_number"]))))
+    if "family_name" in probe:
+        digests.append(("name_dob", ring.ring.digest("blind-index",
+                                                     "name_dob:" + matching.exact_keys(probe)["name_dob"])))
+    return digests
+
+
+def find(db: DB, actor: Actor, reason: str, *, config: Any, record_number: str | None = None,
+         family_name: str | None = None, given_names: str | None = None,
+         birth_date: str | None = None) -> list[str]:
+    """Internal ids of the persons an exact look-up finds: by record number, or by names with birth date
+    (registrars only; audited with the reason, never with what was looked up)."""
+    require_registrar(actor)
+    probe = _probe(record_number, family_name, given_names, birth_date)
     ring = _ring(db, config)
     reason = _check_reason(reason, {"family_name": probe.get("family_name", ""),
                                     "given_names": probe.get("given_names", ""),
                                     "birth_date": probe.get("birth_date", "0000-00-00"),
                                     "record_number": probe.get("record_number", "")})
-    digests = []
-    if record_number:
-        digests.append(("mrn", ring.ring.digest("blind-index", "mrn:" + matching.normalise_record_number(record_number))))
-    if "family_name" in probe:
-        digests.append(("name_dob", ring.ring.digest("blind-index",
-                                                     "name_dob:" + matching.exact_keys(probe)["name_dob"])))
+    digests = _probe_digests(ring, probe)
     uids = sorted(p.uid for p in _exact(db, digests))
     audit(db, actor, "registry.find", "registry", "-", reason=reason, by=sorted(k for k, _ in digests),
           found=len(uids))
     db.flush()
     return uids
+
+
+def project_pseudonym(db: DB, actor: Actor, project: int | str | Project, *, config: Any,
+                      record_number: str | None = None, family_name: str | None = None,
+                      given_names: str | None = None, birth_date: str | None = None) -> tuple[str, int] | None:
+    """(pseudonym, date shift) of the person an exact look-up certainly finds (``_exact_hit``: the record number
+    wins; one name with birth date held by two people finds nobody) when that person is enrolled in
+    ``project``; None otherwise. For a clinic upload the caller has allowed to look up (the upload route's
+    ``custom:incloud:lookup`` scope and write on the project): it reveals no identity, only the project's own
+    pseudonym. Audited ``registry.lookup`` (project, the kinds of key used, found or not; never the values)."""
+    target = require(db, actor, project, Action.write)
+    probe = _probe(record_number, family_name, given_names, birth_date)
+    ring = _ring(db, config)
+    digests = _probe_digests(ring, probe)
+    person = _exact_hit(db, digests)
+    row = None if person is None else db.scalar(select(RegistryEnrolment).where(
+        RegistryEnrolment.person_id == person.id, RegistryEnrolment.project_id == target.id))
+    audit(db, actor, "registry.lookup", "project", target.code, by=sorted(k for k, _ in digests),
+          found=row is not None)
+    db.flush()
+    if row is None or person is None:
+        return None
+    return row.pseudonym, date_offset(ring.ring, person.uid, target.id)
 
 
 # -- research attributes (project members) -----------------------------------------------------------------------
@@ -682,5 +720,5 @@ def deid_sources(site: Any, project: int | str | Project, study: Iterable[Datase
 
 
 __all__ = ["DuplicateSuspected", "Registration", "check_identity", "register", "decide", "enrol", "show", "find",
-           "attributes", "rotate_key", "pseudonym", "date_offset", "candidates", "deid_sources", "participant_date_offset",
+           "attributes", "rotate_key", "pseudonym", "project_pseudonym", "date_offset", "candidates", "deid_sources", "participant_date_offset",
            "RegistryPseudonym", "RegistryDateOffset", "dataset_digests"]

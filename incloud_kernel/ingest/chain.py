@@ -206,8 +206,13 @@ def _label(prefix: str, key: bytes, text: str, n: int = 10) -> str:
 class IngestChain:
     """Runs the chain for studies of a site; one instance per worker (holds the deid context and rules)."""
 
-    def __init__(self, site: Site, *, actor: Actor = SYSTEM, enforce_booking: bool = False) -> None:
+    def __init__(self, site: Site, *, actor: Actor = SYSTEM, enforce_booking: bool = False,
+                 keep_pseudonym: bool = False) -> None:
         self.site = site
+        #: A clinic upload whose ticket carries the project's registry pseudonym (already applied at the clinic,
+        #: with the registry's date shift): de-identification keeps the study's Patient ID as the participant
+        #: and shifts no date again, so the study joins that person's earlier ones.
+        self.keep_pseudonym = keep_pseudonym
         #: Studies from the DICOM edge: one bound to no booking follows ``acquisition.unbooked_studies``
         #: (a release or a folder import names its project and is not held to it).
         self.enforce_booking = enforce_booking
@@ -238,6 +243,15 @@ class IngestChain:
             from incloud_kernel.acquisition.binding import deid_context
 
             return deid_context(self._deid_context, binding)
+        if self.keep_pseudonym:
+            import dataclasses
+
+            from incloud_kernel.acquisition.binding import Fixed
+
+            label = {str(ds.get("PatientID", "")) for ds in study}
+            if len(label) != 1:
+                raise ChainFailure("deidentify", "the instances of one upload name more than one pseudonym")
+            return dataclasses.replace(self._deid_context, pseudonym=Fixed(label.pop()), date_offset=Fixed(0))
         try:
             return DeidContext.for_site(self.site, registry_project=project, registry_study=study)
         except NotFound:  # the unassigned inbox before its first study: nobody is enrolled there

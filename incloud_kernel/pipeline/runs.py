@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlparse
 
 from sqlalchemy import func, select
@@ -68,23 +68,27 @@ def _aware(value: datetime | None) -> datetime | None:
 # Creating and finding runs
 # --------------------------------------------------------------------------------------------------------------
 
-def select_series(db: DB, pipeline: Pipeline, project_id: int) -> list[Series]:
+def select_series(db: DB, pipeline: Pipeline, project_id: int, only: Iterable[int] | None = None) -> list[Series]:
     """The project's series some stage of the pipeline takes; with ``requires_qc`` only those in a QC state the
-    project accepts for processing (``qc.gate.accepted_states``: a reviewer's decision changes the next run)."""
+    project accepts for processing (``qc.gate.accepted_states``: a reviewer's decision changes the next run).
+    ``only``: just these series ids of the project (one uploaded study's), not the whole project."""
     from incloud_kernel.qc.gate import accepted_states
 
     stmt = select(Series).where(Series.project_id == project_id, Series.datatype != records.SOURCEDATA)
+    if only is not None:
+        stmt = stmt.where(Series.id.in_(sorted({int(i) for i in only})))
     if pipeline.requires_qc:
         stmt = stmt.where(Series.qc_status.in_(accepted_states(db, project_id)))
     return [s for s in db.scalars(stmt.order_by(Series.id)) if pipeline.stages_for(s.datatype, s.suffix)]
 
 
 def create_run(db: DB, actor: Actor, pipeline: str | Pipeline, project: int | str, *,
-               backend: str = "local") -> PipelineRun:
+               backend: str = "local", series: Iterable[int] | None = None) -> PipelineRun:
     """A new run of ``pipeline`` over ``project``'s selected series, with one waiting task per stage and series.
 
     Needs ``write`` on the project (derivatives are written into it). A stage whose upstream stages do not take
-    a series gets no task for it. Raises NotFound/PermissionDenied as ``permissions.require``.
+    a series gets no task for it. ``series``: only these series of the project (an uploaded study's).
+    Raises NotFound/PermissionDenied as ``permissions.require``.
     """
     pipe = get(pipeline) if isinstance(pipeline, str) else pipeline
     if not pipe.ref:
@@ -94,12 +98,12 @@ def create_run(db: DB, actor: Actor, pipeline: str | Pipeline, project: int | st
                       owner=actor.user, state=WAITING, backend=backend)
     db.add(run)
     db.flush()
-    for series in select_series(db, pipe, proj.id):
-        label = series.session.participant.label
-        takes = {s.name for s in pipe.stages_for(series.datatype, series.suffix)}
+    for row in select_series(db, pipe, proj.id, series):
+        label = row.session.participant.label
+        takes = {s.name for s in pipe.stages_for(row.datatype, row.suffix)}
         for stage in pipe.stages:
             if stage.name in takes and set(stage.after) <= takes:
-                db.add(PipelineTask(run_id=run.id, stage=stage.name, series_id=series.id, participant=label))
+                db.add(PipelineTask(run_id=run.id, stage=stage.name, series_id=row.id, participant=label))
     db.flush()
     audit(db, actor, "pipeline.run", "pipeline_run", run.id, project=proj.id, pipeline=pipe.name,
           version=pipe.version)

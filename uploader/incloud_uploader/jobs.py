@@ -63,6 +63,8 @@ class Uploader:
         self.error = ""
         self._confirmed = threading.Event()
         self._lock = threading.Lock()
+        #: Seconds between looks at the server's processing of an uploaded study (longer during a QC review).
+        self.poll, self.review_poll = 2.0, 15.0
 
     def folder_for(self, series: list[FoundSeries]) -> Path:
         """The study's work folder: a keyed hash of its study UID and the chosen series (never the UIDs)."""
@@ -118,13 +120,16 @@ class Uploader:
         data = job.state.data
         outbox = job.folder / "outbox"
         if data.get("prepared"):  # a resumed upload: the outbox is complete and its UIDs are the ones sent
-            job.prepared = [prepare.Prepared(**{**p, "files": [outbox / f for f in p["files"]],
+            job.prepared = [prepare.Prepared(**{**p, "files": [_outbox_file(outbox, f) for f in p["files"]],
                                                 "qc_png": outbox / p["qc_png"] if p["qc_png"] else None})
                             for p in data["prepared"]]
             job.phase = "confirm" if not data.get("confirmed") else "uploading"
             return
         if "ticket" not in data:
-            ticket = self.api.post("api/upload/tickets", {"project": project})
+            request: dict[str, Any] = {"project": project}
+            if self.api.get("api/upload/tickets").get("lookup"):  # this clinic may use the registry's pseudonym
+                request["identity"] = lookup_identity(job.series[0].patient)
+            ticket = self.api.post("api/upload/tickets", request)
             job.state.save(ticket=ticket, project=project, uid_key=secrets.token_hex(32))
         t = data["ticket"]
         ticket = prepare.Ticket(t["id"], t["pseudonym"], int(t["date_offset"]), tuple(t["options"]), project)
@@ -135,7 +140,8 @@ class Uploader:
 
         job.prepared = prepare.prepare_study(job.series, ticket, bytes.fromhex(data["uid_key"]), outbox,
                                              progress=say)
-        job.state.save(prepared=[{"key": p.key, "files": [f.name for f in p.files], "blocked": p.blocked,
+        job.state.save(prepared=[{"key": p.key, "files": [f.relative_to(outbox).as_posix() for f in p.files],
+                                  "blocked": p.blocked,
                                   "refaced": p.refaced,
                                   "qc_png": str(p.qc_png.relative_to(outbox)) if p.qc_png else None}
                                  for p in job.prepared])
@@ -159,11 +165,50 @@ class Uploader:
         job.phase = "completing"
         self.api.post(f"api/upload/{ticket}/complete", {"instances": len(files)})
         job.phase = "ingesting"
+        self.follow(job, ticket)
+
+    def follow(self, job: StudyJob, ticket: str) -> None:
+        """Watch the server archive the study and process it (archived, QC, features, report) until nothing
+        changes by itself any more; a QC review may take days, so that state is looked at less often."""
         while True:
             state = self.api.get(f"api/upload/{ticket}")
-            if state["state"] != "ingesting":
-                break
-            time.sleep(1)
-        job.phase = state["state"]
-        job.message = state.get("reason") or ""
-        job.progress["series"] = state.get("series") or []
+            job.phase = state["state"]
+            job.message = state.get("reason") or ""
+            job.progress["series"] = state.get("series") or []
+            job.progress["steps"] = state.get("steps") or []
+            job.progress["result"] = state.get("result")
+            if state["state"] != "ingesting" and ended(job.progress["steps"]):
+                return
+            review = any(s.get("state") == "review" for s in job.progress["steps"])
+            time.sleep(self.review_poll if review else self.poll)
+
+
+def _outbox_file(outbox: Path, name: str) -> Path:
+    """A prepared file of the state (its path in the outbox; a state written before paths were kept names the
+    file alone, which lies in its series' folder)."""
+    path = outbox / name
+    if path.exists() or "/" in name:
+        return path
+    return next(outbox.glob(f"*/{name}"), path)
+
+
+def lookup_identity(patient: dict[str, str]) -> dict[str, str]:
+    """The fields a clinic allowed to look patients up sends with its ticket request (over TLS, to the
+    registry's look-up only; the server keeps and logs none of them): the Patient ID as record number, and the
+    name with birth date when the DICOM name has a family and a given part and the birth date is complete."""
+    out = {"record_number": patient.get("id", "")}
+    family, _, given = patient.get("_dicom_name", "").partition("^")
+    born = patient.get("birth_date", "")
+    if family.strip() and given.split("^")[0].strip() and len(born) == 8 and born.isdigit():
+        out.update(family_name=family.strip(), given_names=given.split("^")[0].strip(),
+                   birth_date=f"{born[:4]}-{born[4:6]}-{born[6:]}")
+    return {k: v for k, v in out.items() if v}
+
+
+#: Step states after which a step changes no more.
+ENDED = ("done", "failed", "skipped", "unavailable")
+
+
+def ended(steps: list[dict[str, Any]]) -> bool:
+    """True when every processing step is at an end (no steps: an upload that was not archived)."""
+    return all(s.get("state") in ENDED for s in steps)

@@ -153,7 +153,8 @@ def scan(source: str | Path) -> ScanResult:
             study = str(ds.get("StudyInstanceUID", "") or "")
             studies.setdefault(study, f"study{len(studies) + 1}")
             patient = {"name": _text(ds, "PatientName").replace("^", " "), "id": _text(ds, "PatientID"),
-                       "birth_date": _text(ds, "PatientBirthDate"), "_study": studies[study]}
+                       "birth_date": _text(ds, "PatientBirthDate"), "_study": studies[study],
+                       "_dicom_name": _text(ds, "PatientName")}
             try:
                 number = int(ds.get("SeriesNumber", 0) or 0)
             except (TypeError, ValueError):

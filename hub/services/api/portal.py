@@ -172,6 +172,10 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
             out[module.key] = health_status(db, site, hub_ok)
         elif module.key == "reports":
             out[module.key] = reports_status(db, actor, site)
+        elif module.key == "upload":
+            from hub.services.api.upload import recent_uploads
+
+            out[module.key] = recent_uploads(site, actor.user)
     return out
 
 

@@ -12,6 +12,10 @@ marker (DCM 113102 and INCloud's refacing record bound to the pixels, ``incloud_
 else is refused in the STOW-RS response with a reason the uploader shows. Instances are idempotent by SOP
 Instance UID: one sent again is acknowledged, not stored twice. ``POST api/upload/<ticket>/complete`` hands the
 study to the normal ingest chain (``IngestChain.run_files``, as ``incloud ingest PATH``); a failure quarantines it.
+Once archived, its processing starts by itself (``incloud_kernel.ingest.followup``: QC, features, CADS report),
+followed by a thread and by every ``GET api/upload/<ticket>``, which answers the steps and the result page.
+A clinic holding ``custom:incloud:lookup`` may send identifying fields with its ticket request: the ticket then
+carries the project's registry pseudonym (``registry.project_pseudonym``); the fields are never logged or kept.
 
 Tickets and received instances live under ``<spool>/upload/`` (folders 0700, files 0600), so an API restart in
 the middle of an upload loses nothing. This module must never log or answer with a header value, and never keep
@@ -38,6 +42,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from tornado import web
 
+from hub.roles import MODULES
 from hub.services.api.app import BaseHandler, Route
 from incloud_kernel.archive import permissions
 from incloud_kernel.deid.options import OPTIONS, normalise
@@ -47,6 +52,11 @@ from incloud_kernel.site import private_dir
 log = logging.getLogger("incloud.api.upload")
 
 UPLOAD_SCOPE = "custom:incloud:upload"
+#: A clinic allowed to look patients up in the participant registry (``hub.roles``: the clinic_lookup role):
+#: its ticket request may carry identifying fields, answered with the project's registry pseudonym.
+LOOKUP_SCOPE = "custom:incloud:lookup"
+#: The fields of such a look-up (``registry.project_pseudonym``); never logged, never kept.
+LOOKUP_FIELDS = ("record_number", "family_name", "given_names", "birth_date")
 #: Largest request body the route reads (one instance or a small batch); bigger: 413. Below tornado's own
 #: default limit (100 MB), which would close the connection without an answer.
 MAX_REQUEST_BYTES = 96 << 20
@@ -318,34 +328,87 @@ class TicketsHandler(UploadHandler):
             return [{"code": p.code, "name": p.name} for p in page.items
                     if actor.site_admin or permissions.allowed(permissions.role_in(db, actor, p.id), "write")]
 
-        self.send({"projects": await self.in_db(work)})
+        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
+        self.send({"projects": await self.in_db(work), "lookup": LOOKUP_SCOPE in scopes})
 
     async def post(self) -> None:
         body = self.body()
         self.throttle()
         project = str(body.get("project", ""))
-        await self.in_db(lambda db, actor: permissions.require(db, actor, project, "write"))
+        identity = body.pop("identity", None)
+        if identity is not None:
+            self.require_scope(LOOKUP_SCOPE)  # before anything is read from it
+            if not isinstance(identity, dict) or set(identity) - set(LOOKUP_FIELDS):
+                raise web.HTTPError(400, f"identity holds only {', '.join(LOOKUP_FIELDS)}", reason="invalid request")
+        site = self.api.site
+
+        def work(db: Any, actor: Any) -> tuple[str, int] | None:
+            permissions.require(db, actor, project, "write")
+            if identity is None:
+                return None
+            from incloud_kernel.acquisition import registry
+
+            found = registry.project_pseudonym(db, actor, project, config=site.config,
+                                               **{k: identity.get(k) for k in LOOKUP_FIELDS})
+            db.commit()  # the look-up's audit event
+            return found
+
+        found = await self.in_db(work)
         site_options = tuple(self.api.site.config.deid.options)
+        pseudonym, offset = found or ("UPL" + secrets.token_hex(6).upper(), -secrets.choice(range(365, 3651)))
         data = {
             "id": secrets.token_urlsafe(18), "project": project, "user": self.current_user["name"],  # type: ignore
-            "pseudonym": "UPL" + secrets.token_hex(6).upper(),
-            "date_offset": -secrets.choice(range(365, 3651)),
+            "pseudonym": pseudonym, "date_offset": offset,
+            "pseudonym_source": "registry" if found else "server",
             "options": list(normalise(site_options + UPLOAD_OPTIONS)), "created": time.time(),
             "received": 0, "state": "receiving",
         }
         self.store().save(data)
-        self.send({k: data[k] for k in ("id", "project", "pseudonym", "date_offset", "options", "state")}
+        keys = ("id", "project", "pseudonym", "pseudonym_source", "date_offset", "options", "state")
+        self.send({k: data[k] for k in keys}
                   | {"max_request_bytes": MAX_REQUEST_BYTES, "rate_per_minute": self.limiter.per_minute})
 
 
 class TicketHandler(UploadHandler):
-    """GET: the ticket's state (receiving, ingesting, archived, quarantined with its reason)."""
+    """GET: the ticket's state (receiving, ingesting, archived, quarantined with its reason) and, once archived,
+    its processing steps (archived, QC, features, report) and the result page when there is one."""
 
     async def get(self, ticket: str) -> None:
         data = self.owned(ticket)
         if data["state"] == "ingesting":  # after an API restart nothing runs it any more: the chain is idempotent
             start_ingest(self.api.site, self.store(), ticket)
-        self.send({k: data.get(k) for k in ("id", "project", "state", "received", "reason", "series")})
+        if data["state"] == "archived" and not data.get("settled") and self.api.site.config.ingest.process_uploads:
+            store, site = self.store(), self.api.site
+            data = await asyncio.get_running_loop().run_in_executor(None, lambda: follow_once(site, store, ticket))
+            start_follow(site, store, ticket)  # after an API restart: the follower goes on without the uploader
+        out = {k: data.get(k) for k in ("id", "project", "state", "received", "reason", "series", "steps")}
+        out["result"] = self.result_page(data)
+        self.send(out)
+
+    def result_page(self, data: dict[str, Any]) -> dict[str, str] | None:
+        """Where the study's result is: the CADS report dashboard once a report is ready, else the QC review or
+        the archive browser when the caller may open it (a link through the hub's ``user-redirect``)."""
+        from voila_apps import DASHBOARDS
+
+        steps = {s["name"]: s["state"] for s in data.get("steps") or []}
+        if data["state"] != "archived":
+            return None
+        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
+        wanted = []
+        if steps.get("report") == "done":
+            wanted.append(("cads", "the CADS report"))
+        if steps.get("qc") in ("review", "done", "failed"):
+            wanted.append(("qc", "the QC review"))
+        wanted.append(("archive", "the archive"))
+        modules = {m.key: m.scope for m in MODULES}
+        for key, title in wanted:
+            board = next(d for d in DASHBOARDS if d.key == key)
+            if modules.get(board.module) is None or modules[board.module] in scopes:
+                prefix = getattr(self.hub_auth, "hub_prefix", "/hub/") or "/hub/"
+                return {"kind": key, "title": title,
+                        "url": f"{self.request.protocol}://{self.request.host}{prefix}user-redirect/"
+                               f"{board.render_path}"}
+        return None
 
 
 class StowHandler(UploadHandler):
@@ -411,6 +474,27 @@ ROUTES: list[Route] = [
 ]
 
 
+def recent_uploads(site: Any, user: str, newest: int = 5) -> dict[str, Any]:
+    """For the portal's Upload tile: the user's newest uploads (project, when, state, processing steps) and
+    how many there are. Reads the ticket files (no pseudonym, no ticket id: the tile is a summary)."""
+    root = site.config.spool / "upload"
+    mine = []
+    for path in root.glob("*/ticket.json") if root.exists() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("user") == user:
+            mine.append(data)
+    mine.sort(key=lambda d: d.get("created", 0), reverse=True)
+    return {"uploads": len(mine),
+            "last": [{"project": d["project"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                          time.gmtime(d.get("created", 0))),
+                      "state": d["state"], "series": len(d.get("series") or []),
+                      "steps": [{"name": s["name"], "state": s["state"]} for s in d.get("steps") or []]}
+                     for d in mine[:newest]]}
+
+
 _counts: dict[str, int] = {}
 
 
@@ -468,21 +552,26 @@ def receive(store: Store, data: dict[str, Any], blobs: list[bytes]) -> tuple[lis
 _ingesting: set[str] = set()
 
 
-def start_ingest(site: Any, store: Store, ticket: str) -> None:
-    """Run ``ingest_ticket`` in a thread of this process unless one runs it already."""
+def _thread_once(running: set[str], ticket: str, work: Any) -> None:
+    """Run ``work()`` in a thread of this process unless one runs it for ``ticket`` already (``running``)."""
     with _locks_guard:
-        if ticket in _ingesting:
+        if ticket in running:
             return
-        _ingesting.add(ticket)
+        running.add(ticket)
 
     def run() -> None:
         try:
-            ingest_ticket(site, store, ticket)
+            work()
         finally:
             with _locks_guard:
-                _ingesting.discard(ticket)
+                running.discard(ticket)
 
     threading.Thread(target=run, daemon=True).start()
+
+
+def start_ingest(site: Any, store: Store, ticket: str) -> None:
+    """Run ``ingest_ticket`` in a thread of this process unless one runs it already."""
+    _thread_once(_ingesting, ticket, lambda: ingest_ticket(site, store, ticket))
 
 
 def ingest_ticket(site: Any, store: Store, ticket: str) -> None:
@@ -495,11 +584,12 @@ def ingest_ticket(site: Any, store: Store, ticket: str) -> None:
     files = sorted(store.instances(ticket).glob("*.dcm"))
     job_id = f"upload-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
     try:
-        outcomes = IngestChain(site).run_files(files, data["project"], job_id=job_id)
+        chain = IngestChain(site, keep_pseudonym=data.get("pseudonym_source") == "registry")
+        outcomes = chain.run_files(files, data["project"], job_id=job_id)
         quarantine_held_back(site.config.quarantine, job_id, outcomes, source="upload")
         data.update(state="archived", job=job_id,
                     series=[{"id": s.series_id, "name": s.name, "status": s.status}
-                            for o in outcomes for s in o.series])
+                            for o in outcomes for s in o.series], processing={}, settled=False)
     except ChainFailure as exc:
         quarantine_study(site.config.quarantine, job_id, files, reason=exc.reason, step=exc.step,
                          source="upload", project=data["project"])
@@ -508,3 +598,53 @@ def ingest_ticket(site: Any, store: Store, ticket: str) -> None:
         data.update(state="failed", reason=f"{type(exc).__name__}")
         log.warning("upload %s: ingest failed (%s)", ticket, type(exc).__name__)
     store.save(data)
+    if data["state"] == "archived" and site.config.ingest.process_uploads:
+        start_follow(site, store, ticket)
+
+
+# ------------------------------------------------------------------------------------------- processing
+
+#: Seconds between two looks of the follower thread at a study's processing.
+FOLLOW_INTERVAL = 5.0
+_following: set[str] = set()
+
+
+def follow_once(site: Any, store: Store, ticket: str) -> dict[str, Any]:
+    """Advance the archived study's processing (``ingest.followup.advance``: QC, features, report) and keep
+    its steps and run ids in the ticket; returns the ticket. Under the ticket's lock: never two runs."""
+    from incloud_kernel.ingest import followup
+
+    with ticket_lock(ticket):
+        data = store.load(ticket)
+        if data["state"] != "archived" or data.get("settled"):
+            return data
+        record = data.setdefault("processing", {})
+        series = sorted({int(s["id"]) for s in data.get("series") or [] if s.get("id") is not None})
+        try:
+            data["steps"] = followup.advance(site, data["user"], data["project"], series, record)
+        except Exception as exc:  # noqa: BLE001 - shown as a failed step; the next look tries again
+            log.warning("upload %s: processing could not advance (%s)", ticket, type(exc).__name__)
+            data["steps"] = [{"name": "archived", "state": "done", "detail": ""},
+                             {"name": "processing", "state": "failed", "detail": type(exc).__name__}]
+            store.save(data)
+            return data
+        # only a ready report ends the looking: a reviewer may still pass a series the QC gate failed or left
+        # pending, and a model may be trained later (each look is a few queries)
+        data["settled"] = any(s["name"] == "report" and s["state"] == "done" for s in data["steps"])
+        store.save(data)
+        return data
+
+
+def start_follow(site: Any, store: Store, ticket: str) -> None:
+    """A thread of this process that advances the study's processing until nothing changes by itself any more
+    (every step at an end, or a QC review to wait for), so processing goes on with the uploader closed."""
+    from incloud_kernel.ingest import followup
+
+    def run() -> None:
+        while True:
+            data = follow_once(site, store, ticket)
+            if data.get("settled") or followup.settled(data.get("steps") or []):
+                return
+            time.sleep(FOLLOW_INTERVAL)
+
+    _thread_once(_following, ticket, run)
