@@ -124,3 +124,23 @@ def test_the_registry_pseudonym_only_for_a_clinic_allowed_to_look_up(api, site, 
     assert not _leaks(caplog.text), _leaks(caplog.text)
     for ticket in (site.config.spool / "upload").glob("*/ticket.json"):
         assert not _leaks(ticket.read_text()), ticket
+
+
+def test_a_look_up_on_a_site_without_registry_keys(api, site) -> None:
+    """A site that keeps no registry gets a server pseudonym (nobody can be found); one whose registry holds
+    people but whose keys are unreadable answers 503 in one line, never a server pseudonym that would file the
+    patient under a second participant, and never the key file's path."""
+    path = keyring.key_path(site.config)
+    path.unlink()
+    answer = _ticket(api, "t-clara", identity=PERSON)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["pseudonym_source"] == "server"
+
+    keyring.load(site.config, create=True)
+    with transaction(site.engine) as db:
+        registry.register(db, REGISTRAR, PERSON, config=site.config, project="CLIN")
+    path.unlink()
+    answer = _ticket(api, "t-clara", identity=PERSON)
+    assert answer.status_code == 503, answer.text
+    assert "registry is unavailable" in answer.text and str(path) not in answer.text
+    assert not _leaks(answer.text)

@@ -346,10 +346,18 @@ class TicketsHandler(UploadHandler):
             permissions.require(db, actor, project, "write")
             if identity is None:
                 return None
-            from incloud_kernel.acquisition import registry
+            from incloud_kernel.acquisition import keyring, registry
 
-            found = registry.project_pseudonym(db, actor, project, config=site.config,
-                                               **{k: identity.get(k) for k in LOOKUP_FIELDS})
+            try:
+                found = registry.project_pseudonym(db, actor, project, config=site.config,
+                                                   **{k: identity.get(k) for k in LOOKUP_FIELDS})
+            except keyring.RegistryKeyError:
+                # The registry holds people but its keys cannot be read here: a server pseudonym would file this
+                # patient under a second participant, so the clinic is told to wait (the key path stays in the
+                # service's own log, not in the clinic's answer).
+                log.error("registry look-up for an upload refused: the registry keys are not readable")
+                raise web.HTTPError(503, "the participant registry is unavailable at this site; ask its "
+                                    "administrator", reason="registry unavailable") from None
             db.commit()  # the look-up's audit event
             return found
 
