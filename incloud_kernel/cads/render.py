@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 #: Volume features painted on the brain map: ``atlas/feature/region`` with these feature names.
-MAP_FEATURES = ("gmv", "volume", "thickness")
+MAP_FEATURES = ("gmv", "gm_volume", "volume", "thickness")
 MAP_ATLAS = "aal"
+#: How a heading names a feature kind.
+FEATURE_WORDS = {"gmv": "grey-matter volume", "gm_volume": "grey-matter volume", "volume": "volume",
+                 "thickness": "cortical thickness", "connectivity": "connectivity", "fa": "FA", "md": "MD"}
 #: |z| below which the map shows no colour (the flag threshold is in the caption and the table).
 MAP_FLOOR = 1.0
 
@@ -77,6 +80,19 @@ def brain_map_png(report: dict[str, Any], dpi: int = 90) -> bytes:
     return out.getvalue()
 
 
+def map_heading(report: dict[str, Any]) -> str:
+    """The brain map's heading: what the map paints (regional volumes) and, when the report holds other kinds of
+    feature (connectivity, FA, ...), that those are in the table and not on the map, so the heading never claims
+    the flags are all volumes."""
+    kinds = sorted({r["feature"].split("/")[1] for r in report["regions"] if r["feature"].count("/") == 2})
+    words = lambda names: " and ".join(FEATURE_WORDS.get(k, k) for k in names)  # noqa: E731
+    painted = [k for k in kinds if k in MAP_FEATURES]
+    others = [k for k in kinds if k not in MAP_FEATURES]
+    head = (f"Brain map of {words(painted) if painted else 'regional volume'} z-scores against healthy controls "
+            "of the same age, sex and scanner")
+    return head + (f" ({words(others)}: in the table below, not on the map)" if others else "")
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -115,8 +131,7 @@ def pdf(report: dict[str, Any], path: str | Path) -> Path:
                       f"{scan['sex']}; QC status: {scan['qc']}; features {scan['pipeline']}", fontsize=9)
     text(0.05, 0.915, f"Report of {report['created_at']} by model version {report['model']['version']}",
          fontsize=9)
-    text(0.05, 0.893, "Regional volumes: z-scores against healthy controls of the same age, sex and scanner",
-         fontsize=9)
+    text(0.05, 0.893, map_heading(report), fontsize=9)
     text(0.05, 0.880, f"(blue smaller, red larger than expected; coloured beyond |z| > {MAP_FLOOR:g})", fontsize=8)
     draw_brain_map(report, figure, (0.03, 0.695, 0.94, 0.18))
 
