@@ -98,8 +98,10 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     assert "v1\tretired" in ok(env, "cads", "models") and "v2\tcurrent" in ok(env, "cads", "models")
     line = one_line_error(run_process(env, "cads", "retrain", "--as", "cleo"), 3)
     assert "site administrator" in line
-    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate")
-    assert out.startswith("model v3: ")
+    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate", "--harmonise", "combat")
+    assert out.startswith("model v3: ") and "harmonised by combat" in out
+    v3 = json.loads(ok(env, "cads", "models", "--json"))[-1]["harmoniser"]  # recorded with the version
+    assert v3["method"] == "combat" and v3["batch"] == "site" and v3["protected"] == ["age", "sex"]
 
 
 @pytest.fixture
