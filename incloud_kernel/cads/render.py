@@ -1,8 +1,8 @@
 """Drawing a CADS report: the brain map of z-scores, the probability chart, and the PDF for the clinical record.
 
-``brain_map(report)`` paints each volume feature's z-score into its atlas region (AAL, read where mricron-data
-installed it: ``features.atlases``) over nilearn's packaged MNI152 template, with flagged regions outlined by the
-colour scale's ends; ``pdf(report, path)`` writes one A4 page (matplotlib ``PdfPages``): header with the
+``brain_map(report)`` paints each volume feature's z-score into its atlas region (the atlas most of the volume
+features are in: AAL, Harvard-Oxford, ... as ``features.atlases`` loads them) over nilearn's packaged MNI152
+template, with flagged regions outlined by the colour scale's ends; ``pdf(report, path)`` writes one A4 page (matplotlib ``PdfPages``): header with the
 pseudonym, scan and QC status, the brain map, the table of flagged regions with z and centiles, the
 probabilities with their ranges, the model version and its validated performance, the warnings and the
 statement that the report supports and does not replace clinical judgement.
@@ -27,18 +27,29 @@ FEATURE_WORDS = {"gmv": "grey-matter volume", "gm_volume": "grey-matter volume",
 MAP_FLOOR = 1.0
 
 
+def map_atlas(report: dict[str, Any]) -> str:
+    """The atlas the map paints: the one most of the report's volume features are in (the T1 pipeline's default
+    is Harvard-Oxford, the synthetic cohorts' AAL), ``MAP_ATLAS`` when there is none."""
+    from collections import Counter
+
+    atlases = Counter(r["feature"].split("/", 2)[0] for r in report["regions"]
+                      if r["feature"].count("/") == 2 and r["feature"].split("/", 2)[1] in MAP_FEATURES)
+    return atlases.most_common(1)[0][0] if atlases else MAP_ATLAS
+
+
 def _z_image(report: dict[str, Any]) -> Any:
     import nibabel as nib
 
     from incloud_kernel.features.atlases import load_atlas
 
-    atlas = load_atlas(MAP_ATLAS)
+    chosen = map_atlas(report)
+    atlas = load_atlas(chosen)
     labels = _labels(atlas)
     by_name = {name: value for value, name in atlas.labels.items()}
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.float32)  # label value -> z (0: no colour)
     for region in report["regions"]:
         atlas_name, feature, name = (region["feature"].split("/", 2) + ["", ""])[:3]
-        if atlas_name == MAP_ATLAS and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
+        if atlas_name == chosen and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
             lookup[by_name[name]] = region["z"]
     return nib.Nifti1Image(lookup[labels], atlas.image.affine)
 
