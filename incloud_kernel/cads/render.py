@@ -2,10 +2,10 @@
 
 ``brain_map(report)`` paints each volume feature's z-score into its atlas region (the atlas most of the volume
 features are in: AAL, Harvard-Oxford, ... as ``features.atlases`` loads them) over nilearn's packaged MNI152
-template, with flagged regions outlined by the colour scale's ends; ``pdf(report, path)`` writes one A4 page (matplotlib ``PdfPages``): header with the
-pseudonym, scan and QC status, the brain map, the table of flagged regions with z and centiles, the
-probabilities with their ranges, the model version and its validated performance, the warnings and the
-statement that the report supports and does not replace clinical judgement.
+template, with flagged regions outlined by the colour scale's ends; ``pdf(report, path)`` writes one A4 page
+(matplotlib ``PdfPages``): header with the pseudonym, scan and QC status, the brain map, the table of flagged
+regions with z and centiles, the probabilities with their ranges, the model version and its validated
+performance, the warnings and the statement that the report supports and does not replace clinical judgement.
 
 Must never: download anything (no ``fetch_*``), or write anything but the report's own pseudonymous content.
 """
