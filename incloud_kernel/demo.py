@@ -51,6 +51,8 @@ VOLUME = "gm_volume"
 PLANTED_KEYWORDS = {"SCZ": ("Frontal", "Temporal"), "BD": ("Cingulate", "Insular", "Amygdala")}
 CONSOLE = Actor.console("demo")
 POLL_SECONDS = 3.0
+#: A run found waiting that no driver has started after this long is driven here.
+UNSTARTED_SECONDS = 300.0
 
 
 @dataclass
@@ -71,15 +73,19 @@ def _ended_run(site: Any, name: str, project: str, say: Callable[[str], None]) -
 
     beat = site.config.compute.heartbeat_interval
     with transaction(site.engine) as db:
-        existing = [r for r in runs.list_runs(db, CONSOLE, project) if r.pipeline == name
+        existing = [r.id for r in runs.list_runs(db, CONSOLE, project) if r.pipeline == name
                     and r.state != runs.CANCELLED]
-        if existing:
-            run_id = existing[0].id
-        else:
-            run_id = runs.create_run(db, CONSOLE, name, project, backend=site.config.compute.backend).id
+        if not existing:
+            existing = [runs.create_run(db, CONSOLE, name, project, backend=site.config.compute.backend).id]
             db.commit()
-            say(f"{name}: run #{run_id} started over {project}")
-            return run_id, executor.drive(site, run_id)
+            say(f"{name}: run #{existing[0]} started over {project}")
+            started = True
+        else:
+            started = False
+    run_id = existing[0]
+    if started:  # driven here, outside any database session (a run takes minutes)
+        return run_id, executor.drive(site, run_id)
+    since = time.monotonic()
     while True:
         with transaction(site.engine) as db:
             run = db.get(PipelineRun, run_id)
@@ -87,7 +93,8 @@ def _ended_run(site: Any, name: str, project: str, say: Callable[[str], None]) -
             state, lost = run.state, runs.interrupted(run, beat)
         if state in runs.FINISHED:
             return run_id, state
-        if lost:
+        # a run still waiting long after it was made: its detached driver never started
+        if lost or (state == runs.WAITING and time.monotonic() - since > UNSTARTED_SECONDS):
             say(f"{name}: run #{run_id} lost its driver; driving it here")
             return run_id, executor.drive(site, run_id)
         time.sleep(POLL_SECONDS)
