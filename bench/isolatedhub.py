@@ -42,7 +42,7 @@ EXPECTED = {
     "admin": ["archive", "qc", "workstation", "reservation", "processing", "features", "reports", "upload",
               "workshops", "health"],
     "researcher": ["archive", "workstation", "reservation", "processing", "features"],
-    "reviewer": ["archive", "qc", "workstation"],
+    "reviewer": ["archive", "qc", "workstation", "features"],  # the query API needs read only (hub.roles)
     "clinician": ["workstation", "reports", "upload"],
 }
 DASHBOARD = "voila/render/INCloud/dashboards/archive.ipynb"

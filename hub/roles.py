@@ -110,7 +110,7 @@ MODULES: list[Module] = [
     Module("workstation", "Workstation", "JupyterLab with incloud_kernel, and SSH into it.", None),
     Module("reservation", "Reservation", "Book scanner slots with a standard protocol.", "custom:incloud:book"),
     Module("processing", "Processing", "Pipelines on the cluster: running and failed.", "custom:incloud:write"),
-    Module("features", "Feature library", "Query brain features across your projects.", "custom:incloud:write"),
+    Module("features", "Feature library", "Query brain features across your projects.", "custom:incloud:read"),
     Module("reports", "CADS reports", "Computer-aided diagnosis reports of your patients.",
            "custom:incloud:reports"),
     Module("upload", "Upload from a clinic", "Send scans de-identified and defaced from your browser.",

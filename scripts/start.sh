@@ -129,6 +129,22 @@ if [ "${INCLOUD_DEMO:-1}" = 1 ]; then
   fi
 fi
 
+# Then the rest of the demo, also in the background and as the service user (incloud_kernel/demo.py): it waits
+# for that QC run, runs the features pipeline into the feature library, trains a CADS model on a synthetic
+# reference cohort and builds the clinician's first report. Each step done is skipped at a later start.
+DEMO_LINES=""
+if [ "${INCLOUD_DEMO:-1}" = 1 ]; then
+  DEMO_LOG="$HOME_DIR/hub/demo-populate.log"
+  run touch "$DEMO_LOG"
+  chmod 0600 "$DEMO_LOG"
+  ( trap '' HUP; run_exec "$INCLOUD" demo populate ) >> "$DEMO_LOG" 2>&1 < /dev/null &
+  DEMO_LINES="
+  What to open first (the demo fills in over some minutes at the first start; progress: $DEMO_LOG):
+    as reviewer:    Review QC, the quality indices of DEMO's scans
+    as researcher:  the Archive tile's \"Open the archive browser\", then Feature library (DEMO's features)
+    as clinician:   CADS reports, the report of a DEMO participant (once the log says \"cads: report\")"
+fi
+
 password=$(sed -n 's/^shared_password = "\(.*\)"$/\1/p' "$SITE_FILE")
 cat <<EOF
 
@@ -142,5 +158,5 @@ INCloud is running.
   Isolation: $ISOLATION
   Site:      $HOME_DIR   (incloud config show; incloud archive ls)
   In a notebook:  import incloud_kernel; client = incloud_kernel.connect(); client.series(project="DEMO")
-  Stop:      kill \$(cat $HOME_DIR/hub/hub.pid)${QC_LINE}
+  Stop:      kill \$(cat $HOME_DIR/hub/hub.pid)${QC_LINE}${DEMO_LINES}
 EOF

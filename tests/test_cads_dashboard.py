@@ -58,6 +58,8 @@ def test_clinician_reads_a_report_in_the_dashboard(portal, browser, shots) -> No
         text = page.inner_text("body")
         assert "Participant CL" in text and "QC" in text and "pass" in text
         assert "expected by chance in a healthy person: 2.7" in text
+        heading = page.inner_text("#cads-map-heading")  # the map paints volumes; connectivity is in the table only
+        assert heading.startswith("Brain map of grey-matter volume z-scores") and "not on the map" in heading
         assert "Model and validated performance" in text and "balanced accuracy" in text
         assert "supports and does not replace clinical judgement" in page.inner_text("#cads-statement")
         categories = page.eval_on_selector_all("tr.cads-prob", "els => els.map(e => e.dataset.category)")

@@ -64,6 +64,7 @@ def test_twice_the_data_is_promoted_and_better_shuffled_labels_are_refused(site)
         assert len(two_row.training_series) + len(two_row.heldout_series) == len(doubled)
         assert set(rows[1].heldout_series) <= set(two_row.heldout_series)  # a held-out participant stays held out
         assert two_row.libraries["scikit-learn"] and two_row.code_version and len(two_row.sha256) == 64
+        assert registry.describe(two_row)["harmoniser"] == {"method": "site", "sites": sorted(synthetic.SITES)}
         assert [r["version"] for r in registry.list_models(db)] == [1, 2, 3]
         assert "training_series" not in registry.list_models(db)[0]
         events = db.scalars(select(AuditEvent).where(AuditEvent.action == "cads.retrain")).all()

@@ -98,8 +98,10 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     assert "v1\tretired" in ok(env, "cads", "models") and "v2\tcurrent" in ok(env, "cads", "models")
     line = one_line_error(run_process(env, "cads", "retrain", "--as", "cleo"), 3)
     assert "site administrator" in line
-    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate")
-    assert out.startswith("model v3: ")
+    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate", "--harmonise", "combat")
+    assert out.startswith("model v3: ") and "harmonised by combat" in out
+    v3 = json.loads(ok(env, "cads", "models", "--json"))[-1]["harmoniser"]  # recorded with the version
+    assert v3["method"] == "combat" and v3["batch"] == "site" and v3["protected"] == ["age", "sex"]
 
 
 @pytest.fixture
@@ -133,3 +135,11 @@ def test_clinician_collaborator_gets_the_report_over_the_api_others_403(api, tmp
     r = requests.get(f"{url}api/cads/report/{mine}", params={"threshold": "lots"},
                      headers={"Authorization": "token t-cleo"}, timeout=30)
     assert r.status_code == 400 and "threshold" in r.json()["message"]
+
+
+def test_the_map_heading_says_what_the_map_paints_and_what_only_the_table_holds() -> None:
+    both = {"regions": [{"feature": "aal/gmv/Hippocampus_L"}, {"feature": "aal/connectivity/A__B"}]}
+    heading = render.map_heading(both)
+    assert heading.startswith("Brain map of grey-matter volume z-scores") and "Regional volumes" not in heading
+    assert heading.endswith("(connectivity: in the table below, not on the map)")
+    assert "not on the map" not in render.map_heading({"regions": [{"feature": "aal/gm_volume/Precuneus_R"}]})

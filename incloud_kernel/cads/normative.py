@@ -12,8 +12,11 @@ about 5 flags by chance (``expected_false_flags``); a report that hides that ove
 
 Must never: use anything but healthy controls to fit (the caller chooses them; ``fit`` refuses too few rows),
 or silently invent a site effect for a site it never saw (unseen sites get no site term and ``unseen_sites``
-says so). Harmonisation (the library's ComBat) plugs in as ``harmonise=``: an object with ``fit_transform`` /
-``transform`` over (features, covariates) applied before the regression.
+says so). Harmonisation plugs in as ``harmonise=``: an object with ``fit_transform`` / ``transform`` over
+(features, covariates) applied before the regression. The library's ComBat is one
+(``incloud_kernel.library.combat.SiteHarmoniser``, made by ``harmoniser("combat")``): it removes each site's
+additive and multiplicative bias keeping age and sex, so the regression then needs no site term
+(``site_term=False``); ``harmoniser("site")`` is the site-as-covariate model alone.
 """
 from __future__ import annotations
 
@@ -30,14 +33,38 @@ from incloud_kernel.errors import ValidationError
 COVARIATES = ("age", "sex", "site")
 #: Fewest controls per feature the model fits on (fewer gives centiles that mean nothing).
 MIN_CONTROLS = 20
+#: The ways a model handles scanner differences: ComBat before the regression, or the site as a regression term.
+HARMONISERS = ("combat", "site")
 
 
 class Harmoniser(Protocol):
-    """What ``harmonise=`` expects (the library's ComBat will be one): features in, features out, same shape."""
+    """What ``harmonise=`` expects (the library's ComBat is one): features in, features out, same shape."""
 
     def fit_transform(self, features: pd.DataFrame, covariates: pd.DataFrame) -> pd.DataFrame: ...
 
     def transform(self, features: pd.DataFrame, covariates: pd.DataFrame) -> pd.DataFrame: ...
+
+
+def harmoniser(name: str) -> NormativeModel:
+    """An unfitted normative model harmonising by ``name`` (one of ``HARMONISERS``): ``combat`` (the library's
+    ComBat fitted on the training controls, site as batch, age and sex protected; a scan of an unseen site is
+    left uncorrected and said so) or ``site`` (the site as a term of the regression)."""
+    if name == "site":
+        return NormativeModel()
+    if name == "combat":
+        from incloud_kernel.library.combat import SiteHarmoniser
+
+        return NormativeModel(harmonise=SiteHarmoniser(), site_term=False)
+    raise ValidationError(f"harmonise must be one of {', '.join(HARMONISERS)}")
+
+
+def describe_harmonisation(model: NormativeModel) -> dict[str, Any]:
+    """What a model version records about how it handled scanners (``registry`` stores it with the version)."""
+    hook = model.harmonise
+    if hook is None:
+        return {"method": "site" if model.site_term else "none", "sites": list(getattr(model, "sites_", []))}
+    describe = getattr(hook, "describe", None)
+    return dict(describe()) if callable(describe) else {"method": type(hook).__name__}
 
 
 def expected_false_flags(n_regions: int, threshold: float) -> float:
@@ -73,15 +100,17 @@ class NormativeModel:
     """Bayesian linear regression per feature on B-spline(age) + sex + site; scikit-learn style (fit/transform).
 
     ``knots`` and ``degree`` shape the age spline; ``heteroscedastic`` models the spread as a function of the
-    covariates too; ``threshold`` is |z| beyond which a region is flagged."""
+    covariates too; ``threshold`` is |z| beyond which a region is flagged; ``site_term`` puts the site into the
+    regression (False when ``harmonise`` removes site effects before it)."""
 
     def __init__(self, knots: int = 5, degree: int = 3, heteroscedastic: bool = True, threshold: float = 2.0,
-                 harmonise: Harmoniser | None = None) -> None:
+                 harmonise: Harmoniser | None = None, site_term: bool = True) -> None:
         self.knots = knots
         self.degree = degree
         self.heteroscedastic = heteroscedastic
         self.threshold = threshold
         self.harmonise = harmonise
+        self.site_term = site_term
 
     # -- design ---------------------------------------------------------------------------------------------
     def _check(self, frame: pd.DataFrame, fitting: bool) -> None:
@@ -98,6 +127,8 @@ class NormativeModel:
         spline = self.spline_.transform(frame[["age"]].to_numpy(float))
         sex = (frame["sex"].astype(str).to_numpy() == "F").astype(float)[:, None]
         sites = frame["site"].astype(str).to_numpy()
+        if not getattr(self, "site_term", True):  # models saved before site_term had the site term
+            return np.hstack([spline, sex])
         onehot = (sites[:, None] == np.asarray(self.sites_)[None, :]).astype(float)
         return np.hstack([spline, sex, onehot])
 
@@ -161,8 +192,8 @@ class NormativeModel:
         return pd.DataFrame(means, index=frame.index), pd.DataFrame(sds, index=frame.index)
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """z-scores per scan and feature (NaN where the scan lacks the value)."""
-        values = frame[self.features_].astype(float)
+        """z-scores per scan and feature (NaN where the scan lacks the value or the whole column)."""
+        values = frame.reindex(columns=self.features_).astype(float)
         if self.harmonise is not None:
             values = self.harmonise.transform(values, frame[list(COVARIATES)])
         mu, sd = self.predict(frame)
@@ -186,4 +217,5 @@ class NormativeModel:
                           expected_false_flags=expected_false_flags(len(self.features_), threshold))
 
 
-__all__ = ["COVARIATES", "MIN_CONTROLS", "Deviations", "Harmoniser", "NormativeModel", "expected_false_flags"]
+__all__ = ["COVARIATES", "HARMONISERS", "MIN_CONTROLS", "Deviations", "Harmoniser", "NormativeModel",
+           "describe_harmonisation", "expected_false_flags", "harmoniser"]

@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session as DB
 from incloud_kernel.archive.models import CadsModel
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.cads import data
-from incloud_kernel.cads.classifier import DiagnosticModel, leave_site_out
+from incloud_kernel.cads.classifier import DEFAULT_HARMONISE, DiagnosticModel, leave_site_out
+from incloud_kernel.cads.normative import describe_harmonisation
 from incloud_kernel.cads.metrics import not_worse
 from incloud_kernel.errors import NotFound, PermissionDenied, StorageError, ValidationError
 
@@ -127,7 +128,8 @@ def get(db: DB, version: int | None = None) -> CadsModel:
 def describe(row: CadsModel) -> dict[str, Any]:
     """What anyone may see of a version: no series ids (the snapshot stays on the server)."""
     return {"version": row.version, "status": row.status, "kind": row.kind, "query": row.query,
-            "classes": row.classes, "n_features": len(row.features), "n_training": len(row.training_series),
+            "classes": row.classes, "harmoniser": (row.metrics or {}).get("harmoniser"),
+            "n_features": len(row.features), "n_training": len(row.training_series),
             "n_heldout": len(row.heldout_series), "metrics": row.metrics, "decision": row.decision,
             "code_version": row.code_version, "libraries": row.libraries,
             "created_by": row.created_by, "created_at": row.created_at.isoformat() if row.created_at else None,
@@ -168,9 +170,12 @@ def _decide(candidate: dict[str, float], incumbent: dict[str, float] | None, tol
 
 def retrain(site: Any, db: DB, actor: Actor, criteria: Mapping[str, Any] | None = None, *,
             frame: pd.DataFrame | None = None, kind: str = "ensemble", tolerance: float = TOLERANCE,
-            min_gain: float = MIN_GAIN, validate: bool = True, seed: int = 0) -> Retraining:
+            min_gain: float = MIN_GAIN, validate: bool = True, seed: int = 0,
+            harmonise: str = DEFAULT_HARMONISE) -> Retraining:
     """Train a candidate on the library (or on ``frame``, same columns as ``data.library_frame``), compare it
-    with the current model on the same held-out scans, and promote or refuse it. The caller commits."""
+    with the current model on the same held-out scans, and promote or refuse it. ``harmonise``: ``combat`` or
+    ``site`` (``normative.HARMONISERS``), recorded with the version (``metrics["harmoniser"]``, shown by
+    ``describe`` as ``harmoniser``). The caller commits."""
     from incloud_kernel import __version__
     from incloud_kernel.archive.projects import audit
     from incloud_kernel.library.store import generation, library_root
@@ -189,11 +194,12 @@ def retrain(site: Any, db: DB, actor: Actor, criteria: Mapping[str, Any] | None 
     if test.empty or train.empty:
         raise ValidationError("too few participants to keep a held-out set; add scans to the library")
     features = data.feature_columns(frame)
-    candidate = DiagnosticModel(kind, features, seed=seed).fit(train, train["label"])
-    metrics: dict[str, Any] = {"heldout": candidate.score(test, test["label"])}
+    candidate = DiagnosticModel(kind, features, seed=seed, harmonise=harmonise).fit(train, train["label"])
+    metrics: dict[str, Any] = {"heldout": candidate.score(test, test["label"]),
+                               "harmoniser": describe_harmonisation(candidate.normative_)}
     if validate:
         metrics["leave_site_out"] = leave_site_out(train, train["label"].to_numpy(), kind=kind, seed=seed,
-                                                   features=features)
+                                                   features=features, harmonise=harmonise)
     incumbent_row = current(db)
     incumbent = None
     if incumbent_row is not None:

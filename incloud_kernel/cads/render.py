@@ -1,11 +1,11 @@
 """Drawing a CADS report: the brain map of z-scores, the probability chart, and the PDF for the clinical record.
 
-``brain_map(report)`` paints each volume feature's z-score into its atlas region (AAL, read where mricron-data
-installed it: ``features.atlases``) over nilearn's packaged MNI152 template, with flagged regions outlined by the
-colour scale's ends; ``pdf(report, path)`` writes one A4 page (matplotlib ``PdfPages``): header with the
-pseudonym, scan and QC status, the brain map, the table of flagged regions with z and centiles, the
-probabilities with their ranges, the model version and its validated performance, the warnings and the
-statement that the report supports and does not replace clinical judgement.
+``brain_map(report)`` paints each volume feature's z-score into its atlas region (the atlas most of the volume
+features are in: AAL, Harvard-Oxford, ... as ``features.atlases`` loads them) over nilearn's packaged MNI152
+template, with flagged regions outlined by the colour scale's ends; ``pdf(report, path)`` writes one A4 page
+(matplotlib ``PdfPages``): header with the pseudonym, scan and QC status, the brain map, the table of flagged
+regions with z and centiles, the probabilities with their ranges, the model version and its validated
+performance, the warnings and the statement that the report supports and does not replace clinical judgement.
 
 Must never: download anything (no ``fetch_*``), or write anything but the report's own pseudonymous content.
 """
@@ -18,10 +18,23 @@ from typing import Any
 import numpy as np
 
 #: Volume features painted on the brain map: ``atlas/feature/region`` with these feature names.
-MAP_FEATURES = ("gmv", "volume", "thickness")
+MAP_FEATURES = ("gmv", "gm_volume", "volume", "thickness")
 MAP_ATLAS = "aal"
+#: How a heading names a feature kind.
+FEATURE_WORDS = {"gmv": "grey-matter volume", "gm_volume": "grey-matter volume", "volume": "volume",
+                 "thickness": "cortical thickness", "connectivity": "connectivity", "fa": "FA", "md": "MD"}
 #: |z| below which the map shows no colour (the flag threshold is in the caption and the table).
 MAP_FLOOR = 1.0
+
+
+def map_atlas(report: dict[str, Any]) -> str:
+    """The atlas the map paints: the one most of the report's volume features are in (the T1 pipeline's default
+    is Harvard-Oxford, the synthetic cohorts' AAL), ``MAP_ATLAS`` when there is none."""
+    from collections import Counter
+
+    atlases = Counter(r["feature"].split("/", 2)[0] for r in report["regions"]
+                      if r["feature"].count("/") == 2 and r["feature"].split("/", 2)[1] in MAP_FEATURES)
+    return atlases.most_common(1)[0][0] if atlases else MAP_ATLAS
 
 
 def _z_image(report: dict[str, Any]) -> Any:
@@ -29,13 +42,14 @@ def _z_image(report: dict[str, Any]) -> Any:
 
     from incloud_kernel.features.atlases import load_atlas
 
-    atlas = load_atlas(MAP_ATLAS)
+    chosen = map_atlas(report)
+    atlas = load_atlas(chosen)
     labels = _labels(atlas)
     by_name = {name: value for value, name in atlas.labels.items()}
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.float32)  # label value -> z (0: no colour)
     for region in report["regions"]:
         atlas_name, feature, name = (region["feature"].split("/", 2) + ["", ""])[:3]
-        if atlas_name == MAP_ATLAS and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
+        if atlas_name == chosen and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
             lookup[by_name[name]] = region["z"]
     return nib.Nifti1Image(lookup[labels], atlas.image.affine)
 
@@ -77,6 +91,19 @@ def brain_map_png(report: dict[str, Any], dpi: int = 90) -> bytes:
     return out.getvalue()
 
 
+def map_heading(report: dict[str, Any]) -> str:
+    """The brain map's heading: what the map paints (regional volumes) and, when the report holds other kinds of
+    feature (connectivity, FA, ...), that those are in the table and not on the map, so the heading never claims
+    the flags are all volumes."""
+    kinds = sorted({r["feature"].split("/")[1] for r in report["regions"] if r["feature"].count("/") == 2})
+    words = lambda names: " and ".join(FEATURE_WORDS.get(k, k) for k in names)  # noqa: E731
+    painted = [k for k in kinds if k in MAP_FEATURES]
+    others = [k for k in kinds if k not in MAP_FEATURES]
+    head = (f"Brain map of {words(painted) if painted else 'regional volume'} z-scores against healthy controls "
+            "of the same age, sex and scanner")
+    return head + (f" ({words(others)}: in the table below, not on the map)" if others else "")
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -115,8 +142,7 @@ def pdf(report: dict[str, Any], path: str | Path) -> Path:
                       f"{scan['sex']}; QC status: {scan['qc']}; features {scan['pipeline']}", fontsize=9)
     text(0.05, 0.915, f"Report of {report['created_at']} by model version {report['model']['version']}",
          fontsize=9)
-    text(0.05, 0.893, "Regional volumes: z-scores against healthy controls of the same age, sex and scanner",
-         fontsize=9)
+    text(0.05, 0.893, map_heading(report), fontsize=9)
     text(0.05, 0.880, f"(blue smaller, red larger than expected; coloured beyond |z| > {MAP_FLOOR:g})", fontsize=8)
     draw_brain_map(report, figure, (0.03, 0.695, 0.94, 0.18))
 

@@ -16,6 +16,7 @@ Synthetic values only, never a real person's: no identity, labels like ``S00042`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -71,13 +72,15 @@ class SiteEffect:
     shift: dict[str, float]
 
 
-def site_effects(seed: int = 7, sites: tuple[str, ...] = SITES) -> dict[str, SiteEffect]:
-    """Fixed site biases (the same for every cohort drawn with this seed, so cohorts can be pooled)."""
+def site_effects(seed: int = 7, sites: tuple[str, ...] = SITES,
+                 volumes: Sequence[str] | None = None) -> dict[str, SiteEffect]:
+    """Fixed site biases (the same for every cohort drawn with this seed, so cohorts can be pooled); ``volumes``:
+    the volume columns (default those of ``REGIONS``)."""
     rng = np.random.default_rng(seed)
     out = {}
     for site in sites:
         global_scale = rng.normal(1, 0.04)
-        scale = {gmv(r): float(global_scale * rng.normal(1, 0.02)) for r in REGIONS}
+        scale = {c: float(global_scale * rng.normal(1, 0.02)) for c in (volumes or [gmv(r) for r in REGIONS])}
         shift = {c: float(rng.normal(0, 0.06)) for c in feature_columns() if "/connectivity/" in c}
         out[site] = SiteEffect(scale, shift)
     return out
@@ -85,10 +88,19 @@ def site_effects(seed: int = 7, sites: tuple[str, ...] = SITES) -> dict[str, Sit
 
 def cohort(n: int, *, seed: int = 0, mix: tuple[float, float, float] = (0.5, 0.25, 0.25),
            sites: tuple[str, ...] = SITES, site_seed: int = 7, age: tuple[float, float] = (18, 80),
-           start: int = 0) -> pd.DataFrame:
-    """``n`` scans: participant, sex, age, site, diagnosis and every feature column (wide shape)."""
+           start: int = 0, volumes: Mapping[str, float] | None = None,
+           planted: Mapping[str, Mapping[str, float]] | None = None, connectivity: bool = True,
+           noise: float = 0.05) -> pd.DataFrame:
+    """``n`` scans: participant, sex, age, site, diagnosis and every feature column (wide shape).
+
+    ``volumes`` (column -> mean in a 40-year-old man) and ``planted`` (diagnosis -> {column: factor}) draw the
+    volumes on other columns than the AAL ``REGIONS`` with ``EFFECTS`` (e.g. the regions of another atlas, for a
+    reference cohort named like a site's own features); ``connectivity=False`` leaves the connectivity out;
+    ``noise``: the volumes' coefficient of variation between people at 40."""
     rng = np.random.default_rng(seed)
-    effects = site_effects(site_seed, sites)
+    means = dict(volumes) if volumes is not None else {gmv(r): float(m) for r, m in REGIONS.items()}
+    planted = EFFECTS if planted is None else planted
+    effects = site_effects(site_seed, sites, list(means))
     diagnosis = rng.choice(DIAGNOSES, size=n, p=list(mix))
     site = rng.choice(list(sites), size=n)
     sex = rng.choice(["M", "F"], size=n)
@@ -98,15 +110,14 @@ def cohort(n: int, *, seed: int = 0, mix: tuple[float, float, float] = (0.5, 0.2
     spread = 1 + 0.015 * np.abs(ages - 40)  # larger spread in the old and the young: heteroscedastic noise
     female = sex == "F"
     data: dict[str, np.ndarray] = {}
-    for region, mean in REGIONS.items():
-        column = gmv(region)
-        value = mean * ageing * np.where(female, 0.92, 1.0) * (1 + 0.05 * spread * rng.standard_normal(n))
-        for d, eff in EFFECTS.items():
+    for column, mean in means.items():
+        value = mean * ageing * np.where(female, 0.92, 1.0) * (1 + noise * spread * rng.standard_normal(n))
+        for d, eff in planted.items():
             if column in eff:
                 value = np.where(diagnosis == d, value * eff[column], value)
         value = value * np.array([effects[s].scale[column] for s in site])
         data[column] = value
-    for i, a in enumerate(FC_REGIONS):
+    for i, a in enumerate(FC_REGIONS if connectivity else ()):
         for b in FC_REGIONS[i + 1:]:
             column = fc(a, b)
             value = 0.35 - 0.015 * decade + 0.12 * spread * rng.standard_normal(n)
@@ -119,14 +130,15 @@ def cohort(n: int, *, seed: int = 0, mix: tuple[float, float, float] = (0.5, 0.2
     return pd.concat([frame, pd.DataFrame(data)], axis=1)
 
 
-def long_rows(frame: pd.DataFrame, index: int) -> pd.DataFrame:
-    """Row ``index`` of a cohort as the long-format rows a feature stage writes (``features.rows.COLUMNS``)."""
+def long_rows(frame: pd.DataFrame, index: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Row ``index`` of a cohort as the long-format rows a feature stage writes (``features.rows.COLUMNS``);
+    ``columns``: the feature columns (default ``feature_columns()``)."""
     row = frame.iloc[index]
     out = []
-    for column in feature_columns():
+    for column in columns or feature_columns():
         atlas, feature, region = column.split("/", 2)
         out.append({"atlas": atlas, "region": region, "feature": feature, "value": float(row[column]),
-                    "unit": "mm3" if feature == "gmv" else "z"})
+                    "unit": "z" if feature == "connectivity" else "mm3"})
     return pd.DataFrame(out).assign(participant=row["participant"], session="1", pipeline="features", version="1")
 
 

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "features": "incloud_kernel.cli.library:features",
     "workshop": "incloud_kernel.cli.workshop:workshop",
     "cads": "incloud_kernel.cli.cads:cads",
+    "demo": "incloud_kernel.cli.demo:demo",
 }
 
 

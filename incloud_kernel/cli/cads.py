@@ -74,7 +74,8 @@ def models(as_json: bool, as_user: str | None) -> None:
         click.echo("no CADS model yet (incloud cads retrain)")
     for r in rows:
         held = r["metrics"].get("heldout") or {}
-        click.echo(f"v{r['version']}\t{r['status']}\t{r['kind']}\ttrained on {r['n_training']}\t"
+        click.echo(f"v{r['version']}\t{r['status']}\t{r['kind']}\t"
+                   f"{(r['harmoniser'] or {}).get('method', 'site')}\ttrained on {r['n_training']}\t"
                    f"held-out balanced accuracy {held.get('balanced_accuracy', float('nan')):.3f} AUC "
                    f"{held.get('auc') or float('nan'):.3f} Brier {held.get('brier', float('nan')):.3f} "
                    f"calibration error {held.get('calibration_error', float('nan')):.3f}\t{r['decision']}")
@@ -87,8 +88,13 @@ def models(as_json: bool, as_user: str | None) -> None:
 @click.option("--tolerance", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
               help="Largest loss on any held-out metric a promoted candidate may have.")
 @click.option("--no-validate", "no_validate", is_flag=True, help="Skip the leave-site-out validation.")
+@click.option("--harmonise", type=click.Choice(["site", "combat"]), default="site", show_default=True,
+              help="Scanner differences: the site as a term of the normative regression, or the library's ComBat "
+              "fitted on the training controls (site as batch, age and sex kept; a scan of an unseen scanner is "
+              "left uncorrected and its report says so). Recorded with the model version.")
 @_as_option
-def retrain(kind: str, tolerance: float, no_validate: bool, as_user: str | None, **options: Any) -> None:
+def retrain(kind: str, tolerance: float, no_validate: bool, harmonise: str, as_user: str | None,
+            **options: Any) -> None:
     """Train a candidate on the library (default: scans that passed QC) and promote it only if its held-out
     metrics are not worse than the current model's on the same held-out scans."""
     from incloud_kernel.cads import registry
@@ -96,5 +102,6 @@ def retrain(kind: str, tolerance: float, no_validate: bool, as_user: str | None,
     criteria = _criteria(options) or None
     site = _site()
     outcome = _run(as_user, lambda db, actor: registry.retrain(site, db, actor, criteria, kind=kind,
-                                                                tolerance=tolerance, validate=not no_validate))
-    click.echo(f"model v{outcome.version}: {outcome.decision} ({outcome.seconds:.1f} s)")
+                                                                tolerance=tolerance, validate=not no_validate,
+                                                                harmonise=harmonise))
+    click.echo(f"model v{outcome.version}: {outcome.decision} (harmonised by {harmonise}; {outcome.seconds:.1f} s)")

@@ -210,4 +210,69 @@ def harmonise(table: "pd.DataFrame", *, batch: str = "scanner", covariates: Sequ
     return out, model
 
 
-__all__ = ["ComBat", "harmonise"]
+class SiteHarmoniser:
+    """ComBat as CADS's ``harmonise=`` hook (``cads.normative.Harmoniser``): fitted on the training healthy controls
+    with the site (scanner) as the batch and ``protected`` covariates (age, sex) kept, then applied to every new
+    scan of a site it was fitted on.
+
+    Why a wrapper: the library's features may miss values (a scan without BOLD has no connectivity) and a new
+    scan may come from a scanner the training data never saw. Missing values are filled with the feature's
+    training mean for the arithmetic and put back as missing afterwards (ComBat works feature by feature, so the
+    other values are unaffected). A scan of an unseen site is, with ``unseen="fallback"`` (the default), left as
+    it is (the normative model then says "scanner not in the training data: no site correction was applied");
+    with ``unseen="error"`` it is refused with one line. Never harmonises against a site it did not learn."""
+
+    method = "combat"
+
+    def __init__(self, batch: str = "site", protected: Sequence[str] = ("age", "sex"), unseen: str = "fallback",
+                 empirical_bayes: bool = True) -> None:
+        if unseen not in ("fallback", "error"):
+            raise ValidationError("unseen must be 'fallback' or 'error'")
+        self.batch = batch
+        self.protected = tuple(protected)
+        self.unseen = unseen
+        self.empirical_bayes = empirical_bayes
+
+    def describe(self) -> dict[str, Any]:
+        """What a model version records about its harmonisation (its metadata)."""
+        return {"method": self.method, "batch": self.batch, "protected": list(self.protected),
+                "unseen_site": self.unseen, "empirical_bayes": self.empirical_bayes,
+                "sites": list(getattr(self, "sites_", []))}
+
+    def _columns(self, covariates: pd.DataFrame) -> None:
+        missing = [c for c in (self.batch, *self.protected) if c not in covariates.columns]
+        if missing:
+            raise ValidationError(f"ComBat harmonisation needs the covariate {missing[0]}")
+
+    def fit_transform(self, features: pd.DataFrame, covariates: pd.DataFrame) -> pd.DataFrame:
+        self._columns(covariates)
+        values = features.astype(float)
+        self.means_ = values.mean()
+        if self.means_.isna().any():
+            raise ValidationError("a feature has no value among the training controls: ComBat cannot fit it")
+        self.model_ = ComBat(empirical_bayes=self.empirical_bayes).fit(
+            values.fillna(self.means_), covariates[self.batch].astype(str).to_numpy(),
+            covariates[list(self.protected)].reset_index(drop=True))
+        self.sites_ = [str(b) for b in self.model_.batches_]
+        return self.transform(features, covariates)
+
+    def transform(self, features: pd.DataFrame, covariates: pd.DataFrame) -> pd.DataFrame:
+        if not hasattr(self, "model_"):
+            raise ValidationError("the ComBat harmoniser is not fitted")
+        self._columns(covariates)
+        values = features.astype(float)
+        sites = covariates[self.batch].astype(str).to_numpy()
+        known = np.isin(sites, self.sites_)
+        if not known.all() and self.unseen == "error":
+            raise ValidationError(f"{int((~known).sum())} scan(s) from a scanner the ComBat harmonisation was not "
+                                  "fitted on; retrain with it or use the site-as-covariate model (harmonise=site)")
+        out = values.copy()
+        if known.any():
+            rows = values[known]
+            done = self.model_.transform(rows.fillna(self.means_), sites[known],
+                                         covariates[list(self.protected)][known].reset_index(drop=True))
+            out.loc[known] = done.where(rows.notna()).to_numpy()
+        return out
+
+
+__all__ = ["ComBat", "SiteHarmoniser", "harmonise"]
