@@ -338,3 +338,17 @@ def region_mask_mni(region: str, like: Any = None) -> Any:
     r = REGIONS[region]
     rho = np.square((ras - np.asarray(r.center_ras)) / np.asarray(r.radii)).sum(-1)
     return nib.Nifti1Image((rho <= 1.0).astype(np.uint8), ref.affine)
+
+
+def regions_label_image(regions: tuple[str, ...]) -> tuple[Any, dict[int, str]]:
+    """The ``regions``' MNI ellipsoids as one nibabel int16 label image on nilearn's 1 mm MNI152 grid (value i+1
+    for ``regions[i]``; a later region wins where two overlap) and its ``{value: region}`` table: what a
+    pipeline is given as an atlas to report the planted regions by name."""
+    import nibabel as nib
+
+    ref = region_mask_mni(regions[0])
+    labels = np.zeros(ref.shape, np.int16)
+    for i, region in enumerate(regions):
+        labels[np.asarray(region_mask_mni(region).dataobj) > 0] = i + 1
+    return nib.Nifti1Image(labels, ref.affine), {i + 1: r for i, r in enumerate(regions)}
+
