@@ -26,14 +26,23 @@ if TYPE_CHECKING:  # pragma: no cover
 CSF, GM, WM = 1, 2, 3
 #: Thinning is planted in whole template voxels along the distance map: at most this deep (mm).
 MAX_THINNING_MM = 3.0
+#: Thinning is a smooth field of depth over the head, not a step at the region's edge: the full planted depth
+#: where the region's normalised ellipsoid radius rho (1 on the ellipsoid) is at most the first value, none
+#: beyond the second, a raised cosine between. The ramp spans one radius (7-15 mm), two to three times the
+#: template cortex's thickness (about 5 mm), so the depth at a grey-matter voxel and at the pial end of the
+#: cortical column through it agree (what a voxel-wise thickness measures; with a step at the ellipsoid, columns
+#: near its edge ended on unthinned cortex outside it and no definition of "the region's thinning" fitted both).
+THINNING_TAPER = (0.5, 1.5)
 
 
 @dataclass(frozen=True)
 class TissueEffect:
     """Grey matter of ``region`` (``anatomy.REGIONS``: its MNI ellipsoid) turned into CSF from the CSF side:
     ``kind="atrophy"`` removes ``amount`` percent of the region's grey-matter voxels (the ones nearest CSF first);
-    ``kind="thinning"`` removes the grey matter within ``amount`` mm of CSF (template head mm; partial voxels at
-    the front). Atrophy is the same edit at the depth that removes the percentage (``removal_depth``)."""
+    ``kind="thinning"`` removes the grey matter within ``thinning_depth`` mm of CSF (template head mm; partial
+    voxels at the front): ``amount`` mm at the region's core, tapering smoothly to 0 around its edge
+    (``THINNING_TAPER``). Atrophy is the same edit, confined to the ellipsoid, at the uniform depth that removes
+    the percentage (``removal_depth``)."""
 
     region: str
     kind: str
@@ -100,32 +109,51 @@ def head_tissue() -> HeadTissue:
                       weights=gmm.weights_[order])
 
 
+def thinning_weight(rho: np.ndarray) -> np.ndarray:
+    """Share (0-1) of a thinning's planted depth at normalised ellipsoid radius ``rho`` (``THINNING_TAPER``)."""
+    lo, hi = THINNING_TAPER
+    t = np.clip((np.asarray(rho, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def region_rho(region: str, mni_lps: np.ndarray) -> np.ndarray:
+    """Normalised radius of MNI LPS points (..., 3) in ``region``'s ellipsoid (1 on its surface)."""
+    r = REGIONS[region]
+    return np.sqrt(np.square((mni_lps - r.center_lps) / np.asarray(r.radii)).sum(-1))
+
+
+def _reach(kind: str) -> float:
+    """How far (in ellipsoid radii) an effect of ``kind`` edits: thinning's taper reaches past the ellipsoid."""
+    return THINNING_TAPER[1] if kind == "thinning" else 1.0
+
+
 @functools.lru_cache(maxsize=None)
-def _region_in_head(region: str) -> tuple[tuple[slice, ...], np.ndarray]:
-    """The region's MNI ellipsoid on the template head grid: (crop slices, boolean mask of the crop)."""
+def _region_in_head(region: str, reach: float = 1.0) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The region's MNI ellipsoid on the template head grid: (crop slices covering ``rho <= reach``, the
+    normalised radius ``rho`` of every crop voxel, float32)."""
     t = load_templates()
     r = REGIONS[region]
     m = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
     o = np.asarray(t.head_to_mni.GetTranslation())
     signs = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
-    corners = [np.linalg.solve(m, c - o) for c in r.center_lps + signs * (np.asarray(r.radii) + 2.0)]
+    corners = [np.linalg.solve(m, c - o) for c in r.center_lps + signs * (np.asarray(r.radii) * reach + 2.0)]
     idx = np.array([t.head.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in corners])
     size = np.asarray(t.head.GetSize())
     lo = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, None)
     hi = np.minimum(np.ceil(idx.max(0)).astype(int) + 2, size)
     crop = sitk.RegionOfInterest(t.head, [int(v) for v in hi - lo], [int(v) for v in lo])
-    pts = physical_grid(crop) @ m.T + o
-    rho = np.sqrt((((pts - r.center_lps) / np.asarray(r.radii)) ** 2).sum(-1))
+    rho = region_rho(region, physical_grid(crop) @ m.T + o)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))  # numpy z, y, x
-    return sl, rho <= 1.0
+    return sl, rho.astype(np.float32)
 
 
 def removal_depth(effect: TissueEffect) -> float:
-    """How deep (template mm from the CSF side) ``effect`` removes grey matter: ``amount`` for thinning; for
-    atrophy the depth whose removal takes exactly ``amount`` percent of the region's grey matter (bisection)."""
+    """How deep (template mm from the CSF side) ``effect`` removes grey matter at the region's core: ``amount``
+    for thinning (less towards its edge, ``thinning_weight``); for atrophy the uniform depth whose removal takes
+    exactly ``amount`` percent of the region's grey matter (bisection)."""
     if effect.kind == "thinning":
         return float(effect.amount)
-    _, gm, delta, p_gm = _depths(effect.region)
+    _, gm, delta, p_gm, _ = _depths(effect.region)
     target = float(p_gm.sum()) * effect.amount / 100.0
     lo, hi = 0.0, 40.0
     for _ in range(40):
@@ -137,36 +165,43 @@ def removal_depth(effect: TissueEffect) -> float:
     return (lo + hi) / 2
 
 
-def _fraction(gm: np.ndarray, delta: np.ndarray, depth: float) -> np.ndarray:
-    """Share of each voxel removed when grey matter goes to ``depth`` mm from the CSF side: a voxel whose
+def _fraction(gm: np.ndarray, delta: np.ndarray, depth: "float | np.ndarray") -> np.ndarray:
+    """Share of each voxel removed when grey matter goes to ``depth`` mm (a number, or one per voxel) from the
+    CSF side: a voxel whose
     centre lies ``delta`` from the nearest CSF/outside voxel centre spans depths [delta - 1, delta] (the tissue
     boundary lies half a voxel out)."""
     return np.where(gm, np.clip(depth - (delta - 1.0), 0.0, 1.0), 0.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
-def _depths(region: str) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """(crop slices of the head grid, the region's grey-matter voxels there (most probable class), their distance
-    in mm to the nearest CSF/outside voxel centre, the grey-matter probability of every region voxel). Template
-    voxels are 1 mm."""
+def _depths(region: str, reach: float = 1.0) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray,
+                                                      np.ndarray]:
+    """(crop slices of the head grid covering ``rho <= reach``, the region's grey-matter voxels there (most
+    probable class, inside the ellipsoid), their distance in mm to the nearest CSF/outside voxel centre, the
+    grey-matter probability of every region voxel, the crop's normalised radius rho). Template voxels are 1 mm."""
     from scipy import ndimage
 
     tissue = head_tissue()
     labels = tissue.labels
-    sl, inside = _region_in_head(region)
+    sl, rho = _region_in_head(region, reach)
+    inside = rho <= 1.0
     pad = tuple(slice(max(s.start - 8, 0), s.stop + 8) for s in sl)
     lab = labels[pad]
     inner = tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(sl, pad))
     delta = ndimage.distance_transform_edt(lab >= GM)[inner]
     values = sitk.GetArrayViewFromImage(load_templates().head)[sl]
     p_gm = np.where(inside & (lab[inner] > 0), tissue.gm_probability(values), 0.0)
-    return sl, (lab[inner] == GM) & inside, delta, p_gm.astype(np.float32)
+    return sl, (lab[inner] == GM) & inside, delta, p_gm.astype(np.float32), rho
 
 
 def _removed(effect: TissueEffect) -> tuple[tuple[slice, ...], np.ndarray]:
     """Fraction (0-1) of each template voxel (crop of the head grid) that ``effect`` turns from grey matter into
-    CSF: partial voxels at the removal front, so the planted depth is not rounded to whole voxels."""
-    sl, gm, delta, _ = _depths(effect.region)
+    CSF: partial voxels at the removal front, so the planted depth is not rounded to whole voxels. Thinning
+    edits every grey-matter voxel of its taper (inside the ellipsoid or not) to its local depth."""
+    sl, gm, delta, _, rho = _depths(effect.region, _reach(effect.kind))
+    if effect.kind == "thinning":
+        lab = head_tissue().labels[sl]
+        return sl, _fraction(lab == GM, delta, effect.amount * thinning_weight(rho))
     return sl, _fraction(gm, delta, removal_depth(effect))
 
 
@@ -181,7 +216,7 @@ def edited_head(effects: tuple[TissueEffect, ...]) -> tuple[sitk.Image, sitk.Ima
     head = sitk.GetArrayFromImage(t.head)
     gm_before = np.zeros(head.shape, np.float32)
     for e in effects:
-        sl, _, _, p_gm = _depths(e.region)
+        sl, _, _, p_gm, _ = _depths(e.region, _reach(e.kind))
         gm_before[sl] = np.maximum(gm_before[sl], p_gm)
     gm_after = gm_before.copy()
     done = np.zeros(head.shape, np.float32)  # share already removed (effects overlapping on a voxel)
@@ -199,16 +234,47 @@ def edited_head(effects: tuple[TissueEffect, ...]) -> tuple[sitk.Image, sitk.Ima
     return out[0], out[1], out[2]
 
 
+#: Spacing (mm, at most) the ground truth is integrated at, whatever the T1 grid: the edit is sub-voxel and
+#: the grey-matter posterior is steep, so point samples on the output grid alone alias it (on the hippocampus a
+#: half-voxel shift of the grid moved that truth from -9.2 to -12.9 % at 1 mm and from -13.2 to -7.9 % at 2 mm).
+TRUTH_STEP_MM = 0.5
+
+
+def _fine_box(twin: sitk.Image, mask: np.ndarray) -> sitk.Image:
+    """The bounding box (one voxel of margin) of ``mask`` (numpy z, y, x of ``twin``) as a grid of sub-voxels of
+    at most ``TRUTH_STEP_MM`` tiling those ``twin`` voxels exactly (their centres, not the coarse ones)."""
+    idx = np.argwhere(mask)
+    size = np.asarray(twin.GetSize())
+    lo = np.maximum(idx.min(0)[::-1] - 1, 0)  # x, y, z
+    hi = np.minimum(idx.max(0)[::-1] + 2, size)
+    spacing = np.asarray(twin.GetSpacing())
+    k = np.ceil(spacing / TRUTH_STEP_MM - 1e-9).astype(int)
+    fine = spacing / k
+    direction = np.array(twin.GetDirection()).reshape(3, 3)
+    origin = np.asarray(twin.TransformIndexToPhysicalPoint([int(v) for v in lo])) + direction @ ((fine - spacing) / 2)
+    img = sitk.Image([int(v) for v in (hi - lo) * k], sitk.sitkUInt8)
+    img.SetSpacing(fine.tolist())
+    img.SetDirection(twin.GetDirection())
+    img.SetOrigin(origin.tolist())
+    return img
+
+
 def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str, Any]]:
     """Ground truth of ``participant.tissue_effects`` on the T1 grid ``ref``, one dict per effect:
 
     ``region``, ``kind``, ``amount`` (percent or mm as planted), ``gm_ml_before`` / ``gm_ml_after`` (mL: the
     grey-matter probability, under the template head's own intensity classes, of the noise-free T1 intensity
-    of every ``ref`` voxel whose MNI point lies in the region, summed, without and with the effects),
+    at every point of the region, integrated over the ``ref`` voxels at ``TRUTH_STEP_MM`` (each voxel split
+    into sub-voxels; their MNI points decide what is in the region), without and with the effects),
     ``percent`` (their change: the truth to recover; for atrophy it is smaller than the planted ``amount``,
-    which is counted on the 1 mm template), ``thinning_mm`` (planted depth times the participant's head scale:
-    mm in the participant; 0 for atrophy) and ``region_mask`` (how the region is
-    defined: the MNI ellipsoid of ``anatomy.REGIONS``, centre RAS and radii mm).
+    which is counted on the 1 mm template), ``thinning_mm`` (the mean planted depth over the region's cortex:
+    the generator's depth field, every thinning effect's ``amount`` x ``thinning_weight``, at the same points,
+    weighted by their grey-matter probability before the effects, times the participant's head scale: mm in
+    the participant; the planted ``amount`` tapers off towards the ellipsoid's edge, so this is less than
+    ``amount``; 0 for atrophy), ``percent_on_grid`` (the same change from the ``ref`` voxel centres alone: what
+    the rendered pixels hold at their own sample points, aliasing included; a check of the renderer, not the
+    number a pipeline is held to) and ``region_mask`` (how the region is defined: the MNI ellipsoid of
+    ``anatomy.REGIONS``, centre RAS and radii mm).
     """
     from incloud_kernel.synth.deform import axial_twin, sample, to_mni
 
@@ -216,28 +282,37 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
     if not effects:
         return []
     tissue = head_tissue()
-    edited = edited_head(effects)[0]
+    head, edited = load_templates().head, edited_head(effects)[0]
     twin, _ = axial_twin(ref)  # same voxel centres as ref: sums over them do not depend on the order
-    pts = participant.points(twin).reshape(3, -1)
-    mni = np.moveaxis(to_mni(pts), 0, -1)
-    insides = []
+    grid_pts = participant.points(twin)
+    mni = np.moveaxis(to_mni(grid_pts), 0, -1)  # (z, y, x, 3): where each region is on ref
+    out = []
     for e in effects:
         r = REGIONS[e.region]
-        insides.append(np.square((mni - r.center_lps) / np.asarray(r.radii)).sum(-1) <= 1.0)
-    union = np.flatnonzero(np.logical_or.reduce(insides))
-    gm_before = tissue.gm_probability(sample(load_templates().head, pts[:, union]))
-    gm_after = tissue.gm_probability(sample(edited, pts[:, union]))
-    voxel_ml = float(np.prod(ref.GetSpacing())) / 1000.0
-    out = []
-    for e, inside in zip(effects, insides):
-        r = REGIONS[e.region]
-        sel = inside[union]
-        b, a = float(gm_before[sel].sum()) * voxel_ml, float(gm_after[sel].sum()) * voxel_ml
+        inside = region_rho(e.region, mni) <= 1.0
+        b = a = mean_depth = on_grid = 0.0
+        if inside.any():
+            on_ref = grid_pts[:, inside]
+            gb = float(tissue.gm_probability(sample(head, on_ref)).sum())
+            on_grid = (float(tissue.gm_probability(sample(edited, on_ref)).sum()) / gb - 1.0) * 100.0 if gb else 0.0
+            fine = _fine_box(twin, inside)
+            pts = participant.points(fine).reshape(3, -1)
+            sub = region_rho(e.region, to_mni(pts).T) <= 1.0
+            pts = pts[:, sub]
+            gm_before = tissue.gm_probability(sample(head, pts)).astype(np.float64)
+            gm_after = tissue.gm_probability(sample(edited, pts)).astype(np.float64)
+            voxel_ml = float(np.prod(fine.GetSpacing())) / 1000.0
+            b, a = float(gm_before.sum()) * voxel_ml, float(gm_after.sum()) * voxel_ml
+            depth = np.zeros(pts.shape[1], np.float32)  # overlapping thinnings: the deeper (as edited_head)
+            for other in effects:
+                if other.kind == "thinning":
+                    depth = np.maximum(depth, other.amount * thinning_weight(region_rho(other.region, to_mni(pts).T)))
+            mean_depth = float((gm_before * depth).sum() / gm_before.sum()) if gm_before.sum() > 0 else 0.0
         out.append({
             "region": e.region, "kind": e.kind, "amount": e.amount,
             "gm_ml_before": round(b, 4), "gm_ml_after": round(a, 4),
-            "percent": round((a / b - 1.0) * 100.0, 4) if b > 0 else 0.0,
-            "thinning_mm": round(e.amount * participant.scale, 4) if e.kind == "thinning" else 0.0,
+            "percent": round((a / b - 1.0) * 100.0, 4) if b > 0 else 0.0, "percent_on_grid": round(on_grid, 4),
+            "thinning_mm": round(mean_depth * participant.scale, 4) if e.kind == "thinning" else 0.0,
             "region_mask": {"center_ras": list(r.center_ras), "radii_mm": list(r.radii), "space": "MNI152"},
         })
     return out
@@ -263,3 +338,17 @@ def region_mask_mni(region: str, like: Any = None) -> Any:
     r = REGIONS[region]
     rho = np.square((ras - np.asarray(r.center_ras)) / np.asarray(r.radii)).sum(-1)
     return nib.Nifti1Image((rho <= 1.0).astype(np.uint8), ref.affine)
+
+
+def regions_label_image(regions: tuple[str, ...]) -> tuple[Any, dict[int, str]]:
+    """The ``regions``' MNI ellipsoids as one nibabel int16 label image on nilearn's 1 mm MNI152 grid (value i+1
+    for ``regions[i]``; a later region wins where two overlap) and its ``{value: region}`` table: what a
+    pipeline is given as an atlas to report the planted regions by name."""
+    import nibabel as nib
+
+    ref = region_mask_mni(regions[0])
+    labels = np.zeros(ref.shape, np.int16)
+    for i, region in enumerate(regions):
+        labels[np.asarray(region_mask_mni(region).dataobj) > 0] = i + 1
+    return nib.Nifti1Image(labels, ref.affine), {i + 1: r for i, r in enumerate(regions)}
+

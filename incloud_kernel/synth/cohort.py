@@ -70,7 +70,7 @@ class StudyTruth:
     ``region_volumes_ml_without_effects``: region volumes measured on the T1 grid (partial-volume sums) with and
     without the effects. ``t1_effects``: planted grey-matter loss on the T1 pixels (regional atrophy, cortical
     thinning), one dict per effect as ``synth.atrophy.planted_truth`` measures it on the T1 grid: region, kind,
-    amount, gm_ml_before, gm_ml_after, percent, thinning_mm, region_mask. ``bold``/``dwi``: see
+    amount, gm_ml_before, gm_ml_after, percent, percent_on_grid, thinning_mm, region_mask. ``bold``/``dwi``: see
     ``incloud_kernel.synth.bold`` and ``.dwi`` (None if not made).
     """
 
