@@ -38,6 +38,7 @@ from sqlalchemy import select
 from incloud_kernel.archive.models import DataFile, Participant, PipelineRun, Project, QCIndex, Series
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.db import transaction
+from incloud_kernel.ingest import demographics
 from incloud_kernel.errors import ValidationError
 
 PROJECT = "DEMO"
@@ -112,7 +113,8 @@ def _sidecar(site: Any, db: Any, series_id: int) -> dict[str, Any]:
 
 
 def _fill_attributes(site: Any, project: str) -> int:
-    """Age, scanner and sex from the T1w sidecars where the archive has none; returns the sessions completed."""
+    """Age, scanner and sex from the T1w sidecars where the archive has none (sites ingested before
+    ``ingest.demographics`` existed); returns the sessions completed."""
     from incloud_kernel.archive.projects import audit
     from incloud_kernel.library import store
 
@@ -125,17 +127,12 @@ def _fill_attributes(site: Any, project: str) -> int:
             assert participant is not None
             if session.age_at_scan is not None and session.scanner and participant.sex:
                 continue
-            meta = _sidecar(site, db, series.id)
-            age = meta.get("PatientAge")
-            if session.age_at_scan is None and isinstance(age, (int, float)) and 0 <= age <= 150:
-                session.age_at_scan = float(age)
-            scanner = " ".join(str(meta[k]) for k in ("Manufacturer", "ManufacturersModelName") if meta.get(k))
-            if not session.scanner and scanner:
-                field_strength = meta.get("MagneticFieldStrength")
-                session.scanner = (f"{scanner} {field_strength:g}T" if isinstance(field_strength, (int, float))
-                                   else scanner)[:128]
-            if not participant.sex and meta.get("PatientSex") in ("M", "F"):
-                participant.sex = meta["PatientSex"]
+            facts = demographics.from_sidecar(_sidecar(site, db, series.id))
+            if session.age_at_scan is None and facts.age_at_scan is not None:
+                session.age_at_scan = facts.age_at_scan
+            session.scanner = session.scanner or facts.scanner
+            if not participant.sex and facts.sex:
+                participant.sex = facts.sex
             filled += 1
         if filled:
             audit(db, CONSOLE, "demo.attributes", "project", project, sessions=filled)

@@ -38,6 +38,7 @@ from incloud_kernel.archive.models import DataFile, Participant, Project, Series
 from incloud_kernel.archive.permissions import SYSTEM, Actor
 from incloud_kernel.archive.projects import audit, create_project
 from incloud_kernel.errors import IncloudError, NotFound
+from incloud_kernel.ingest import demographics
 from incloud_kernel.ingest.convert import ConversionError, Converted, convert_series
 from incloud_kernel.ingest.naming import BidsName, SeriesFacts, classify
 from incloud_kernel.site import Site, private_dir
@@ -226,6 +227,7 @@ class IngestChain:
         self.step = "read"
         #: The study's T1w refacing fits by frame of reference: its T2w, FLAIR and PD series reuse them.
         self._fits: dict[str, Any] = {}
+        self._demographics = demographics.Demographics()  # of the study being archived (_run_study)
 
     # ---------------------------------------------------------------- steps with other components
     def _context(self, project: str, binding: Any, study: list[Dataset]) -> Any:
@@ -422,6 +424,7 @@ class IngestChain:
         if first_deid is None:
             reasons = sorted({h.reason for h in held.values()})
             raise ChainFailure("deidentify", "every instance was held back: " + "; ".join(reasons))
+        self._demographics = demographics.from_dicom(first_deid)  # only what the de-identification kept
         self.step = "archive"
         participant, scoped = self._resolve_participant(
             project, binding.participant if binding is not None else self._participant_label(first_deid))
@@ -667,15 +670,23 @@ class IngestChain:
                 raise ChainFailure("archive", f"project {study.project} does not exist")
             project = create_project(db, self.actor, study.project, "Unassigned inbox",
                                      "Studies no routing rule assigned; a coordinator moves them.")
+        facts = self._demographics
         participant = db.scalar(select(Participant).where(Participant.label == study.participant))
         if participant is None:
-            participant = records.add_participant(db, self.actor, project, study.participant)
+            participant = records.add_participant(db, self.actor, project, study.participant,
+                                                  **({"sex": facts.sex} if facts.sex else {}))
         elif participant.project_id != project.id:
             raise ChainFailure("archive", "participant already belongs to another project")
+        elif facts.sex and not participant.sex:
+            records.update_participant(db, self.actor, participant, sex=facts.sex)
         session = db.scalar(select(Session).where(Session.participant_id == participant.id,
                                                   Session.label == study.session))
         if session is None:
-            session = records.add_session(db, self.actor, participant, study.session)
+            session = records.add_session(db, self.actor, participant, study.session,
+                                          age_at_scan=facts.age_at_scan, scanner=facts.scanner)
+        else:  # a later part of the study: fill what the first part did not say, never overwrite
+            session.age_at_scan = session.age_at_scan if session.age_at_scan is not None else facts.age_at_scan
+            session.scanner = session.scanner or facts.scanner
         # Series row, file rows and audit events commit together (records.register_series /
         # replace_files in this transaction); a failure removes the files written, a crash leaves only
         # orphan files for the sweeper -- never a series without its files.
