@@ -6,7 +6,8 @@ One mechanism, small variations (as in dask-jobqueue): a profile in the site con
 line), ``prologue`` (shell run before the server) and ``container`` (``"podman"``: the server runs inside the
 published workstation image as the user, through images/incloud-run; the spawner's ``container`` trait).
 Failures must reach the user as one clear sentence (no system account, controller down, job ended before the
-server started) and never hang past ``start_timeout``. Never put a token or password into a batch script or a log line.
+server started) and never hang past ``start_timeout``. Never put a token or password into a batch script or a
+log line.
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def slurm_spawner_class() -> type:
                 try:
                     image.launcher(self.container_images)
                 except ConfigError as exc:
-                    raise WorkstationError(f"the {self.container} workstation image is not available: {exc}") from None
+                    raise WorkstationError(f"the {self.container} workstation image is not available: {exc}"
+                                           ) from None
             self.port = 0
             self.ip = self.traits()["ip"].default_value
             if self.server:
@@ -152,7 +154,8 @@ def profile_list(hub: HubSection, spawner_class: Any, images: ContainerSection |
     for p in hub.profiles:
         if not isinstance(p, dict) or not p.get("name"):
             raise ConfigError("hub.profiles: every profile needs a name")
-        unknown = set(p) - {"name", "display_name", "cores", "memory", "walltime", "options", "prologue", "container"}
+        unknown = set(p) - {"name", "display_name", "cores", "memory", "walltime", "options", "prologue",
+                            "container"}
         if unknown:
             raise ConfigError(f"hub.profiles[{p['name']}]: unknown key(s) {', '.join(sorted(unknown))}")
         conf = {"req_nprocs": str(p.get("cores", 1)), "req_memory": str(p.get("memory", "2G")),

@@ -36,7 +36,7 @@ INSIDE = """
 import json, os, subprocess, incloud_kernel
 print(json.dumps({"id": subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip(),
                   "digest": os.environ.get("INCLOUD_IMAGE_DIGEST"), "environment": incloud_kernel.environment(),
-                  "module": incloud_kernel.__file__, "podman": os.path.exists("/run/.containerenv"),
+                  "module": incloud_kernel.__file__, "init": open("/proc/1/cmdline").read().replace("\\0", " "),
                   "uid_map": open("/proc/self/uid_map").read().split(),
                   "hub_user": incloud_kernel.connect().user["name"]}))
 """
@@ -102,11 +102,13 @@ def test_container_workstation_runs_in_the_image_as_the_user(published) -> None:
         # The image's own install of incloud_kernel, not the host's (an editable install / PYTHONPATH here) ...
         assert inside["module"].startswith("/opt/incloud/venv/lib/python3"), inside["module"]
         assert "/site-packages/incloud_kernel/" in inside["module"]
-        # ... in a podman container with a user namespace in which the user's own uid is the host's uid.
+        # ... in a container: its own process namespace, whose first process is the server, and a user namespace
+        # in which the user's own uid is the host's uid (keep-id).
         import pwd
 
         uid = str(pwd.getpwnam(user.name).pw_uid)
-        assert inside["podman"] and inside["uid_map"] != ["0", "0", "4294967295"]
+        assert "hub.workstation" in inside["init"], inside["init"]
+        assert inside["uid_map"] != ["0", "0", "4294967295"]
         assert inside["uid_map"][3:6] == [uid, "0", "1"], inside["uid_map"]  # keep-id: the user is itself
     finally:
         try:
