@@ -5,7 +5,8 @@
 # Writes DIR/sha256-<image id>/rootfs (the image's files, root-owned, as podman mounts the image), copies
 # images/incloud-run to DIR/incloud-run (what jobs run) and points DIR/current at the new tree last, so a job
 # starting meanwhile sees the old tree or the new one, never half of one. An image already published is not
-# copied again (the ID names the content). Older trees stay for jobs still running on them: remove them by hand.
+# copied again (the ID names the content). The tree it replaces stays for jobs still running on it; trees older
+# than that are removed (INCLOUD_IMAGE_KEEP_OLD=1 keeps them all).
 # Reads images/build.sh's podman storage; needs root. The ID is podman's image ID (sha256 of the image's
 # config, which names every layer's content): jobs report it as INCLOUD_IMAGE_DIGEST.
 set -euo pipefail
@@ -31,6 +32,13 @@ if [ ! -d "$DIR/$ID/rootfs" ]; then
 fi
 install -m 755 "$REPO/images/incloud-run" "$DIR/incloud-run.new"
 mv -f "$DIR/incloud-run.new" "$DIR/incloud-run"
+PREVIOUS=$(readlink "$DIR/current" 2>/dev/null || true)
 ln -sfn "$ID" "$DIR/current.new"
 mv -T "$DIR/current.new" "$DIR/current"
+if [ "${INCLOUD_IMAGE_KEEP_OLD:-0}" != 1 ]; then
+  for old in "$DIR"/sha256-*; do
+    name=$(basename "$old")
+    [ "$name" = "$ID" ] || [ "$name" = "$PREVIOUS" ] || rm -rf "$old"
+  done
+fi
 printf 'sha256:%s\n' "${ID#sha256-}"

@@ -115,12 +115,19 @@ def test_container_workstation_runs_in_the_image_as_the_user(published) -> None:
             if user is not None and stack.hub_proc is not None:
                 stack.stop_server(user)
         finally:
-            for pid in _user_processes(user.name) if user is not None else []:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+            state = None
+            if user is not None:  # rootless podman's pause process and state of the user, made by this test
+                import pwd
+
+                state = Path(f"/var/tmp/incloud-podman-{pwd.getpwnam(user.name).pw_uid}")
+                for pid in _user_processes(user.name):
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
             stack.close()
+            if state is not None:
+                shutil.rmtree(state, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
 
 
