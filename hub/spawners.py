@@ -3,21 +3,26 @@ and docker (DockerSpawner, documented for single-host container sites).
 
 One mechanism, small variations (as in dask-jobqueue): a profile in the site config is a dict with ``name``,
 ``display_name``, ``cores``, ``memory`` (Slurm units), ``walltime`` and optional ``options`` (extra ``#SBATCH``
-line) and ``prologue`` (shell run before the server). Failures must reach the user as one clear sentence
-(no system account, controller down, job ended before the server started) and never hang past
-``start_timeout``. Never put a token or password into a batch script or a log line.
+line), ``prologue`` (shell run before the server) and ``container`` (``"podman"``: the server runs inside the
+published workstation image as the user, through images/incloud-run; the spawner's ``container`` trait).
+Failures must reach the user as one clear sentence (no system account, controller down, job ended before the
+server started) and never hang past ``start_timeout``. Never put a token or password into a batch script or a
+log line.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import pwd
+import shlex
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from incloud_kernel.config import Config, HubSection
+from incloud_kernel.config import CONTAINER_RUNTIMES, Config, ContainerSection, HubSection
+from incloud_kernel.errors import ConfigError
+from incloud_kernel.pipeline import container as image
 
 from hub.roles import workstation_token_scopes
 
@@ -55,14 +60,45 @@ def check_system_account(spawner: Any) -> None:
 def slurm_spawner_class() -> type:
     """``batchspawner.SlurmSpawner`` with bounded commands and clear failure messages."""
     from batchspawner import JobStatus, SlurmSpawner
+    from traitlets import List, Unicode, validate
 
     class IncloudSlurmSpawner(SlurmSpawner):
-        """SlurmSpawner that notices a job that ended before its server reported a port.
+        """SlurmSpawner that notices a job that ended before its server reported a port, and (``container``)
+        runs the server inside the published workstation image.
 
         Upstream waits for the port forever (until ``start_timeout``) even when the job is already gone.
         """
 
+        container = Unicode("", config=True, help="'podman': the job runs the server inside the published "
+                            "workstation image as the user (images/incloud-run); '': on the node's own venv")
+        container_images = Unicode(ContainerSection.images, config=True,
+                                   help="Folder images/publish.sh published the image into (container.images)")
+        container_binds = List(Unicode(), config=True,
+                               help="Host folders mounted at the same path besides the home (container.binds)")
+
+        @validate("container")
+        def _valid_container(self, proposal):  # type: ignore[no-untyped-def]
+            if proposal["value"] not in CONTAINER_RUNTIMES:
+                raise ValueError(f"container must be one of {CONTAINER_RUNTIMES}, not {proposal['value']!r}")
+            return proposal["value"]
+
+        def cmd_formatted_for_batch(self) -> str:
+            """The batch script's command; in the image: the image's own venv, started by images/incloud-run
+            (which passes the hub's token by variable name, never on the command line)."""
+            if not self.container:
+                return super().cmd_formatted_for_batch()
+            venv = image.IMAGE_VENV
+            server = [f"{venv}/bin/python", "-m", "hub.workstation", "--report-port",
+                      f"{venv}/bin/jupyterhub-singleuser", *self.get_args()]
+            return shlex.join(image.wrap(self.container_images, server, binds=self.container_binds))
+
         async def start(self):  # type: ignore[no-untyped-def]
+            if self.container:
+                try:
+                    image.launcher(self.container_images)
+                except ConfigError as exc:
+                    raise WorkstationError(f"the {self.container} workstation image is not available: {exc}"
+                                           ) from None
             self.port = 0
             self.ip = self.traits()["ip"].default_value
             if self.server:
@@ -109,15 +145,17 @@ def _venv_bin(hub: HubSection, name: str) -> str:
     return str(Path(hub.workstation_venv) / "bin" / name)
 
 
-def profile_list(hub: HubSection, spawner_class: Any) -> list[tuple[str, str, Any, dict[str, Any]]]:
-    """``c.ProfilesSpawner.profiles`` from the site config's ``hub.profiles`` (validated)."""
-    from incloud_kernel.errors import ConfigError
-
+def profile_list(hub: HubSection, spawner_class: Any, images: ContainerSection | None = None,
+                 ) -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """``c.ProfilesSpawner.profiles`` from the site config's ``hub.profiles`` (validated); a container profile
+    takes the published image's folder and binds from ``images`` (the ``[container]`` section)."""
+    images = images or ContainerSection()
     out = []
     for p in hub.profiles:
         if not isinstance(p, dict) or not p.get("name"):
             raise ConfigError("hub.profiles: every profile needs a name")
-        unknown = set(p) - {"name", "display_name", "cores", "memory", "walltime", "options", "prologue"}
+        unknown = set(p) - {"name", "display_name", "cores", "memory", "walltime", "options", "prologue",
+                            "container"}
         if unknown:
             raise ConfigError(f"hub.profiles[{p['name']}]: unknown key(s) {', '.join(sorted(unknown))}")
         conf = {"req_nprocs": str(p.get("cores", 1)), "req_memory": str(p.get("memory", "2G")),
@@ -126,6 +164,11 @@ def profile_list(hub: HubSection, spawner_class: Any) -> list[tuple[str, str, An
             conf["req_options"] = str(p["options"])
         if p.get("prologue"):
             conf["req_prologue"] = str(p["prologue"])
+        if p.get("container"):
+            if p["container"] not in CONTAINER_RUNTIMES:
+                raise ConfigError(f"hub.profiles[{p['name']}]: container must be 'podman' (got {p['container']!r})")
+            conf.update(container=str(p["container"]), container_images=images.images,
+                        container_binds=list(images.binds))
         out.append((str(p.get("display_name") or p["name"]), str(p["name"]), spawner_class, conf))
     if not out:
         raise ConfigError("hub.profiles: cluster mode needs at least one profile")
@@ -173,8 +216,6 @@ def embedded(c: Any, cfg: Config, api_url: str) -> None:
 
     A hub running as root without a launcher is refused: its workstations would be root shells for every user.
     """
-    from incloud_kernel.errors import ConfigError
-
     from hub.isolated import account_hook
 
     common(c, cfg, api_url)
@@ -206,7 +247,7 @@ def cluster(c: Any, cfg: Config, api_url: str) -> None:
     hub = cfg.hub
     common(c, cfg, api_url)
     c.JupyterHub.spawner_class = "wrapspawner.ProfilesSpawner"
-    c.ProfilesSpawner.profiles = profile_list(hub, slurm_spawner_class())
+    c.ProfilesSpawner.profiles = profile_list(hub, slurm_spawner_class(), cfg.container)
     c.Spawner.pre_spawn_hook = check_system_account
     c.BatchSpawnerBase.exec_prefix = hub.exec_prefix
     # batchspawner runs "{batchspawner_singleuser_cmd} {cmd} {args}": the launcher reports the port itself.

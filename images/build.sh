@@ -7,6 +7,8 @@
 # The venv: $INCLOUD_IMAGE_VENV (default /opt/incloud/venv when it runs on Debian's /usr/bin/python3, the same
 # Python as the image's) is copied in, so nothing is downloaded or compiled; set INCLOUD_IMAGE_VENV= (empty) to
 # install from PyPI with constraints.txt instead.
+# Cached: the image carries a label with the sha256 of its inputs (the Containerfile, the copied
+# sources, the venv's package list); a tag whose label matches is not built again (INCLOUD_IMAGE_REBUILD=1 forces a build).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TAG=${1:-localhost/incloud-workstation:latest}
@@ -43,8 +45,22 @@ else
   [ -f /etc/ssl/certs/ca-certificates.crt ] && \
     ARGS+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
 fi
-step "podman build ($DRIVER)"
-"${P[@]}" build --isolation chroot --layers=false "${ARGS[@]}" -f "$REPO/images/Containerfile" -t "$TAG" "$REPO" >&2
+inputs_hash() {  # what the image is made of: a change in any of these makes a new image
+  { cd "$REPO" && find images/Containerfile pyproject.toml constraints.txt README.md \
+      incloud_kernel hub -type f ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort \
+      | xargs sha256sum
+    echo "venv=$VENV"; [ -n "$VENV" ] && ls "$VENV"/lib/python3*/site-packages 2>/dev/null; true
+  } | sha256sum | cut -c1-64
+}
+INPUTS=$(inputs_hash)
+LABEL=$("${P[@]}" image inspect --format '{{index .Labels "org.incloud.inputs"}}' "$TAG" 2>/dev/null || true)
+if [ "${INCLOUD_IMAGE_REBUILD:-0}" != 1 ] && [ "$LABEL" = "$INPUTS" ]; then
+  step "$TAG is up to date (inputs $INPUTS)"
+else
+  step "podman build ($DRIVER)"
+  "${P[@]}" build --isolation chroot --layers=false "${ARGS[@]}" --label "org.incloud.inputs=$INPUTS" \
+    -f "$REPO/images/Containerfile" -t "$TAG" "$REPO" >&2
+fi
 step "checking the image"
 "${P[@]}" run --rm --network none "$TAG" python -c "import incloud_kernel; print('incloud_kernel', incloud_kernel.__version__)"
 # Earlier builds of the same tag leave dangling images: drop them so the storage does not grow per build.

@@ -13,3 +13,11 @@ def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
     from incloud_kernel.client import connect as _connect
 
     return _connect(*args, **kwargs)
+
+
+def environment():  # type: ignore[no-untyped-def]
+    """``incloud_kernel.environment()``: the workstation image's digest this code runs in (None outside it), host,
+    Python and INCloud version (see ``incloud_kernel.pipeline.container``)."""
+    from incloud_kernel.pipeline.container import environment as _environment
+
+    return _environment()

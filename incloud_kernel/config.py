@@ -170,6 +170,9 @@ class ComputeSection:
     #: Interface the driver's Dask dashboard listens on (the API service must reach it there; it has no login
     #: of its own, so never every interface): loopback for drivers on the API service's host.
     dashboard_host: str = "127.0.0.1"
+    #: ``podman``: Slurm worker jobs run the Dask worker inside the published workstation image
+    #: (``[container]``, docs/pipelines.md); empty: in ``slurm_python`` on the node itself.
+    container: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in COMPUTE_BACKENDS:
@@ -180,10 +183,30 @@ class ComputeSection:
             raise ConfigError("compute.retry_backoff must be >= 0 and compute.heartbeat_interval > 0")
         if self.task_timeout < 0 or any(v < 0 for v in self.stage_timeouts.values()):
             raise ConfigError("compute.task_timeout and compute.stage_timeouts must be >= 0 seconds (0: no limit)")
+        if self.container not in CONTAINER_RUNTIMES:
+            raise ConfigError(f"compute.container must be one of {', '.join(repr(r) for r in CONTAINER_RUNTIMES)} "
+                              f"(got {self.container!r})")
 
 
 #: Where pipelines run (``ComputeSection.backend``).
 COMPUTE_BACKENDS = ("local", "slurm")
+#: How a Slurm job runs the workstation image (``compute.container``, a hub profile's ``container``); empty: not.
+CONTAINER_RUNTIMES = ("", "podman")
+
+
+@dataclass
+class ContainerSection:
+    """The workstation image in Slurm jobs: workstations of a profile with ``container = "podman"`` and, with
+    ``compute.container``, pipeline workers run inside it as the user (images/incloud-run, docs/hub.md)."""
+
+    #: Folder that ``images/publish.sh`` publishes the image into (``incloud-run``, ``current``); every compute
+    #: node must see it at this path (shared storage).
+    images: str = "/var/tmp/incloud-image/published"
+    #: Host folders mounted into every container at the same path besides the user's home (shared data).
+    binds: list[str] = field(default_factory=list)
+    #: Folders of the site's own pipeline modules (``compute.pipelines``), mounted and put on ``PYTHONPATH`` in
+    #: pipeline worker containers (the host's ``PYTHONPATH`` never reaches a container).
+    pythonpath: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -445,6 +468,7 @@ SECTIONS: dict[str, type] = {
     "acquisition": AcquisitionSection,
     "registry": RegistrySection,
     "library": LibrarySection,
+    "container": ContainerSection,
 }
 
 
@@ -467,6 +491,7 @@ class Config:
     acquisition: AcquisitionSection
     registry: RegistrySection
     library: LibrarySection
+    container: ContainerSection
     sources: dict[str, str] = field(default_factory=dict)
 
     # Derived locations: one place decides the embedded defaults.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from sqlalchemy import select
 from incloud_kernel.archive.models import PipelineRun, PipelineTask, utcnow
 from incloud_kernel.config import ComputeSection, Config
 from incloud_kernel.db import transaction
-from incloud_kernel.pipeline import runs
+from incloud_kernel.errors import ConfigError
+from incloud_kernel.pipeline import container, runs
 from incloud_kernel.pipeline.pipeline import load
 from incloud_kernel.pipeline.provenance import host
 
@@ -57,9 +59,23 @@ def _dashboard_options(compute: ComputeSection, prefix: str | None) -> dict[str,
     return options
 
 
+def worker_python(compute: ComputeSection, config: Config | None = None, log_directory: str | None = None) -> str:
+    """The Python a Slurm worker job starts its Dask worker with: ``compute.slurm_python`` (or the driver's own),
+    or with ``compute.container`` the image's, through images/incloud-run with the site's home, archive, the
+    job's log folder (TLS certificates) and ``container.binds`` mounted at the same paths."""
+    if not compute.container:
+        return compute.slurm_python or sys.executable
+    if config is None:
+        raise ConfigError("compute.container needs the site's configuration to mount its folders")
+    binds = [config.home, config.archive_root, *([log_directory] if log_directory else []), *config.container.binds]
+    return shlex.join(container.wrap(config.container.images, [f"{container.IMAGE_VENV}/bin/python"],
+                                     binds=[b for b in binds if os.path.exists(b)],
+                                     pythonpath=config.container.pythonpath))
+
+
 @contextmanager
 def cluster_for(compute: ComputeSection, run_id: int | None = None, log_directory: str | None = None,
-                dashboard_prefix: str | None = None) -> Iterator[Any]:
+                dashboard_prefix: str | None = None, config: Config | None = None) -> Iterator[Any]:
     """The Dask cluster the site config names, closed (Slurm jobs cancelled) on exit; Slurm worker jobs write
     their output into ``log_directory`` (default: the driver's working folder, sbatch's default). The
     scheduler's dashboard listens on a free port of ``compute.dashboard_host`` under ``dashboard_prefix``.
@@ -67,7 +83,8 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
     Scheduler, workers and client speak mutual TLS with a temporary certificate authority of this cluster
     (Dask's ``security=True``): another account on a node cannot connect to the scheduler and run code as the
     service user. Slurm worker jobs read their certificate from ``log_directory`` (private to the service user,
-    shared with the jobs)."""
+    shared with the jobs). With ``compute.container`` the workers run in the workstation image (``worker_python``;
+    ``config`` is the site's configuration)."""
     dashboard = _dashboard_options(compute, dashboard_prefix)
     if compute.backend == "slurm":
         # dask_jobqueue installs a SIGINT handler when first imported: a caller driving from a thread must have
@@ -79,7 +96,7 @@ def cluster_for(compute: ComputeSection, run_id: int | None = None, log_director
             options["host"] = compute.scheduler_host
         cluster = SLURMCluster(
             cores=compute.slurm_cores, processes=1, memory=compute.slurm_memory, queue=compute.slurm_queue,
-            walltime=compute.slurm_walltime, python=compute.slurm_python or sys.executable,
+            walltime=compute.slurm_walltime, python=worker_python(compute, config, log_directory),
             job_name=f"incloud-run-{run_id}" if run_id is not None else "incloud-pipeline",
             job_extra_directives=list(compute.slurm_job_extra), scheduler_options=options,
             worker_extra_args=[f"--nthreads={compute.threads_per_worker}"], death_timeout=60,
@@ -313,7 +330,8 @@ def drive(site: Any, run_id: int, *, client: Any = None, on_progress: Progress |
     prefix = dashboard_prefix(site.config, run_id)
     with ExitStack() as stack:
         with _beating(site, run_id):
-            cluster = stack.enter_context(cluster_for(site.config.compute, run_id, logs, prefix))
+            cluster = stack.enter_context(cluster_for(site.config.compute, run_id, logs, prefix,
+                                                          site.config))
             own = stack.enter_context(Client(cluster))
             url = _record_dashboard(site, run_id, own, prefix)
         try:
