@@ -7,7 +7,8 @@ Reports per head and face: protected voxels changed (brain dilated 5 mm), edge r
 seconds; per pair of faces of the same head: face-shape identity kept (depth maps after / before); across
 the set: rank-1 and top-5 re-identification by dlib's ResNet face recogniser of renders (refaced, quickshear,
 pydeface, and the originals at other angles) against the originals' frontal renders.
-Run: /opt/incloud/venv/bin/python bench/eval_reface.py [--faces 8] [--json eval_reface.json]
+Run: /opt/incloud/venv/bin/python bench/eval_reface.py [--faces 8] [--json eval_reface.json] [--nonlinear on|off]
+(``--no-mni``/``--no-1mm``/``--no-recogniser`` leave parts out; ``--renders DIR`` writes the first two faces' renders).
 """
 from __future__ import annotations
 

@@ -90,6 +90,11 @@ def _set_threads(threads: int | None) -> None:
 #: iterations, two faces' placements differed by up to 0.1 in their matrices and kept 0.34 of the identity).
 REFINE_MIN_STEP, REFINE_ITERATIONS = 1e-3, 150
 
+#: Whether the template's intensities are matched to the subject's on the box's unreplaced voxels (brain,
+#: skull, scalp: the same for two faces of one head) rather than on the replaced face region (measured in
+#: docs/deface.md, session 7).
+MATCH_OUTSIDE = True
+
 #: Whether the coarse B-spline refinement (issue 12 item 2) runs after the cranium's affine by default; see
 #: docs/deface.md for the measurement behind the choice.
 NONLINEAR = False
@@ -211,7 +216,13 @@ def reface_array(
         raise safety.DefaceQuarantine("no-face", "no face voxel could be replaced outside the protected brain region")
     tmpl = resample_to(t.data, t.affine, sub_shape, sub_aff, m, order=1, cval=np.nan, warp=warp)
     subject = data[box]
-    fused, stats = blend(subject, tmpl, w, seed=seed, thresholds=(head_threshold(data), _template_threshold(t)))
+    # noise keyed to the voxel grid, not to the order of the replaced voxels: when two scans of one head select
+    # a few voxels more or less (their fits differ by hundredths of a mm), an order-keyed draw shifts every
+    # later voxel's noise, and the surface of the template face differs by noise alone (session 7: most of the
+    # identity left on the worst pairs).
+    noise = np.random.default_rng(seed).standard_normal(vol.shape[:3], dtype=np.float32)[box]
+    fused, stats = blend(subject, tmpl, w, seed=seed, thresholds=(head_threshold(data), _template_threshold(t)),
+                         noise=noise, reference=((w == 0) & np.isfinite(tmpl)) if MATCH_OUTSIDE else None)
     out = np.array(vol, copy=True)
     region = out[box]
     sel = w > 0
