@@ -91,9 +91,11 @@ def _set_threads(threads: int | None) -> None:
 REFINE_MIN_STEP, REFINE_ITERATIONS = 1e-3, 150
 
 #: Whether the template's intensities are matched to the subject's on the box's unreplaced voxels (brain,
-#: skull, scalp: the same for two faces of one head) rather than on the replaced face region (measured in
-#: docs/deface.md, session 7).
-MATCH_OUTSIDE = True
+#: skull, scalp: the same for two faces of one head) rather than on the replaced face region. Off: it took
+#: the worst pairs' identity kept from 0.29 to 0.11, but the template's thin eyelids fell below the skin
+#: threshold (the renders show bare eyeballs) and the QC's own-face-kept rose from 0.37 to 0.72
+#: (docs/deface.md, session 7).
+MATCH_OUTSIDE = False
 
 #: Whether the coarse B-spline refinement (issue 12 item 2) runs after the cranium's affine by default; see
 #: docs/deface.md for the measurement behind the choice.
