@@ -16,7 +16,7 @@ import numpy as np
 from incloud_kernel.deface import dicom as ddicom
 from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.reface import Refacer, stored_data
-from incloud_kernel.deface.template import BRAIN, EARS, FACE, HEAD, dilate_mm
+from incloud_kernel.deface.template import CORE, EARS, FACE, HEAD, dilate_mm
 from incloud_kernel.synth.deform import Participant
 from template_heads import make_head
 
@@ -38,14 +38,18 @@ def measure(img: nib.Nifti1Image, brain: np.ndarray, face: np.ndarray) -> tuple[
 
 
 def synth_head(seed: int, out: Path) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
-    """A synthetic participant's T1w and its true brain and face+ears (template labels through its known chain)."""
+    """A synthetic participant's T1w and its true brain and face+ears (template labels through its known chain).
+
+    The true brain is the template's CORE bit (the MNI152 brain carried by the validated average-head -> MNI
+    affine, 1.25 L with 2 mm slack), as bench/template_heads.py and bench/eval_reface.py take it; the older
+    BRAIN bit (2.1 L) reaches into orbits and cheeks, which refacing is meant to change."""
     from incloud_kernel.synth import make_study
 
     truth = make_study(out, seed=seed, small=True, modalities=("T1w",), secondary_capture=False, labels=False,
                        participant_id=f"sweep-{seed}")
     series = ddicom.read_series(sorted(Path(truth.series_of("T1w")[0].path).glob("*.dcm")))
     lab = Participant.from_truth(truth.participant).template_labels(series.raw.shape, series.affine)
-    return series.image(), (lab & BRAIN) > 0, ((lab & (FACE | EARS)) > 0) & ((lab & HEAD) > 0)
+    return series.image(), (lab & CORE) > 0, ((lab & (FACE | EARS)) > 0) & ((lab & HEAD) > 0)
 
 
 def main() -> None:

@@ -365,7 +365,17 @@ def test_cli_refaces_a_file_with_qc_and_quarantines_a_bad_one(tmp_path, syntheti
     assert sorted(p.name for p in dst.rglob("*")) == ["head.nii.gz"]  # no face-intact original under OUT
     (entry,) = Quarantine(qroot).entries()
     assert entry.origin == "deface" and entry.paths()[0].read_bytes() == (src / "ball.nii.gz").read_bytes()
-    assert entry.id in res.output and list((tmp_path / "qc").glob("*.png"))
+    assert entry.id in res.output
+    _assert_qc_has_identity_figures(tmp_path / "qc" / "head_deface.png")
+
+
+def _assert_qc_has_identity_figures(png: Path) -> None:
+    """The QC picture's caption (also its PNG Description) gives both identity figures: the surface moved and,
+    from the refacer's registration, the own face surface kept."""
+    from PIL import Image
+
+    text = Image.open(png).text.get("Description", "")
+    assert "face surface moved" in text and "own face surface kept" in text, text
 
 
 def _elements(ds: pydicom.Dataset) -> dict:
@@ -387,6 +397,8 @@ def test_dicom_session_refaced_in_place_t2_reuses_t1_fit(tmp_path, synth_study):
                                       "--quarantine", str(qroot)])
     assert res.exit_code == 0, res.output
     assert "refaced 2, quarantined 1" in res.output, res.output
+    for png in sorted((tmp_path / "qc").glob("*.png")):
+        _assert_qc_has_identity_figures(png)
     (entry,) = Quarantine(qroot).entries()
     assert sorted(f.name for f in entry.files) == sorted(f.relative_to(src).as_posix() for f in loc_files)
     assert not any((dst / f.relative_to(src)).exists() for f in loc_files)

@@ -63,7 +63,8 @@ def reface_files(files: list[Path], target: Callable[[Path], Path], label: Calla
                 assert isinstance(f, Path)
                 try:
                     img = load_image(f)
-                    new = Refacer(threads=threads).fit_transform(img)
+                    refacer = Refacer(threads=threads)
+                    new = refacer.fit_transform(img)
                 except DefaceQuarantine as exc:
                     run.refused.append(Refused(label(f), exc.reason, [f]))
                     continue
@@ -71,7 +72,8 @@ def reface_files(files: list[Path], target: Callable[[Path], Path], label: Calla
                 out.parent.mkdir(parents=True, exist_ok=True)
                 save_image(new, out)
                 if qc_dir is not None:
-                    save_qc(img, new, Path(qc_dir) / (f.name.split(".nii")[0] + "_deface.png"))
+                    save_qc(img, new, Path(qc_dir) / (f.name.split(".nii")[0] + "_deface.png"),
+                            registration=refacer.registration_)
                 run.done += 1
                 continue
             res = reface_session(groups, lambda: Refacer(threads=threads))
@@ -86,7 +88,8 @@ def reface_files(files: list[Path], target: Callable[[Path], Path], label: Calla
 
                         new_raw = np.stack([ds.pixel_array for ds in res.refaced[uid]], -1).transpose(1, 0, 2)
                         save_qc(s.image(), nib.Nifti1Image(new_raw, s.affine),
-                                Path(qc_dir) / f"dicom_series{n:03d}_deface.png")
+                                Path(qc_dir) / f"dicom_series{n:03d}_deface.png",
+                                registration=res.registrations.get(uid))
                     run.done += 1
                 else:
                     run.refused.append(Refused(name, res.quarantined.get(uid, "unknown"), sorted(paths)))

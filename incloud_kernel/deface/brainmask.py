@@ -65,15 +65,18 @@ def sigma_min(subject_to_template: np.ndarray) -> float:
 
 
 def brain_distance(
-    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, template: Template | None = None
+    shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray, template: Template | None = None,
+    warp=None,
 ) -> np.ndarray:
     """Distance to the placed template brain, in *subject* mm (conservative: divided by ``sigma_max``).
 
     Points outside the template's field of view get distance 0 (protected), never "far from the brain".
+    ``warp`` (``Registration.warp``) places the brain through the B-spline first; callers take the smaller of
+    this and the affine's distance, so the warp can only add to the protected region.
     """
     t = template or load_template()
     to_brain, grid, _, _ = template_distances(t)
-    d = resample_to(to_brain, grid, shape, affine, subject_to_template, order=1, cval=0.0)
+    d = resample_to(to_brain, grid, shape, affine, subject_to_template, order=1, cval=0.0, warp=warp)
     return np.maximum(d / sigma_max(subject_to_template) - FIT_ALLOWANCE_MM, 0.0)
 
 

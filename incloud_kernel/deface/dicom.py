@@ -30,6 +30,7 @@ from incloud_kernel.deface import safety
 
 if TYPE_CHECKING:
     from incloud_kernel.deface.reface import Refacer
+    from incloud_kernel.deface.register import Registration
 
 #: RAS <- LPS.
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -288,11 +289,13 @@ def write_datasets(datasets: list[pydicom.Dataset], paths: list[Path]) -> None:
 @dataclass
 class SessionResult:
     """What happened to each series of a session: ``refaced`` and ``quarantined`` map series UID to the new
-    datasets / to the quarantine reason."""
+    datasets / to the quarantine reason; ``registrations`` the refaced series' template placements (for the QC
+    picture's identity figures)."""
 
     refaced: dict[str, list[pydicom.Dataset]] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)
     series: dict[str, DicomSeries] = field(default_factory=dict)
+    registrations: dict[str, "Registration"] = field(default_factory=dict)
 
 
 def reface_session(groups: dict[str, list[Path]], refacer_factory=None,
@@ -333,6 +336,7 @@ def reface_session(groups: dict[str, list[Path]], refacer_factory=None,
                     fits[s.frame_of_reference] = ref
             new = ref.transform(img)
             result.refaced[uid] = with_pixels(s, np.asarray(new.dataobj))
+            result.registrations[uid] = ref.registration_
         except safety.DefaceQuarantine as exc:
             result.quarantined[uid] = exc.reason
     return result

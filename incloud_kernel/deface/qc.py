@@ -83,6 +83,7 @@ def identity_figures(before: nib.spatialimages.SpatialImage, after: nib.spatiali
 
         tp = load_template()
         placed = resample_to(tp.data, tp.affine, before.shape[:3], before.affine, registration.subject_to_template,
+                             warp=getattr(registration, "warp", None),
                              cval=0.0)
         p = canonical(nib.Nifti1Image(placed, before.affine))
         tmpl = surface_depths(p, skin_threshold(p))
@@ -142,6 +143,7 @@ def save_qc(before: nib.spatialimages.SpatialImage, after: nib.spatialimages.Spa
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    # the caption also as the PNG's Description text, so tools (and tests) read the figures without OCR
+    fig.savefig(path, dpi=80, metadata={"Description": line})
     plt.close(fig)
     return path

@@ -38,6 +38,9 @@ class Registration:
     face_in_view: float = 0.0
     face_tissue: float = 0.0
     details: dict[str, float] = field(default_factory=dict)
+    #: Optional coarse B-spline (SimpleITK, LPS subject mm -> LPS subject mm) applied *before*
+    #: ``subject_to_template``: the nonlinear refinement of the placement on the cranium (:func:`refine_bspline`).
+    warp: sitk.Transform | None = None
     #: The whole-head fit the checks (score, face in view, face tissue) were made on, when the placement
     #: (``subject_to_template``) was refined on the cranium alone; None when they are the same.
     checked: np.ndarray | None = None
@@ -165,6 +168,57 @@ def _plausible_stretch(t: sitk.AffineTransform, size: float) -> bool:
     return bool(sv.max() <= MAX_ANISOTROPY and sv.min() >= 1 / MAX_ANISOTROPY)
 
 
+#: The B-spline refinement's mesh: 3 spans per axis over the subject's head (6 control points per axis, 648
+#: parameters), fitted at 4 mm. Coarse on purpose: it bends the template's cranium onto the subject's, it
+#: cannot follow a face (the face is not in its metric anyway).
+BSPLINE_MESH, BSPLINE_MM, BSPLINE_ITERATIONS = 3, 4.0, 40
+#: A refinement that moves any point of the head by more than this (mm) is not trusted: the affine is kept.
+BSPLINE_MAX_MM = 12.0
+
+
+def warp_displacement(warp: sitk.Transform, shape: tuple[int, ...], affine: np.ndarray, voxel_mm: float = 4.0) -> float:
+    """Largest displacement (mm) ``warp`` gives over the grid ``shape``/``affine``, sampled every ``voxel_mm``."""
+    small, small_aff = block_downsample(np.zeros(shape[:3], np.float32), affine, voxel_mm)
+    ref = to_sitk(small, small_aff)
+    field = sitk.TransformToDisplacementField(warp, sitk.sitkVectorFloat64, ref.GetSize(), ref.GetOrigin(),
+                                              ref.GetSpacing(), ref.GetDirection())
+    vec = sitk.GetArrayViewFromImage(field)
+    return float(np.sqrt((vec**2).sum(-1)).max()) if vec.size else 0.0
+
+
+def refine_bspline(
+    fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
+    fixed_to_moving: np.ndarray, *, moving_mask: np.ndarray | None = None, mesh: int = BSPLINE_MESH,
+    voxel_mm: float = BSPLINE_MM, iterations: int = BSPLINE_ITERATIONS, seed: int = 0, samples: int = SAMPLES,
+) -> sitk.BSplineTransform:
+    """A coarse B-spline (``mesh`` spans per axis over the fixed image) fitted after the affine
+    ``fixed_to_moving`` (RAS, fixed mm -> moving mm), mutual information restricted to ``moving_mask``.
+
+    Returns the B-spline alone (fixed LPS mm -> fixed LPS mm): the whole placement is the affine after it
+    (``resample_to(..., ref_to_moving=fixed_to_moving, warp=result)``). L-BFGS-B, fixed-seed grid sampling:
+    the same inputs give the same warp.
+    """
+    f, fa = block_downsample(fixed, fixed_affine, voxel_mm)
+    m, ma = block_downsample(moving, moving_affine, voxel_mm)
+    fi, mi = to_sitk(f, fa), to_sitk(m, ma)
+    bspline = sitk.BSplineTransformInitializer(fi, [int(mesh)] * 3, order=3)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(min(1.0, samples / max(1, fi.GetNumberOfPixels())), seed + 1)
+    if moving_mask is not None:
+        mk, _ = block_downsample(moving_mask.astype(np.float32), moving_affine, voxel_mm)
+        reg.SetMetricMovingMask(sitk.Cast(to_sitk((mk > 0.5).astype(np.uint8), ma), sitk.sitkUInt8))
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations,
+                             maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations,
+                             costFunctionConvergenceFactor=1e7)
+    reg.SetMovingInitialTransform(sitk_from_ras_matrix(fixed_to_moving))
+    reg.SetInitialTransform(bspline, inPlace=True)
+    reg.Execute(fi, mi)
+    return bspline
+
+
 def resample_to(
     moving: np.ndarray,
     moving_affine: np.ndarray,
@@ -174,16 +228,21 @@ def resample_to(
     *,
     order: int = 1,
     cval: float = np.nan,
+    warp: sitk.Transform | None = None,
 ) -> np.ndarray:
     """Sample ``moving`` at the voxels of a reference grid (float32; ``cval`` outside the moving field of view).
 
     ``ref_to_moving`` maps reference world mm to moving world mm (RAS). ``order`` 0 = nearest, 1 = linear.
+    ``warp`` (a SimpleITK transform of reference LPS mm, e.g. :attr:`Registration.warp`) is applied first.
     Uses SimpleITK's multithreaded resampler (the global thread setting applies).
     """
     mov = to_sitk(np.asarray(moving, dtype=np.float32), moving_affine)
     spacing, direction, origin = _sitk_geometry(ref_affine)
+    transform: sitk.Transform = sitk_from_ras_matrix(ref_to_moving)
+    if warp is not None:
+        transform = sitk.CompositeTransform([transform, warp])  # the last one listed is applied first
     out = sitk.Resample(
-        mov, [int(n) for n in ref_shape[:3]], sitk_from_ras_matrix(ref_to_moving),
+        mov, [int(n) for n in ref_shape[:3]], transform,
         sitk.sitkNearestNeighbor if order == 0 else sitk.sitkLinear, origin, spacing, direction,
         float(cval), sitk.sitkFloat32,
     )
