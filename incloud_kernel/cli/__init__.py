@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "features": "incloud_kernel.cli.library:features",
     "workshop": "incloud_kernel.cli.workshop:workshop",
     "cads": "incloud_kernel.cli.cads:cads",
+    "deploy": "incloud_kernel.cli.deploy:deploy",
 }
 
 

@@ -1,0 +1,175 @@
+"""Podman containers with systemd inside, standing in for a cluster's machines in the deploy test.
+
+What it does: builds (once, cached under /var/tmp keyed by a hash of its inputs) a Debian bookworm node image
+with systemd and every Debian package the Ansible roles install, so the playbook's apt tasks find them present
+and nothing is downloaded during a test; starts a podman network of its own and one container per node
+(``--systemd=always`` on runc, the only runtime that works on this machine's hybrid cgroups); tears them all
+down. The platform venv is the host's /opt/incloud/venv seen through a podman overlay volume (``:O``): each node
+may change it (the deploy reinstalls INCloud's own code) without a 2 GB copy and without touching the host's.
+The shared storage is one host folder bind-mounted at the same path on every node (an in-kernel NFS server
+cannot run in an unprivileged container): the inventory says ``incloud_shared_storage: bind``.
+
+What it must never do: touch podman storage other than its own (``--root`` under WORK), leave a container or
+network behind after ``close()``, or run without root.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORK = Path(os.environ.get("INCLOUD_DEPLOY_WORK", "/var/tmp/incloud-deploy"))
+VENV = Path("/opt/incloud/venv")
+NODE_PREFIX = Path("/opt/incloud/node")
+
+#: debootstrap --include (resolved by debootstrap itself: simple dependencies only).
+BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv", "python3-apt",
+                 "ca-certificates", "iproute2", "procps", "acl", "openssl", "sudo"]
+#: apt-get install inside the rootfs (needs apt's resolver: virtual packages, alternatives).
+NODE_PACKAGES = ["postgresql", "python3-psycopg2", "orthanc", "orthanc-postgresql", "orthanc-dicomweb", "munge",
+                 "slurm-client", "slurmctld", "slurmd", "nfs-common", "nodejs"]
+#: Units that cannot work in an unprivileged container; masked so systemd reports "running", not "degraded".
+MASKED = ["proc-fs-nfsd.mount", "run-rpc_pipefs.mount", "nfs-server.service", "orthanc.service"]
+#: Bump when the recipe below changes in a way the hash of its lists does not see.
+RECIPE = 1
+
+
+def podman_cmd() -> list[str]:
+    """podman with this module's own storage and a containers.conf for runc and lowered ulimits (recipes.md)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    conf = WORK / "containers.conf"
+    text = ('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            '[engine]\nruntime = "runc"\n')
+    if not conf.exists() or conf.read_text() != text:
+        conf.write_text(text)
+    os.environ["CONTAINERS_CONF"] = str(conf)
+    return ["podman", "--root", str(WORK / "root"), "--runroot", str(WORK / "runroot"),
+            "--storage-driver", "overlay"]
+
+
+def run(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
+
+
+def image_tag() -> str:
+    """The cached image's tag: a hash of everything the recipe puts in it."""
+    key = json.dumps({"base": BASE_PACKAGES, "node": NODE_PACKAGES, "masked": MASKED, "recipe": RECIPE})
+    return "localhost/incloud-deploy-node:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
+    """Build the node image unless this machine has it already; returns its tag."""
+    podman = podman_cmd()
+    tag = image_tag()
+    if run(*podman, "image", "exists", tag, check=False).returncode == 0:
+        return tag
+    rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=WORK))
+    try:
+        log(f"building {tag}: debootstrap bookworm with systemd")
+        run("debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), "bookworm", str(rootfs),
+            "http://deb.debian.org/debian", timeout=1800)
+        policy = rootfs / "usr/sbin/policy-rc.d"  # no service starts inside the chroot
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        log("apt-get install " + " ".join(NODE_PACKAGES))
+        run("chroot", str(rootfs), "apt-get", "update", "-q", env=env, timeout=900)
+        run("chroot", str(rootfs), "apt-get", "install", "-y", "-q", "--no-install-recommends", *NODE_PACKAGES,
+            env=env, timeout=1800)
+        run("chroot", str(rootfs), "apt-get", "clean", env=env)
+        run("chroot", str(rootfs), "systemctl", "mask", *MASKED, env=env)
+        policy.unlink()
+        shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
+        (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
+        log("podman import")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run([*podman, "import", "--change", 'CMD ["/sbin/init"]', "-", tag], stdin=tar.stdout,
+                       check=True, capture_output=True, timeout=1800)
+        tar.wait()
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    return tag
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    groups: list[str]
+
+
+@dataclass
+class Cluster:
+    """One podman network and its node containers; ``close()`` removes them all (idempotent)."""
+
+    nodes: list[Node]
+    shared: Path
+    podman: list[str] = field(default_factory=podman_cmd)
+    prefix: str = field(default_factory=lambda: "icd" + secrets.token_hex(3))
+    started: list[str] = field(default_factory=list)
+    network: str = ""
+
+    def container(self, node: Node) -> str:
+        return f"{self.prefix}-{node.name}"
+
+    def start(self, tag: str, subnet: str) -> None:
+        self.network = self.prefix + "-net"
+        run(*self.podman, "network", "create", "--subnet", subnet, self.network)
+        hosts = [f"--add-host={n.name}:{n.address}" for n in self.nodes]
+        for node in self.nodes:
+            name = self.container(node)
+            run(*self.podman, "run", "-d", "--name", name, "--hostname", node.name, "--network", self.network,
+                "--ip", node.address, *hosts, "--systemd=always",
+                "-v", f"{VENV}:{VENV}:O", "-v", f"{NODE_PREFIX}:{NODE_PREFIX}:ro",
+                "-v", f"{self.shared}:/srv/incloud", tag, "/sbin/init")
+            self.started.append(name)
+
+    def exec(self, node: str, *cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return run(*self.podman, "exec", f"{self.prefix}-{node}", *cmd, check=check, timeout=timeout)
+
+    def wait_booted(self, timeout: float = 120) -> None:
+        """Until systemd in every node reports running (or degraded: a unit the test does not use failed)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while True:
+                state = self.exec(node.name, "systemctl", "is-system-running", check=False).stdout.strip()
+                if state in ("running", "degraded"):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"systemd in {node.name} did not finish booting: {state}")
+                time.sleep(1)
+
+    def inventory(self, path: Path, extra_vars: dict) -> Path:  # type: ignore[type-arg]
+        """An Ansible inventory reaching the nodes through the podman connection plugin."""
+        groups: dict[str, dict] = {}  # type: ignore[type-arg]
+        for node in self.nodes:
+            for group in node.groups:
+                groups.setdefault(group, {"hosts": {}})["hosts"][node.name] = None
+        hostvars = {n.name: {"ansible_host": self.container(n), "incloud_address": n.address} for n in self.nodes}
+        data = {"all": {"hosts": hostvars, "children": groups, "vars": {
+            "ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_podman_executable": "podman",
+            "ansible_podman_extra_args": " ".join(self.podman[1:]), **extra_vars}}}
+        path.write_text(json.dumps(data, indent=2))
+        return path
+
+    def close(self) -> list[str]:
+        """Remove every container and the network; returns what could not be removed (empty when clean)."""
+        left: list[str] = []
+        for name in reversed(self.started):
+            if run(*self.podman, "rm", "-f", "-t", "5", name, check=False, timeout=120).returncode != 0:
+                left.append(name)
+        self.started.clear()
+        if self.network:
+            if run(*self.podman, "network", "rm", "-f", self.network, check=False).returncode != 0:
+                left.append(self.network)
+            self.network = ""
+        return left
