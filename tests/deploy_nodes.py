@@ -28,16 +28,16 @@ WORK = Path(os.environ.get("INCLOUD_DEPLOY_WORK", "/var/tmp/incloud-deploy"))
 VENV = Path("/opt/incloud/venv")
 NODE_PREFIX = Path("/opt/incloud/node")
 
-#: debootstrap --include (resolved by debootstrap itself: simple dependencies only).
+#: debootstrap --include: the base system with systemd.
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv", "python3-apt",
                  "ca-certificates", "iproute2", "procps", "acl", "openssl", "sudo"]
-#: apt-get install inside the rootfs (needs apt's resolver: virtual packages, alternatives).
+#: What the roles install, preinstalled so the test downloads nothing (also given to debootstrap --include).
 NODE_PACKAGES = ["postgresql", "python3-psycopg2", "orthanc", "orthanc-postgresql", "orthanc-dicomweb", "munge",
                  "slurm-client", "slurmctld", "slurmd", "nfs-common", "nodejs"]
 #: Units that cannot work in an unprivileged container; masked so systemd reports "running", not "degraded".
 MASKED = ["proc-fs-nfsd.mount", "run-rpc_pipefs.mount", "nfs-server.service", "orthanc.service"]
 #: Bump when the recipe below changes in a way the hash of its lists does not see.
-RECIPE = 1
+RECIPE = 3
 
 
 def podman_cmd() -> list[str]:
@@ -54,7 +54,11 @@ def podman_cmd() -> list[str]:
 
 
 def run(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
+    """The command's result; on failure (``check``) a RuntimeError with the end of its error output."""
+    r = subprocess.run(list(args), timeout=timeout, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} ... exit {r.returncode}: {(r.stderr or r.stdout)[-800:]}")
+    return r
 
 
 def image_tag() -> str:
@@ -71,17 +75,32 @@ def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
         return tag
     rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=WORK))
     try:
-        log(f"building {tag}: debootstrap bookworm with systemd")
-        run("debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), "bookworm", str(rootfs),
-            "http://deb.debian.org/debian", timeout=1800)
+        log(f"building {tag}: debootstrap bookworm with systemd and the roles' packages")
+        # debootstrap resolves simple dependencies only: orthanc's alternative (boost regex with ICU) is named.
+        boot = subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES + NODE_PACKAGES),
+                               "bookworm", str(rootfs), "http://deb.debian.org/debian"], capture_output=True, text=True,
+                              timeout=2400)
+        code = boot.returncode
+        if not (rootfs / "usr/sbin").is_dir():
+            raise RuntimeError(f"debootstrap failed: {(boot.stderr or boot.stdout)[-800:]}")
         policy = rootfs / "usr/sbin/policy-rc.d"  # no service starts inside the chroot
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        log("apt-get install " + " ".join(NODE_PACKAGES))
-        run("chroot", str(rootfs), "apt-get", "update", "-q", env=env, timeout=900)
-        run("chroot", str(rootfs), "apt-get", "install", "-y", "-q", "--no-install-recommends", *NODE_PACKAGES,
-            env=env, timeout=1800)
+        if code != 0:  # packages left unconfigured by debootstrap's resolver (orthanc's boost alternative)
+            log("apt-get -f install (debootstrap left packages unconfigured)")
+            proc = rootfs / "proc"
+            mounted = subprocess.run(["mountpoint", "-q", str(proc)]).returncode == 0
+            if not mounted:  # munge's and others' maintainer scripts need /proc
+                run("mount", "-t", "proc", "proc", str(proc))
+            try:
+                run("chroot", str(rootfs), "apt-get", "-f", "install", "-y", "-q", "--no-install-recommends",
+                    env=env, timeout=1800)
+            finally:
+                run("umount", "-l", str(proc), check=False)
+        audit = run("chroot", str(rootfs), "dpkg", "--audit", env=env, check=False).stdout.strip()
+        if audit:
+            raise RuntimeError(f"node image: packages not configured: {audit[:500]}")
         run("chroot", str(rootfs), "apt-get", "clean", env=env)
         run("chroot", str(rootfs), "systemctl", "mask", *MASKED, env=env)
         policy.unlink()
@@ -93,6 +112,8 @@ def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
                        check=True, capture_output=True, timeout=1800)
         tar.wait()
     finally:
+        for sub in ("proc", "sys", "dev/pts"):  # debootstrap leaves its mounts behind when it fails
+            subprocess.run(["umount", "-l", str(rootfs / sub)], capture_output=True)
         shutil.rmtree(rootfs, ignore_errors=True)
     return tag
 

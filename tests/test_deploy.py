@@ -154,11 +154,11 @@ def test_user_logs_in_over_tls_and_spawns_on_a_compute_node(site: Site) -> None:
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(site.url + "/hub/login", timeout=30)
     admin = HubUser(stack, "admin")
-    admin.http.verify = site.ca
+    admin.http.verify, admin.http.trust_env = site.ca, False  # the test's CA, not REQUESTS_CA_BUNDLE or a proxy
     admin.log_in(site.cluster.exec("head", "cat", "/etc/incloud/secrets/hub_admin_password").stdout.strip())
     assert admin.logged_in, "the admin could not log in with the generated password"
     user = HubUser(stack, USER)
-    user.http.verify = site.ca
+    user.http.verify, user.http.trust_env = site.ca, False
     user.sign_up(PASSWORD)
     assert admin.http.get(f"{site.url}/hub/authorize/{USER}", timeout=30).status_code == 200
     r = admin.hub_api("POST", f"/users/{USER}")
