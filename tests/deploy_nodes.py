@@ -53,7 +53,8 @@ def podman_cmd() -> list[str]:
             "--storage-driver", "overlay"]
 
 
-def run(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def run(*args: str, check: bool = True, timeout: float = 600,
+        **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     """The command's result; on failure (``check``) a RuntimeError with the end of its error output."""
     r = subprocess.run(list(args), timeout=timeout, capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
@@ -68,18 +69,23 @@ def image_tag() -> str:
 
 
 def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
-    """Build the node image unless this machine has it already; returns its tag."""
+    """Build the node image unless this machine has it already; returns its tag.
+
+    ``INCLOUD_DEPLOY_IMAGE`` names an image already in this module's storage to use instead (a site's own).
+    """
     podman = podman_cmd()
-    tag = image_tag()
+    tag = os.environ.get("INCLOUD_DEPLOY_IMAGE") or image_tag()
     if run(*podman, "image", "exists", tag, check=False).returncode == 0:
         return tag
     rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=WORK))
+    rootfs.chmod(0o755)  # it becomes the nodes' "/": mkdtemp's 0700 would lock every non-root user out
     try:
         log(f"building {tag}: debootstrap bookworm with systemd and the roles' packages")
-        # debootstrap resolves simple dependencies only: orthanc's alternative (boost regex with ICU) is named.
-        boot = subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES + NODE_PACKAGES),
-                               "bookworm", str(rootfs), "http://deb.debian.org/debian"], capture_output=True, text=True,
-                              timeout=2400)
+        # debootstrap resolves simple dependencies only: it leaves orthanc (an alternative it cannot choose)
+        # unconfigured, and apt finishes that below.
+        include = "--include=" + ",".join(BASE_PACKAGES + NODE_PACKAGES)
+        boot = subprocess.run(["debootstrap", "--variant=minbase", include, "bookworm", str(rootfs),
+                               "http://deb.debian.org/debian"], capture_output=True, text=True, timeout=2400)
         code = boot.returncode
         if not (rootfs / "usr/sbin").is_dir():
             raise RuntimeError(f"debootstrap failed: {(boot.stderr or boot.stdout)[-800:]}")
@@ -94,8 +100,10 @@ def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
             if not mounted:  # munge's and others' maintainer scripts need /proc
                 run("mount", "-t", "proc", "proc", str(proc))
             try:
-                run("chroot", str(rootfs), "apt-get", "-f", "install", "-y", "-q", "--no-install-recommends",
-                    env=env, timeout=1800)
+                with open(WORK / "build-apt.log", "w") as out:
+                    subprocess.run(["chroot", str(rootfs), "apt-get", "-f", "install", "-y", "-q",
+                                    "--no-install-recommends"], env=env, timeout=1800, stdout=out,
+                                   stderr=subprocess.STDOUT, check=True)
             finally:
                 run("umount", "-l", str(proc), check=False)
         audit = run("chroot", str(rootfs), "dpkg", "--audit", env=env, check=False).stdout.strip()
