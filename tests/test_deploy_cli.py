@@ -28,7 +28,8 @@ def deploy(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("all:\n  children:\n    hub:\n      hosts: {h1: }\n", "has no host in group(s) db, dicom, slurmctld, compute, storage"),
+    ("all:\n  children:\n    hub:\n      hosts: {h1: }\n",
+     "has no host in group(s) db, dicom, slurmctld, compute, storage"),
     ("all: [unclosed\n", "is not usable"),
     (None, "does not exist"),
 ])
