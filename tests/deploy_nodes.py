@@ -4,8 +4,8 @@ What it does: builds (once, cached under /var/tmp keyed by a hash of its inputs)
 with systemd and every Debian package the Ansible roles install, so the playbook's apt tasks find them present
 and nothing is downloaded during a test; starts a podman network of its own and one container per node
 (``--systemd=always`` on runc, the only runtime that works on this machine's hybrid cgroups); tears them all
-down. The platform venv is the host's /opt/incloud/venv seen through a podman overlay volume (``:O``): each node
-may change it (the deploy reinstalls INCloud's own code) without a 2 GB copy and without touching the host's.
+down. The platform venv is a copy of the host's /opt/incloud/venv in a second cached image layer (a live overlay
+mount broke when the shared venv was reinstalled during a run).
 The shared storage is one host folder bind-mounted at the same path on every node (an in-kernel NFS server
 cannot run in an unprivileged container): the inventory says ``incloud_shared_storage: bind``.
 
@@ -126,6 +126,26 @@ def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
     return tag
 
 
+def ensure_venv_image(base: str, log=print) -> str:  # type: ignore[no-untyped-def]
+    """``base`` with a copy of the host's venv at /opt/incloud/venv (as images/build.sh does), keyed by the venv's
+    installed distributions: a copy, not a live mount, because the host's venv may be reinstalled mid-test."""
+    podman = podman_cmd()
+    site = next(VENV.glob("lib/python3*/site-packages"))
+    dists = sorted(p.name for p in site.glob("*.dist-info") if not p.name.startswith("incloud-"))
+    tag = base.split(":")[0] + "-venv:" + hashlib.sha256(json.dumps([base, dists]).encode()).hexdigest()[:16]
+    if run(*podman, "image", "exists", tag, check=False).returncode == 0:
+        return tag
+    log(f"building {tag}: copying {VENV} into the node image")
+    name = "icd-venv-" + secrets.token_hex(3)
+    try:
+        run(*podman, "run", "--name", name, "--network", "none", "-v", f"{VENV}:/host-venv:ro", base,
+            "sh", "-c", f"mkdir -p {VENV.parent} && cp -a /host-venv {VENV} && chmod -R a+rX {VENV}", timeout=1800)
+        run(*podman, "commit", "-q", "--change", 'CMD ["/sbin/init"]', name, tag, timeout=1800)
+    finally:
+        run(*podman, "rm", "-f", name, check=False)
+    return tag
+
+
 @dataclass
 class Node:
     name: str
@@ -155,7 +175,7 @@ class Cluster:
             name = self.container(node)
             run(*self.podman, "run", "-d", "--name", name, "--hostname", node.name, "--network", self.network,
                 "--ip", node.address, *hosts, "--systemd=always",
-                "-v", f"{VENV}:{VENV}:O", "-v", f"{NODE_PREFIX}:{NODE_PREFIX}:ro",
+                "-v", f"{NODE_PREFIX}:{NODE_PREFIX}:ro",
                 "-v", f"{self.shared}:/srv/incloud", tag, "/sbin/init")
             self.started.append(name)
 
@@ -193,12 +213,18 @@ class Cluster:
     def close(self) -> list[str]:
         """Remove every container and the network; returns what could not be removed (empty when clean)."""
         left: list[str] = []
+        def remove(*args: str) -> bool:
+            try:  # a loaded machine may take minutes to stop a node's systemd: wait, then go on to the next
+                return run(*self.podman, *args, check=False, timeout=600).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
+
         for name in reversed(self.started):
-            if run(*self.podman, "rm", "-f", "-t", "5", name, check=False, timeout=120).returncode != 0:
+            if not remove("rm", "-f", "-t", "5", name):
                 left.append(name)
         self.started.clear()
         if self.network:
-            if run(*self.podman, "network", "rm", "-f", self.network, check=False).returncode != 0:
+            if not remove("network", "rm", "-f", self.network):
                 left.append(self.network)
             self.network = ""
         return left

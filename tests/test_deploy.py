@@ -81,9 +81,10 @@ def site() -> Iterator[Site]:
     if not Path(sys.executable).with_name("ansible-playbook").exists():
         missing("ansible is not installed in this environment (pip install -c constraints.txt 'incloud[deploy]')")
     sys.path.insert(0, str(Path(__file__).parent))
-    from deploy_nodes import WORK, Cluster, Node, ensure_image
+    from deploy_nodes import WORK, Cluster, Node, ensure_image, ensure_venv_image
 
-    tag = ensure_image(log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    tag = ensure_venv_image(ensure_image(log=log), log=log)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
     shared = work / "shared"
     shared.mkdir()
