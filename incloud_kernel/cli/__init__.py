@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "workshop": "incloud_kernel.cli.workshop:workshop",
     "cads": "incloud_kernel.cli.cads:cads",
     "demo": "incloud_kernel.cli.demo:demo",
+    "deploy": "incloud_kernel.cli.deploy:deploy",
 }
 
 
