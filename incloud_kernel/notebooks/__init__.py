@@ -12,8 +12,9 @@ from pathlib import Path
 #: Where a workstation holds them, relative to its root folder.
 FOLDER = "INCloud/examples"
 
-#: The notebooks, in reading order. Pipelines, feature library queries and CADS reports get theirs when built.
-NOTEBOOKS = ["01-getting-started.ipynb", "02-archive-and-images.ipynb"]
+#: The notebooks, in reading order.
+NOTEBOOKS = ["01-getting-started.ipynb", "02-archive-and-images.ipynb", "03-running-a-pipeline.ipynb",
+             "04-feature-library.ipynb", "05-cads-report.ipynb"]
 
 
 def path(name: str) -> Path:
