@@ -130,24 +130,26 @@ class Client:
         self.user = self._json("api/me")
         return self.user
 
-    def pages(self, kind: str, *, project: str | None = None, page_size: int = 500,
+    def pages(self, listing: str, /, *, project: str | None = None, page_size: int = 500,
               **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every row of a listing (``projects``, ``participants``, ``sessions``, ``series``, ``files``)."""
+        """Every row of a listing (``projects``, ``participants``, ``sessions``, ``series``, ``files``).
+
+        ``listing`` is positional-only so that a filter may itself be called ``kind`` (``files(kind=...)``)."""
         params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
         if project is not None:
             params["project"] = project
         page = 1
         while True:
-            data = self._json(f"api/{kind}", {**params, "page": page, "page_size": page_size})
+            data = self._json(f"api/{listing}", {**params, "page": page, "page_size": page_size})
             yield from data["items"]
             if not data["has_more"]:
                 return
             page += 1
 
-    def _frame(self, kind: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    def _frame(self, listing: str, /, **kwargs: Any):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(list(self.pages(kind, **kwargs)))
+        return pd.DataFrame(list(self.pages(listing, **kwargs)))
 
     # -- listings as DataFrames --------------------------------------------------------------------------------
     def projects(self, **filters: Any):  # type: ignore[no-untyped-def]

@@ -55,3 +55,20 @@ def test_series_can_be_named_by_id_row_or_dict() -> None:
     for bad in (None, "x", {"suffix": "T1w"}):
         with pytest.raises(ValidationError, match="series"):
             _series_id(bad)
+
+
+def test_a_listing_filter_may_be_called_kind(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``client.files(kind="derivative")`` (the documented filter) once clashed with the listing's own
+    parameter name and raised TypeError; the filter now reaches the API as a query parameter."""
+    from incloud_kernel.client import Client
+
+    asked: list[tuple[str, dict]] = []
+
+    def answer(self, path, params=None):  # type: ignore[no-untyped-def]
+        asked.append((path, dict(params or {})))
+        return {"items": [{"relpath": "derivatives/x.nii.gz"}], "has_more": False}
+
+    monkeypatch.setattr(Client, "_json", answer)
+    frame = Client("http://h/", "t").files(project="DEMO", kind="derivative")
+    assert list(frame["relpath"]) == ["derivatives/x.nii.gz"]
+    assert asked == [("api/files", {"kind": "derivative", "project": "DEMO", "page": 1, "page_size": 500})]
