@@ -20,7 +20,9 @@ templates onto the T1w grid). This module never writes files (``write_transform`
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +32,26 @@ import numpy as np
 FIELD_MM = 2.0
 #: Gaussian smoothing (voxels) of the demons field at each iteration (elastic-like regularisation).
 DEMONS_SD = 1.5
+#: Threads of the affine (mutual-information) stages. ITK's Mattes metric sums its joint histogram and gradient
+#: over threads in an order that varies from run to run, so with 2 threads the same image gave affines differing
+#: by 1e-3 and regional volumes by several percent (docs/features_t1.md, session 7); with one thread the fit is
+#: bit-identical and, on this machine's 2 shared cores, no slower (the metric samples a fixed 2/4 mm grid).
+AFFINE_THREADS = 1
+
+
+@contextmanager
+def sitk_threads(n: int) -> Iterator[None]:
+    """SimpleITK filters and registration methods *created* inside the block use ``n`` threads (the global
+    default is read when an object is built); the previous default is restored on exit. Process-wide: another
+    thread creating SimpleITK objects meanwhile also gets ``n`` (slower, never different results)."""
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
 
 @functools.lru_cache(maxsize=2)
@@ -131,12 +153,13 @@ def affine_to_mni(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
 
     t = mni_templates(2)
     init = None
-    if not skull_stripped:
-        head = nib.load(mni_head_path())
-        init = register_to_mni(data, affine, _array(head), head.affine, seed=seed + 1)
-    mask = ndimage.binary_dilation(_array(t["mask"]) > 0.5, iterations=3)  # 6 mm of slack at 2 mm
-    return register_affine(_array(t["t1"]), t["t1"].affine, data, affine, init=init, seed=seed,
-                           fixed_mask=mask, coarse_mm=4.0, fine_mm=2.0, iterations=100, min_step=1e-3)
+    with sitk_threads(AFFINE_THREADS):  # bit-reproducible fits (see AFFINE_THREADS)
+        if not skull_stripped:
+            head = nib.load(mni_head_path())
+            init = register_to_mni(data, affine, _array(head), head.affine, seed=seed + 1)
+        mask = ndimage.binary_dilation(_array(t["mask"]) > 0.5, iterations=3)  # 6 mm of slack at 2 mm
+        return register_affine(_array(t["t1"]), t["t1"].affine, data, affine, init=init, seed=seed,
+                               fixed_mask=mask, coarse_mm=4.0, fine_mm=2.0, iterations=100, min_step=1e-3)
 
 
 def demons_field(fixed: "object", moving: "object", iterations: tuple[int, ...]) -> "object":
@@ -191,4 +214,4 @@ def register_t1w(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
     return MniWarp(mni_to_t1w=mni_to_t1w, field=field, inverse_field=inverse)
 
 
-__all__ = ["FIELD_MM", "MniWarp", "affine_to_mni", "demons_field", "mni_templates", "register_t1w"]
+__all__ = ["AFFINE_THREADS", "FIELD_MM", "MniWarp", "affine_to_mni", "demons_field", "mni_templates", "register_t1w", "sitk_threads"]

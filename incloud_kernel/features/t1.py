@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from incloud_kernel.features.atlases import Atlas
     from incloud_kernel.features.registration import MniWarp
 
+#: SimpleITK threads of a fit (see ``T1Features.fit``): this platform's Slurm jobs get 2 cores.
+FIT_THREADS = 2
 #: Where whole-brain rows go (``atlas`` and ``region`` columns of the feature table).
 GLOBAL_ATLAS, GLOBAL_REGION = "global", "brain"
 
@@ -75,7 +77,18 @@ class T1Features(FeatureEstimator):
 
     # -- fit -----------------------------------------------------------------------------------------------------
     def fit(self, img: Any, y: Any = None) -> "T1Features":
-        """Bias-correct, register, extract the brain, segment and measure thickness (see the module text)."""
+        """Bias-correct, register, extract the brain, segment and measure thickness (see the module text).
+
+        SimpleITK runs on ``FIT_THREADS`` threads (the affine stages on ``registration.AFFINE_THREADS``) whatever
+        the machine or ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` says: N4's and the demons' sums depend on how
+        the image is split between threads, so a fixed split gives the same numbers for the same input on any
+        host (tests/test_features_determinism.py)."""
+        from incloud_kernel.features.registration import sitk_threads
+
+        with sitk_threads(FIT_THREADS):
+            return self._fit(img)
+
+    def _fit(self, img: Any) -> "T1Features":
         import nibabel as nib
         from scipy import ndimage
 
@@ -264,4 +277,4 @@ def _bids_label(name: str) -> str:
     return "".join(c for c in name.title() if c.isalnum())
 
 
-__all__ = ["GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
+__all__ = ["FIT_THREADS", "GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
