@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: SimpleITK threads of a fit (see ``T1Features.fit``): this platform's Slurm jobs get 2 cores.
 FIT_THREADS = 2
+#: Margin (mm) added around the template's brain mask pulled back to the T1w: the template mask hugs the pial
+#: surface, so a registration error of a millimetre cuts cortex off and a thinning planted at the pial surface
+#: disappears outside the mask; the margin lets the segmentation classify the sulcal and surface CSF.
+BRAIN_MARGIN_MM = 2.0
 #: Where whole-brain rows go (``atlas`` and ``region`` columns of the feature table).
 GLOBAL_ATLAS, GLOBAL_REGION = "global", "brain"
 
@@ -120,7 +124,10 @@ class T1Features(FeatureEstimator):
         lap("registration")
         t = mni_templates(2)
         prob = self.warp_.to_t1w(t["mask"].get_fdata(dtype=np.float32), t["mask"].affine, data.shape, im.affine)
-        brain = ndimage.binary_fill_holes((prob > 0.5) & head)
+        brain = prob > 0.5
+        if BRAIN_MARGIN_MM > 0:
+            brain = ndimage.distance_transform_edt(~brain, sampling=im.zooms) <= BRAIN_MARGIN_MM
+        brain = ndimage.binary_fill_holes(brain & head)
         if brain.sum() < 1000:
             raise QCInputError(f"{im.name}: the brain could not be located")
         lap("brain_extraction")
