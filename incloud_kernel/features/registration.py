@@ -7,9 +7,11 @@ and tissue maps; read from the installed wheel, never fetched). Steps:
    (``incloud_kernel.deface.register.register_to_mni``: Mattes mutual information, rigid then affine), skipped
    for a skull-stripped input;
 2. affine refinement on the brain: the 2009c brain template against the subject, the metric sampled inside
-   the dilated template brain mask (``register_affine``), so skull and neck no longer pull;
+   the template brain mask eroded by 4 mm (``register_affine``), so skull and neck no longer pull. Both affine
+   stages run on one thread (``AFFINE_THREADS``): bit-identical fits for the same input;
 3. a deformable stage: SimpleITK's diffeomorphic demons (Vercauteren et al. 2009, NeuroImage 45:S61) at 4 mm
-   then 2 mm on the template grid, after histogram matching of the affinely resampled, masked subject (demons
+   then 2 mm on the template grid, after histogram matching of the affinely resampled subject masked by the
+   template's own brain mask (``DEMONS_MASK_VOXELS``: no artificial edge outside the template's) (demons
    assume equal intensities). Fields are smoothed by a Gaussian of ``DEMONS_SD`` voxels each iteration.
 
 Convention (ITK's, and fMRIPrep's ``from-T1w_to-MNI152..._mode-image_xfm``): :meth:`MniWarp.transform` maps an
@@ -156,8 +158,6 @@ def _resample(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_
 
 def affine_to_mni(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool, seed: int = 0) -> np.ndarray:
     """MNI mm -> T1w mm (4x4 RAS): the head fit (unless ``skull_stripped``) refined on the brain."""
-    from scipy import ndimage
-
     from incloud_kernel.deface.register import register_affine, register_to_mni
     from incloud_kernel.deface.template import mni_head_path
 
@@ -211,7 +211,6 @@ def register_t1w(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
                  demons_iterations: tuple[int, ...] = (40, 20), seed: int = 0) -> MniWarp:
     """Fit the T1w (bias-corrected ``data`` on the RAS grid ``affine``) to MNI152 2009c; see the module text."""
     import SimpleITK as sitk
-    from scipy import ndimage
 
     from incloud_kernel.deface.geometry import sitk_from_ras_matrix, to_sitk
 

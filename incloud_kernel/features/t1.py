@@ -6,8 +6,8 @@ Steps (each documented in docs/features.md with its reference):
 
 1. N4 bias correction (SimpleITK, Tustison 2010) on a copy shrunk to ``n4_shrink_mm``, inside the head mask;
 2. registration to MNI152 2009c (``features.registration``: affine head -> brain, then diffeomorphic demons);
-3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5), within the
-   head, holes filled;
+3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5), grown by
+   ``BRAIN_MARGIN_MM``, within the head, holes filled;
 4. tissue segmentation (``features.segmentation``: dipy's HMRF, CSF/GM/WM probability maps);
 5. intracranial volume = brain-mask volume; tissue volumes = probability x voxel volume, summed;
 6. regional grey-matter volume in *native* space: GM probability x voxel volume summed over each atlas region,
