@@ -54,20 +54,14 @@ def _truth(truth: list, region: str) -> dict:
     return next(t for t in truth if t["region"] == region)
 
 
-#: Measured at 2 mm in two runs of the same images (docs/features_t1.md, session 7; truth integrated at 0.5 mm,
-#: thinning a smooth field): hippocampus -7.9 / -9.5 % for -11.3 % (the registration pulls the MNI ellipsoid
-#: back about 2 mm lower and 30 % larger than the generator places it: its affine leaves this small head's
-#: brain 8 % too large); posterior cingulate GM -15.4 / -12.4 % for -13.0 % and thinning 1.06 / 1.20 mm for
-#: 0.80 mm (a closed interhemispheric fissure that the thinning opens: the core reads 1.5x the planted depth).
-#: The registration is not bit-reproducible across thread counts and loads, and these figures straddle or sit
-#: near the limits, so the markers are non-strict: they document known misses, they cannot fail.
-SHORT_AT_2MM = pytest.mark.xfail(strict=False, reason="hippocampus -7.9/-9.5 % for -11.3 % at 2 mm (see docs)")
-BORDERLINE = pytest.mark.xfail(strict=False, reason="posterior cingulate 2 mm: GM -15.4/-12.4 % for -13.0 %, "
-                                                   "thinning 1.06/1.20 mm for 0.80 mm (see docs)")
+#: Measured at 2 mm (docs/features_t1.md, session 7; truth integrated at 0.5 mm, thinning a smooth field), after
+#: the fits became bit-reproducible (tests/test_features_determinism.py) and the registration stopped growing
+#: the brain: hippocampus -9.73 % for -11.32 %, posterior cingulate -11.43 % for -12.98 % and 0.898 mm for
+#: 0.796 mm, visual cortex -1.75 % for -2.04 % and 0.497 mm for 0.392 mm: every figure inside its limit, no
+#: marker. (Before: -7.9 / -9.5 % for the hippocampus and 1.06 / 1.20 mm for the cingulate in two runs.)
 
 
-@pytest.mark.parametrize("region", [pytest.param("hippocampus_left", marks=SHORT_AT_2MM),
-                                    pytest.param("posterior_cingulate", marks=BORDERLINE), "visual_cortex"])
+@pytest.mark.parametrize("region", REGIONS)
 def test_planted_atrophy_is_recovered_within_2_points(measured: tuple, region: str) -> None:
     before, after, truth = measured
     t = _truth(truth, region)
@@ -75,7 +69,7 @@ def test_planted_atrophy_is_recovered_within_2_points(measured: tuple, region: s
     assert abs(got - t["percent"]) < 2.0, (region, got, t["percent"])
 
 
-@pytest.mark.parametrize("region", [pytest.param("posterior_cingulate", marks=BORDERLINE), "visual_cortex"])
+@pytest.mark.parametrize("region", ["posterior_cingulate", "visual_cortex"])
 def test_planted_thinning_is_recovered_within_0_2_mm(measured: tuple, region: str) -> None:
     """The truth is the mean of the generator's depth field over the region's cortex (synth.atrophy), not the
     planted ``amount``: the thinning tapers off around the region's core."""

@@ -7,9 +7,11 @@ and tissue maps; read from the installed wheel, never fetched). Steps:
    (``incloud_kernel.deface.register.register_to_mni``: Mattes mutual information, rigid then affine), skipped
    for a skull-stripped input;
 2. affine refinement on the brain: the 2009c brain template against the subject, the metric sampled inside
-   the dilated template brain mask (``register_affine``), so skull and neck no longer pull;
+   the template brain mask eroded by 4 mm (``register_affine``), so skull and neck no longer pull. Both affine
+   stages run on one thread (``AFFINE_THREADS``): bit-identical fits for the same input;
 3. a deformable stage: SimpleITK's diffeomorphic demons (Vercauteren et al. 2009, NeuroImage 45:S61) at 4 mm
-   then 2 mm on the template grid, after histogram matching of the affinely resampled, masked subject (demons
+   then 2 mm on the template grid, after histogram matching of the affinely resampled subject masked by the
+   template's own brain mask (``DEMONS_MASK_VOXELS``: no artificial edge outside the template's) (demons
    assume equal intensities). Fields are smoothed by a Gaussian of ``DEMONS_SD`` voxels each iteration.
 
 Convention (ITK's, and fMRIPrep's ``from-T1w_to-MNI152..._mode-image_xfm``): :meth:`MniWarp.transform` maps an
@@ -20,7 +22,9 @@ templates onto the T1w grid). This module never writes files (``write_transform`
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +34,36 @@ import numpy as np
 FIELD_MM = 2.0
 #: Gaussian smoothing (voxels) of the demons field at each iteration (elastic-like regularisation).
 DEMONS_SD = 1.5
+#: Threads of the affine (mutual-information) stages. ITK's Mattes metric sums its joint histogram and gradient
+#: over threads in an order that varies from run to run, so with 2 threads the same image gave affines differing
+#: by 1e-3 and regional volumes by several percent (docs/features_t1.md, session 7); with one thread the fit is
+#: bit-identical and, on this machine's 2 shared cores, no slower (the metric samples a fixed 2/4 mm grid).
+AFFINE_THREADS = 1
+#: Where the affine brain stage samples its metric: the template brain eroded by 2 voxels (4 mm). The 2009c
+#: template is skull-stripped (0 outside its mask); a rim sampled outside the brain (it was dilated by 3 voxels)
+#: lets mutual information match that 0 with whatever dark tissue surrounds the subject's brain, and on the
+#: synthetic head's thick dark skull the fit grew: det 0.601 against the generator's 0.550 (0.592 eroded).
+AFFINE_MASK_VOXELS = -2
+#: Support of the demons images: the template brain itself. Masking the affinely resampled subject with a mask
+#: *dilated* by 2 voxels drew an artificial edge 4 mm outside the template's own brain edge, which the demons
+#: then matched: brain masks 18.5 % too large on the synthetic head (1242 mL for 1048), 8.8 % on ch2 against
+#: ch2bet; with the same support on both sides, 4.3 % and -2.1 % (docs/features_t1.md, session 7).
+DEMONS_MASK_VOXELS = 0
+
+
+@contextmanager
+def sitk_threads(n: int) -> Iterator[None]:
+    """SimpleITK filters and registration methods *created* inside the block use ``n`` threads (the global
+    default is read when an object is built); the previous default is restored on exit. Process-wide: another
+    thread creating SimpleITK objects meanwhile also gets ``n`` (slower, never different results)."""
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
 
 @functools.lru_cache(maxsize=2)
@@ -124,19 +158,29 @@ def _resample(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_
 
 def affine_to_mni(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool, seed: int = 0) -> np.ndarray:
     """MNI mm -> T1w mm (4x4 RAS): the head fit (unless ``skull_stripped``) refined on the brain."""
-    from scipy import ndimage
-
     from incloud_kernel.deface.register import register_affine, register_to_mni
     from incloud_kernel.deface.template import mni_head_path
 
     t = mni_templates(2)
     init = None
-    if not skull_stripped:
-        head = nib.load(mni_head_path())
-        init = register_to_mni(data, affine, _array(head), head.affine, seed=seed + 1)
-    mask = ndimage.binary_dilation(_array(t["mask"]) > 0.5, iterations=3)  # 6 mm of slack at 2 mm
-    return register_affine(_array(t["t1"]), t["t1"].affine, data, affine, init=init, seed=seed,
-                           fixed_mask=mask, coarse_mm=4.0, fine_mm=2.0, iterations=100, min_step=1e-3)
+    with sitk_threads(AFFINE_THREADS):  # bit-reproducible fits (see AFFINE_THREADS)
+        if not skull_stripped:
+            head = nib.load(mni_head_path())
+            init = register_to_mni(data, affine, _array(head), head.affine, seed=seed + 1)
+        mask = _grow(_array(t["mask"]) > 0.5, AFFINE_MASK_VOXELS)
+        return register_affine(_array(t["t1"]), t["t1"].affine, data, affine, init=init, seed=seed,
+                               fixed_mask=mask, coarse_mm=4.0, fine_mm=2.0, iterations=100, min_step=1e-3)
+
+
+def _grow(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``mask`` dilated by ``voxels`` (eroded when negative)."""
+    from scipy import ndimage
+
+    if voxels > 0:
+        return ndimage.binary_dilation(mask, iterations=voxels)
+    if voxels < 0:
+        return ndimage.binary_erosion(mask, iterations=-voxels)
+    return mask
 
 
 def demons_field(fixed: "object", moving: "object", iterations: tuple[int, ...]) -> "object":
@@ -167,7 +211,6 @@ def register_t1w(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
                  demons_iterations: tuple[int, ...] = (40, 20), seed: int = 0) -> MniWarp:
     """Fit the T1w (bias-corrected ``data`` on the RAS grid ``affine``) to MNI152 2009c; see the module text."""
     import SimpleITK as sitk
-    from scipy import ndimage
 
     from incloud_kernel.deface.geometry import sitk_from_ras_matrix, to_sitk
 
@@ -175,7 +218,7 @@ def register_t1w(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
     t = mni_templates(2)
     ref_shape, ref_affine = t["t1"].shape, t["t1"].affine
     warped = _resample(data, affine, ref_shape, ref_affine, sitk_from_ras_matrix(mni_to_t1w), order=1)
-    mask = ndimage.binary_dilation(_array(t["mask"]) > 0.5, iterations=2)
+    mask = _grow(_array(t["mask"]) > 0.5, DEMONS_MASK_VOXELS)
     warped = np.where(mask, warped, 0.0).astype(np.float32)
     fixed = sitk.Cast(to_sitk(_array(t["t1"]), ref_affine), sitk.sitkFloat32)
     moving = sitk.Cast(to_sitk(warped, ref_affine), sitk.sitkFloat32)
@@ -191,4 +234,4 @@ def register_t1w(data: np.ndarray, affine: np.ndarray, *, skull_stripped: bool,
     return MniWarp(mni_to_t1w=mni_to_t1w, field=field, inverse_field=inverse)
 
 
-__all__ = ["FIELD_MM", "MniWarp", "affine_to_mni", "demons_field", "mni_templates", "register_t1w"]
+__all__ = ["AFFINE_THREADS", "FIELD_MM", "MniWarp", "affine_to_mni", "demons_field", "mni_templates", "register_t1w", "sitk_threads"]

@@ -6,8 +6,8 @@ Steps (each documented in docs/features.md with its reference):
 
 1. N4 bias correction (SimpleITK, Tustison 2010) on a copy shrunk to ``n4_shrink_mm``, inside the head mask;
 2. registration to MNI152 2009c (``features.registration``: affine head -> brain, then diffeomorphic demons);
-3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5), within the
-   head, holes filled;
+3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5), grown by
+   ``BRAIN_MARGIN_MM``, within the head, holes filled;
 4. tissue segmentation (``features.segmentation``: dipy's HMRF, CSF/GM/WM probability maps);
 5. intracranial volume = brain-mask volume; tissue volumes = probability x voxel volume, summed;
 6. regional grey-matter volume in *native* space: GM probability x voxel volume summed over each atlas region,
@@ -39,6 +39,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from incloud_kernel.features.atlases import Atlas
     from incloud_kernel.features.registration import MniWarp
 
+#: SimpleITK threads of a fit (see ``T1Features.fit``): this platform's Slurm jobs get 2 cores.
+FIT_THREADS = 2
+#: Margin (mm) added around the template's brain mask pulled back to the T1w: the template mask hugs the pial
+#: surface, so a registration error of a millimetre cuts cortex off and a thinning planted at the pial surface
+#: disappears outside the mask; the margin lets the segmentation classify the sulcal and surface CSF.
+BRAIN_MARGIN_MM = 2.0
 #: Where whole-brain rows go (``atlas`` and ``region`` columns of the feature table).
 GLOBAL_ATLAS, GLOBAL_REGION = "global", "brain"
 
@@ -75,7 +81,18 @@ class T1Features(FeatureEstimator):
 
     # -- fit -----------------------------------------------------------------------------------------------------
     def fit(self, img: Any, y: Any = None) -> "T1Features":
-        """Bias-correct, register, extract the brain, segment and measure thickness (see the module text)."""
+        """Bias-correct, register, extract the brain, segment and measure thickness (see the module text).
+
+        SimpleITK runs on ``FIT_THREADS`` threads (the affine stages on ``registration.AFFINE_THREADS``) whatever
+        the machine or ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` says: N4's and the demons' sums depend on how
+        the image is split between threads, so a fixed split gives the same numbers for the same input on any
+        host (tests/test_features_determinism.py)."""
+        from incloud_kernel.features.registration import sitk_threads
+
+        with sitk_threads(FIT_THREADS):
+            return self._fit(img)
+
+    def _fit(self, img: Any) -> "T1Features":
         import nibabel as nib
         from scipy import ndimage
 
@@ -107,7 +124,10 @@ class T1Features(FeatureEstimator):
         lap("registration")
         t = mni_templates(2)
         prob = self.warp_.to_t1w(t["mask"].get_fdata(dtype=np.float32), t["mask"].affine, data.shape, im.affine)
-        brain = ndimage.binary_fill_holes((prob > 0.5) & head)
+        brain = prob > 0.5
+        if BRAIN_MARGIN_MM > 0:
+            brain = ndimage.distance_transform_edt(~brain, sampling=im.zooms) <= BRAIN_MARGIN_MM
+        brain = ndimage.binary_fill_holes(brain & head)
         if brain.sum() < 1000:
             raise QCInputError(f"{im.name}: the brain could not be located")
         lap("brain_extraction")
@@ -264,4 +284,4 @@ def _bids_label(name: str) -> str:
     return "".join(c for c in name.title() if c.isalnum())
 
 
-__all__ = ["GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
+__all__ = ["FIT_THREADS", "GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
