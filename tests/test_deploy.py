@@ -121,7 +121,9 @@ def site() -> Iterator[Site]:
         s.first = deploy(s, "deploy-1")
         yield s
     finally:
+        start = time.monotonic()
         left = cluster.close()
+        print(f"teardown: containers and network removed in {time.monotonic() - start:.0f} s", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
         assert not left, f"could not remove {left}"
 
