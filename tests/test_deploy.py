@@ -66,7 +66,9 @@ class Site(SimpleNamespace):
 def deploy(site: Site, name: str) -> subprocess.CompletedProcess[str]:
     start = time.monotonic()
     r = subprocess.run([INCLOUD, "deploy", str(site.inventory)], capture_output=True, text=True, timeout=1200,
-                       env=dict(os.environ, INCLOUD_DEPLOY_CACHE=str(site.work / "cache")))
+                       env=dict(os.environ, INCLOUD_DEPLOY_CACHE=str(site.work / "cache"),
+                                # each task's duration in the log (deploy-N.log), to see where the time goes
+                                ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks"))
     (site.work / f"{name}.log").write_text(r.stdout + r.stderr)
     print(f"{name}: exit {r.returncode} in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return r
@@ -119,7 +121,9 @@ def site() -> Iterator[Site]:
         s.first = deploy(s, "deploy-1")
         yield s
     finally:
+        start = time.monotonic()
         left = cluster.close()
+        print(f"teardown: containers and network removed in {time.monotonic() - start:.0f} s", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
         assert not left, f"could not remove {left}"
 
@@ -134,6 +138,11 @@ def test_first_run_deploys(site: Site) -> None:
         assert state == "active", f"{unit} on head is {state}"
     for node in ("c1", "c2"):
         assert site.cluster.exec(node, "systemctl", "is-active", "slurmd", check=False).stdout.strip() == "active"
+    # The nightly backup (role `backup`) is scheduled on the head node only.
+    timers = site.cluster.exec("head", "systemctl", "list-timers", "--all", "--no-pager").stdout
+    assert "incloud-backup.timer" in timers and "incloud-backup-check.timer" in timers, timers
+    assert "incloud-backup.timer" not in site.cluster.exec("c1", "systemctl", "list-timers", "--all",
+                                                           "--no-pager").stdout
     # Secrets: generated on the head node, the service user's alone, never in the playbook's output.
     listing = site.cluster.exec("head", "stat", "-c", "%U %a %n", "/etc/incloud/secrets/db_password",
                                 "/etc/incloud/secrets/hub_admin_password", "/etc/incloud/secrets").stdout
