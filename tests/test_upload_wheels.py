@@ -36,10 +36,9 @@ PLATFORMS = {
               "manylinux2014_x86_64"],
 }
 #: Distributions that ``incloud`` declares but the uploader's path never imports, with no wheel for a platform at
-#: the pinned version. Found by this test (2026-12-03): cryptography 50.0.2 (the registry's AES-GCM) ships macOS
-#: wheels for arm64 only. ``pip install incloud-uploader`` on an Intel Mac therefore needs a build of it (or an
-#: older cryptography) until ``incloud`` gets a slim kernel distribution the uploader can depend on instead.
-KNOWN_GAPS = {"macos-x86_64": ["cryptography"]}
+#: the pinned version: none. (Found by this test on 2026-12-03: cryptography 50.0.2 ships macOS wheels for arm64
+#: only; constraints.txt pins 48.0.1, the newest with a universal2 wheel, which Intel Macs install.)
+KNOWN_GAPS: dict[str, list[str]] = {}
 PATH_MODULES = ["incloud_uploader.cli", "incloud_uploader.server", "incloud_uploader.jobs",
                 "incloud_uploader.prepare", "incloud_uploader.scan", "incloud_uploader.send",
                 "incloud_kernel.deface.reface", "incloud_kernel.deface.qc", "matplotlib.pyplot"]
