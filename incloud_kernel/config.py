@@ -99,6 +99,14 @@ class DicomSection:
     #: or left for this many seconds, the supervisor restarts Orthanc (a few s) around a compaction of its index,
     #: so no deleted study's values stay in it (docs/security.md). Senders retry a store refused meanwhile.
     scrub_quiet_time: float = 30.0
+    #: DICOM TLS (PS3.15 Annex B, "The Basic TLS Secure Transport Connection Profile"), off while empty: the
+    #: edge's certificate and private key (PEM files readable by the service user only), and the senders'
+    #: certificates it trusts (one PEM bundle). With TLS on, the edge speaks only TLS on ``port``.
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_trusted_certificates: str = ""
+    #: Refuse a sender that shows no certificate the bundle trusts (mutual TLS); off: encryption only.
+    tls_require_sender_certificate: bool = True
 
 
 @dataclass

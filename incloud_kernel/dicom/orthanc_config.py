@@ -206,6 +206,7 @@ def build_config(config: Config, credentials: Credentials, paths: OrthancPaths |
         "DeidentifyLogs": True,
         "StorageAccessOnFind": "Never",
     }
+    cfg.update(_tls(d))
     if d.dicomweb:
         cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
                            "WadoRoot": "/wado", "Ssl": False, "StudiesMetadata": "MainDicomTags",
@@ -217,6 +218,31 @@ def build_config(config: Config, credentials: Credentials, paths: OrthancPaths |
                              "ConnectionUri": _libpq_uri(d.index_database_url), "Lock": False,
                              "EnableSsl": False}
     return cfg
+
+
+def _tls(d: Any) -> dict[str, Any]:
+    """Orthanc's DICOM TLS settings (Orthanc >= 1.9) from ``[dicom] tls_*``; nothing while no certificate is set.
+
+    A half-made setting (a certificate without its key, mutual TLS without a trusted bundle, a file that is not
+    there) is a one-line ConfigError at start, never an edge that silently falls back to plain DICOM."""
+    if not (d.tls_certificate or d.tls_private_key):
+        return {}
+    files = {"tls_certificate": d.tls_certificate, "tls_private_key": d.tls_private_key}
+    if d.tls_require_sender_certificate:
+        files["tls_trusted_certificates"] = d.tls_trusted_certificates
+    for key, value in files.items():
+        if not value:
+            raise ConfigError(f"[dicom] {key} is empty: DICOM TLS needs the certificate, its private key"
+                              + (" and the trusted senders' certificates" if d.tls_require_sender_certificate
+                                 else ""))
+        if not Path(value).is_file():
+            raise ConfigError(f"[dicom] {key}: {value} is not a readable file")
+    tls = {"DicomTlsEnabled": True, "DicomTlsCertificate": d.tls_certificate,
+           "DicomTlsPrivateKey": d.tls_private_key,
+           "DicomTlsRemoteCertificateRequired": bool(d.tls_require_sender_certificate)}
+    if d.tls_trusted_certificates:
+        tls["DicomTlsTrustedCertificates"] = d.tls_trusted_certificates
+    return tls
 
 
 def write_config(config: Config) -> tuple[Path, Credentials]:
