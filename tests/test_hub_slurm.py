@@ -33,18 +33,10 @@ print(json.dumps({"whoami": c.user["name"], "unix": pwd.getpwuid(os.getuid()).pw
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:
-    from services.hubstack import HubStack, require_hub_stack
+    from services.hubstack import started_stack
 
-    base = require_hub_stack()
-    # Slurm daemons and the users' jobs must traverse this folder: not under pytest's private 0700 tmp.
-    work = Path(tempfile.mkdtemp(prefix="incloud-hub-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    s = HubStack(work, base)
-    try:
-        s.start()
+    with started_stack() as s:
         yield s
-    finally:
-        s.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

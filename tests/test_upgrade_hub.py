@@ -10,10 +10,8 @@ proxy, whose routes the restarted hub re-synced from its database. On the old co
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -23,17 +21,10 @@ import requests
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:  # type: ignore[name-defined] # noqa: F821
-    from services.hubstack import HubStack, require_hub_stack
+    from services.hubstack import started_stack
 
-    base = require_hub_stack()
-    work = Path(tempfile.mkdtemp(prefix="incloud-hub-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
-    s = HubStack(work, base)
-    try:
-        s.start()
+    with started_stack() as s:
         yield s
-    finally:
-        s.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _jobs(stack, user) -> list[str]:  # type: ignore[no-untyped-def]

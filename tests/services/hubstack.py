@@ -2,8 +2,13 @@
 benchmarks, which may not import tests/; tests reach it through this one module."""
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 _BENCH = str(Path(__file__).resolve().parents[2] / "bench")
 if _BENCH not in sys.path:
@@ -15,9 +20,6 @@ from hubstack import PASSWORD, HubStack, HubUser, PgDatabases, free_port, slurm,
 def require_hub_stack() -> str:
     """What a HubStack needs here (root, Slurm and munge, PostgreSQL, the proxy), or ``conftest.missing`` (a
     skip, a failure under CI=true); returns the PostgreSQL server URL the stack makes its databases on."""
-    import os
-    import shutil
-
     from conftest import missing, require_tool
     from hub.spawners import proxy_command
 
@@ -33,5 +35,20 @@ def require_hub_stack() -> str:
     return str(base)
 
 
+@contextmanager
+def started_stack() -> Iterator[HubStack]:
+    """A started hub stack, closed and removed afterwards. Its folder is under the suite's work folder, not
+    pytest's private 0700 tmp: the Slurm daemons and the users' jobs must traverse it."""
+    base = require_hub_stack()
+    work = Path(tempfile.mkdtemp(prefix="incloud-hub-", dir=os.environ.get("INCLOUD_TEST_WORK") or "/tmp"))
+    stack = HubStack(work, base)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 __all__ = ["PASSWORD", "HubStack", "HubUser", "PgDatabases", "free_port", "require_hub_stack", "slurm", "spawn",
-           "wait_for"]
+           "started_stack", "wait_for"]
