@@ -246,7 +246,8 @@ def test_twenty_students_work_and_after_expiry_nothing_of_theirs_remains(worksho
         page.wait_for_url("**/hub/home", timeout=120_000)
         page.wait_for_selector(".ic-home[data-status='ready']", timeout=120_000)
         shown = page.eval_on_selector_all("[data-module]", "els => els.map(e => e.dataset.module)")
-        assert shown == ["archive", "workstation", "workshops"], shown
+        # The Feature library needs `read` like its query API (a student reads the teaching dataset's features).
+        assert shown == ["archive", "workstation", "features", "workshops"], shown
         tile = page.inner_text("[data-live='workshops']")
         assert "Your workshop" in tile and "Neuroimaging 101" in tile and "teach" not in tile
         page.locator("[data-module='workshops']").screenshot(path=str(shots / "workshops-student.png"))
