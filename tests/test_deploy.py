@@ -67,6 +67,9 @@ def deploy(site: Site, name: str) -> subprocess.CompletedProcess[str]:
     start = time.monotonic()
     r = subprocess.run([INCLOUD, "deploy", str(site.inventory)], capture_output=True, text=True, timeout=1200,
                        env=dict(os.environ, INCLOUD_DEPLOY_CACHE=str(site.work / "cache"),
+                                # this checkout's roles and sources: the suite's `incloud` is an installed copy
+                                # (scripts/test.sh), whose package folder is not a source tree
+                                INCLOUD_SOURCE=str(Path(__file__).resolve().parents[1]),
                                 # each task's duration in the log (deploy-N.log), to see where the time goes
                                 ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks"))
     (site.work / f"{name}.log").write_text(r.stdout + r.stderr)
