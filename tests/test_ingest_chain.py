@@ -33,6 +33,12 @@ def run_ingest(env: dict[str, str], path: Path, project: str = "P1", **extra: st
                           env=dict(os.environ, **env, **extra), timeout=600)
 
 
+# End-to-end tests whose subject is not the database run on PostgreSQL, the production backend, alone; the ones
+# that rest on the database's transactions and uniqueness (one transaction, resending, the first archive) run on
+# SQLite too. The SQLite twins of the others cost CI minutes and proved nothing the database tests do not.
+ON_POSTGRESQL = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
 @pytest.fixture
 def ready(site: Site, site_env: dict[str, str]) -> tuple[Site, dict[str, str]]:
     with transaction(site.engine) as db:
@@ -119,6 +125,7 @@ def test_resending_a_study_stores_nothing_new(ready, tmp_path: Path) -> None:
     assert (len(series_rows(site)), file_count(site)) == before
 
 
+@ON_POSTGRESQL
 def test_late_instances_are_merged_and_the_series_reconverted(ready, tmp_path: Path) -> None:
     site, env = ready
     files = make_small_study(tmp_path / "src", bold_volumes=4)
@@ -140,6 +147,7 @@ def test_late_instances_are_merged_and_the_series_reconverted(ready, tmp_path: P
     assert file_count(site) == 2
 
 
+@ON_POSTGRESQL
 def test_series_no_rule_names_are_archived_under_sourcedata(ready, tmp_path: Path) -> None:
     """A field map and a localizer no default rule names: archived (de-identified DICOM + NIfTI) under
     sourcedata/, listed as datatype sourcedata to project members; the dataset stays valid BIDS."""
@@ -185,6 +193,7 @@ def test_series_no_rule_names_are_archived_under_sourcedata(ready, tmp_path: Pat
     assert again.returncode == 0 and again.stdout.count("unchanged") == 5, again.stdout
 
 
+@ON_POSTGRESQL
 def test_ct_and_a_report_dcm2niix_cannot_convert_are_archived_under_sourcedata(ready, tmp_path: Path) -> None:
     """CT is converted and kept with its DICOM; a structured report (no image) is kept as its DICOM only, with
     the conversion's reason in its sidecar: nothing of the study is dropped or quarantined."""
@@ -208,6 +217,7 @@ def test_ct_and_a_report_dcm2niix_cannot_convert_are_archived_under_sourcedata(r
     check_bids(root)
 
 
+@ON_POSTGRESQL
 def test_skip_is_no_longer_a_choice_for_unmatched_series(ready, tmp_path: Path) -> None:
     site, env = ready
     make_small_study(tmp_path / "src", extra_series=("gre_field_mapping",))
@@ -217,6 +227,7 @@ def test_skip_is_no_longer_a_choice_for_unmatched_series(ready, tmp_path: Path) 
     assert series_rows(site) == []
 
 
+@ON_POSTGRESQL
 def test_a_patient_in_two_projects_is_archived_in_both(ready, tmp_path: Path) -> None:
     """Same pseudonymised person: a second study sent to a second project, and the very same study sent to
     the second project, are archived there under a participant label of that project."""
@@ -246,6 +257,7 @@ def test_a_patient_in_two_projects_is_archived_in_both(ready, tmp_path: Path) ->
     assert again.returncode == 0 and again.stdout.count("unchanged") == 3  # idempotent in the second project
 
 
+@ON_POSTGRESQL
 def test_a_failing_series_quarantines_the_whole_study(ready, tmp_path: Path) -> None:
     site, env = ready
     make_small_study(tmp_path / "src")
@@ -263,6 +275,7 @@ def test_a_failing_series_quarantines_the_whole_study(ready, tmp_path: Path) -> 
         assert value not in result.stderr + status.stdout
 
 
+@ON_POSTGRESQL
 def test_zip_and_dicomdir_inputs(ready, tmp_path: Path) -> None:
     site, env = ready
     make_small_study(tmp_path / "src")
@@ -271,6 +284,7 @@ def test_zip_and_dicomdir_inputs(ready, tmp_path: Path) -> None:
     assert len(series_rows(site)) == 3
 
 
+@ON_POSTGRESQL
 def test_burned_in_secondary_capture_is_quarantined_alone_and_the_rest_archived(ready, tmp_path: Path) -> None:
     site, env = ready
     files = make_small_study(tmp_path / "src")
@@ -290,6 +304,7 @@ def test_burned_in_secondary_capture_is_quarantined_alone_and_the_rest_archived(
             assert value not in result.stderr + result.stdout + status.stdout
 
 
+@ON_POSTGRESQL
 @pytest.mark.parametrize("damage", ["no SOP class", "one slice burned-in"])
 def test_a_deidentification_failure_of_an_imaging_series_quarantines_the_whole_study(ready, tmp_path: Path,
                                                                                        damage: str) -> None:
@@ -312,6 +327,7 @@ def test_a_deidentification_failure_of_an_imaging_series_quarantines_the_whole_s
     assert len(reason.files) == 8 + 4 * 8 + 4 * 8
 
 
+@ON_POSTGRESQL
 def test_a_series_the_refacer_refuses_quarantines_the_whole_study(ready, tmp_path: Path) -> None:
     """A 16x16x8 "t1_mprage" is no head the refacer can register: refused, so nothing of the study is archived."""
     site, env = ready
@@ -365,6 +381,7 @@ def _refaced_t2(study: Path, out: Path, with_t1: bool) -> "np.ndarray":
     return np.asarray(nib.load(convert_series(out / "dcm", out / "nii", []).nifti).dataobj)
 
 
+@ON_POSTGRESQL
 def test_t2w_is_refaced_with_the_t1w_fit_of_its_study(ready, tmp_path: Path) -> None:
     """T1w first, whatever the series numbers: the archived T2w is exactly the T2w refaced with the T1w's fit
     (same scanner coordinates), not with a fit of its own (the two differ, so the check can fail)."""

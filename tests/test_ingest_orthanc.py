@@ -30,6 +30,12 @@ INCLOUD = str(Path(sys.executable).with_name("incloud"))
 ROUTING = json.dumps([{"project": "P1", "calling_aet": "SCANNER1"}])
 
 
+# End-to-end tests whose subject is not the database run on PostgreSQL, the production backend, alone; the one that
+# rests on the database's transactions (a worker killed mid-study archives exactly once) runs on SQLite too. The
+# SQLite twins of the others cost CI minutes and proved nothing the database tests do not.
+ON_POSTGRESQL = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
 @pytest.fixture
 def edge(site: Site, site_env: dict[str, str]) -> Iterator[Edge]:
     require_tool("Orthanc")
@@ -81,6 +87,7 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.dcm"))
 
 
+@ON_POSTGRESQL
 def test_stored_study_is_routed_archived_and_removed_from_orthanc(edge: Edge, site: Site, tmp_path: Path) -> None:
     make_small_study(tmp_path / "a", seed=1)
     make_small_study(tmp_path / "b", seed=2, patient_id="HOSP999000")
@@ -98,6 +105,7 @@ def test_stored_study_is_routed_archived_and_removed_from_orthanc(edge: Edge, si
     assert "waiting in Orthanc: 0" in status.stdout and "archived" in status.stdout
 
 
+@ON_POSTGRESQL
 def test_study_sent_by_stow_rs_is_archived_end_to_end(edge: Edge, site: Site, tmp_path: Path) -> None:
     """DICOMweb STOW-RS (authenticated, one multipart request) instead of C-STORE: same feed, same chain."""
     make_small_study(tmp_path / "a", seed=5)
@@ -162,6 +170,7 @@ def test_worker_killed_mid_study_resumes_and_archives_exactly_once(edge: Edge, s
         assert db.scalar(select(func.count(DataFile.id))) == 2 + 2 + 4
 
 
+@ON_POSTGRESQL
 def test_orthanc_killed_during_transfer_loses_no_acknowledged_instance(edge: Edge, site: Site,
                                                                        tmp_path: Path) -> None:
     make_small_study(tmp_path / "a", seed=4, bold_volumes=40)
@@ -196,6 +205,7 @@ def _up(edge: Edge) -> bool:
         return False
 
 
+@ON_POSTGRESQL
 def test_a_poison_study_is_retried_then_quarantined_and_the_feed_goes_on(edge: Edge, site: Site,
                                                                          tmp_path: Path) -> None:
     """A real fault in a real step -- the de-identified cache folder of one series is read-only, even for root
@@ -237,6 +247,7 @@ def test_a_poison_study_is_retried_then_quarantined_and_the_feed_goes_on(edge: E
     assert "Traceback" not in log and "HOSP555000" not in log
 
 
+@ON_POSTGRESQL
 def test_a_study_that_kills_its_worker_is_quarantined_after_max_attempts(edge: Edge, site: Site,
                                                                          tmp_path: Path) -> None:
     """A worker that dies during a study (here SIGKILL, as a crash inside a library or the OOM killer would)
