@@ -202,6 +202,8 @@ def test_upload_from_the_page_resumes_after_the_server_stops_and_sends_no_identi
             page.wait_for_function("document.querySelector(\".job[data-phase='archived']\") || "
                                    "document.getElementById('error').textContent", timeout=900_000)
             assert page.inner_text("#error") == "" and page.locator("img.qc").count() == 1  # its renders again
+            resumed = page.inner_text(".series-state")  # the series' state survives the restart too
+            assert resumed.startswith("t1_mprage_sag_p2_iso: ready, face removed, "), resumed
             page.screenshot(path=str(shots / "upload-4-archived.png"), full_page=True)
             # processing started by itself: the page shows each step, then the result link
             page.wait_for_selector("li.step[data-step='qc']:not([data-state='running'])", timeout=600_000)

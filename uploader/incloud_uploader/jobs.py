@@ -123,6 +123,7 @@ class Uploader:
             job.prepared = [prepare.Prepared(**{**p, "files": [_outbox_file(outbox, f) for f in p["files"]],
                                                 "qc_png": outbox / p["qc_png"] if p["qc_png"] else None})
                             for p in data["prepared"]]
+            job.series_phase.update({p.key: "ready" for p in job.prepared})  # what prepare_study said last
             job.phase = "confirm" if not data.get("confirmed") else "uploading"
             return
         if "ticket" not in data:
