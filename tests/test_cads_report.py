@@ -71,6 +71,9 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     assert {p["category"] for p in first["probabilities"]} == {"BD", "HC", "SCZ"}
     assert all(p["low"] <= p["probability"] <= p["high"] for p in first["probabilities"])
     assert first["model"]["validated"]["heldout"]["balanced_accuracy"] > 0.5
+    sources = first["model"]["training_projects"]  # what the model learnt from is named on the report
+    assert {p["code"]: p["name"] for p in sources}["CADS"] == "CADS cohort"
+    assert sum(p["scans"] for p in sources) == first["model"]["trained_on"]
     # a newer model is promoted; the old report is reproduced by naming its version
     with transaction(site.engine) as db:
         assert registry.retrain(site, db, ADMIN, kind="ensemble", validate=False, tolerance=0.5).promoted
@@ -90,6 +93,7 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     env = site_env
     out = ok(env, "cads", "report", str(mine), "--as", "cleo", "--pdf", str(tmp_path / "cli.pdf"))
     assert "model v2" in out and "supports and does not replace clinical judgement" in out
+    assert " of CADS (CADS cohort)" in out
     assert "expected by chance: 2.7" in out and (tmp_path / "cli.pdf").is_file()
     assert json.loads(ok(env, "cads", "report", str(mine), "--model", "1", "--json", "--as", "cleo"))[
         "input_sha256"] == first["input_sha256"]

@@ -15,6 +15,7 @@ from demo_site import PopulatedDemo, populated_demo, table_auth  # noqa: F401 - 
 from sqlalchemy import func, select
 
 from incloud_kernel import cads, demo
+from incloud_kernel.cads import render
 from incloud_kernel.archive.models import CadsModel, PipelineRun, QCIndex
 from incloud_kernel.client import Client
 from incloud_kernel.db import transaction
@@ -57,6 +58,10 @@ def test_populate_gives_qc_features_a_model_and_a_report_each_demo_user_sees(
         assert report["scan"]["scanner"] == "Siemens Prisma_fit 3T" and report["scan"]["age"] == 46
         assert report["n_features"] > 20 and all(r["feature"].split("/")[1] == "gm_volume" for r in report["regions"])
         assert not any("scanner not in the training data" in w for w in report["warnings"])
+        # the reader sees that the model learnt from the synthetic reference cohort, not from patients
+        assert [(p["code"], p["name"]) for p in report["model"]["training_projects"]] == [
+            (demo.REFERENCE, "Synthetic reference cohort for CADS (features only, no images)")]
+        assert "Synthetic reference cohort" in render.performance_line(report)
         with pytest.raises(PermissionDenied):  # a researcher holds no reports scope
             cads.fetch_report(researcher, series)
     # a later start: nothing new is started or trained

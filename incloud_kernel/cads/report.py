@@ -116,7 +116,8 @@ def build(site: Any, db: DB, actor: Actor, series: int, *, model: int | None = N
         "uncertainty": "range of the probabilities over the calibration folds' models",
         "warnings": list(prediction.warnings),
         "model": {"version": version.version, "status": version.status, "kind": version.kind,
-                  "trained_on": len(version.training_series), "created_at":
+                  "trained_on": len(version.training_series),
+                  "training_projects": _training_projects(db, version.training_series), "created_at":
                   version.created_at.isoformat() if version.created_at else None,
                   "validated": _validated(version.metrics)},
         "input_sha256": _digest(frame, fitted.normative_.features_),
@@ -127,6 +128,19 @@ def build(site: Any, db: DB, actor: Actor, series: int, *, model: int | None = N
         report["warnings"].insert(0, f"the scan's QC status is {row.qc_status}, not pass")
     audit(db, actor, "cads.report", "series", row.id, model_version=version.version)
     return report
+
+
+def _training_projects(db: DB, series: list[Any]) -> list[dict[str, Any]]:
+    """Which projects the model learnt from, with their names and scan counts: a reader must see that a model was
+    trained on, say, a synthetic demonstration cohort (project codes and names identify no patient)."""
+    from sqlalchemy import func, select
+
+    from incloud_kernel.archive.models import Series
+
+    rows = db.execute(select(Project.code, Project.name, func.count(Series.id)).join(Series, Series.project_id ==
+                      Project.id).where(Series.id.in_([int(s) for s in series])).group_by(Project.code, Project.name)
+                      .order_by(Project.code)).all()
+    return [{"code": code, "name": name, "scans": int(n)} for code, name, n in rows]
 
 
 def _validated(metrics: dict[str, Any]) -> dict[str, Any]:
