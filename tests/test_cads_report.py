@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 from api_thread import serving
 from jupyterhub.services.auth import HubOAuth
@@ -147,3 +148,19 @@ def test_the_map_heading_says_what_the_map_paints_and_what_only_the_table_holds(
     assert heading.startswith("Brain map of grey-matter volume z-scores") and "Regional volumes" not in heading
     assert heading.endswith("(connectivity: in the table below, not on the map)")
     assert "not on the map" not in render.map_heading({"regions": [{"feature": "aal/gm_volume/Precuneus_R"}]})
+
+
+def test_the_map_paints_one_kind_when_a_region_has_a_volume_and_a_thickness() -> None:
+    """Harvard-Oxford's T1 rows hold a volume and a thickness per region: the map paints the volume z (a region
+    has one colour) and its heading sends the thickness to the table."""
+    from incloud_kernel.features.atlases import load_atlas
+
+    atlas = load_atlas("harvardoxford-cortical")
+    value, name = next(iter(atlas.labels.items()))
+    report = {"regions": [{"feature": f"harvardoxford-cortical/gm_volume/{name}", "z": -3.0},
+                          {"feature": f"harvardoxford-cortical/thickness/{name}", "z": 2.5}]}
+    painted = np.asarray(render._z_image(report).dataobj)
+    assert set(np.unique(painted[np.asarray(atlas.image.dataobj) == value])) == {-3.0}
+    heading = render.map_heading(report)
+    assert heading.startswith("Brain map of grey-matter volume z-scores")
+    assert heading.endswith("(cortical thickness: in the table below, not on the map)")

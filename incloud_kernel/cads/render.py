@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-#: Volume features painted on the brain map: ``atlas/feature/region`` with these feature names.
+#: Features the brain map can paint (``atlas/feature/region``), in order of preference: one kind is painted, the
+#: first the report holds, since a region has one colour (a volume z and a thickness z of one region would
+#: overwrite each other).
 MAP_FEATURES = ("gmv", "gm_volume", "volume", "thickness")
 MAP_ATLAS = "aal"
 #: How a heading names a feature kind.
@@ -37,19 +39,29 @@ def map_atlas(report: dict[str, Any]) -> str:
     return atlases.most_common(1)[0][0] if atlases else MAP_ATLAS
 
 
+def _kinds(report: dict[str, Any]) -> list[str]:
+    return sorted({r["feature"].split("/")[1] for r in report["regions"] if r["feature"].count("/") == 2})
+
+
+def map_feature(report: dict[str, Any]) -> str | None:
+    """The one feature kind the map paints: the first of ``MAP_FEATURES`` the report holds (None: nothing)."""
+    kinds = _kinds(report)
+    return next((k for k in MAP_FEATURES if k in kinds), None)
+
+
 def _z_image(report: dict[str, Any]) -> Any:
     import nibabel as nib
 
     from incloud_kernel.features.atlases import load_atlas
 
-    chosen = map_atlas(report)
+    chosen, kind = map_atlas(report), map_feature(report)
     atlas = load_atlas(chosen)
     labels = _labels(atlas)
     by_name = {name: value for value, name in atlas.labels.items()}
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.float32)  # label value -> z (0: no colour)
     for region in report["regions"]:
         atlas_name, feature, name = (region["feature"].split("/", 2) + ["", ""])[:3]
-        if atlas_name == chosen and feature in MAP_FEATURES and name in by_name and region["z"] is not None:
+        if atlas_name == chosen and feature == kind and name in by_name and region["z"] is not None:
             lookup[by_name[name]] = region["z"]
     return nib.Nifti1Image(lookup[labels], atlas.image.affine)
 
@@ -92,15 +104,14 @@ def brain_map_png(report: dict[str, Any], dpi: int = 90) -> bytes:
 
 
 def map_heading(report: dict[str, Any]) -> str:
-    """The brain map's heading: what the map paints (regional volumes) and, when the report holds other kinds of
-    feature (connectivity, FA, ...), that those are in the table and not on the map, so the heading never claims
-    the flags are all volumes."""
-    kinds = sorted({r["feature"].split("/")[1] for r in report["regions"] if r["feature"].count("/") == 2})
+    """The brain map's heading: the one kind the map paints (``map_feature``) and, when the report holds other
+    kinds (thickness beside volume, connectivity, FA, ...), that those are in the table and not on the map, so
+    the heading never claims the flags are all of the painted kind."""
+    painted = map_feature(report)
     words = lambda names: " and ".join(FEATURE_WORDS.get(k, k) for k in names)  # noqa: E731
-    painted = [k for k in kinds if k in MAP_FEATURES]
-    others = [k for k in kinds if k not in MAP_FEATURES]
-    head = (f"Brain map of {words(painted) if painted else 'regional volume'} z-scores against healthy controls "
-            "of the same age, sex and scanner")
+    others = [k for k in _kinds(report) if k != painted]
+    head = (f"Brain map of {FEATURE_WORDS.get(painted, painted) if painted else 'regional volume'} z-scores "
+            "against healthy controls of the same age, sex and scanner")
     return head + (f" ({words(others)}: in the table below, not on the map)" if others else "")
 
 
@@ -209,4 +220,4 @@ def pdf(report: dict[str, Any], path: str | Path) -> Path:
     return target
 
 
-__all__ = ["brain_map_png", "draw_brain_map", "pdf", "performance_line"]
+__all__ = ["brain_map_png", "draw_brain_map", "map_feature", "map_heading", "pdf", "performance_line"]
