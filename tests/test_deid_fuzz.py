@@ -202,10 +202,18 @@ def _scan(path: Path, case: Case) -> list[str]:
     found = [v for v in case.planted
              if v.lower().encode(case.encoding, "ignore") in low or v.lower().encode("utf-8") in low
              or v.encode(case.encoding, "ignore") in raw]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
-        texts = [str(e.value) for e in [*ds.file_meta, *ds.iterall()] if e.VR != "SQ" and e.tag != 0x7FE00010]
+    # pydicom's reading settings are process-wide and other tests change them: the scanner sets its own, so a
+    # corrupt value (a wrong-length FD, say) is read as UN bytes and still searched, never raised on
+    config = pydicom.config
+    saved = config.convert_wrong_length_to_UN, config.settings.reading_validation_mode
+    try:
+        config.convert_wrong_length_to_UN, config.settings.reading_validation_mode = True, config.WARN
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            texts = [str(e.value) for e in [*ds.file_meta, *ds.iterall()] if e.VR != "SQ" and e.tag != 0x7FE00010]
+    finally:
+        config.convert_wrong_length_to_UN, config.settings.reading_validation_mode = saved
     joined = "\n".join(texts).lower()
     found += [v for v in case.planted if v.lower() in joined]
     return found
