@@ -204,6 +204,11 @@ class Client:
 
         return pd.DataFrame(self._json("api/runs", {"project": project} if project else None)["items"])
 
+    def provenance(self, run_id: int) -> list[dict[str, Any]]:
+        """How each derivative of a run was made: stage and versions, parameters, input checksums, libraries
+        with the workstation image's digest, host, run time and output files (for a methods section)."""
+        return list(self._json(f"api/runs/{int(run_id)}/provenance")["items"])
+
     def cancel(self, run_id: int) -> str:
         """Cancel a run you started (or one of a project you manage); returns its new state."""
         return str(self._request("POST", f"api/runs/{int(run_id)}/cancel").json()["state"])

@@ -94,6 +94,13 @@ def test_run_and_progress_from_a_notebook(engine_site, api_url) -> None:  # type
     assert report["stages"]["summary"]["done"] == 3 and report["subjects"]["P01"]["done"] == 4
     assert all(t["outputs"] and t["error"] is None for t in report["tasks"])
     assert_exactly_once(engine_site, ("brainvol", "summary"))
+    made = alice.provenance(run_id)  # how each derivative was made, for a methods section
+    assert sorted(r["task"] for r in made) == sorted(t["id"] for t in report["tasks"])
+    for record in made:
+        task = next(t for t in report["tasks"] if t["id"] == record["task"])
+        assert record["stage"] == task["stage"] and record["outputs"] == task["outputs"]
+        assert record["pipeline"] == "toy" and record["stage_version"] and record["libraries"]["nibabel"]
+        assert record["inputs"] and all(len(i["sha256"]) == 64 and i["relpath"] for i in record["inputs"])
     runs = alice.runs(project="STUDY1")
     assert list(runs["run"]) == [run_id] and list(runs["state"]) == ["done"]
 
@@ -111,6 +118,8 @@ def test_who_may_start_watch_and_cancel(engine_site, api_url) -> None:  # type: 
         bob.run("toy", project="STUDY1")  # no role: the project does not exist for bob
     with pytest.raises(NotFound, match=f"run #{run_id} not found"):
         bob.progress(run_id)
+    with pytest.raises(NotFound, match=f"run #{run_id} not found"):
+        bob.provenance(run_id)
     with pytest.raises(PermissionDenied, match="collaborator"):
         carol.run("toy", project="STUDY1")  # read-only role
     assert carol.progress(run_id)["state"] == "waiting"  # but may watch
@@ -130,6 +139,7 @@ def test_openapi_lists_the_pipeline_routes_with_their_methods() -> None:
     paths = openapi("/services/incloud-api/")["paths"]
     assert set(paths["/api/runs"]) == {"get", "post"} and set(paths["/api/runs/{id}/cancel"]) == {"post"}
     assert "get" in paths["/api/runs/{id}"] and "get" in paths["/api/pipelines"]
+    assert set(paths["/api/runs/{id}/provenance"]) == {"get"}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

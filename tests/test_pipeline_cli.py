@@ -63,6 +63,15 @@ def test_list_run_and_status_per_stage_and_subject(engine_site) -> None:  # type
     assert report["counts"] == {"waiting": 0, "running": 0, "done": 2, "failed": 4, "cancelled": 0}
     listing = incloud("pipeline", "status")
     assert listing.stdout.startswith(f"#{run_id}\tSTUDY1\tfailing 1\tfailed")  # pipeline name of the object
+    made = incloud("pipeline", "provenance", run_id)  # the two derivatives made, each with how
+    assert made.returncode == 0, made.stderr
+    records = json.loads(incloud("pipeline", "provenance", run_id, "--json").stdout)
+    assert len(records) == 2 and {r["subject"] for r in records} == {"P02"}
+    for r in records:
+        assert f"series #{r['series']}\tsub-P02" in made.stdout
+        assert all(f"  input {i['relpath']}  sha256 {i['sha256']}" in made.stdout for i in r["inputs"])
+        assert all(f"  output {o}" in made.stdout for o in r["outputs"]) and r["outputs"]
+    assert "  libraries: " in made.stdout and "nibabel " in made.stdout
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -70,6 +79,7 @@ def test_bad_requests_are_one_line_errors(engine_site) -> None:  # type: ignore[
     for args, code, text in ((("run", "nosuch", "STUDY1"), 4, "unknown pipeline 'nosuch'"),
                              (("run", "toy", "NOPE"), 4, "project NOPE not found"),
                              (("status", "999"), 4, "run #999 not found"),
+                             (("provenance", "999"), 4, "run #999 not found"),
                              (("cancel", "999"), 4, "run #999 not found")):
         out = incloud("pipeline", *args)
         assert out.returncode == code and out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"]

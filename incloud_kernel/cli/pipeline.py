@@ -178,6 +178,36 @@ def status(run_id: int | None, project: str | None, show_tasks: bool, as_json: b
 
 @pipeline.command()
 @click.argument("run_id", type=int)
+@_json_option
+@_as_option
+def provenance(run_id: int, as_json: bool, as_user: str | None) -> None:
+    """How each derivative of RUN_ID was made: versions, parameters, inputs' checksums, libraries, image, host."""
+    from incloud_kernel.db import transaction
+    from incloud_kernel.pipeline import runs
+
+    site, actor = _open(as_user)
+    with transaction(site.engine) as db:
+        records = runs.provenance_of(db, actor, run_id)
+    if as_json:
+        click.echo(_dump(records))
+        return
+    if not records:
+        click.echo(f"run #{run_id} has no derivative yet")
+    for r in records:
+        libraries = ", ".join(f"{k} {v}" for k, v in sorted(r["libraries"].items()))
+        click.echo(f"{r['stage']} {r['stage_version']} ({r['pipeline']} {r['pipeline_version']})\tseries "
+                   f"#{r['series']}\tsub-{r['subject']}{' (reused)' if r['reused'] else ''}\t{r['host']}, "
+                   f"{r['runtime_seconds']:.1f} s")
+        click.echo(f"  parameters: {json.dumps(r['parameters'], sort_keys=True)}")
+        for i in r["inputs"]:
+            click.echo(f"  input {i['relpath']}  sha256 {i['sha256']}")
+        click.echo(f"  libraries: {libraries}")
+        for o in r["outputs"]:
+            click.echo(f"  output {o}")
+
+
+@pipeline.command()
+@click.argument("run_id", type=int)
 @_as_option
 def cancel(run_id: int, as_user: str | None) -> None:
     """Cancel RUN_ID: waiting inputs are dropped, running ones finish, the run ends cancelled."""

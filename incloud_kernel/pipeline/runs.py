@@ -225,6 +225,30 @@ def progress(db: DB, actor: Actor, run_id: int, heartbeat_interval: float = 5.0,
     return out
 
 
+def provenance_of(db: DB, actor: Actor, run_id: int) -> list[dict[str, Any]]:
+    """How each derivative of the run was made, for a methods section or an audit: per task that produced (or
+    reused) one, the pipeline and stage with their versions, the parameters, every input file with its checksum,
+    the library versions with the workstation image's digest, the host, the run time and the output files.
+    Same permission as ``progress`` (read the run's project); inputs are archive paths (pseudonymous labels)."""
+    run = get_run(db, actor, run_id)
+    tasks = list(db.scalars(select(PipelineTask).where(PipelineTask.run_id == run.id,
+                                                       PipelineTask.provenance_id.is_not(None))
+                            .order_by(PipelineTask.id)))
+    records = {p.id: p for p in db.scalars(select(Provenance).where(
+        Provenance.id.in_([t.provenance_id for t in tasks])))} if tasks else {}
+    outs = outputs_of(db, list(records))
+    out = []
+    for t in tasks:
+        p = records[t.provenance_id]  # type: ignore[index]
+        out.append({"task": t.id, "series": t.series_id, "subject": t.participant, "reused": t.reused,
+                    "pipeline": p.pipeline, "pipeline_version": p.pipeline_version, "stage": p.stage,
+                    "stage_version": p.stage_version, "parameters": p.parameters,
+                    "inputs": [{"relpath": i.get("relpath"), "sha256": i.get("sha256")} for i in p.inputs],
+                    "libraries": p.libraries, "host": p.host, "runtime_seconds": p.runtime_seconds,
+                    "created_at": p.created_at, "key": p.key, "outputs": outs.get(p.id, [])})
+    return out
+
+
 def summary(db: DB, actor: Actor, heartbeat_interval: float = 5.0, newest: int = 5) -> dict[str, Any]:
     """For a dashboard: how many runs of the actor's projects are going and how many ended with failed inputs,
     and the ``newest`` runs with their counts (a few queries whatever the number of runs)."""

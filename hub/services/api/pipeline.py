@@ -1,4 +1,5 @@
-"""The INCloud API's pipeline routes: list pipelines, start a run, watch its progress, cancel it.
+"""The INCloud API's pipeline routes: list pipelines, start a run, watch its progress, read how its derivatives
+were made, cancel it.
 
 A run is started for the calling user (``custom:incloud:write`` and write on the project, checked by
 ``incloud_kernel.pipeline.runs`` through ``archive.permissions``) and driven by a background process of the
@@ -96,6 +97,15 @@ class RunHandler(PipelineHandler):
                                                                                self.heartbeat))))
 
 
+class RunProvenanceHandler(PipelineHandler):
+    """How each derivative of one run was made (``incloud_kernel.pipeline.runs.provenance_of``)."""
+
+    async def get(self, run_id: str) -> None:
+        from incloud_kernel.pipeline import runs
+
+        self.send({"items": await self.in_db(lambda db, actor: runs.provenance_of(db, actor, int(run_id)))})
+
+
 class RunCancelHandler(PipelineHandler):
     """POST: cancel a run you own (or one of a project you manage)."""
 
@@ -117,6 +127,8 @@ ROUTES: list[Route] = [
     Route("api/pipelines", PipelinesHandler, "Pipelines of this site, their stages and versions"),
     Route("api/runs", RunsHandler, "Pipeline runs you may see (GET) or start (POST {pipeline, project})"),
     Route(r"api/runs/([0-9]+)", RunHandler, "Progress of one run per stage and subject, errors and outputs per input"),
+    Route(r"api/runs/([0-9]+)/provenance", RunProvenanceHandler, "How each derivative of a run was made: versions, "
+          "parameters, input checksums, libraries and image digest, host, run time, outputs"),
     Route(r"api/runs/([0-9]+)/cancel", RunCancelHandler, "Cancel a run (POST)"),
     Route(r"runs/([0-9]+)/dashboard/(.*)", DashboardHandler, "The Dask dashboard of a running run (pages and "
           "websockets; its owner and site admins only; 404 once the run has ended)"),
