@@ -76,4 +76,3 @@ def test_playbook_syntax_and_roles() -> None:
                 used.add(".".join(parts[:2]))
     assert used <= listed, used - listed
     import ansible_collections.ansible.posix  # noqa: F401  (bundled, no Galaxy)
-    import ansible_collections.containers.podman  # noqa: F401
