@@ -5,12 +5,14 @@ with systemd and every Debian package the Ansible roles install, so the playbook
 and nothing is downloaded during a test; starts a podman network of its own and one container per node
 (``--systemd=always`` on runc, the only runtime that works on this machine's hybrid cgroups); tears them all
 down. The platform venv is a copy of the host's /opt/incloud/venv in a second cached image layer (a live overlay
-mount broke when the shared venv was reinstalled during a run).
-The shared storage is one host folder bind-mounted at the same path on every node (an in-kernel NFS server
-cannot run in an unprivileged container): the inventory says ``incloud_shared_storage: bind``.
+mount broke when the shared venv was reinstalled during a run); a thin third layer adds sshd, so Ansible reaches the
+nodes over ssh as on a real site. Compute nodes can get writable cgroup controllers for Slurm (``Node.cgroups``).
+The shared storage is one host folder bind-mounted at the same path on every node (this machine's kernel has no
+NFS client or server at all, docs/deploy.md): the inventory says ``incloud_shared_storage: bind``.
 
-What it must never do: touch podman storage other than its own (``--root`` under WORK), leave a container or
-network behind after ``close()``, or run without root.
+What it must never do: touch podman storage other than its own (``--root`` under WORK), leave a container,
+network or ssh connection behind after ``close()``, run a node ``--privileged`` (its systemd would write the host
+kernel's sysctls), or run without root.
 """
 from __future__ import annotations
 
