@@ -207,7 +207,8 @@ def test_slurm_jobs_are_confined_by_cgroups(site: Site) -> None:
     assert "ConstrainCores=yes" in conf and "ConstrainRAMSpace=yes" in conf, conf
     srun = ("head", "runuser", "-u", USER, "--", "srun", "--chdir=/tmp", "-c1", "--mem=100M")
     probe = ("cat /proc/self/cgroup; grep Cpus_allowed_list /proc/self/status; "
-             "p=$(grep :memory: /proc/self/cgroup | cut -d: -f3); cat /sys/fs/cgroup/memory${p%/step_*}/memory.limit_in_bytes")
+             "p=$(grep :memory: /proc/self/cgroup | cut -d: -f3); "
+             "cat /sys/fs/cgroup/memory${p%/step_*}/memory.limit_in_bytes")  # the job's limit, above its steps
     r = site.cluster.exec(*srun, "sh", "-c", probe, check=False)
     assert r.returncode == 0, r.stderr[-800:]
     cgroups = dict(line.split(":", 2)[1:] for line in r.stdout.splitlines() if line[:1].isdigit() and ":" in line)
