@@ -5,12 +5,14 @@ with systemd and every Debian package the Ansible roles install, so the playbook
 and nothing is downloaded during a test; starts a podman network of its own and one container per node
 (``--systemd=always`` on runc, the only runtime that works on this machine's hybrid cgroups); tears them all
 down. The platform venv is a copy of the host's /opt/incloud/venv in a second cached image layer (a live overlay
-mount broke when the shared venv was reinstalled during a run).
-The shared storage is one host folder bind-mounted at the same path on every node (an in-kernel NFS server
-cannot run in an unprivileged container): the inventory says ``incloud_shared_storage: bind``.
+mount broke when the shared venv was reinstalled during a run); a thin third layer adds sshd, so Ansible reaches the
+nodes over ssh as on a real site. Compute nodes can get writable cgroup controllers for Slurm (``Node.cgroups``).
+The shared storage is one host folder bind-mounted at the same path on every node (this machine's kernel has no
+NFS client or server at all, docs/deploy.md): the inventory says ``incloud_shared_storage: bind``.
 
-What it must never do: touch podman storage other than its own (``--root`` under WORK), leave a container or
-network behind after ``close()``, or run without root.
+What it must never do: touch podman storage other than its own (``--root`` under WORK), leave a container,
+network or ssh connection behind after ``close()``, run a node ``--privileged`` (its systemd would write the host
+kernel's sysctls), or run without root.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3",
 #: What the roles install, preinstalled so the test downloads nothing (also given to debootstrap --include).
 NODE_PACKAGES = ["postgresql", "python3-psycopg2", "orthanc", "orthanc-postgresql", "orthanc-dicomweb", "munge",
                  "slurm-client", "slurmctld", "slurmd", "nfs-common", "nodejs"]
+#: Installed in the thin top layer (ensure_ssh_image): sshd for Ansible's ssh connection, and the NFS server
+#: package the storage role's NFS branch installs (its --check run in the deploy test needs it present).
+LAYER_PACKAGES = ["openssh-server", "nfs-kernel-server"]
 #: Units that cannot work in an unprivileged container; masked so systemd reports "running", not "degraded".
 MASKED = ["proc-fs-nfsd.mount", "run-rpc_pipefs.mount", "nfs-server.service", "orthanc.service"]
 #: Bump when the recipe below changes in a way the hash of its lists does not see.
@@ -126,24 +131,47 @@ def ensure_image(log=print) -> str:  # type: ignore[no-untyped-def]
     return tag
 
 
-def ensure_venv_image(base: str, log=print) -> str:  # type: ignore[no-untyped-def]
-    """``base`` with a copy of the host's venv at /opt/incloud/venv (as images/build.sh does), keyed by the venv's
-    installed distributions: a copy, not a live mount, because the host's venv may be reinstalled mid-test."""
+def _layer(base: str, tag: str, script: str, *run_args: str, log=print) -> str:  # type: ignore[no-untyped-def]
+    """``tag``: ``base`` with ``script`` run in it (as root, systemd not booted) and committed; kept if present."""
     podman = podman_cmd()
-    site = next(VENV.glob("lib/python3*/site-packages"))
-    dists = sorted(p.name for p in site.glob("*.dist-info") if not p.name.startswith("incloud-"))
-    tag = base.split(":")[0] + "-venv:" + hashlib.sha256(json.dumps([base, dists]).encode()).hexdigest()[:16]
     if run(*podman, "image", "exists", tag, check=False).returncode == 0:
         return tag
-    log(f"building {tag}: copying {VENV} into the node image")
-    name = "icd-venv-" + secrets.token_hex(3)
+    log(f"building {tag}")
+    name = "icd-layer-" + secrets.token_hex(3)
     try:
-        run(*podman, "run", "--name", name, "--network", "none", "-v", f"{VENV}:/host-venv:ro", base,
-            "sh", "-c", f"mkdir -p {VENV.parent} && cp -a /host-venv {VENV} && chmod -R a+rX {VENV}", timeout=1800)
+        run(*podman, "run", "--name", name, *run_args, base, "sh", "-c", script, timeout=1800)
         run(*podman, "commit", "-q", "--change", 'CMD ["/sbin/init"]', name, tag, timeout=1800)
     finally:
         run(*podman, "rm", "-f", name, check=False)
     return tag
+
+
+def ensure_venv_image(base: str, log=print) -> str:  # type: ignore[no-untyped-def]
+    """``base`` with a copy of the host's venv at /opt/incloud/venv (as images/build.sh does), keyed by the venv's
+    installed distributions: a copy, not a live mount, because the host's venv may be reinstalled mid-test."""
+    site = next(VENV.glob("lib/python3*/site-packages"))
+    dists = sorted(p.name for p in site.glob("*.dist-info") if not p.name.startswith("incloud-"))
+    tag = base.split(":")[0] + "-venv:" + hashlib.sha256(json.dumps([base, dists]).encode()).hexdigest()[:16]
+    return _layer(base, tag, f"mkdir -p {VENV.parent} && cp -a /host-venv {VENV} && chmod -R a+rX {VENV}",
+                  "--network", "none", "-v", f"{VENV}:/host-venv:ro", log=log)
+
+
+def ensure_ssh_image(base: str, log=print) -> str:  # type: ignore[no-untyped-def]
+    """``base`` with sshd (Ansible's ssh connection with pipelining costs a fraction of a second per task, the
+    podman connection 2 to 4 s) and ``LAYER_PACKAGES``: a thin top layer (about a minute), so adding them did not
+    mean rebuilding the two big layers under it."""
+    tag = base.split(":")[0] + "-ssh:" + hashlib.sha256(json.dumps([base, LAYER_PACKAGES]).encode()).hexdigest()[:16]
+    script = ("set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q; "
+              # no service starts in the build container (policy-rc.d, as in ensure_image)
+              "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; "
+              f"apt-get install -y -q --no-install-recommends {' '.join(LAYER_PACKAGES)}; "
+              f"systemctl mask {' '.join(MASKED)}; rm /usr/sbin/policy-rc.d; apt-get clean; "
+              "rm -rf /var/lib/apt/lists/*; mkdir -p /var/lib/apt/lists/partial")
+    return _layer(base, tag, script, log=log)
+
+
+#: Cgroup v1 controllers Slurm's cgroup plugins write (task/cgroup: cpuset, memory; proctrack/cgroup: freezer).
+SLURM_CONTROLLERS = ("cpuset", "memory", "freezer")
 
 
 @dataclass
@@ -151,6 +179,11 @@ class Node:
     name: str
     address: str
     groups: list[str]
+    #: Writable cgroup controllers for slurmd's cgroup plugins: its own cgroup namespace (it sees only its own
+    #: subtree of the host's hierarchy), CAP_SYS_ADMIN to remount SLURM_CONTROLLERS read-write there and
+    #: CAP_SYS_NICE for task/affinity. Not --privileged: that also makes /proc/sys writable, and the node's
+    #: systemd-sysctl would then set the host kernel's global sysctls.
+    cgroups: bool = False
 
 
 @dataclass
@@ -163,21 +196,28 @@ class Cluster:
     prefix: str = field(default_factory=lambda: "icd" + secrets.token_hex(3))
     started: list[str] = field(default_factory=list)
     network: str = ""
+    ssh_key: Path | None = None
 
     def container(self, node: Node) -> str:
         return f"{self.prefix}-{node.name}"
 
-    def start(self, tag: str, subnet: str) -> None:
+    def start(self, tag: str, subnet: str, ssh_key: Path) -> None:
+        """Network and nodes; root logs in to each over ssh with ``ssh_key`` (its ``.pub`` is authorized)."""
         self.network = self.prefix + "-net"
+        self.ssh_key = ssh_key
         run(*self.podman, "network", "create", "--subnet", subnet, self.network)
         hosts = [f"--add-host={n.name}:{n.address}" for n in self.nodes]
         for node in self.nodes:
             name = self.container(node)
+            confined = ["--cgroupns", "private", "--cap-add", "SYS_ADMIN,SYS_NICE"] if node.cgroups else []
             run(*self.podman, "run", "-d", "--name", name, "--hostname", node.name, "--network", self.network,
-                "--ip", node.address, *hosts, "--systemd=always",
-                "-v", f"{NODE_PREFIX}:{NODE_PREFIX}:ro",
+                "--ip", node.address, *hosts, "--systemd=always", *confined,
+                "-v", f"{NODE_PREFIX}:{NODE_PREFIX}:ro", "-v", f"{ssh_key}.pub:/root/.ssh/authorized_keys:ro",
                 "-v", f"{self.shared}:/srv/incloud", tag, "/sbin/init")
             self.started.append(name)
+            if node.cgroups:  # runc mounts a container's v1 controllers read-only; a real node's are writable
+                self.exec(node.name, "sh", "-ec", " ".join(
+                    f"mount -o remount,bind,rw /sys/fs/cgroup/{c};" for c in SLURM_CONTROLLERS))
 
     def exec(self, node: str, *cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run(*self.podman, "exec", f"{self.prefix}-{node}", *cmd, check=check, timeout=timeout)
@@ -197,22 +237,34 @@ class Cluster:
                 time.sleep(1)
 
     def inventory(self, path: Path, extra_vars: dict) -> Path:  # type: ignore[type-arg]
-        """An Ansible inventory reaching the nodes through the podman connection plugin."""
+        """An Ansible inventory reaching the nodes over ssh as root, as on a real site (``incloud deploy`` turns
+        pipelining on; one persistent connection per node, its socket under ``control_dir``)."""
         groups: dict[str, dict] = {}  # type: ignore[type-arg]
         for node in self.nodes:
             for group in node.groups:
                 groups.setdefault(group, {"hosts": {}})["hosts"][node.name] = None
-        hostvars = {n.name: {"ansible_host": self.container(n), "incloud_address": n.address} for n in self.nodes}
+        hostvars = {n.name: {"ansible_host": n.address, "incloud_address": n.address} for n in self.nodes}
         data = {"all": {"hosts": hostvars, "children": groups, "vars": {
-            "ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_podman_executable": "podman",
-            "ansible_podman_extra_args": " ".join(self.podman[1:]), **extra_vars}}}
+            "ansible_connection": "ssh", "ansible_user": "root", "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_private_key_file": str(self.ssh_key), "ansible_control_path_dir": str(self.control_dir),
+            # the nodes' host keys are the image's and the addresses are reused: no known_hosts entries
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                       "-o LogLevel=ERROR",
+            **extra_vars}}}
         path.write_text(json.dumps(data, indent=2))
         return path
+
+    @property
+    def control_dir(self) -> Path:
+        return self.ssh_key.parent / "ssh-cp"
 
     def close(self) -> list[str]:
         """Remove every container and the network; returns what could not be removed (empty when clean)."""
         left: list[str] = []
+        # Ansible's persistent ssh connections (ControlPersist) would outlive the nodes for a minute.
+        for sock in (self.control_dir.glob("*") if self.ssh_key else []):
+            run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "node", check=False, timeout=30)
+
         def remove(*args: str) -> bool:
             try:
                 return run(*self.podman, *args, check=False, timeout=600).returncode == 0

@@ -4,12 +4,17 @@ the hub over HTTPS (verified against the test's own CA), spawns a workstation th
 compute node, a study sent with storescu to the edge is archived on the shared storage, and a second playbook
 run changes nothing. Everything is torn down after, on failure too.
 
-Known differences from a real site (docs/deploy.md): the shared storage is a bind-mounted host folder, not NFS
-(no in-kernel NFS server in an unprivileged container), and Slurm runs without cgroups (the containers' cgroup
-controllers are read-only; the role's default is cgroups on).
+Slurm runs with the role's cgroup settings (proctrack/cgroup, task/cgroup, cgroup.conf): a job sees only the
+cores and memory it asked for, and one that exceeds its memory is killed. Ansible reaches the nodes over ssh with
+pipelining, as on a real site.
+
+Known difference from a real site (docs/deploy.md): the shared storage is a bind-mounted host folder, not NFS:
+this machine's kernel has no NFS at all (CONFIG_NETWORK_FILESYSTEMS unset, no modules). The storage role's NFS
+branch gets a partial check only: a dry run (``--check --diff``) on the nodes, its exports and mounts read off.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -81,32 +86,34 @@ def deploy(site: Site, name: str) -> subprocess.CompletedProcess[str]:
 def site() -> Iterator[Site]:
     if os.geteuid() != 0:
         missing("the deploy test needs root (podman containers with systemd, debootstrap)")
-    for tool in ("podman", "runc", "debootstrap", "storescu", "openssl"):
+    for tool in ("podman", "runc", "debootstrap", "storescu", "openssl", "ssh", "ssh-keygen"):
         require_tool(tool)
     if not Path(sys.executable).with_name("ansible-playbook").exists():
         missing("ansible is not installed in this environment (pip install -c constraints.txt 'incloud[deploy]')")
     sys.path.insert(0, str(Path(__file__).parent))
-    from deploy_nodes import WORK, Cluster, Node, ensure_image, ensure_venv_image
+    from deploy_nodes import WORK, Cluster, Node, ensure_image, ensure_ssh_image, ensure_venv_image
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    tag = ensure_venv_image(ensure_image(log=log), log=log)
+    tag = ensure_ssh_image(ensure_venv_image(ensure_image(log=log), log=log), log=log)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
+    (work / "ssh").mkdir(mode=0o700)
+    key = work / "ssh" / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
     shared = work / "shared"
     shared.mkdir()
     os.chmod(shared, 0o755)
     net = f"10.89.{random.randint(100, 250)}"
     nodes = [Node("head", f"{net}.10", ["hub", "db", "dicom", "slurmctld", "storage"]),
-             Node("c1", f"{net}.11", ["compute"]), Node("c2", f"{net}.12", ["compute"])]
+             Node("c1", f"{net}.11", ["compute"], cgroups=True), Node("c2", f"{net}.12", ["compute"], cgroups=True)]
     cluster = Cluster(nodes, shared)
     try:
-        cluster.start(tag, f"{net}.0/24")
+        cluster.start(tag, f"{net}.0/24", key)
         cluster.wait_booted()
         tls = make_tls(work, nodes[0].address)
         inventory = cluster.inventory(work / "inventory.json", {
             "incloud_site_name": "Deploy test site",
             "incloud_shared_storage": "bind",
             "incloud_venv_mode": "prebuilt",
-            "incloud_slurm_cgroups": False,
             "incloud_slurm_node_cpus": 2,
             "incloud_slurm_node_memory": 2000,
             "incloud_tls_cert": str(tls["cert"]),
@@ -127,6 +134,11 @@ def site() -> Iterator[Site]:
         start = time.monotonic()
         left = cluster.close()
         print(f"teardown: containers and network removed in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        logs = WORK / "last-run-logs"  # the last run's playbook logs (task durations), kept to read after
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        for log_file in work.glob("*.log"):
+            shutil.copy(log_file, logs)
         shutil.rmtree(work, ignore_errors=True)
         assert not left, f"could not remove {left}"
 
@@ -185,6 +197,60 @@ def test_user_logs_in_over_tls_and_spawns_on_a_compute_node(site: Site) -> None:
     assert jobs and jobs[0] in ("c1", "c2") and jobs[1] == "RUNNING", jobs
     r = user.hub_api("DELETE", f"/users/{USER}/server")
     assert r.status_code in (202, 204), r.text
+
+
+def test_slurm_jobs_are_confined_by_cgroups(site: Site) -> None:
+    """The role's cgroup.conf on the compute nodes: a job asking for 1 core and 100 MB runs in its own Slurm cgroup
+    and sees one CPU and a 100 MB memory limit; a job touching more than its memory is killed (Out Of Memory)."""
+    assert site.first.returncode == 0, "first deploy failed"
+    conf = site.cluster.exec("c1", "cat", "/etc/slurm/cgroup.conf").stdout
+    assert "ConstrainCores=yes" in conf and "ConstrainRAMSpace=yes" in conf, conf
+    srun = ("head", "runuser", "-u", USER, "--", "srun", "--chdir=/tmp", "-c1", "--mem=100M")
+    probe = ("cat /proc/self/cgroup; grep Cpus_allowed_list /proc/self/status; "
+             "p=$(grep :memory: /proc/self/cgroup | cut -d: -f3); "
+             "cat /sys/fs/cgroup/memory${p%/step_*}/memory.limit_in_bytes")  # the job's limit, above its steps
+    r = site.cluster.exec(*srun, "sh", "-c", probe, check=False)
+    assert r.returncode == 0, r.stderr[-800:]
+    cgroups = dict(line.split(":", 2)[1:] for line in r.stdout.splitlines() if line[:1].isdigit() and ":" in line)
+    for controller in ("cpuset", "memory", "freezer"):  # task/cgroup (cores, memory), proctrack/cgroup (freezer)
+        assert re.match(rf"/slurm_c[12]/uid_{UID}/job_\d+/step_0", cgroups.get(controller, "")), r.stdout
+    cpus = re.search(r"Cpus_allowed_list:\s*(\S+)", r.stdout)
+    assert cpus and cpus.group(1) in ("0", "1"), r.stdout  # one of the node's two CPUs
+    assert r.stdout.split()[-1] == str(100 * 2**20), r.stdout
+    hog = site.cluster.exec(*srun, "python3", "-c", "b = bytearray(400 << 20)", check=False)
+    assert hog.returncode != 0 and "Out Of Memory" in hog.stderr, (hog.returncode, hog.stderr[-800:])
+
+
+def test_nfs_branch_partial_check(site: Site) -> None:
+    """PARTIAL CHECK of the storage role's NFS branch: this kernel has no NFS (docs/deploy.md), so the branch runs
+    as a dry run only (--check --diff, the role alone) and its rendered exports and fstab entries are read off.
+    It does not prove that the export serves or that the mount mounts."""
+    assert site.first.returncode == 0, "first deploy failed"
+    playbook = site.work / "nfs-check.yml"
+    playbook.write_text("- hosts: all\n  become: true\n  roles: [storage]\n")
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "ansible" / "roles"), ANSIBLE_PIPELINING="True",
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOCAL_TEMP=str(site.work / "tmp"))
+    r = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(site.inventory),
+                        str(playbook), "--check", "--diff", "-e", "incloud_shared_storage=nfs"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    (site.work / "nfs-check.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    tasks = {t["task"]["name"].split(" : ")[-1]: t["hosts"] for t in json.loads(r.stdout)["plays"][0]["tasks"]}
+    assert not [(n, h) for n, hs in tasks.items() for h, res in hs.items() if res.get("failed")]
+    exports = tasks["Exports"]
+    assert set(exports) == {"head"} or all(exports[h].get("skipped") for h in exports if h != "head"), exports
+    rendered = exports["head"]["diff"][0]["after"]
+    lines = [ln for ln in rendered.splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["/srv/incloud *(rw,sync,no_subtree_check,root_squash)",
+                     "/srv/incloud/home *(rw,sync,no_subtree_check,root_squash)"], rendered
+    mounts = tasks["Mount the archive and the home folders"]
+    assert mounts["head"].get("skipped"), "the storage host mounts nothing"
+    for node in ("c1", "c2"):
+        fstab = sorted(" ".join(m[k] for k in ("src", "name", "fstype", "opts", "dump", "passno"))
+                       for m in mounts[node]["results"])  # the /etc/fstab lines ansible.posix.mount would write
+        assert fstab == [f"{site.head}:/srv/incloud /srv/incloud nfs rw,hard,noatime,vers=4.2 0 0",
+                         f"{site.head}:/srv/incloud/home /home nfs rw,hard,noatime,vers=4.2 0 0"], fstab
+        assert all(m["changed"] for m in mounts[node]["results"])
 
 
 def test_study_sent_to_the_edge_is_archived_on_shared_storage(site: Site, tmp_path: Path) -> None:

@@ -76,4 +76,24 @@ def test_playbook_syntax_and_roles() -> None:
                 used.add(".".join(parts[:2]))
     assert used <= listed, used - listed
     import ansible_collections.ansible.posix  # noqa: F401  (bundled, no Galaxy)
-    import ansible_collections.containers.podman  # noqa: F401
+
+
+def test_venv_role_makes_its_folder_before_writing_into_it() -> None:
+    """The pip mode's first write is /opt/incloud/constraints.txt: on a fresh node (no /opt/incloud yet) it failed
+    with "Destination directory /opt/incloud does not exist" until a folder task came first (found in the one-off
+    pip-mode run, docs/deploy.md; the deploy test's image has /opt/incloud already, so it cannot see this)."""
+    import yaml
+
+    def flat(tasks: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        return [t for task in tasks for t in (flat(task["block"]) if "block" in task else [task])]
+
+    tasks = flat(yaml.safe_load((REPO / "ansible/roles/venv/tasks/main.yml").read_text()))
+    made: set[str] = set()
+    for task in tasks:
+        args = task.get("ansible.builtin.file") or {}
+        if args.get("state") == "directory":
+            path = Path(args["path"])
+            made |= {str(path), *map(str, path.parents)}
+        dest = (task.get("ansible.builtin.copy") or task.get("ansible.builtin.template") or {}).get("dest")
+        if dest:
+            assert str(Path(dest).parent) in made, f"task {task['name']!r} writes {dest} before its folder exists"
