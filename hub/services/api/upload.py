@@ -328,8 +328,7 @@ class TicketsHandler(UploadHandler):
             return [{"code": p.code, "name": p.name} for p in page.items
                     if actor.site_admin or permissions.allowed(permissions.role_in(db, actor, p.id), "write")]
 
-        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
-        self.send({"projects": await self.in_db(work), "lookup": LOOKUP_SCOPE in scopes})
+        self.send({"projects": await self.in_db(work), "lookup": LOOKUP_SCOPE in self.scopes})
 
     async def post(self) -> None:
         body = self.body()
@@ -401,17 +400,16 @@ class TicketHandler(UploadHandler):
         steps = {s["name"]: s["state"] for s in data.get("steps") or []}
         if data["state"] != "archived":
             return None
-        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
         wanted = []
         if steps.get("report") == "done":
             wanted.append(("cads", "the CADS report"))
         if steps.get("qc") in ("review", "done", "failed"):
             wanted.append(("qc", "the QC review"))
         wanted.append(("archive", "the archive"))
-        modules = {m.key: m.scope for m in MODULES}
+        modules = {m.key: m for m in MODULES}
         for key, title in wanted:
             board = next(d for d in DASHBOARDS if d.key == key)
-            if modules.get(board.module) is None or modules[board.module] in scopes:
+            if board.module not in modules or modules[board.module].open_to(self.scopes):
                 prefix = getattr(self.hub_auth, "hub_prefix", "/hub/") or "/hub/"
                 return {"kind": key, "title": title,
                         "url": f"{self.request.protocol}://{self.request.host}{prefix}user-redirect/"
