@@ -36,7 +36,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -212,6 +212,14 @@ class Store:
 
     def instances(self, ticket: str) -> Path:
         return private_dir(self.folder(ticket) / "instances")
+
+    def tickets(self) -> Iterator[dict[str, Any]]:
+        """Every ticket kept (none while the folder does not exist; one that cannot be read is skipped)."""
+        for path in self.root.glob("*/ticket.json") if self.root.exists() else []:
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -483,15 +491,7 @@ ROUTES: list[Route] = [
 def recent_uploads(site: Any, user: str, newest: int = 5) -> dict[str, Any]:
     """For the portal's Upload tile: the user's newest uploads (project, when, state, processing steps) and
     how many there are. Reads the ticket files (no pseudonym, no ticket id: the tile is a summary)."""
-    root = site.config.spool / "upload"
-    mine = []
-    for path in root.glob("*/ticket.json") if root.exists() else []:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("user") == user:
-            mine.append(data)
+    mine = [d for d in Store(site.config.spool / "upload").tickets() if d.get("user") == user]
     mine.sort(key=lambda d: d.get("created", 0), reverse=True)
     return {"uploads": len(mine),
             "last": [{"project": d["project"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
