@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Iterator
 
-import pytest
 import requests
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:  # type: ignore[name-defined] # noqa: F821
-    from services.hubstack import started_stack
-
-    with started_stack() as s:
-        yield s
+from test_hub_slurm import stack  # noqa: F401 - the real hub stack fixture (module scope)
 
 
 def _jobs(stack, user) -> list[str]:  # type: ignore[no-untyped-def]
@@ -31,7 +23,7 @@ def _jobs(stack, user) -> list[str]:  # type: ignore[no-untyped-def]
     return out.stdout.split()
 
 
-def test_restarting_the_hub_leaves_a_running_workstation_and_its_kernel_alive(stack) -> None:  # type: ignore
+def test_restarting_the_hub_leaves_a_running_workstation_and_its_kernel_alive(stack) -> None:  # type: ignore  # noqa: F811
     user = stack.add_user("uplift")
     stack.grant(user.name)
     user.log_in()
