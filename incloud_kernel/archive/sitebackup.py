@@ -103,8 +103,7 @@ def key_files(config: Config) -> dict[str, Path]:
     """The secret files a site needs besides its database: name in a key backup -> where the site keeps it."""
     from incloud_kernel.acquisition.keyring import key_path
 
-    site_key = Path(config.site.key_file) if config.site.key_file else config.home / "site.key"
-    return {"site.key": site_key, "registry-keys.json": key_path(config)}
+    return {"site.key": config.site_key_file, "registry-keys.json": key_path(config)}
 
 
 def _apart(a: Path, b: Path, what: str) -> None:
