@@ -373,7 +373,8 @@ def _missing_keys(config: Config, in_use: list[str]) -> list[str]:
     """Where the site should hold a key it held when the backup was taken, but does not (restore it from the
     key backup: without the site key new pseudonyms and UIDs would not match the old ones, without the registry
     key ring the sealed identities cannot be read)."""
-    cfg = config.registry
-    from_env = bool(cfg.key_env and os.environ.get(cfg.key_env))
+    from incloud_kernel.acquisition.keyring import in_environment
+
+    from_env = in_environment(config)
     return [str(path) for name, path in key_files(config).items()
             if name in in_use and not path.is_file() and not (name == "registry-keys.json" and from_env)]
