@@ -38,7 +38,7 @@ from sqlalchemy import Engine, inspect, text
 
 from incloud_kernel import __version__
 from incloud_kernel.archive import integrity, schema
-from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.archive.permissions import Actor, require_site_admin
 from incloud_kernel.archive.storage import replacing, write_synced
 from incloud_kernel.config import Config
 from incloud_kernel.db import check_reachable, get_engine
@@ -253,7 +253,7 @@ def create(site: Site, actor: Actor, dest: Path, *, keep: int = DEFAULT_KEEP, ke
     Raises PermissionDenied (not a site admin), StorageError (``dest`` not writable, full, or inside the
     archive root), DatabaseError (the dump tool failed), ValidationError (``keys_to`` overlaps ``dest``).
     """
-    integrity._require_admin(actor, "back up the site")
+    require_site_admin(actor, "back up the site")
     if keep < 1:
         raise ValidationError("keep at least one dump")
     integrity._check_roots(site.archive_root, dest)
