@@ -31,8 +31,9 @@ from typing import Callable, Iterator
 
 from sqlalchemy import select
 
-from incloud_kernel.archive.models import AuditEvent, DataFile
+from incloud_kernel.archive.models import DataFile
 from incloud_kernel.archive.permissions import Actor, require_site_admin
+from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.storage import CHUNK, TMP_PREFIX, fsync_dir, safe_relpath, sha256_file
 from incloud_kernel.db import transaction
 from incloud_kernel.quarantine import Entry, Quarantine, ReleaseFailed
@@ -52,9 +53,9 @@ def _no_progress(_done: int, _total: int) -> None:
 
 
 def _audit(site: Site, actor: Actor, action: str, object_type: str, object_id: str, **detail: object) -> None:
+    """``projects.audit`` in a transaction of its own (these operations hold no database session)."""
     with transaction(site.engine) as db:
-        db.add(AuditEvent(actor=actor.user, action=action, object_type=object_type, object_id=object_id,
-                          detail=detail))
+        audit(db, actor, action, object_type, object_id, **detail)
 
 
 # ---------------------------------------------------------------------------------------------------------------
