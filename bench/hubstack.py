@@ -231,10 +231,7 @@ class HubStack:
         state = home / "hub"
         state.mkdir(parents=True, exist_ok=True)
         self.hub_log = open(self.work / "jupyterhub.log", "wb")
-        self.hub_proc = subprocess.Popen(
-            [str(VENV / "bin" / "jupyterhub"), "-f", str(REPO / "hub" / "jupyterhub_config.py")],
-            cwd=state, env=self.env, stdout=self.hub_log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._hub_up, 60, "JupyterHub behind configurable-http-proxy")
+        self._launch_hub(60)
         wait_for(lambda: requests.get(self.api_url + "health", timeout=5).status_code == 401, 30,
                  "INCloud API service")
         # No first-come admin: the admin's password is set by the operator's command, never by sign-up.
@@ -246,6 +243,23 @@ class HubStack:
         assert self.admin.logged_in, "admin login failed"
         self.admin_token = self.admin.new_token(expires_in=3600)
         return self
+
+    def _launch_hub(self, timeout: float) -> None:
+        """Start the hub process (its own session, output to ``hub_log``) and wait until it answers."""
+        self.hub_proc = subprocess.Popen(
+            [str(VENV / "bin" / "jupyterhub"), "-f", str(REPO / "hub" / "jupyterhub_config.py")],
+            cwd=Path(self.env["INCLOUD_HOME"]) / "hub", env=self.env, stdout=self.hub_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        wait_for(self._hub_up, timeout, "JupyterHub behind configurable-http-proxy")
+
+    def restart_hub(self) -> None:
+        """Stop the hub process alone (SIGTERM, as ``systemctl restart`` does; not its session: Slurm jobs are not
+        its children anyway) and start it again with the same configuration and state, as its systemd unit
+        would (an upgrade, docs/backup.md)."""
+        assert self.hub_proc is not None
+        os.kill(self.hub_proc.pid, signal.SIGTERM)
+        self.hub_proc.wait(60)
+        self._launch_hub(90)
 
     def _hub_up(self) -> bool:
         if self.hub_proc is not None and self.hub_proc.poll() is not None:

@@ -8,7 +8,7 @@ to everybody by default.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Collection, Iterable
 
 from incloud_kernel.errors import ConfigError
 
@@ -102,6 +102,10 @@ class Module:
     scope: str | None
     built: bool = True
 
+    def open_to(self, scopes: Collection[str]) -> bool:
+        """Whether a user holding ``scopes`` sees this module (the home page, its live status, result links)."""
+        return self.scope is None or self.scope in scopes
+
 
 #: The home page's modules, in display order. Which roles see one follows from ROLE_SCOPES (one source).
 MODULES: list[Module] = [
@@ -130,5 +134,5 @@ def scopes_of(groups: Iterable[str], admin: bool = False) -> set[str]:
 def modules_for(groups: Iterable[str], admin: bool = False) -> list[Module]:
     """The modules a user with these groups sees on the home page: the built ones first, then those planned."""
     scopes = scopes_of(groups, admin)
-    shown = [m for m in MODULES if m.scope is None or m.scope in scopes]
+    shown = [m for m in MODULES if m.open_to(scopes)]
     return [m for m in shown if m.built] + [m for m in shown if not m.built]

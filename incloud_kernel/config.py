@@ -530,6 +530,12 @@ class Config:
     def library_root(self) -> Path:
         return self._root(self.library.root, "library")
 
+    @property
+    def site_key_file(self) -> Path:
+        """The site's secret key (``site.key_file``, default ``$INCLOUD_HOME/site.key``): ``Site.secret_key`` makes
+        and reads it, the site backup copies it."""
+        return Path(self.site.key_file) if self.site.key_file else self.home / "site.key"
+
     def effective(self) -> list[tuple[str, Any, str]]:
         """Every setting as (name, value, source), derived paths included."""
         rows: list[tuple[str, Any, str]] = [("home", str(self.home), self.sources.get("home", "default"))]

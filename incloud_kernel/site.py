@@ -126,7 +126,7 @@ class Site:
 
     def secret_key(self) -> bytes:
         """The site's secret key for keyed HMACs (UIDs, pseudonyms, date shifts); made once, mode 0600."""
-        path = Path(self.config.site.key_file) if self.config.site.key_file else self.config.home / "site.key"
+        path = self.config.site_key_file
         if not path.exists():
             ensure_writable_dir(path.parent, "key folder")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

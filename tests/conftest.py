@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +69,41 @@ def _postgres_database() -> Iterator[str]:
             engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def owned_databases(count: int = 1, *, password: bool = False) -> Iterator[list[str]]:
+    """``count`` fresh PostgreSQL databases owned by a new login role that is no superuser, as production runs a
+    site (its role owns its database); with ``password`` the role logs in with one, carried in the URLs. Yields
+    the URLs; afterwards the databases, the role and any engine ``incloud_kernel.db`` keeps for them are gone."""
+    from incloud_kernel import db
+
+    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL")
+    if not base:
+        missing("INCLOUD_TEST_POSTGRES_URL not set (run the suite through scripts/test.sh)")
+    role = f"o_{uuid.uuid4().hex[:10]}"
+    secret = f"pw-{role}" if password else ""
+    names = [f"{role}_{i}" for i in range(count)]
+    admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER' + (f" PASSWORD '{secret}'" if secret else "")))
+        for name in names:
+            conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{role}"'))
+    host = str(base).rsplit("@", 1)[1].rsplit("/", 1)[0]
+    login = f"{role}:{secret}" if secret else role
+    urls = [f"postgresql+psycopg://{login}@{host}/{name}" for name in names]
+    try:
+        yield urls
+    finally:
+        for url in urls:
+            engine = db._engines.pop(url, None)
+            if engine is not None:
+                engine.dispose()
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
 
 

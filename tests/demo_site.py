@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from api_thread import ACCESS, TableAuth
 from conftest import make_env
-from jupyterhub.services.auth import HubOAuth
 
-from hub.roles import API_SERVICE, scopes_of
+from hub.roles import scopes_of
 from incloud_kernel import demo
 from incloud_kernel.archive import records
 from incloud_kernel.archive.permissions import Actor
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from qc_inputs import synth_t1  # noqa: E402
 
 ADMIN = Actor.console("tester")
-ACCESS = f"access:services!service={API_SERVICE}"
 TOKENS = {f"t-{name}": {"name": name, "kind": "user", "groups": [group],
                         "scopes": sorted({ACCESS, *scopes_of([group], False)})}
           for name, group in (("researcher", "researcher"), ("reviewer", "qc_reviewer"), ("clinician", "clinician"))}
@@ -42,16 +41,9 @@ COMPUTE_ENV = {"INCLOUD_COMPUTE_WORKERS": "1", "INCLOUD_COMPUTE_MAX_ATTEMPTS": "
                "INCLOUD_COMPUTE_HEARTBEAT_INTERVAL": "1"}
 
 
-class TableAuth(HubOAuth):
-    """The hub's token check, answered from ``TOKENS`` (``Authorization: token t-<user>``)."""
-
-    async def get_user(self, handler, sync=True):  # type: ignore[no-untyped-def, override]
-        header = handler.request.headers.get("Authorization", "")
-        return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
-
-
 def table_auth() -> TableAuth:
-    return TableAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0)
+    """The hub's token check, answered from ``TOKENS`` (``Authorization: token t-<user>``)."""
+    return TableAuth(TOKENS)
 
 
 def demo_site(site: Any, tmp_path: Path) -> int:

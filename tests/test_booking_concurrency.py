@@ -4,9 +4,7 @@ released together by a barrier, ask for the same slot; the exclusion constraint 
 also a writer that skips the booking code. On SQLite the serialised write transaction does the same."""
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +12,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from conftest import missing
+from conftest import owned_databases
 from incloud_kernel import db as dbmod
 from incloud_kernel.acquisition import bookings, protocols
 from incloud_kernel.archive import records, schema
@@ -144,27 +142,10 @@ def test_postgresql_refuses_an_overlap_even_from_a_writer_that_skips_the_code(pg
 def test_a_database_owner_without_superuser_can_migrate_btree_gist_is_trusted() -> None:
     """Production sites run as the database's owner, not a superuser: CREATE EXTENSION btree_gist must work for
     it (a trusted extension from PostgreSQL 13)."""
-    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL")
-    if not base:
-        missing("INCLOUD_TEST_POSTGRES_URL not set (run the suite through scripts/test.sh)")
-    name = f"o_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER'))
-        conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{name}"'))
-    url = f"postgresql+psycopg://{name}@{base.rsplit('@', 1)[1].rsplit('/', 1)[0]}/{name}"
-    try:
+    with owned_databases() as (url,):
         engine = dbmod.get_engine(url)
         schema.upgrade(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is False
             assert conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'")).scalar() == 1
         assert schema.current_revision(engine) == schema.head_revision()
-    finally:
-        engine = dbmod._engines.pop(url, None)
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
-        admin.dispose()

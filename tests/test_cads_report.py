@@ -13,11 +13,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from api_thread import serving
-from jupyterhub.services.auth import HubOAuth
+from api_thread import ACCESS, TableAuth, serving
 
 from cads_data import ADMIN, build
-from hub.roles import API_SERVICE, scopes_of
+from hub.roles import scopes_of
 from incloud_kernel import cads
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.cads import registry, render, report
@@ -26,16 +25,9 @@ from incloud_kernel.db import transaction
 from incloud_kernel.errors import PermissionDenied
 from test_projects_cli import _capture, ok, one_line_error, run, run_process  # noqa: F401 - _capture: autouse
 
-ACCESS = f"access:services!service={API_SERVICE}"
 TOKENS = {f"t-{name}": {"name": name, "kind": "user", "groups": groups,
                         "scopes": sorted({ACCESS, *scopes_of(groups, False)})}
           for name, groups in (("cleo", ["clinician"]), ("olivia", ["researcher"]), ("carl", ["clinician"]))}
-
-
-class _TableAuth(HubOAuth):
-    async def get_user(self, handler, sync=True):  # type: ignore[no-untyped-def, override]
-        header = handler.request.headers.get("Authorization", "")
-        return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
 
 
 def _library(site: Any) -> Any:
@@ -114,7 +106,7 @@ def api(site) -> Iterator[tuple[str, Any]]:  # type: ignore[no-untyped-def]
     from hub.services.api.app import make_app
 
     frame = _library(site)
-    app = make_app(site.config, hub_auth=_TableAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0))
+    app = make_app(site.config, hub_auth=TableAuth(TOKENS))
     with serving(app) as url:
         yield url, frame
 

@@ -57,18 +57,32 @@ def test_series_can_be_named_by_id_row_or_dict() -> None:
             _series_id(bad)
 
 
-def test_a_listing_filter_may_be_called_kind(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_listing_filter_may_be_called_kind(site) -> None:  # type: ignore[no-untyped-def]
     """``client.files(kind="derivative")`` (the documented filter) once clashed with the listing's own
-    parameter name and raised TypeError; the filter now reaches the API as a query parameter."""
+    parameter name and raised TypeError; the filter now reaches the real API as a query parameter, which
+    answers the project's derivative files only (a raw file of the same session is left out)."""
+    from api_thread import ACCESS, TableAuth, serving
+
+    from hub.roles import scopes_of
+    from hub.services.api.app import make_app
+    from incloud_kernel.archive import records
+    from incloud_kernel.archive.permissions import Actor
+    from incloud_kernel.archive.projects import create_project, grant
     from incloud_kernel.client import Client
 
-    asked: list[tuple[str, dict]] = []
-
-    def answer(self, path, params=None):  # type: ignore[no-untyped-def]
-        asked.append((path, dict(params or {})))
-        return {"items": [{"relpath": "derivatives/x.nii.gz"}], "has_more": False}
-
-    monkeypatch.setattr(Client, "_json", answer)
-    frame = Client("http://h/", "t").files(project="DEMO", kind="derivative")
-    assert list(frame["relpath"]) == ["derivatives/x.nii.gz"]
-    assert asked == [("api/files", {"kind": "derivative", "project": "DEMO", "page": 1, "page_size": 500})]
+    console = Actor.console("tester")
+    with records.transaction(site) as db:
+        create_project(db, console, "DEMO", "Demo")
+        grant(db, console, "DEMO", "max", "member")
+        session = records.add_session(db, console, records.add_participant(db, console, "DEMO", "P01"), "1")
+        series = records.add_series(db, console, session, "anat", "T1w").id
+        derivative = records.add_derivative(db, console, session, "toy", "1").id
+    records.add_files(site, console, series, {"json": b"{}"})
+    derived = records.add_files(site, console, derivative, {"anat/desc-brain_mask.json": b"{}"}, derivative=True)
+    tokens = {"t-max": {"name": "max", "kind": "user", "groups": ["researcher"],
+                        "scopes": sorted({ACCESS, *scopes_of(["researcher"], False)})}}
+    with serving(make_app(site.config, hub_auth=TableAuth(tokens))) as url:
+        frame = Client(url, "t-max").files(project="DEMO", kind="derivative")
+    assert list(frame["relpath"]) == [derived[0].relpath]
+    assert derived[0].relpath.startswith("derivatives/toy-1/sub-P01/ses-1/anat/")

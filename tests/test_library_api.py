@@ -12,26 +12,18 @@ from typing import Any, Iterator
 
 import pandas as pd
 import pytest
-from api_thread import serving
-from jupyterhub.services.auth import HubOAuth
+from api_thread import ACCESS, TableAuth, serving
 
-from hub.roles import API_SERVICE, scopes_of
+from hub.roles import scopes_of
 from incloud_kernel.client import Client
 from incloud_kernel.errors import NotFound, PermissionDenied, ValidationError
 from library_data import build, expected
 from test_projects_cli import _capture, ok, one_line_error, run, run_process  # noqa: F401 - _capture: autouse
 
-ACCESS = f"access:services!service={API_SERVICE}"
 TOKENS = {f"t-{name}": {"name": name, "kind": "user", "groups": groups,
                         "scopes": sorted({ACCESS, *scopes_of(groups, False)})}
           for name, groups in (("max", ["researcher"]), ("bert", ["researcher"]), ("olivia", ["researcher"]),
                                ("eve", ["researcher"]), ("cli", ["clinician"]))}
-
-
-class _TableAuth(HubOAuth):
-    async def get_user(self, handler, sync=True):  # type: ignore[no-untyped-def, override]
-        header = handler.request.headers.get("Authorization", "")
-        return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def api(site) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from hub.services.api.app import make_app
 
     build(site)
-    app = make_app(site.config, hub_auth=_TableAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0))
+    app = make_app(site.config, hub_auth=TableAuth(TOKENS))
     with serving(app) as url:
         yield url
 

@@ -126,12 +126,13 @@ def test_a_table_without_permission_is_refused_and_republishing_refreshes(lib, t
 
 
 def test_catalog_through_the_api_and_the_workstation_function(lib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from test_library_api import _TableAuth, ACCESS, serving  # the API test's token table
+    from api_thread import TableAuth, serving
+    from test_library_api import TOKENS  # the API test's token table
     from hub.services.api.app import make_app
     from incloud_kernel.client import Client
     from incloud_kernel.features import catalog as open_catalog
 
-    app = make_app(lib.config, hub_auth=_TableAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0))
+    app = make_app(lib.config, hub_auth=TableAuth(TOKENS))
     name = catalog.table_name("SCZA", "features", "1")
     with serving(app) as url:
         max_, eve, olivia = Client(url, "t-max"), Client(url, "t-eve"), Client(url, "t-olivia")

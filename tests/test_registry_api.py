@@ -13,18 +13,15 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from api_thread import serving
-from jupyterhub.services.auth import HubOAuth
+from api_thread import ACCESS, TableAuth, serving
 
-from hub.roles import API_SERVICE, scopes_of
+from hub.roles import scopes_of
 from incloud_kernel.archive import projects
 from incloud_kernel.archive.permissions import Actor
 from incloud_kernel.client import Client
 from incloud_kernel.db import transaction
 from incloud_kernel.errors import PermissionDenied, ValidationError
 from registry_data import PEOPLE, find_leaks
-
-ACCESS = f"access:services!service={API_SERVICE}"
 
 
 def _model(name: str, groups: list[str], admin: bool = False, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -40,14 +37,6 @@ TOKENS: dict[str, dict[str, Any]] = {
 }
 
 
-class TableHubAuth(HubOAuth):
-    """HubOAuth whose token check is a table lookup (everything after it is the real service)."""
-
-    async def get_user(self, handler, sync=True):  # type: ignore[no-untyped-def, override]
-        header = handler.request.headers.get("Authorization", "")
-        return TOKENS.get(header.split(" ", 1)[-1]) if header.startswith("token ") else None
-
-
 @pytest.fixture
 def api(site) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from hub.services.api.app import make_app
@@ -56,7 +45,7 @@ def api(site) -> Iterator[str]:  # type: ignore[no-untyped-def]
     with transaction(site.engine) as db:
         projects.create_project(db, console, "DEMO", owner="olivia")
         projects.grant(db, console, "DEMO", "max", "member")
-    auth = TableHubAuth(api_token="unused", access_scopes={ACCESS}, cache_max_age=0)
+    auth = TableAuth(TOKENS)
     app = make_app(site.config, hub_auth=auth)
     with serving(app) as url:
         yield url

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from archive_data import ADMIN, populate
-from conftest import make_env
+from conftest import make_env, owned_databases
 from incloud_kernel import db as dbmod
 from incloud_kernel.acquisition import registry
 from incloud_kernel.archive import projects, schema, sitebackup
@@ -173,20 +173,7 @@ def test_backup_to_an_unwritable_target_is_one_line(site: Site, site_env: dict[s
 def test_postgres_backup_and_restore_as_an_unprivileged_role_with_a_password(tmp_path: Path) -> None:
     """As production runs it: the site's role owns its database but is no superuser, and logs in with a
     password (handed to pg_dump/pg_restore in PGPASSWORD, never on their command line)."""
-    import uuid
-
-    from conftest import missing
-
-    base = os.environ.get("INCLOUD_TEST_POSTGRES_URL") or missing("INCLOUD_TEST_POSTGRES_URL not set")
-    admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
-    role = f"r{uuid.uuid4().hex[:10]}"
-    host = str(base).split("@", 1)[1].rsplit("/", 1)[0]
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {role} LOGIN NOSUPERUSER PASSWORD 'pw-{role}'"))
-        for suffix in ("live", "new"):
-            conn.execute(text(f'CREATE DATABASE "{role}{suffix}" OWNER {role}'))
-    urls = [f"postgresql+psycopg://{role}:pw-{role}@{host}/{role}{suffix}" for suffix in ("live", "new")]
-    try:
+    with owned_databases(2, password=True) as urls:
         env = make_env(tmp_path / "home", urls[0])
         site = Site.open(load_config(env=env), migrate=True)
         site.ensure_roots()
@@ -196,16 +183,6 @@ def test_postgres_backup_and_restore_as_an_unprivileged_role_with_a_password(tmp
         assert report.complete and report.revision_now == schema.head_revision()
         restored = Site.open(load_config(env={**env, "INCLOUD_DATABASE_URL": urls[1]}))
         assert state(restored) == state(site)
-    finally:
-        for url in urls:
-            engine = dbmod._engines.pop(url, None)
-            if engine is not None:
-                engine.dispose()
-        with admin.connect() as conn:
-            for suffix in ("live", "new"):
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{role}{suffix}" WITH (FORCE)'))
-            conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
-        admin.dispose()
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

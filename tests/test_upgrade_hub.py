@@ -10,21 +10,11 @@ proxy, whose routes the restarted hub re-synced from its database. On the old co
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-from pathlib import Path
-from typing import Iterator
 
-import pytest
 import requests
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["HubStack"]:  # type: ignore[name-defined] # noqa: F821
-    from services.hubstack import started_stack
-
-    with started_stack() as s:
-        yield s
+from test_hub_slurm import stack  # noqa: F401 - the real hub stack fixture (module scope)
 
 
 def _jobs(stack, user) -> list[str]:  # type: ignore[no-untyped-def]
@@ -33,20 +23,7 @@ def _jobs(stack, user) -> list[str]:  # type: ignore[no-untyped-def]
     return out.stdout.split()
 
 
-def _restart_hub(stack) -> None:  # type: ignore[no-untyped-def]
-    """Stop the hub process alone (not its session: the Slurm jobs are not its children anyway) and start it
-    again with the same configuration and state, as the hub's systemd unit would."""
-    from services.hubstack import wait_for
-
-    old = stack.hub_proc
-    os.kill(old.pid, signal.SIGTERM)
-    old.wait(60)
-    stack.hub_proc = subprocess.Popen(list(old.args), cwd=Path(stack.env["INCLOUD_HOME"]) / "hub", env=stack.env,
-                                      stdout=stack.hub_log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(stack._hub_up, 90, "the restarted JupyterHub behind its proxy")
-
-
-def test_restarting_the_hub_leaves_a_running_workstation_and_its_kernel_alive(stack) -> None:  # type: ignore
+def test_restarting_the_hub_leaves_a_running_workstation_and_its_kernel_alive(stack) -> None:  # type: ignore  # noqa: F811
     user = stack.add_user("uplift")
     stack.grant(user.name)
     user.log_in()
@@ -61,7 +38,7 @@ def test_restarting_the_hub_leaves_a_running_workstation_and_its_kernel_alive(st
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
 
-    _restart_hub(stack)
+    stack.restart_hub()  # as ansible/upgrade.yml does after the migrations
 
     assert _jobs(stack, user) == jobs  # the same Slurm job, never cancelled
     state = stack.hub("GET", f"/users/{user.name}").json()

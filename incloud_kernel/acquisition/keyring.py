@@ -150,6 +150,13 @@ def key_path(config: object) -> Path:
     return Path(cfg.key_file).expanduser() if cfg.key_file else config.home / "registry" / "keys.json"  # type: ignore
 
 
+def in_environment(config: object) -> bool:
+    """Whether the key ring comes from the environment variable named by ``[registry] key_env`` (set and not
+    empty): then the site has no key file to keep."""
+    cfg = config.registry  # type: ignore[attr-defined]
+    return bool(cfg.key_env and os.environ.get(cfg.key_env))
+
+
 def load(config: object, *, create: bool = False) -> Keyring:
     """The key ring: from the environment variable named by ``[registry] key_env`` if set, else the key file.
 
@@ -157,7 +164,7 @@ def load(config: object, *, create: bool = False) -> Keyring:
     caller checks). A missing file is a one-line ``RegistryKeyError`` naming the path, never a traceback.
     """
     cfg = config.registry  # type: ignore[attr-defined]
-    if cfg.key_env and os.environ.get(cfg.key_env):
+    if in_environment(config):
         return _parse(os.environ[cfg.key_env], f"environment variable {cfg.key_env}", None)
     path = key_path(config)
     try:

@@ -31,12 +31,13 @@ from typing import Callable, Iterator
 
 from sqlalchemy import select
 
-from incloud_kernel.archive.models import AuditEvent, DataFile
-from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.archive.models import DataFile
+from incloud_kernel.archive.permissions import Actor, require_site_admin
+from incloud_kernel.archive.projects import audit
 from incloud_kernel.archive.storage import CHUNK, TMP_PREFIX, fsync_dir, safe_relpath, sha256_file
 from incloud_kernel.db import transaction
 from incloud_kernel.quarantine import Entry, Quarantine, ReleaseFailed
-from incloud_kernel.errors import NotFound, PermissionDenied, StorageError, ValidationError
+from incloud_kernel.errors import NotFound, StorageError, ValidationError
 from incloud_kernel.site import Site
 
 #: Called as ``progress(done, total)`` in bytes while hashing or copying, for a progress bar.
@@ -51,15 +52,10 @@ def _no_progress(_done: int, _total: int) -> None:
     return None
 
 
-def _require_admin(actor: Actor, what: str) -> None:
-    if not actor.site_admin:
-        raise PermissionDenied(f"only a site admin may {what}")
-
-
 def _audit(site: Site, actor: Actor, action: str, object_type: str, object_id: str, **detail: object) -> None:
+    """``projects.audit`` in a transaction of its own (these operations hold no database session)."""
     with transaction(site.engine) as db:
-        db.add(AuditEvent(actor=actor.user, action=action, object_type=object_type, object_id=object_id,
-                          detail=detail))
+        audit(db, actor, action, object_type, object_id, **detail)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +192,7 @@ def sweep(site: Site, actor: Actor, *, grace_seconds: float = DEFAULT_GRACE_SECO
     ``grace_seconds`` (>= 0): only leftovers whose modification time is at least this old are touched.
     Raises PermissionDenied for non-admins and StorageError when the archive or quarantine cannot be written.
     """
-    _require_admin(actor, "sweep the archive")
+    require_site_admin(actor, "sweep the archive")
     if grace_seconds < 0:
         raise ValidationError("grace period must be 0 seconds or more")
     root = site.archive_root
@@ -284,7 +280,7 @@ def verify(site: Site, actor: Actor, *, progress: Progress | None = None) -> Ver
     after verification started are not called extra (a writer may be about to commit their row).
     Raises PermissionDenied for non-admins and StorageError when the archive root is absent.
     """
-    _require_admin(actor, "verify the archive")
+    require_site_admin(actor, "verify the archive")
     progress = progress or _no_progress
     root = site.archive_root
     if not root.is_dir():
@@ -394,7 +390,7 @@ def backup(site: Site, actor: Actor, *, full: bool = False, progress: Progress |
     hash changed. Files removed from the archive are kept in the backup (a backup never loses data).
     Raises PermissionDenied for non-admins, StorageError when a root is unusable or full.
     """
-    _require_admin(actor, "back up the archive")
+    require_site_admin(actor, "back up the archive")
     progress = progress or _no_progress
     root, broot = site.archive_root, backup_root or site.config.backup_root
     if not root.is_dir():
@@ -486,7 +482,7 @@ def restore(site: Site, actor: Actor, relpaths: list[str] | None = None, *,
     Raises ValidationError for unsafe paths (``..``, absolute), NotFound for a path without a row,
     PermissionDenied for non-admins, StorageError when the archive root cannot be written (read-only, full).
     """
-    _require_admin(actor, "restore archive files")
+    require_site_admin(actor, "restore archive files")
     progress = progress or _no_progress
     root, broot = site.archive_root, backup_root or site.config.backup_root
     rows = _rows(site)
@@ -543,7 +539,7 @@ def release_archive(site: Site, actor: Actor, entry: Entry) -> str:
     else would adopt a file without a row (see the module docstring). A damaged copy (from ``restore``) is
     never put back. Raises ReleaseFailed (value-free reason, the entry stays) and PermissionDenied.
     """
-    _require_admin(actor, "release archive files from the quarantine")
+    require_site_admin(actor, "release archive files from the quarantine")
     if entry.release.get("kind") != "orphan":
         raise ReleaseFailed("a damaged copy is never put back (the archive holds the restored one): purge it")
     rows = _rows(site)

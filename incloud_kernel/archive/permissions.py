@@ -210,6 +210,13 @@ def _check(db: DB, actor: Actor, project: Project, action: Action) -> None:
         )
 
 
+def require_site_admin(actor: Actor, what: str) -> None:
+    """PermissionDenied (one line: "only a site admin may <what>") unless ``actor`` is a site admin: the check
+    of every site-wide operation (projects and admins, archive verify/backup/restore/sweep, the site backup)."""
+    if not actor.site_admin:
+        raise PermissionDenied(f"only a site admin may {what}")
+
+
 def require(db: DB, actor: Actor, project: int | str | Project, action: Action | str = Action.read) -> Project:
     """The project if the actor may do ``action`` in it.
 

@@ -23,9 +23,9 @@ from incloud_kernel.archive.models import (
     Role,
     SiteAdmin,
 )
-from incloud_kernel.archive.permissions import Action, Actor, require
+from incloud_kernel.archive.permissions import Action, Actor, require, require_site_admin
 from incloud_kernel.archive.storage import check_label
-from incloud_kernel.errors import NotFound, PermissionDenied, ValidationError
+from incloud_kernel.errors import NotFound, ValidationError
 
 #: User and group names as the hub supplies them (JupyterHub-normalised names are a subset of this).
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
@@ -90,11 +90,6 @@ def _kind(kind: str | PrincipalKind) -> str:
     return value
 
 
-def _require_admin(actor: Actor, what: str) -> None:
-    if not actor.site_admin:
-        raise PermissionDenied(f"only a site admin may {what}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 
 def create_project(db: DB, actor: Actor, code: str, name: str = "", description: str = "",
@@ -104,7 +99,7 @@ def create_project(db: DB, actor: Actor, code: str, name: str = "", description:
     Raises ValidationError for a non-BIDS-safe or duplicate code (nothing is stored) and PermissionDenied
     for non-admins.
     """
-    _require_admin(actor, "create projects")
+    require_site_admin(actor, "create projects")
     check_code(code)
     name = _check_text(name, "project name", MAX_NAME)
     description = _check_text(description, "project description", MAX_DESCRIPTION)
@@ -176,7 +171,7 @@ def revoke(db: DB, actor: Actor, project: int | str | Project, principal: str,
 
 def add_site_admin(db: DB, actor: Actor, user: str) -> None:
     """Make ``user`` a site admin (only site admins, or the console, may). Idempotent."""
-    _require_admin(actor, "add site admins")
+    require_site_admin(actor, "add site admins")
     check_principal(user)
     if db.get(SiteAdmin, user) is None:
         db.add(SiteAdmin(principal=user))
@@ -186,7 +181,7 @@ def add_site_admin(db: DB, actor: Actor, user: str) -> None:
 
 def remove_site_admin(db: DB, actor: Actor, user: str) -> None:
     """Take away ``user``'s site-admin flag. NotFound if it had none."""
-    _require_admin(actor, "remove site admins")
+    require_site_admin(actor, "remove site admins")
     row = db.get(SiteAdmin, user)
     if row is None:
         raise NotFound(f"user {user} is not a site admin")
@@ -196,13 +191,13 @@ def remove_site_admin(db: DB, actor: Actor, user: str) -> None:
 
 
 def list_site_admins(db: DB, actor: Actor) -> list[str]:
-    _require_admin(actor, "list site admins")
+    require_site_admin(actor, "list site admins")
     return list(db.scalars(select(SiteAdmin.principal).order_by(SiteAdmin.principal)))
 
 
 def add_group_member(db: DB, actor: Actor, group: str, user: str) -> None:
     """Put ``user`` in ``group`` (site admins only; the hub will supply groups later). Idempotent."""
-    _require_admin(actor, "change group membership")
+    require_site_admin(actor, "change group membership")
     check_principal(group, "group name")
     check_principal(user)
     if db.get(GroupMember, (group, user)) is None:
@@ -212,7 +207,7 @@ def add_group_member(db: DB, actor: Actor, group: str, user: str) -> None:
 
 
 def remove_group_member(db: DB, actor: Actor, group: str, user: str) -> None:
-    _require_admin(actor, "change group membership")
+    require_site_admin(actor, "change group membership")
     row = db.get(GroupMember, (group, user))
     if row is None:
         raise NotFound(f"user {user} is not in group {group}")

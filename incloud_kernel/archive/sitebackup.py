@@ -38,7 +38,8 @@ from sqlalchemy import Engine, inspect, text
 
 from incloud_kernel import __version__
 from incloud_kernel.archive import integrity, schema
-from incloud_kernel.archive.permissions import Actor
+from incloud_kernel.archive.permissions import Actor, require_site_admin
+from incloud_kernel.archive.storage import replacing, write_synced
 from incloud_kernel.config import Config
 from incloud_kernel.db import check_reachable, get_engine
 from incloud_kernel.errors import DatabaseError, StorageError, ValidationError
@@ -102,8 +103,7 @@ def key_files(config: Config) -> dict[str, Path]:
     """The secret files a site needs besides its database: name in a key backup -> where the site keeps it."""
     from incloud_kernel.acquisition.keyring import key_path
 
-    site_key = Path(config.site.key_file) if config.site.key_file else config.home / "site.key"
-    return {"site.key": site_key, "registry-keys.json": key_path(config)}
+    return {"site.key": config.site_key_file, "registry-keys.json": key_path(config)}
 
 
 def _apart(a: Path, b: Path, what: str) -> None:
@@ -113,14 +113,9 @@ def _apart(a: Path, b: Path, what: str) -> None:
 
 
 def _copy_private(src: Path, dst: Path) -> None:
-    """Copy a secret file, 0600 from the moment it exists, renamed into place."""
-    tmp = dst.with_name(f".incloud-tmp-{os.getpid()}-{dst.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(src.read_bytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    """Copy a secret file, 0600 from the moment it exists (``storage.replacing``), renamed into place."""
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def save_keys(config: Config, keys_to: Path, dest: Path) -> list[str]:
@@ -205,36 +200,28 @@ def _dump_sqlite(path: Path, target: Path) -> dict[str, str]:
         dst.close()
 
 
-def dump_database(site: Site, folder: Path, stamp: str) -> tuple[Path, dict[str, str]]:
-    """Write one consistent dump into ``folder`` (0600, renamed into place when complete); returns its path and
-    the (relpath -> SHA-256) of every data_file row it holds."""
+def dump_database(site: Site, folder: Path, stamp: str) -> tuple[Path, dict[str, str], dict[str, Any]]:
+    """Write one consistent dump into ``folder`` (0600, renamed into place when complete); returns its path,
+    the (relpath -> SHA-256) of every data_file row it holds and the metadata written beside it (``.json``)."""
     sqlite_path = site.sqlite_path
     backend = "sqlite" if sqlite_path is not None else site.engine.url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise DatabaseError(f"cannot back up a {backend} database (SQLite file or PostgreSQL only)")
     final = folder / f"{PREFIX}{stamp}.{'sqlite' if backend == 'sqlite' else 'dump'}"
-    tmp = folder / f".incloud-tmp-{os.getpid()}-{final.name}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
-        if sqlite_path is not None:  # an empty file is an empty SQLite database: the copy is 0600 throughout
-            rows = _dump_sqlite(sqlite_path, tmp)
-        else:
-            rows = _dump_postgres(site.engine, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        with replacing(final) as tmp:  # an empty 0600 file; an empty file is an empty SQLite database
+            if sqlite_path is not None:
+                rows = _dump_sqlite(sqlite_path, tmp)
+            else:
+                rows = _dump_postgres(site.engine, tmp)
     except OSError as exc:
         raise StorageError(f"cannot write the database dump into {folder}: "
                            f"{exc.strerror or type(exc).__name__}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     meta = {"backend": backend, "revision": schema.current_revision(site.engine), "incloud": __version__,
             "rows": len(rows), "created": stamp,
             "keys_in_use": sorted(name for name, path in key_files(site.config).items() if path.is_file())}
-    fd = os.open(folder / f"{final.name}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(meta, indent=2) + "\n")
-    return final, rows
+    write_synced(folder / f"{final.name}.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return final, rows, meta
 
 
 def dumps(dest: Path) -> list[Path]:
@@ -266,7 +253,7 @@ def create(site: Site, actor: Actor, dest: Path, *, keep: int = DEFAULT_KEEP, ke
     Raises PermissionDenied (not a site admin), StorageError (``dest`` not writable, full, or inside the
     archive root), DatabaseError (the dump tool failed), ValidationError (``keys_to`` overlaps ``dest``).
     """
-    integrity._require_admin(actor, "back up the site")
+    require_site_admin(actor, "back up the site")
     if keep < 1:
         raise ValidationError("keep at least one dump")
     integrity._check_roots(site.archive_root, dest)
@@ -278,13 +265,13 @@ def create(site: Site, actor: Actor, dest: Path, *, keep: int = DEFAULT_KEEP, ke
     if (folder / f"{PREFIX}{stamp}.dump").exists() or (folder / f"{PREFIX}{stamp}.sqlite").exists():
         time.sleep(1.0)  # two runs in one second: keep both
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dump, rows = dump_database(site, folder, stamp)
+    dump, rows, meta = dump_database(site, folder, stamp)
     mirror = integrity.backup(site, actor, progress=progress, backup_root=dest)
     manifest = integrity.read_manifest(dest)
     changed = sorted(rel for rel, sha in rows.items() if manifest.get(rel) != sha)
-    report = SiteBackupReport(dest=str(dest), dump=str(dump), backend=json.loads(
-        dump.with_name(dump.name + ".json").read_text())["backend"], revision=schema.current_revision(site.engine)
-        or "", rows=len(rows), archive=mirror.to_dict(), changed=changed)
+    report = SiteBackupReport(dest=str(dest), dump=str(dump), backend=meta["backend"],
+                              revision=meta["revision"] or "", rows=len(rows), archive=mirror.to_dict(),
+                              changed=changed)
     report.pruned = prune(dest, keep)
     if keys_to is not None:
         report.keys_copied = save_keys(site.config, keys_to, dest)
@@ -386,7 +373,8 @@ def _missing_keys(config: Config, in_use: list[str]) -> list[str]:
     """Where the site should hold a key it held when the backup was taken, but does not (restore it from the
     key backup: without the site key new pseudonyms and UIDs would not match the old ones, without the registry
     key ring the sealed identities cannot be read)."""
-    cfg = config.registry
-    from_env = bool(cfg.key_env and os.environ.get(cfg.key_env))
+    from incloud_kernel.acquisition.keyring import in_environment
+
+    from_env = in_environment(config)
     return [str(path) for name, path in key_files(config).items()
             if name in in_use and not path.is_file() and not (name == "registry-keys.json" and from_env)]

@@ -78,7 +78,7 @@ def _run_step(site: Any, db: Any, run_id: int, record: dict[str, Any]) -> tuple[
 def advance(site: Any, user: str, project: str, series_ids: list[int], record: dict[str, Any]) -> list[dict[str, Any]]:
     """Start what is due for the archived study (``series_ids`` of ``project``, uploaded by ``user``) and
     return its steps. ``record`` (kept by the caller between calls) holds ``qc_run`` and ``features_run``."""
-    from incloud_kernel.archive.models import PipelineTask, Project, Series
+    from incloud_kernel.archive.models import PipelineTask, Series
     from incloud_kernel.archive.permissions import Actor
     from incloud_kernel.cads import registry as models
     from incloud_kernel.db import session_factory
@@ -131,9 +131,8 @@ def advance(site: Any, user: str, project: str, series_ids: list[int], record: d
             return [asdict(s) for s in steps + [Step("report", "unavailable", "no CADS model at this site yet")]]
         from incloud_kernel.cads import report
 
-        project_row = db.scalar(select(Project).where(Project.code == project))
         ready = sorted(int(r["series"]) for r in report.available(site, db, actor)
-                       if r["project"] == (project_row.code if project_row else project) and int(r["series"]) in done)
+                       if r["project"] == project and int(r["series"]) in done)
         record["report_series"] = ready
         if not ready:
             return [asdict(s) for s in steps + [Step("report", "waiting", "the features are not in the library yet")]]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from incloud_kernel.ingest.followup import SETTLED
+
 from incloud_uploader import prepare, send
 from incloud_uploader.scan import FoundSeries
 
@@ -206,10 +208,7 @@ def lookup_identity(patient: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-#: Step states after which a step changes no more.
-ENDED = ("done", "failed", "skipped", "unavailable")
-
-
 def ended(steps: list[dict[str, Any]]) -> bool:
-    """True when every processing step is at an end (no steps: an upload that was not archived)."""
-    return all(s.get("state") in ENDED for s in steps)
+    """True when every processing step is at an end (the server's ``followup.SETTLED``; no steps: an upload that
+    was not archived). Unlike ``followup.settled`` a QC review is not an end: the page keeps looking, less often."""
+    return all(s.get("state") in SETTLED for s in steps)

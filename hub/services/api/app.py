@@ -94,9 +94,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             message = exc.log_message
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    @property
+    def scopes(self) -> set[str]:
+        """The scopes the caller's token holds (the hub's user model, read in ``prepare``)."""
+        return set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
+
     def require_scope(self, scope: str) -> None:
         """403 unless the caller's token holds ``scope`` (for a route whose methods need different scopes)."""
-        if scope not in set(self.current_user.get("scopes", [])):  # type: ignore[union-attr]
+        if scope not in self.scopes:
             raise web.HTTPError(403, reason=f"token lacks scope {scope}")
 
     def body(self) -> dict[str, Any]:
@@ -284,7 +289,7 @@ class PortalStatusHandler(BaseHandler):
     """The home page's live module status for the caller (JSON; ``hub.services.api.portal``)."""
 
     async def status(self) -> dict[str, Any]:
-        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
+        scopes = self.scopes
         hub_ok = "custom:incloud:admin" in scopes and await _hub_answers(self.hub_auth.api_url)
         return await self.in_db(lambda db, actor: portal.status(db, actor, self.api.site, scopes, hub_ok))
 

@@ -150,7 +150,7 @@ def status(db: Any, actor: Actor, site: Site, scopes: set[str], hub_ok: bool = T
     """Status of every module the scopes open; modules not built yet get ``{"built": false}``."""
     out: dict[str, Any] = {}
     for module in MODULES:
-        if module.scope is not None and module.scope not in scopes:
+        if not module.open_to(scopes):
             continue
         if not module.built:
             out[module.key] = {"built": False}

@@ -36,7 +36,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -213,6 +213,14 @@ class Store:
     def instances(self, ticket: str) -> Path:
         return private_dir(self.folder(ticket) / "instances")
 
+    def tickets(self) -> Iterator[dict[str, Any]]:
+        """Every ticket kept (none while the folder does not exist; one that cannot be read is skipped)."""
+        for path in self.root.glob("*/ticket.json") if self.root.exists() else []:
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -328,8 +336,7 @@ class TicketsHandler(UploadHandler):
             return [{"code": p.code, "name": p.name} for p in page.items
                     if actor.site_admin or permissions.allowed(permissions.role_in(db, actor, p.id), "write")]
 
-        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
-        self.send({"projects": await self.in_db(work), "lookup": LOOKUP_SCOPE in scopes})
+        self.send({"projects": await self.in_db(work), "lookup": LOOKUP_SCOPE in self.scopes})
 
     async def post(self) -> None:
         body = self.body()
@@ -401,17 +408,16 @@ class TicketHandler(UploadHandler):
         steps = {s["name"]: s["state"] for s in data.get("steps") or []}
         if data["state"] != "archived":
             return None
-        scopes = set(self.current_user.get("scopes", []))  # type: ignore[union-attr]
         wanted = []
         if steps.get("report") == "done":
             wanted.append(("cads", "the CADS report"))
         if steps.get("qc") in ("review", "done", "failed"):
             wanted.append(("qc", "the QC review"))
         wanted.append(("archive", "the archive"))
-        modules = {m.key: m.scope for m in MODULES}
+        modules = {m.key: m for m in MODULES}
         for key, title in wanted:
             board = next(d for d in DASHBOARDS if d.key == key)
-            if modules.get(board.module) is None or modules[board.module] in scopes:
+            if board.module not in modules or modules[board.module].open_to(self.scopes):
                 prefix = getattr(self.hub_auth, "hub_prefix", "/hub/") or "/hub/"
                 return {"kind": key, "title": title,
                         "url": f"{self.request.protocol}://{self.request.host}{prefix}user-redirect/"
@@ -485,15 +491,7 @@ ROUTES: list[Route] = [
 def recent_uploads(site: Any, user: str, newest: int = 5) -> dict[str, Any]:
     """For the portal's Upload tile: the user's newest uploads (project, when, state, processing steps) and
     how many there are. Reads the ticket files (no pseudonym, no ticket id: the tile is a summary)."""
-    root = site.config.spool / "upload"
-    mine = []
-    for path in root.glob("*/ticket.json") if root.exists() else []:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("user") == user:
-            mine.append(data)
+    mine = [d for d in Store(site.config.spool / "upload").tickets() if d.get("user") == user]
     mine.sort(key=lambda d: d.get("created", 0), reverse=True)
     return {"uploads": len(mine),
             "last": [{"project": d["project"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
