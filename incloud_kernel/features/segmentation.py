@@ -68,7 +68,7 @@ def keep_brain_tissue(probseg: dict[str, np.ndarray], core: np.ndarray) -> dict[
     kept = np.unique(components[tissue & core])
     brain_tissue = np.isin(components, kept[kept > 0])
     out = dict(probseg)
-    drop = ~brain_tissue
+    drop = tissue & ~brain_tissue  # only the cut-off tissue: CSF voxels keep their partial grey matter
     out["CSF"] = np.where(drop, probseg["CSF"] + probseg["GM"] + probseg["WM"], probseg["CSF"]).astype(np.float32)
     out["GM"] = np.where(drop, 0.0, probseg["GM"]).astype(np.float32)
     out["WM"] = np.where(drop, 0.0, probseg["WM"]).astype(np.float32)
