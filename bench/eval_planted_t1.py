@@ -9,7 +9,9 @@ segmentation summed over the generator's *own* region (the voxels whose MNI poin
 affine, lies in the ellipsoid) instead of the atlas pulled back by the pipeline's registration: the difference
 between the two is the registration's share of the error.
 
-  PYTHONPATH=. /opt/incloud/venv/bin/python bench/eval_planted_t1.py [--mm 2] [--out FOLDER]
+  PYTHONPATH=. /opt/incloud/venv/bin/python bench/eval_planted_t1.py [--mm 2] [--out FOLDER] [--margin MM]
+
+``--margin`` sets ``features.t1.BRAIN_MARGIN_MM`` for the run (the figures must not depend on it: session 8).
 
 Evaluation only: never used by the product; writes only under ``--out`` (default a temporary folder, removed).
 """
@@ -62,7 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mm", type=float, default=2.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--margin", type=float, help="brain-mask margin (mm); default features.t1's")
     args = parser.parse_args()
+    from incloud_kernel.features import t1 as t1_module
+
+    if args.margin is not None:
+        t1_module.BRAIN_MARGIN_MM = args.margin
     out = args.out or Path(tempfile.mkdtemp(prefix="planted-"))
     out.mkdir(parents=True, exist_ok=True)
     image, labels = atrophy.regions_label_image(REGIONS)
@@ -96,7 +103,7 @@ def main() -> None:
         row["thinning_met"] = abs(row["thinning_mm"] - row["truth_thinning_mm"]) < 0.2 if t["kind"] == "thinning" else None
         rows.append(row)
         print(json.dumps(row))
-    print(json.dumps({"mm": args.mm, "seconds": seconds}))
+    print(json.dumps({"mm": args.mm, "margin_mm": t1_module.BRAIN_MARGIN_MM, "seconds": seconds}))
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -89,6 +89,18 @@ class DwiFeatures(FeatureEstimator):
 
     def fit(self, img: Any, y: Any = None, *, bvals: Any = None, bvecs: Any = None,
             t1: Mapping[str, Path] | None = None) -> "DwiFeatures":
+        """Correct, fit the tensor, register to MNI. SimpleITK runs with its process default at
+        ``dwi_correct.REGISTRATION_THREADS`` whatever the host says: one thread set on each registration method
+        left its metric and pyramid filters on the default, and two 2-thread fits of the same series differed
+        (by 2e-6 in FA/MD, different again with 1 thread); now they are bit-identical
+        (tests/test_features_determinism.py)."""
+        from incloud_kernel.features.dwi_correct import REGISTRATION_THREADS
+        from incloud_kernel.features.registration import sitk_threads
+
+        with sitk_threads(REGISTRATION_THREADS):
+            return self._fit(img, bvals=bvals, bvecs=bvecs, t1=t1)
+
+    def _fit(self, img: Any, *, bvals: Any, bvecs: Any, t1: Mapping[str, Path] | None) -> "DwiFeatures":
         import nibabel as nib
 
         from incloud_kernel.features import dwi_correct, dwi_mni

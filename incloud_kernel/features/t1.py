@@ -6,9 +6,11 @@ Steps (each documented in docs/features.md with its reference):
 
 1. N4 bias correction (SimpleITK, Tustison 2010) on a copy shrunk to ``n4_shrink_mm``, inside the head mask;
 2. registration to MNI152 2009c (``features.registration``: affine head -> brain, then diffeomorphic demons);
-3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5), grown by
-   ``BRAIN_MARGIN_MM``, within the head, holes filled;
-4. tissue segmentation (``features.segmentation``: dipy's HMRF, CSF/GM/WM probability maps);
+3. brain extraction: the template's brain mask pulled through the warp onto the T1w grid (> 0.5, the *core*),
+   grown by ``BRAIN_MARGIN_MM``, within the head, holes filled;
+4. tissue segmentation (``features.segmentation``): a Gaussian mixture of the intensities fitted on the core
+   and a ``CLASS_SHELL_MM`` shell around it, evaluated on the grown mask, grey and white matter kept where they connect to the core's tissue, so the
+   margin's skull and scalp neither move the classes nor count as brain (CSF/GM/WM probability maps);
 5. intracranial volume = brain-mask volume; tissue volumes = probability x voxel volume, summed;
 6. regional grey-matter volume in *native* space: GM probability x voxel volume summed over each atlas region,
    the atlas warped back to the T1w by nearest neighbour (no Jacobian modulation is needed: nothing is
@@ -43,8 +45,17 @@ if TYPE_CHECKING:  # pragma: no cover
 FIT_THREADS = 2
 #: Margin (mm) added around the template's brain mask pulled back to the T1w: the template mask hugs the pial
 #: surface, so a registration error of a millimetre cuts cortex off and a thinning planted at the pial surface
-#: disappears outside the mask; the margin lets the segmentation classify the sulcal and surface CSF.
+#: disappears outside the mask; the margin lets the segmentation classify the sulcal and surface CSF. Since
+#: session 8 the tissue classes are fitted on a fixed shell (``CLASS_SHELL_MM``) and tissue not connected to the
+#: unmargined mask is dropped, so the regional figures no longer depend on this value (docs/features_t1.md:
+#: margins 0-6 mm compared); the ICV (this mask's volume) still does.
 BRAIN_MARGIN_MM = 2.0
+#: Shell (mm) of the T1w around the template's brain mask whose intensities, with the brain's, the tissue
+#: classes are fitted on, whatever ``BRAIN_MARGIN_MM`` is: the CSF class needs the CSF over the cortex (without
+#: it the mixture splits grey matter), and every further millimetre brings darker skull into the CSF class and
+#: moves the CSF/grey boundary down (by about 40 intensity units per mm on the 1 mm synthetic head, where the
+#: classes are 360 apart, docs/features_t1.md). 2 mm: the margin sessions 6-7 segmented in, kept (not tuned).
+CLASS_SHELL_MM = 2.0
 #: Where whole-brain rows go (``atlas`` and ``region`` columns of the feature table).
 GLOBAL_ATLAS, GLOBAL_REGION = "global", "brain"
 
@@ -55,7 +66,8 @@ class T1Features(FeatureEstimator):
     Parameters (stored unchanged, scikit-learn's rule): ``atlas`` (a name from
     ``features.atlases.available_atlases`` or an ``Atlas``), ``n4_shrink_mm`` (N4's working grid),
     ``demons_iterations`` (per level, coarse to fine; empty: affine only), ``hmrf_beta`` / ``hmrf_iterations``
-    (segmentation smoothness and ICM iterations), ``thickness_step_mm`` (streamline step), ``cut_sulci`` (cut
+    (0, the default: the Gaussian mixture; above 0: dipy's HMRF with that Potts weight and ICM iterations, see
+    ``features.segmentation``), ``thickness_step_mm`` (streamline step), ``cut_sulci`` (cut
     buried sulci at their medial surface before the Laplace solve, ``thickness.sulcal_cut``: closer to DiReCT's
     levels on real heads, but off by default because it hides planted thinning on the synthetic head, see
     docs/features_t1.md), ``seed`` (the registration's metric sampling).
@@ -68,7 +80,7 @@ class T1Features(FeatureEstimator):
     """
 
     def __init__(self, atlas: "str | Atlas" = DEFAULT_ATLAS["T1w"], n4_shrink_mm: float = 4.0,
-                 demons_iterations: tuple[int, ...] = (40, 20), hmrf_beta: float = 0.1, hmrf_iterations: int = 10,
+                 demons_iterations: tuple[int, ...] = (40, 20), hmrf_beta: float = 0.0, hmrf_iterations: int = 10,
                  thickness_step_mm: float = 0.25, cut_sulci: bool = False, seed: int = 0) -> None:
         self.atlas = atlas
         self.n4_shrink_mm = n4_shrink_mm
@@ -98,7 +110,7 @@ class T1Features(FeatureEstimator):
 
         from incloud_kernel.features import atlases
         from incloud_kernel.features.registration import mni_templates, register_t1w
-        from incloud_kernel.features.segmentation import segment
+        from incloud_kernel.features.segmentation import keep_brain_tissue, segment
         from incloud_kernel.features.thickness import laplace_thickness
         from incloud_kernel.qc import masks
         from incloud_kernel.qc.anatomical import n4_bias_field
@@ -124,14 +136,15 @@ class T1Features(FeatureEstimator):
         lap("registration")
         t = mni_templates(2)
         prob = self.warp_.to_t1w(t["mask"].get_fdata(dtype=np.float32), t["mask"].affine, data.shape, im.affine)
-        brain = prob > 0.5
-        if BRAIN_MARGIN_MM > 0:
-            brain = ndimage.distance_transform_edt(~brain, sampling=im.zooms) <= BRAIN_MARGIN_MM
-        brain = ndimage.binary_fill_holes(brain & head)
-        if brain.sum() < 1000:
+        core = (prob > 0.5) & head
+        if core.sum() < 1000:
             raise QCInputError(f"{im.name}: the brain could not be located")
+        outside = ndimage.distance_transform_edt(~core, sampling=im.zooms)
+        brain = ndimage.binary_fill_holes((outside <= BRAIN_MARGIN_MM) & head)
+        fit = ndimage.binary_fill_holes((outside <= CLASS_SHELL_MM) & head)
         lap("brain_extraction")
-        seg = segment(corrected, brain, beta=self.hmrf_beta, iterations=self.hmrf_iterations)
+        seg = keep_brain_tissue(segment(corrected, brain, beta=self.hmrf_beta, iterations=self.hmrf_iterations,
+                                        fit=fit), core)
         lap("segmentation")
         thickness = laplace_thickness(seg, im.zooms, step_mm=self.thickness_step_mm, cut_sulci=self.cut_sulci)
         lap("thickness")
@@ -226,7 +239,7 @@ class T1Stage(Stage):
     suffixes = ("T1w",)
     libraries = ("SimpleITK", "dipy", "nilearn", "scipy", "scikit-image")
     defaults: ClassVar[Mapping[str, Any]] = {
-        "atlas": DEFAULT_ATLAS["T1w"], "n4_shrink_mm": 4.0, "demons_iterations": [40, 20], "hmrf_beta": 0.1,
+        "atlas": DEFAULT_ATLAS["T1w"], "n4_shrink_mm": 4.0, "demons_iterations": [40, 20], "hmrf_beta": 0.0,
         "hmrf_iterations": 10, "thickness_step_mm": 0.25, "cut_sulci": False, "seed": 0,
     }
 
@@ -284,4 +297,4 @@ def _bids_label(name: str) -> str:
     return "".join(c for c in name.title() if c.isalnum())
 
 
-__all__ = ["FIT_THREADS", "GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
+__all__ = ["BRAIN_MARGIN_MM", "CLASS_SHELL_MM", "FIT_THREADS", "GLOBAL_ATLAS", "GLOBAL_REGION", "T1Features", "T1Stage"]
