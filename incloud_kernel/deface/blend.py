@@ -3,8 +3,8 @@
 The weight is 1 inside the face/ear region and falls smoothly (smoothstep, C1) to exactly 0 over ``ramp_mm``
 outside the region's border and outside the protected region's border, so no step (edge) is created.
 Where the weight is 0 the subject's stored value is copied bit for bit. Intensities of the template are mapped
-to the subject's own distribution in the replaced region (quantile mapping) and given the subject's noise
-level. This module must never change a voxel whose weight is 0.
+to the subject's own distribution (quantile mapping, on the replaced region or on the caller's ``reference``
+voxels: the refacer passes the scalp of the cranium) and given the subject's noise level. This module must never change a voxel whose weight is 0.
 """
 from __future__ import annotations
 
