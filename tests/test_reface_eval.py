@@ -110,7 +110,7 @@ def test_identity_kept_of_two_unrefaced_faces_is_one_and_of_identical_results_ze
     from incloud_kernel.deface.identity import identity_kept
 
     da, db = _depths(head, faces[0]), _depths(head, faces[1])
-    unchanged = identity_kept(da, db, da, db)
+    unchanged = identity_kept(da, db, da, db, voxel_mm=float(head.voxel_mm.min()))
     assert unchanged["all"] == pytest.approx(1.0) and unchanged["front"] == pytest.approx(1.0)
     assert unchanged["before_mm"] > 0.5  # the planted faces differ by more than half a millimetre on average
     assert identity_kept(da, db, da, da)["all"] == 0.0

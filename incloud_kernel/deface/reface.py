@@ -168,10 +168,17 @@ _THRESHOLDS: dict[int, float] = {}
 #: smooth face with closed eyelids, where the earlier face-region map put it on the MNI152 head (98.5-105,
 #: varying with the face, which was the identity it kept). Session 8, renders in docs/deface.md.
 TEMPLATE_FACE_LEVEL = 2.3
+#: Where the subject's tissue class starts (times its skin threshold): template values at or above the
+#: template's face level are mapped onto the subject's scalp values from here up, those below it onto the
+#: subject's air, so nothing of the template lands between 1x and 2x the skin threshold and a surface drawn
+#: anywhere between 15 % and 30 % of the 90th percentile (the eval's renders, tests/test_deface.py's) is the
+#: template's face level. Without it the template's haze and goggle ridge (levels 43-99) showed at 30 %.
+TISSUE_START = 2.0
 
 
-def _template_threshold(t: Template) -> float:
-    """The template's air/skin threshold (``class_threshold``, computed once per template)."""
+def template_face_level(t: Template) -> float:
+    """The template level that becomes the subject's skin level: ``TEMPLATE_FACE_LEVEL`` times its
+    ``class_threshold`` (computed once per template); its surface at this level is the face refacing shows."""
     if id(t) not in _THRESHOLDS:
         _THRESHOLDS[id(t)] = TEMPLATE_FACE_LEVEL * class_threshold(t.data)
     return _THRESHOLDS[id(t)]
@@ -277,8 +284,9 @@ def reface_array(
         kept = resample_to(t.cranium.astype(np.float32), t.affine, sub_shape, sub_aff, m, order=1, cval=0.0,
                            warp=warp) >= 0.5
         reference = scalp_reference(t, sub_shape, sub_aff, m, kept & (w == 0), tmpl, warp=warp)
-
-    fused, stats = blend(subject, tmpl, w, seed=seed, thresholds=(class_threshold(data), _template_threshold(t)),
+    s_skin = class_threshold(data)
+    fused, stats = blend(subject, tmpl, w, seed=seed,
+                         thresholds=(s_skin, template_face_level(t), TISSUE_START * s_skin),
                          noise=noise, reference=reference)
     out = np.array(vol, copy=True)
     region = out[box]
