@@ -261,7 +261,10 @@ def test_render_shows_the_template_face_not_the_subjects(case, request):
     with_template, with_original = corr(rb, rt), corr(rb, ra)
     assert with_template > 0.8, (with_template, with_original)
     assert with_original < with_template - 0.1, (with_template, with_original)
-    assert corr(ra, rt) < with_template - 0.1  # the test faces do differ from the template
+    # the test faces do differ from the template (a check of the test data, not of the method). Session 8: the
+    # template's face is now drawn at its face level (99), where the synth participant's original looks more
+    # like it (0.819 against the refaced 0.897), so this margin is 0.05, not 0.1 (docs/deface.md)
+    assert corr(ra, rt) < with_template - 0.05
 
 
 def _zero_affine_file(tmp_path: Path) -> Path:
