@@ -24,7 +24,7 @@ from incloud_kernel.deface.geometry import block_downsample
 from incloud_kernel.deface.headmask import head_mask
 from incloud_kernel.deface.identity import edge_ratio
 from incloud_kernel.deface.qc import render
-from incloud_kernel.deface.reface import Refacer, save_image, stored_data
+from incloud_kernel.deface.reface import Refacer, save_image, stored_data, template_face_level
 from incloud_kernel.deface.register import brain_displacement, register_to_mni, resample_to
 from incloud_kernel.deface.safety import DefaceQuarantine
 from incloud_kernel.deface.template import CORE, EARS, FACE, HEAD, dilate_mm, load_template, mni_head_path
@@ -248,9 +248,12 @@ def test_render_shows_the_template_face_not_the_subjects(case, request):
                              cval=0))
     face = canon(c.front.astype(np.float32)) > 0.5
     brain = canon(c.brain.astype(np.float32)) > 0.5
-    tmpl *= np.median(a[brain]) / np.median(tmpl[brain])
+    scale = np.median(a[brain]) / np.median(tmpl[brain])
     thr = 0.3 * float(np.percentile(a[a > 0], 90))
-    ra, rb, rt = (render(x, "front", thr) for x in (a, b, tmpl))
+    # the template's face as the refacer shows it: its surface at the level that becomes the subject's skin
+    # (reface.TEMPLATE_FACE_LEVEL times its skin threshold; the average head's face is blurred, docs/deface.md)
+    ra, rb = (render(x, "front", thr) for x in (a, b))
+    rt = render(tmpl * scale, "front", template_face_level(t) * scale)
     # the face region of the render: rays through the true face (eyes, nose, mouth, chin; no ears)
     face_px = face.any(axis=1)
     def corr(x, y):
@@ -258,7 +261,10 @@ def test_render_shows_the_template_face_not_the_subjects(case, request):
     with_template, with_original = corr(rb, rt), corr(rb, ra)
     assert with_template > 0.8, (with_template, with_original)
     assert with_original < with_template - 0.1, (with_template, with_original)
-    assert corr(ra, rt) < with_template - 0.1  # the test faces do differ from the template
+    # the test faces do differ from the template (a check of the test data, not of the method). Session 8: the
+    # template's face is now drawn at its face level (99), where the synth participant's original looks more
+    # like it (0.819 against the refaced 0.897), so this margin is 0.05, not 0.1 (docs/deface.md)
+    assert corr(ra, rt) < with_template - 0.05
 
 
 def _zero_affine_file(tmp_path: Path) -> Path:

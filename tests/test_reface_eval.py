@@ -31,7 +31,9 @@ def head():
 def faces(head):
     from bench.eval_heads import plant_face
 
-    return plant_face(head, 1), plant_face(head, 2)
+    # seeds 2 and 20: the worst pair of the 20-face run of session 7 (identity kept 0.294 with the face-region
+    # intensity map), so the identity goal below is checked where it was hardest
+    return plant_face(head, 2), plant_face(head, 20)
 
 
 def _depths(head, data):
@@ -108,7 +110,7 @@ def test_identity_kept_of_two_unrefaced_faces_is_one_and_of_identical_results_ze
     from incloud_kernel.deface.identity import identity_kept
 
     da, db = _depths(head, faces[0]), _depths(head, faces[1])
-    unchanged = identity_kept(da, db, da, db)
+    unchanged = identity_kept(da, db, da, db, voxel_mm=float(head.voxel_mm.min()))
     assert unchanged["all"] == pytest.approx(1.0) and unchanged["front"] == pytest.approx(1.0)
     assert unchanged["before_mm"] > 0.5  # the planted faces differ by more than half a millimetre on average
     assert identity_kept(da, db, da, da)["all"] == 0.0
@@ -217,8 +219,8 @@ def refaced(head, faces):
 
 def test_refacing_meets_the_identity_goal_on_two_faces_of_an_independent_head(head, faces, refaced):
     """Issue 12 item 2 on the small set: the two planted faces keep <= 0.25 of their face-shape difference
-    (the blend over the subject's own geometry kept 0.36 on this pair), and the brain dilated 5 mm (the head's
-    own brain, not the template's) is bit-identical."""
+    (session 7's face-region intensity map kept 0.294 on this pair, session 8's scalp map 0.026), and the
+    brain dilated 5 mm (the head's own brain, not the template's) is bit-identical."""
     from bench.eval_heads import protected
     from incloud_kernel.deface.identity import identity_kept
 
@@ -228,6 +230,21 @@ def test_refacing_meets_the_identity_goal_on_two_faces_of_an_independent_head(he
     prot = protected(head, 5.0)
     for before, after in zip(faces, (a, b)):
         assert np.array_equal(before[prot], after[prot]), int((before != after)[prot].sum())
+
+
+def test_two_faces_get_the_same_template_face_intensities(refaced):
+    """Issue 12 item 2, session 8: where both faces are replaced by the template alone (weight 1), the two
+    refaced heads hold (almost) the same values: the intensity map is taken on the scalp of the cranium
+    (``reface.scalp_reference``) and splits air from tissue at the skin level (``reface.class_threshold``),
+    neither of which depends on the face. With the face-region map and the air-level split the template's
+    skin differed by up to 2.7 between these two faces (its split moved from 0.21 to 0.34 with the face)."""
+    (ra, a), (rb, b) = refaced
+    both = (ra.result_.weights() == 1) & (rb.result_.weights() == 1)
+    assert both.sum() > 50_000
+    tissue = both & (np.maximum(a, b) > 15.0)  # about the skin level of this head (16)
+    diff = np.abs(a - b)[tissue]
+    assert float(diff.mean()) < 1.0, float(diff.mean())  # measured 0.54 (the cranium fits differ by hundredths
+    # of a mm); session 7's code about 1.8 (1.4-2.7 by intensity band)
 
 
 def test_the_template_is_placed_by_the_cranium_not_by_the_face(head, refaced):

@@ -3,8 +3,8 @@
 The weight is 1 inside the face/ear region and falls smoothly (smoothstep, C1) to exactly 0 over ``ramp_mm``
 outside the region's border and outside the protected region's border, so no step (edge) is created.
 Where the weight is 0 the subject's stored value is copied bit for bit. Intensities of the template are mapped
-to the subject's own distribution in the replaced region (quantile mapping) and given the subject's noise
-level. This module must never change a voxel whose weight is 0.
+to the subject's own distribution (quantile mapping, on the replaced region or on the caller's ``reference``
+voxels: the refacer passes the scalp of the cranium) and given the subject's noise level. This module must never change a voxel whose weight is 0.
 """
 from __future__ import annotations
 
@@ -50,19 +50,23 @@ def noise_sigma(image: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
-def classwise_map(t: np.ndarray, sel: np.ndarray, s: np.ndarray, t_thr: float, s_thr: float) -> np.ndarray:
+def classwise_map(t: np.ndarray, sel: np.ndarray, s: np.ndarray, t_thr: float, s_thr: float,
+                  s_tissue: float | None = None) -> np.ndarray:
     """Quantile-map template values to the subject's, separately for air (below each image's head threshold)
     and tissue (above it), so the template's air/tissue border (its face *shape*) is kept exactly: a single
     quantile map would force the subject's tissue volume onto it and carry part of the subject's shape over.
+    ``s_tissue`` (>= ``s_thr``): the subject's tissue class starts there instead, so no template value lands
+    between ``s_thr`` and ``s_tissue``: any surface drawn at a level between them is the template's at ``t_thr``.
     """
     out = np.empty_like(t, dtype=np.float32)
     t_sel = t[sel]
+    s_hi = s_thr if s_tissue is None else max(s_thr, s_tissue)
     for lo_side in (True, False):
         tm = t < t_thr if lo_side else t >= t_thr
         src = t_sel[t_sel < t_thr] if lo_side else t_sel[t_sel >= t_thr]
-        dst = s[s < s_thr] if lo_side else s[s >= s_thr]
+        dst = s[s < s_thr] if lo_side else s[s >= s_hi]
         if src.size < 10 or dst.size < 10:  # one class absent in the region: map it linearly by the thresholds
-            out[tm] = t[tm] * (s_thr / t_thr if t_thr > 0 else 1.0)
+            out[tm] = t[tm] * ((s_thr if lo_side else s_hi) / t_thr if t_thr > 0 else 1.0)
         else:
             out[tm] = quantile_map(t[tm], src, dst)
     return out
@@ -70,13 +74,14 @@ def classwise_map(t: np.ndarray, sel: np.ndarray, s: np.ndarray, t_thr: float, s
 
 def blend(
     subject: np.ndarray, template: np.ndarray, w: np.ndarray, *, seed: int = 0,
-    thresholds: tuple[float, float] | None = None, noise: np.ndarray | None = None,
+    thresholds: tuple[float, ...] | None = None, noise: np.ndarray | None = None,
     reference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The float result ``subject + w * (matched template + noise - subject)`` (float64; w==0 -> subject).
 
     ``subject`` and ``template`` are float arrays on the same grid; statistics use the voxels with w > 0.
-    ``thresholds``: (subject, template) air/tissue thresholds for class-wise intensity matching; without
+    ``thresholds``: (subject, template[, subject tissue start]) air/tissue thresholds for class-wise
+    intensity matching (``classwise_map``); without
     them a single quantile map is used. ``noise``: a standard normal field on the same grid (the caller
     keys it to voxel positions, so two scans of one grid get the same noise at the same voxel whatever their
     weights); without it, ``seed`` draws one value per selected voxel in array order. ``reference``
@@ -93,7 +98,7 @@ def blend(
     s = subject[cal].astype(np.float32)
     t = np.nan_to_num(template, nan=float(np.min(template[np.isfinite(template)], initial=0.0)))
     if thresholds is not None:
-        matched = classwise_map(t, cal, s, thresholds[1], thresholds[0])
+        matched = classwise_map(t, cal, s, thresholds[1], thresholds[0], *thresholds[2:])
     else:
         matched = quantile_map(t, t[cal], s)
     # noise level on the replaced voxels themselves: on the unreplaced ones (brain) the tissue's own texture

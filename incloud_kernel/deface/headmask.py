@@ -32,6 +32,18 @@ def head_threshold(data: np.ndarray) -> float:
     return max(lo + 0.3 * (otsu - lo), min(air, lo + 0.6 * (otsu - lo)))
 
 
+def skin_threshold(data: np.ndarray) -> float:
+    """Air/skin threshold for renders and depth maps: 15 % of the 90th percentile of the positive voxels.
+
+    Not ``head_threshold``: on the MNI152 head (values down to -21 from its resampling) that one falls to the
+    air level (0.4 of up to 300) and its surface is a halo in the air in front of the face. At 10 % the
+    MNI152 head still shows that halo; at 30 % the thin, dim eyelids vanish and the eyeballs show.
+    """
+    a = np.asarray(data, dtype=np.float32)
+    pos = a[a > 0]
+    return 0.15 * float(np.percentile(pos, 90)) if pos.size else head_threshold(a)
+
+
 def head_mask(data: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Boolean head mask: above threshold, largest connected component, closed, holes filled per slice."""
     t = head_threshold(data) if threshold is None else threshold

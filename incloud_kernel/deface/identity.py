@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from incloud_kernel.deface.headmask import head_threshold
+from incloud_kernel.deface.headmask import head_threshold, skin_threshold  # noqa: F401 (re-exported: qc and bench)
 from incloud_kernel.deface.qc import depth_map
 
 #: Views of the face-shape depth maps: the front and both sides (RAS voxel order, see qc.depth_map).
@@ -145,18 +145,6 @@ def surface_depths(data: np.ndarray, threshold: float, views: tuple[str, ...] = 
         else:
             out[view] = depth_map(data, view, threshold)
     return out
-
-
-def skin_threshold(data: np.ndarray) -> float:
-    """Air/skin threshold for renders and depth maps: 15 % of the 90th percentile of the positive voxels.
-
-    Not ``head_threshold``: on the MNI152 head (values down to -21 from its resampling) that one falls to the
-    air level (0.4 of up to 300) and its surface is a halo in the air in front of the face. At 10 % the
-    MNI152 head still shows that halo; at 30 % the thin, dim eyelids vanish and the eyeballs show.
-    """
-    a = np.asarray(data, dtype=np.float32)
-    pos = a[a > 0]
-    return 0.15 * float(np.percentile(pos, 90)) if pos.size else head_threshold(a)
 
 
 def scan_figures(before: dict[str, np.ndarray], after: dict[str, np.ndarray], voxel_mm: float = 1.0,

@@ -22,13 +22,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from incloud_kernel.config import DefaceSection
 from incloud_kernel.deface import safety
 from incloud_kernel.deface.blend import blend, weights
 from incloud_kernel.deface.brainmask import brain_distance, sigma_max, template_distances
 from incloud_kernel.deface.geometry import block_downsample
-from incloud_kernel.deface.headmask import head_mask, head_threshold
+from incloud_kernel.deface.headmask import head_mask, skin_threshold
 from incloud_kernel.deface.register import (
     BSPLINE_MAX_MM,
     Registration,
@@ -97,6 +98,15 @@ REFINE_MIN_STEP, REFINE_ITERATIONS = 1e-3, 150
 #: (docs/deface.md, session 7).
 MATCH_OUTSIDE = False
 
+#: Where the template's intensities are matched to the subject's by default: on the *scalp* of the cranium
+#: (issue 12, session 8; ``scalp_reference``): unreplaced voxels inside the template's cranium bit within
+#: ``SCALP_MM`` of the placed template's skin, on either side (skin, fat and the air just outside; not the eyes,
+#: which lie in the replaced zone, nor brain, skull or the face being replaced). Two scans that differ only in
+#: their faces share those voxels, so they get the same map (the face-region map carried each face's own
+#: tissue into the template surface). Off: the map on the replaced region (sessions 6-7).
+MATCH_SCALP = True
+SCALP_MM = 4.0
+
 #: Whether the coarse B-spline refinement (issue 12 item 2) runs after the cranium's affine by default; see
 #: docs/deface.md for the measurement behind the choice.
 NONLINEAR = False
@@ -152,11 +162,55 @@ def fit_registration(
 _THRESHOLDS: dict[int, float] = {}
 
 
-def _template_threshold(t: Template) -> float:
-    """The template's air/tissue threshold (computed once per template)."""
+#: The template level that becomes the subject's skin level (times the template's ``skin_threshold``, 43 of its
+#: 90th percentile 288: 99). The average head's face is blurred: at its own skin level it shows a haze and a
+#: goggle-like ridge in front of the face with the eyes open, at half of it a flat plate; at about 100 it is a
+#: smooth face with closed eyelids, where the earlier face-region map put it on the MNI152 head (98.5-105,
+#: varying with the face, which was the identity it kept). Session 8, renders in docs/deface.md.
+TEMPLATE_FACE_LEVEL = 2.3
+#: Where the subject's tissue class starts (times its skin threshold): template values at or above the
+#: template's face level are mapped onto the subject's scalp values from here up, those below it onto the
+#: subject's air, so nothing of the template lands between 1x and 2x the skin threshold and a surface drawn
+#: anywhere between 15 % and 30 % of the 90th percentile (the eval's renders, tests/test_deface.py's) is the
+#: template's face level. Without it the template's haze and goggle ridge (levels 43-99) showed at 30 %.
+TISSUE_START = 2.0
+
+
+def template_face_level(t: Template) -> float:
+    """The template level that becomes the subject's skin level: ``TEMPLATE_FACE_LEVEL`` times its
+    ``class_threshold`` (computed once per template); its surface at this level is the face refacing shows."""
     if id(t) not in _THRESHOLDS:
-        _THRESHOLDS[id(t)] = head_threshold(t.data)
+        _THRESHOLDS[id(t)] = TEMPLATE_FACE_LEVEL * class_threshold(t.data)
     return _THRESHOLDS[id(t)]
+
+
+def class_threshold(data: np.ndarray) -> float:
+    """Where the intensity map splits air from tissue: the skin level (``skin_threshold``; the template's is
+    scaled by ``TEMPLATE_FACE_LEVEL``), so the template's face level maps onto the subject's skin level
+    exactly, whatever the rest of the map does. ``head_threshold`` (used before) sits at
+    the air's noise level (0.2-0.3 on the MNI152 head, of up to 300), where many voxels lie: between two planted
+    faces of one head it moved from 0.21 to 0.34, which moved every tissue quantile and lifted one face's
+    template skin by 2.7 against the other's (session 8: most of the identity left on the worst pairs)."""
+    return skin_threshold(data)
+
+
+def scalp_reference(t: Template, shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray,
+                    kept: np.ndarray, tmpl: np.ndarray, *, warp=None, shell_mm: float | None = None) -> np.ndarray:
+    """Voxels (boolean, on the box grid) the intensity map is taken on: in ``kept`` (the caller passes the
+    placed cranium bit's unreplaced voxels), within ``shell_mm`` (default ``SCALP_MM``) of the placed
+    template's skin on either side, template in view.
+
+    The shell is placed by the registration (the cranium fit), never found on the subject's own face, and
+    ``kept`` lies around the brain: two scans of one head that differ only in their faces select the same
+    voxels with the same values (all unreplaced voxels of the box would include those behind the jaw at the
+    bottom of the box, which differed between two planted faces and moved the map)."""
+    shell_mm = SCALP_MM if shell_mm is None else shell_mm
+    inside = resample_to(t.head.astype(np.float32), t.affine, shape, affine, subject_to_template, order=1,
+                         cval=0.0, warp=warp) >= 0.5
+    vox = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    near = (ndimage.distance_transform_edt(inside, sampling=vox) <= shell_mm) & (
+        ndimage.distance_transform_edt(~inside, sampling=vox) <= shell_mm)
+    return near & kept & np.isfinite(tmpl)
 
 
 def _box(shape: tuple[int, ...], affine: np.ndarray, reg: Registration, t: Template, pad_mm: float = 4.0):
@@ -223,8 +277,17 @@ def reface_array(
     # later voxel's noise, and the surface of the template face differs by noise alone (session 7: most of the
     # identity left on the worst pairs).
     noise = np.random.default_rng(seed).standard_normal(vol.shape[:3], dtype=np.float32)[box]
-    fused, stats = blend(subject, tmpl, w, seed=seed, thresholds=(head_threshold(data), _template_threshold(t)),
-                         noise=noise, reference=((w == 0) & np.isfinite(tmpl)) if MATCH_OUTSIDE else None)
+    reference = None
+    if MATCH_OUTSIDE:
+        reference = (w == 0) & np.isfinite(tmpl)
+    elif MATCH_SCALP:
+        kept = resample_to(t.cranium.astype(np.float32), t.affine, sub_shape, sub_aff, m, order=1, cval=0.0,
+                           warp=warp) >= 0.5
+        reference = scalp_reference(t, sub_shape, sub_aff, m, kept & (w == 0), tmpl, warp=warp)
+    s_skin = class_threshold(data)
+    fused, stats = blend(subject, tmpl, w, seed=seed,
+                         thresholds=(s_skin, template_face_level(t), TISSUE_START * s_skin),
+                         noise=noise, reference=reference)
     out = np.array(vol, copy=True)
     region = out[box]
     sel = w > 0
