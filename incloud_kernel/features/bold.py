@@ -439,7 +439,9 @@ class BoldStage(Stage):
     confounds, the connectivity matrix, the rows (``desc-features`` TSV) and a provenance JSON."""
 
     name = "boldfeatures"
-    version = "1"
+    #: 2: registrations on one thread, bit-reproducible (session 8). A new stage version is a new provenance key: it
+    #: computes beside the old derivatives instead of reusing them.
+    version = "2"
     datatypes = ("func",)
     suffixes = ("bold",)
     session_after: ClassVar[tuple[tuple[str, str], ...]] = (("t1features", "T1w"),)

@@ -184,7 +184,9 @@ class DwiStage(Stage):
     says so in the TSV's ``pipeline`` column (``features+direct-mni`` instead of ``features``)."""
 
     name = "dwifeatures"
-    version = "1"
+    #: 2: the fit on one thread, bit-reproducible (session 8). A new stage version is a new provenance key: it
+    #: computes beside the old derivatives instead of reusing them.
+    version = "2"
     datatypes = ("dwi",)
     suffixes = ("dwi",)
     libraries = ("dipy", "SimpleITK", "nilearn", "pandas")

@@ -234,7 +234,9 @@ class T1Stage(Stage):
     table in the long format."""
 
     name = "t1features"
-    version = "1"
+    #: 2: one tissue model at every resolution, classes fitted on a fixed shell, scalp tissue to CSF (session 8).
+    #: A new stage version is a new provenance key: it computes beside the old derivatives instead of reusing them.
+    version = "2"
     datatypes = ("anat",)
     suffixes = ("T1w",)
     libraries = ("SimpleITK", "dipy", "nilearn", "scipy", "scikit-image")
