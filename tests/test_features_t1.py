@@ -178,7 +178,7 @@ def test_stage_writes_the_derivatives_bold_and_dwi_read(tmp_path: Path) -> None:
     rows = (out / "anat__run-1_desc-features_T1w.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["participant", "session", "series", "pipeline", "version", "atlas", "region",
                                    "feature", "value", "unit"]
-    assert rows[1].startswith("P01\t1\t3\tfeatures\t1\tglobal\tbrain\ticv\t")
+    assert rows[1].startswith(f"P01\t1\t3\tfeatures\t{T1Stage.version}\tglobal\tbrain\ticv\t")  # the stage's version
     for kind in ("registration", "segmentation", "parcellation"):
         png = outputs[f"anat/run-1_desc-{kind}_T1w.png"].read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
