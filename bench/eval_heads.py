@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from incloud_kernel.deface.blend import smoothstep
-from incloud_kernel.deface.identity import skin_threshold
+from incloud_kernel.deface.headmask import skin_threshold
 from incloud_kernel.deface.register import register_affine, register_to_mni, resample_to
 from incloud_kernel.deface.template import dilate_mm, mni_head_path
 
@@ -69,7 +69,7 @@ class Head:
 
 
 def surface_threshold(data: np.ndarray) -> float:
-    """Air/skin threshold for renders and depth maps (:func:`incloud_kernel.deface.identity.skin_threshold`)."""
+    """Air/skin threshold for renders and depth maps (:func:`incloud_kernel.deface.headmask.skin_threshold`)."""
     return skin_threshold(data)
 
 

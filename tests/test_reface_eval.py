@@ -235,7 +235,7 @@ def test_refacing_meets_the_identity_goal_on_two_faces_of_an_independent_head(he
 def test_two_faces_get_the_same_template_face_intensities(refaced):
     """Issue 12 item 2, session 8: where both faces are replaced by the template alone (weight 1), the two
     refaced heads hold (almost) the same values: the intensity map is taken on the scalp of the cranium
-    (``reface.scalp_reference``) and splits air from tissue at the skin level (``reface.class_threshold``),
+    (``reface.scalp_reference``) and splits air from tissue at the skin level (``headmask.skin_threshold``),
     neither of which depends on the face. With the face-region map and the air-level split the template's
     skin differed by up to 2.7 between these two faces (its split moved from 0.21 to 0.34 with the face)."""
     (ra, a), (rb, b) = refaced

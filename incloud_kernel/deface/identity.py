@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from incloud_kernel.deface.headmask import head_threshold, skin_threshold  # noqa: F401 (re-exported: qc and bench)
+from incloud_kernel.deface.headmask import head_threshold
 from incloud_kernel.deface.qc import depth_map
 
 #: Views of the face-shape depth maps: the front and both sides (RAS voxel order, see qc.depth_map).

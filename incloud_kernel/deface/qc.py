@@ -71,7 +71,8 @@ def identity_figures(before: nib.spatialimages.SpatialImage, after: nib.spatiali
     """This scan's identity figures (:func:`incloud_kernel.deface.identity.scan_figures`): how far the face
     surface moved and, given the refacer's ``registration``, how much of the subject's own surface is left
     against the placed template's (``own_kept``: 0 = all template, 1 = all the subject's own)."""
-    from incloud_kernel.deface.identity import scan_figures, skin_threshold, surface_depths
+    from incloud_kernel.deface.headmask import skin_threshold
+    from incloud_kernel.deface.identity import scan_figures, surface_depths
 
     a, b = canonical(before), canonical(after)
     t = skin_threshold(a)
@@ -114,7 +115,7 @@ def save_qc(before: nib.spatialimages.SpatialImage, after: nib.spatialimages.Spa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from incloud_kernel.deface.identity import skin_threshold
+    from incloud_kernel.deface.headmask import skin_threshold
 
     a, b = canonical(before), canonical(after)
     t = skin_threshold(a)

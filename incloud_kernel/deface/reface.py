@@ -178,20 +178,10 @@ TISSUE_START = 2.0
 
 def template_face_level(t: Template) -> float:
     """The template level that becomes the subject's skin level: ``TEMPLATE_FACE_LEVEL`` times its
-    ``class_threshold`` (computed once per template); its surface at this level is the face refacing shows."""
+    ``skin_threshold`` (computed once per template); its surface at this level is the face refacing shows."""
     if id(t) not in _THRESHOLDS:
-        _THRESHOLDS[id(t)] = TEMPLATE_FACE_LEVEL * class_threshold(t.data)
+        _THRESHOLDS[id(t)] = TEMPLATE_FACE_LEVEL * skin_threshold(t.data)
     return _THRESHOLDS[id(t)]
-
-
-def class_threshold(data: np.ndarray) -> float:
-    """Where the intensity map splits air from tissue: the skin level (``skin_threshold``; the template's is
-    scaled by ``TEMPLATE_FACE_LEVEL``), so the template's face level maps onto the subject's skin level
-    exactly, whatever the rest of the map does. ``head_threshold`` (used before) sits at
-    the air's noise level (0.2-0.3 on the MNI152 head, of up to 300), where many voxels lie: between two planted
-    faces of one head it moved from 0.21 to 0.34, which moved every tissue quantile and lifted one face's
-    template skin by 2.7 against the other's (session 8: most of the identity left on the worst pairs)."""
-    return skin_threshold(data)
 
 
 def scalp_reference(t: Template, shape: tuple[int, ...], affine: np.ndarray, subject_to_template: np.ndarray,
@@ -284,7 +274,10 @@ def reface_array(
         kept = resample_to(t.cranium.astype(np.float32), t.affine, sub_shape, sub_aff, m, order=1, cval=0.0,
                            warp=warp) >= 0.5
         reference = scalp_reference(t, sub_shape, sub_aff, m, kept & (w == 0), tmpl, warp=warp)
-    s_skin = class_threshold(data)
+    # Air and tissue split at the skin level, not at ``head_threshold``: that one sits at the air's noise level
+    # (0.2-0.3 of up to 300 on the MNI152 head) and moved from 0.21 to 0.34 between two planted faces of one
+    # head, which moved every tissue quantile and lifted one face's template skin by 2.7 (session 8).
+    s_skin = skin_threshold(data)
     fused, stats = blend(subject, tmpl, w, seed=seed,
                          thresholds=(s_skin, template_face_level(t), TISSUE_START * s_skin),
                          noise=noise, reference=reference)
