@@ -46,6 +46,8 @@ REFERENCE = "DEMOREF"
 CLINICIAN = "clinician"
 #: Scans of the synthetic reference cohort (half healthy controls; a fifth held out by ``cads.data.heldout``).
 REFERENCE_SIZE = 240
+#: What every report by the demo's model tells its reader (the clinician is no member of DEMOREF).
+MODEL_NOTE = ("trained on a synthetic reference cohort (DEMOREF) for demonstration: not for clinical use")
 #: The T1 stage's volume feature (``features.t1``): the reference cohort's columns.
 VOLUME = "gm_volume"
 #: Keywords picking the regions whose volume each synthetic diagnosis lowers (the first three matches each).
@@ -266,7 +268,7 @@ def populate(site: Any, *, project: str = PROJECT, clinician: str = CLINICIAN, r
         current = registry.current(db)
         if current is None:
             outcome = registry.retrain(site, db, CONSOLE, {"project": REFERENCE, "qc": "pass"}, validate=validate,
-                                       harmonise="combat")
+                                       harmonise="combat", note=MODEL_NOTE)
             db.commit()
             step(f"cads: model v{outcome.version} {outcome.decision}")
             current = registry.current(db)

@@ -64,8 +64,9 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     assert {p["category"] for p in first["probabilities"]} == {"BD", "HC", "SCZ"}
     assert all(p["low"] <= p["probability"] <= p["high"] for p in first["probabilities"])
     assert first["model"]["validated"]["heldout"]["balanced_accuracy"] > 0.5
-    sources = first["model"]["training_projects"]  # what the model learnt from is named on the report
+    sources = first["model"]["training_projects"]  # what the model learnt from is named on the report ...
     assert {p["code"]: p["name"] for p in sources}["CADS"] == "CADS cohort"
+    assert "OTHER" not in {p["code"] for p in sources}  # ... but a project cleo is not in only counted
     assert sum(p["scans"] for p in sources) == first["model"]["trained_on"]
     # a newer model is promoted; the old report is reproduced by naming its version
     with transaction(site.engine) as db:
@@ -95,10 +96,12 @@ def test_report_permissions_reproducibility_pdf_and_cli(site_env, site, tmp_path
     assert "v1\tretired" in ok(env, "cads", "models") and "v2\tcurrent" in ok(env, "cads", "models")
     line = one_line_error(run_process(env, "cads", "retrain", "--as", "cleo"), 3)
     assert "site administrator" in line
-    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate", "--harmonise", "combat")
+    out = ok(env, "cads", "retrain", "--kind", "linear", "--no-validate", "--harmonise", "combat", "--note",
+             "synthetic test cohort")
     assert out.startswith("model v3: ") and "harmonised by combat" in out
     v3 = json.loads(ok(env, "cads", "models", "--json"))[-1]["harmoniser"]  # recorded with the version
     assert v3["method"] == "combat" and v3["batch"] == "site" and v3["protected"] == ["age", "sex"]
+    assert "note: synthetic test cohort" in ok(env, "cads", "report", str(mine), "--model", "3", "--as", "cleo")
 
 
 @pytest.fixture

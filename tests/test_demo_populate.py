@@ -58,10 +58,13 @@ def test_populate_gives_qc_features_a_model_and_a_report_each_demo_user_sees(
         assert report["scan"]["scanner"] == "Siemens Prisma_fit 3T" and report["scan"]["age"] == 46
         assert report["n_features"] > 20 and all(r["feature"].split("/")[1] == "gm_volume" for r in report["regions"])
         assert not any("scanner not in the training data" in w for w in report["warnings"])
-        # the reader sees that the model learnt from the synthetic reference cohort, not from patients
-        assert [(p["code"], p["name"]) for p in report["model"]["training_projects"]] == [
-            (demo.REFERENCE, "Synthetic reference cohort for CADS (features only, no images)")]
-        assert "Synthetic reference cohort" in render.performance_line(report)
+        # the reader sees that the model learnt from a synthetic cohort (the model's note), while DEMOREF, a
+        # project the clinician is not in, is counted and never named
+        assert [(p["code"], p["scans"]) for p in report["model"]["training_projects"]] == [
+            (None, report["model"]["trained_on"])]
+        assert report["model"]["note"] == demo.MODEL_NOTE
+        line = render.performance_line(report)
+        assert "not for clinical use" in line and demo.REFERENCE + " (" not in line
         with pytest.raises(PermissionDenied):  # a researcher holds no reports scope
             cads.fetch_report(researcher, series)
     # a later start: nothing new is started or trained

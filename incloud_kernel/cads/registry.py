@@ -171,11 +171,12 @@ def _decide(candidate: dict[str, float], incumbent: dict[str, float] | None, tol
 def retrain(site: Any, db: DB, actor: Actor, criteria: Mapping[str, Any] | None = None, *,
             frame: pd.DataFrame | None = None, kind: str = "ensemble", tolerance: float = TOLERANCE,
             min_gain: float = MIN_GAIN, validate: bool = True, seed: int = 0,
-            harmonise: str = DEFAULT_HARMONISE) -> Retraining:
+            harmonise: str = DEFAULT_HARMONISE, note: str = "") -> Retraining:
     """Train a candidate on the library (or on ``frame``, same columns as ``data.library_frame``), compare it
     with the current model on the same held-out scans, and promote or refuse it. ``harmonise``: ``combat`` or
     ``site`` (``normative.HARMONISERS``), recorded with the version (``metrics["harmoniser"]``, shown by
-    ``describe`` as ``harmoniser``). The caller commits."""
+    ``describe`` as ``harmoniser``). ``note``: what every report by this model tells its reader about the training
+data (e.g. that it is a synthetic demonstration cohort), recorded as ``metrics["note"]``. The caller commits."""
     from incloud_kernel import __version__
     from incloud_kernel.archive.projects import audit
     from incloud_kernel.library.store import generation, library_root
@@ -200,6 +201,8 @@ def retrain(site: Any, db: DB, actor: Actor, criteria: Mapping[str, Any] | None 
     if validate:
         metrics["leave_site_out"] = leave_site_out(train, train["label"].to_numpy(), kind=kind, seed=seed,
                                                    features=features, harmonise=harmonise)
+    if note:
+        metrics["note"] = str(note)[:500]
     incumbent_row = current(db)
     incumbent = None
     if incumbent_row is not None:

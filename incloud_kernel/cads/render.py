@@ -122,10 +122,13 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def performance_line(report: dict[str, Any]) -> str:
     model = report["model"]
     held, lso = model["validated"].get("heldout"), model["validated"].get("leave_site_out")
-    sources = ", ".join(f"{p['scans']} of {p['code']}" + (f" ({p['name']})" if p["name"] else "")
+    sources = ", ".join(f"{p['scans']} of other projects" if p["code"] is None else
+                        f"{p['scans']} of {p['code']}" + (f" ({p['name']})" if p["name"] else "")
                         for p in model.get("training_projects", []))
     parts = [f"model v{model['version']} ({model['kind']}, trained on {model['trained_on']} scans"
              + (f": {sources}" if sources else "") + ")"]
+    if model.get("note"):
+        parts.append(f"note: {model['note']}")
     for name, m in (("held-out", held), ("leave-site-out", lso)):
         if m:
             parts.append(f"{name}: balanced accuracy {_fmt(m['balanced_accuracy'])} (chance {_fmt(m['chance'])}), "

@@ -117,7 +117,8 @@ def build(site: Any, db: DB, actor: Actor, series: int, *, model: int | None = N
         "warnings": list(prediction.warnings),
         "model": {"version": version.version, "status": version.status, "kind": version.kind,
                   "trained_on": len(version.training_series),
-                  "training_projects": _training_projects(db, version.training_series), "created_at":
+                  "training_projects": _training_projects(db, actor, version.training_series),
+                  "note": version.metrics.get("note", ""), "created_at":
                   version.created_at.isoformat() if version.created_at else None,
                   "validated": _validated(version.metrics)},
         "input_sha256": _digest(frame, fitted.normative_.features_),
@@ -130,17 +131,22 @@ def build(site: Any, db: DB, actor: Actor, series: int, *, model: int | None = N
     return report
 
 
-def _training_projects(db: DB, series: list[Any]) -> list[dict[str, Any]]:
-    """Which projects the model learnt from, with their names and scan counts: a reader must see that a model was
-    trained on, say, a synthetic demonstration cohort (project codes and names identify no patient)."""
+def _training_projects(db: DB, actor: Actor, series: list[Any]) -> list[dict[str, Any]]:
+    """Which projects the model learnt from, with their names and scan counts, so a reader sees what the model
+    was trained on. Only projects the reader may see are named (a project one is not in "does not exist" for
+    one, as everywhere else); the others' scans are counted together under code None."""
     from sqlalchemy import func, select
 
     from incloud_kernel.archive.models import Series
 
-    rows = db.execute(select(Project.code, Project.name, func.count(Series.id)).join(Series, Series.project_id ==
-                      Project.id).where(Series.id.in_([int(s) for s in series])).group_by(Project.code, Project.name)
-                      .order_by(Project.code)).all()
-    return [{"code": code, "name": name, "scans": int(n)} for code, name, n in rows]
+    visible = set(db.scalars(permissions.visible_project_ids(actor)))
+    rows = db.execute(select(Project.id, Project.code, Project.name, func.count(Series.id))
+                      .join(Series, Series.project_id == Project.id)
+                      .where(Series.id.in_([int(s) for s in series]))
+                      .group_by(Project.id, Project.code, Project.name).order_by(Project.code)).all()
+    named = [{"code": code, "name": name, "scans": int(n)} for pid, code, name, n in rows if pid in visible]
+    hidden = sum(int(n) for pid, _, _, n in rows if pid not in visible)
+    return named + ([{"code": None, "name": "", "scans": hidden}] if hidden else [])
 
 
 def _validated(metrics: dict[str, Any]) -> dict[str, Any]:

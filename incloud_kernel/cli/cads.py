@@ -92,8 +92,10 @@ def models(as_json: bool, as_user: str | None) -> None:
               help="Scanner differences: the site as a term of the normative regression, or the library's ComBat "
               "fitted on the training controls (site as batch, age and sex kept; a scan of an unseen scanner is "
               "left uncorrected and its report says so). Recorded with the model version.")
+@click.option("--note", default="", help="What every report by this model tells its reader about the training "
+              "data (e.g. 'synthetic cohort, for demonstration').")
 @_as_option
-def retrain(kind: str, tolerance: float, no_validate: bool, harmonise: str, as_user: str | None,
+def retrain(kind: str, tolerance: float, no_validate: bool, harmonise: str, note: str, as_user: str | None,
             **options: Any) -> None:
     """Train a candidate on the library (default: scans that passed QC) and promote it only if its held-out
     metrics are not worse than the current model's on the same held-out scans."""
@@ -103,5 +105,5 @@ def retrain(kind: str, tolerance: float, no_validate: bool, harmonise: str, as_u
     site = _site()
     outcome = _run(as_user, lambda db, actor: registry.retrain(site, db, actor, criteria, kind=kind,
                                                                 tolerance=tolerance, validate=not no_validate,
-                                                                harmonise=harmonise))
+                                                                harmonise=harmonise, note=note))
     click.echo(f"model v{outcome.version}: {outcome.decision} (harmonised by {harmonise}; {outcome.seconds:.1f} s)")
