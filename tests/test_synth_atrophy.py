@@ -36,14 +36,28 @@ def test_truth_does_not_move_with_a_half_voxel_shift_of_the_grid(participant) ->
 def test_thinning_is_a_smooth_field_full_at_the_core_none_past_the_taper(participant) -> None:  # type: ignore[no-untyped-def]
     effect = participant.tissue_effects[1]
     sl, removed = atrophy._removed(effect)
-    _, _, delta, _, rho = atrophy._depths(effect.region, atrophy.THINNING_TAPER[1])
+    _, _, delta, _, rho = atrophy._depths(effect.region, atrophy.TAPER[1])
     gm = atrophy.head_tissue().labels[sl] == atrophy.GM
-    core = gm & (rho <= atrophy.THINNING_TAPER[0])
+    core = gm & (rho <= atrophy.TAPER[0])
     np.testing.assert_allclose(removed[core], np.clip(effect.amount - (delta[core] - 1.0), 0.0, 1.0), atol=1e-6)
     assert removed[gm & (rho > 1.0) & (rho < 1.25)].sum() > 10  # the taper goes on past the ellipsoid
-    assert removed[rho >= atrophy.THINNING_TAPER[1]].max() == 0.0
-    w = atrophy.thinning_weight(np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+    assert removed[rho >= atrophy.TAPER[1]].max() == 0.0
+    w = atrophy.taper_weight(np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
     np.testing.assert_allclose(w, [1.0, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_atrophy_is_the_same_tapered_field_and_takes_its_percentage_inside_the_ellipsoid(participant) -> None:  # type: ignore[no-untyped-def]
+    """Atrophy tapers like thinning (no step at the ellipsoid a registration must hit to the voxel), at the core
+    depth that removes the planted share of the grey matter inside the ellipsoid."""
+    effect = participant.tissue_effects[0]
+    sl, removed = atrophy._removed(effect)
+    _, _, _, p_gm, rho = atrophy._depths(effect.region, atrophy.TAPER[1])
+    inside = rho <= 1.0
+    share = float((removed[inside] * p_gm[inside]).sum() / p_gm[inside].sum())
+    assert share == pytest.approx(effect.amount / 100.0, abs=1e-3)
+    assert removed[(rho > 1.0) & (rho < 1.25)].sum() > 10
+    assert removed[rho >= atrophy.TAPER[1]].max() == 0.0
+    assert removed[rho <= atrophy.TAPER[0]].max() == 1.0
 
 
 def test_thinning_truth_is_the_mean_planted_depth_over_the_region(participant) -> None:  # type: ignore[no-untyped-def]

@@ -148,7 +148,7 @@ def test_planted_grey_matter_loss_is_in_the_pixels(tmp_path: Path) -> None:
         assert measured == pytest.approx(e["percent_on_grid"], abs=2.0), (region, measured, e)
         assert e["percent"] < -5.0 and e["gm_ml_after"] < e["gm_ml_before"], e
         if e["kind"] == "thinning":
-            # the planted 1 mm at the region's core tapers to 0.5 mm on its ellipsoid (synth.atrophy.THINNING_TAPER)
+            # the planted 1 mm at the region's core tapers to 0.5 mm on its ellipsoid (synth.atrophy.TAPER)
             assert 0.5 * ad.participant["scale"] < e["thinning_mm"] < 1.0 * ad.participant["scale"], e
 
 
@@ -159,20 +159,20 @@ def _read_t1(study: StudyTruth) -> sitk.Image:
 
 
 def _region_on_grid(study: StudyTruth, img: sitk.Image, region: str) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels of ``img`` (numpy z, y, x) whose MNI point (the person's anatomy) lies in the region's ellipsoid,
-    and in the brain (MNI152 brain fraction >= 0.5, dilated by one voxel): where the
+    """Voxels of ``img`` (numpy z, y, x) in the region's ellipsoid as the generator places it (its MNI point
+    through ``synth.atrophy.region_points_mni``: the person's anatomy), and in the brain (MNI152 brain fraction >= 0.5, dilated by one voxel): where the
     region and the brain are, not how much grey matter they hold."""
     from scipy import ndimage
 
-    from incloud_kernel.synth.anatomy import REGIONS, load_templates
+    from incloud_kernel.synth import atrophy
+    from incloud_kernel.synth.anatomy import load_templates
     from incloud_kernel.synth.deform import Participant, VolumeEffect, sample
 
     t = load_templates()
     person = Participant.from_truth(study.participant, [VolumeEffect(e["region"], e["factor"]) for e in study.effects])
     pts = person.points(img, to_mni=True)
     brain = (sample(t.gm, pts) + sample(t.wm, pts) + sample(t.csf, pts)) >= 0.5
-    r = REGIONS[region]
-    inside = np.square((np.moveaxis(pts, 0, -1) - r.center_lps) / np.asarray(r.radii)).sum(-1) <= 1.0
+    inside = atrophy.region_rho(region, atrophy.region_points_mni(person.points(img))) <= 1.0
     return inside, ndimage.binary_dilation(brain)
 
 

@@ -26,23 +26,25 @@ if TYPE_CHECKING:  # pragma: no cover
 CSF, GM, WM = 1, 2, 3
 #: Thinning is planted in whole template voxels along the distance map: at most this deep (mm).
 MAX_THINNING_MM = 3.0
-#: Thinning is a smooth field of depth over the head, not a step at the region's edge: the full planted depth
-#: where the region's normalised ellipsoid radius rho (1 on the ellipsoid) is at most the first value, none
-#: beyond the second, a raised cosine between. The ramp spans one radius (7-15 mm), two to three times the
+#: Both effects are a smooth field of depth over the head, not a step at the region's edge: the full planted
+#: depth where the region's normalised ellipsoid radius rho (1 on the ellipsoid) is at most the first value,
+#: none beyond the second, a raised cosine between. The ramp spans one radius (7-15 mm), two to three times the
 #: template cortex's thickness (about 5 mm), so the depth at a grey-matter voxel and at the pial end of the
 #: cortical column through it agree (what a voxel-wise thickness measures; with a step at the ellipsoid, columns
 #: near its edge ended on unthinned cortex outside it and no definition of "the region's thinning" fitted both).
-THINNING_TAPER = (0.5, 1.5)
+#: Atrophy took the taper in session 9: real atrophy has no edge at an atlas boundary either, and a region a
+#: registration places a little off then reads nearly the same change.
+TAPER = (0.5, 1.5)
 
 
 @dataclass(frozen=True)
 class TissueEffect:
     """Grey matter of ``region`` (``anatomy.REGIONS``: its MNI ellipsoid) turned into CSF from the CSF side:
     ``kind="atrophy"`` removes ``amount`` percent of the region's grey-matter voxels (the ones nearest CSF first);
-    ``kind="thinning"`` removes the grey matter within ``thinning_depth`` mm of CSF (template head mm; partial
-    voxels at the front): ``amount`` mm at the region's core, tapering smoothly to 0 around its edge
-    (``THINNING_TAPER``). Atrophy is the same edit, confined to the ellipsoid, at the uniform depth that removes
-    the percentage (``removal_depth``)."""
+    ``kind="thinning"`` removes the grey matter within ``amount`` mm of CSF (template head mm; partial voxels at
+    the front) at the region's core, tapering smoothly to 0 around its edge (``TAPER``). Atrophy is the same
+    tapered edit at the core depth that removes ``amount`` percent of the grey matter inside the ellipsoid
+    (``removal_depth``)."""
 
     region: str
     kind: str
@@ -109,9 +111,9 @@ def head_tissue() -> HeadTissue:
                       weights=gmm.weights_[order])
 
 
-def thinning_weight(rho: np.ndarray) -> np.ndarray:
-    """Share (0-1) of a thinning's planted depth at normalised ellipsoid radius ``rho`` (``THINNING_TAPER``)."""
-    lo, hi = THINNING_TAPER
+def taper_weight(rho: np.ndarray) -> np.ndarray:
+    """Share (0-1) of an effect's core depth at normalised ellipsoid radius ``rho`` (``TAPER``)."""
+    lo, hi = TAPER
     t = np.clip((np.asarray(rho, np.float64) - lo) / (hi - lo), 0.0, 1.0)
     return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
 
@@ -122,9 +124,18 @@ def region_rho(region: str, mni_lps: np.ndarray) -> np.ndarray:
     return np.sqrt(np.square((mni_lps - r.center_lps) / np.asarray(r.radii)).sum(-1))
 
 
-def _reach(kind: str) -> float:
-    """How far (in ellipsoid radii) an effect of ``kind`` edits: thinning's taper reaches past the ellipsoid."""
-    return THINNING_TAPER[1] if kind == "thinning" else 1.0
+#: How far (mm) ``head_to_mni.anatomical_mni`` can move a region beyond the affine's placement (its residual
+#: is at most 6.7 mm inside the brain): the margin of the crop a region is looked for in.
+RESIDUAL_REACH_MM = 8.0
+
+
+def region_points_mni(head_points: np.ndarray) -> np.ndarray:
+    """Template head LPS points (3, ...) -> MNI LPS points (..., 3) where the regions are looked up: the
+    package's affine, then the average head's anatomy by ANTs SyN (``head_to_mni.anatomical_mni``)."""
+    from incloud_kernel.head_to_mni import anatomical_mni
+    from incloud_kernel.synth.deform import to_mni
+
+    return anatomical_mni(np.moveaxis(to_mni(head_points), 0, -1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,29 +147,31 @@ def _region_in_head(region: str, reach: float = 1.0) -> tuple[tuple[slice, ...],
     m = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
     o = np.asarray(t.head_to_mni.GetTranslation())
     signs = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
-    corners = [np.linalg.solve(m, c - o) for c in r.center_lps + signs * (np.asarray(r.radii) * reach + 2.0)]
+    corners = [np.linalg.solve(m, c - o)
+               for c in r.center_lps + signs * (np.asarray(r.radii) * reach + RESIDUAL_REACH_MM)]
     idx = np.array([t.head.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in corners])
     size = np.asarray(t.head.GetSize())
     lo = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, None)
     hi = np.minimum(np.ceil(idx.max(0)).astype(int) + 2, size)
     crop = sitk.RegionOfInterest(t.head, [int(v) for v in hi - lo], [int(v) for v in lo])
-    rho = region_rho(region, physical_grid(crop) @ m.T + o)
+    rho = region_rho(region, region_points_mni(np.moveaxis(physical_grid(crop), -1, 0)))
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))  # numpy z, y, x
     return sl, rho.astype(np.float32)
 
 
 def removal_depth(effect: TissueEffect) -> float:
-    """How deep (template mm from the CSF side) ``effect`` removes grey matter at the region's core: ``amount``
-    for thinning (less towards its edge, ``thinning_weight``); for atrophy the uniform depth whose removal takes
-    exactly ``amount`` percent of the region's grey matter (bisection)."""
+    """How deep (template mm from the CSF side) ``effect`` removes grey matter at the region's core (less towards
+    its edge, ``taper_weight``): ``amount`` for thinning; for atrophy the core depth whose tapered removal takes
+    exactly ``amount`` percent of the grey matter inside the ellipsoid (bisection)."""
     if effect.kind == "thinning":
         return float(effect.amount)
-    _, gm, delta, p_gm, _ = _depths(effect.region)
+    _, gm, delta, p_gm, rho = _depths(effect.region, TAPER[1])
+    weight = taper_weight(rho)
     target = float(p_gm.sum()) * effect.amount / 100.0
     lo, hi = 0.0, 40.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if float((_fraction(gm, delta, mid) * p_gm).sum()) < target:
+        if float((_fraction(gm, delta, mid * weight) * p_gm).sum()) < target:
             lo = mid
         else:
             hi = mid
@@ -196,13 +209,11 @@ def _depths(region: str, reach: float = 1.0) -> tuple[tuple[slice, ...], np.ndar
 
 def _removed(effect: TissueEffect) -> tuple[tuple[slice, ...], np.ndarray]:
     """Fraction (0-1) of each template voxel (crop of the head grid) that ``effect`` turns from grey matter into
-    CSF: partial voxels at the removal front, so the planted depth is not rounded to whole voxels. Thinning
-    edits every grey-matter voxel of its taper (inside the ellipsoid or not) to its local depth."""
-    sl, gm, delta, _, rho = _depths(effect.region, _reach(effect.kind))
-    if effect.kind == "thinning":
-        lab = head_tissue().labels[sl]
-        return sl, _fraction(lab == GM, delta, effect.amount * thinning_weight(rho))
-    return sl, _fraction(gm, delta, removal_depth(effect))
+    CSF: partial voxels at the removal front, so the planted depth is not rounded to whole voxels. Every
+    grey-matter voxel of the taper (inside the ellipsoid or not) is edited to its local depth."""
+    sl, _, delta, _, rho = _depths(effect.region, TAPER[1])
+    lab = head_tissue().labels[sl]
+    return sl, _fraction(lab == GM, delta, removal_depth(effect) * taper_weight(rho))
 
 
 @functools.lru_cache(maxsize=8)
@@ -216,7 +227,7 @@ def edited_head(effects: tuple[TissueEffect, ...]) -> tuple[sitk.Image, sitk.Ima
     head = sitk.GetArrayFromImage(t.head)
     gm_before = np.zeros(head.shape, np.float32)
     for e in effects:
-        sl, _, _, p_gm, _ = _depths(e.region, _reach(e.kind))
+        sl, _, _, p_gm, _ = _depths(e.region, TAPER[1])
         gm_before[sl] = np.maximum(gm_before[sl], p_gm)
     gm_after = gm_before.copy()
     done = np.zeros(head.shape, np.float32)  # share already removed (effects overlapping on a voxel)
@@ -268,7 +279,7 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
     into sub-voxels; their MNI points decide what is in the region), without and with the effects),
     ``percent`` (their change: the truth to recover; for atrophy it is smaller than the planted ``amount``,
     which is counted on the 1 mm template), ``thinning_mm`` (the mean planted depth over the region's cortex:
-    the generator's depth field, every thinning effect's ``amount`` x ``thinning_weight``, at the same points,
+    the generator's depth field, every thinning effect's ``amount`` x ``taper_weight``, at the same points,
     weighted by their grey-matter probability before the effects, times the participant's head scale: mm in
     the participant; the planted ``amount`` tapers off towards the ellipsoid's edge, so this is less than
     ``amount``; 0 for atrophy), ``percent_on_grid`` (the same change from the ``ref`` voxel centres alone: what
@@ -276,7 +287,7 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
     number a pipeline is held to) and ``region_mask`` (how the region is defined: the MNI ellipsoid of
     ``anatomy.REGIONS``, centre RAS and radii mm).
     """
-    from incloud_kernel.synth.deform import axial_twin, sample, to_mni
+    from incloud_kernel.synth.deform import axial_twin, sample
 
     effects = tuple(participant.tissue_effects)
     if not effects:
@@ -285,7 +296,7 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
     head, edited = load_templates().head, edited_head(effects)[0]
     twin, _ = axial_twin(ref)  # same voxel centres as ref: sums over them do not depend on the order
     grid_pts = participant.points(twin)
-    mni = np.moveaxis(to_mni(grid_pts), 0, -1)  # (z, y, x, 3): where each region is on ref
+    mni = region_points_mni(grid_pts)  # (z, y, x, 3): where each region is on ref
     out = []
     for e in effects:
         r = REGIONS[e.region]
@@ -297,16 +308,17 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
             on_grid = (float(tissue.gm_probability(sample(edited, on_ref)).sum()) / gb - 1.0) * 100.0 if gb else 0.0
             fine = _fine_box(twin, inside)
             pts = participant.points(fine).reshape(3, -1)
-            sub = region_rho(e.region, to_mni(pts).T) <= 1.0
+            sub = region_rho(e.region, region_points_mni(pts)) <= 1.0
             pts = pts[:, sub]
             gm_before = tissue.gm_probability(sample(head, pts)).astype(np.float64)
             gm_after = tissue.gm_probability(sample(edited, pts)).astype(np.float64)
             voxel_ml = float(np.prod(fine.GetSpacing())) / 1000.0
             b, a = float(gm_before.sum()) * voxel_ml, float(gm_after.sum()) * voxel_ml
             depth = np.zeros(pts.shape[1], np.float32)  # overlapping thinnings: the deeper (as edited_head)
+            mni_pts = region_points_mni(pts)
             for other in effects:
                 if other.kind == "thinning":
-                    depth = np.maximum(depth, other.amount * thinning_weight(region_rho(other.region, to_mni(pts).T)))
+                    depth = np.maximum(depth, other.amount * taper_weight(region_rho(other.region, mni_pts)))
             mean_depth = float((gm_before * depth).sum() / gm_before.sum()) if gm_before.sum() > 0 else 0.0
         out.append({
             "region": e.region, "kind": e.kind, "amount": e.amount,

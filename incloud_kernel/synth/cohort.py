@@ -348,13 +348,16 @@ def _write_secondary_capture(study_dir: Path, study_base: Any, ctx: headers.Stud
 
 def _write_labels(path: Path, participant: Participant, t1: sitk.Image, truth: StudyTruth) -> None:
     """Region fractions of every planted-effect region on the T1 grid, as a 4D NIfTI (one volume per region;
-    volume effects first, then the grey-matter-loss regions, whose fractions are their MNI tissue fractions)."""
+    volume effects first, then the grey-matter-loss regions, whose fractions are their MNI tissue fractions,
+    placed as ``synth.atrophy`` places them)."""
     regions = [e.region for e in participant.effects]
+    volume_regions = set(regions)
     regions += [e.region for e in participant.tissue_effects if e.region not in regions]
     vols = []
     voxel_ml = float(np.prod(t1.GetSpacing())) / 1000.0
     for region in regions:
-        frac, plain = region_fractions_both(participant, t1, region, (True, False))
+        frac, plain = region_fractions_both(participant, t1, region, (True, False),
+                                            anatomical=region not in volume_regions)
         truth.region_volumes_ml[region] = round(float(frac.sum()) * voxel_ml, 4)
         truth.region_volumes_ml_without_effects[region] = round(float(plain.sum()) * voxel_ml, 4)
         img = sitk.GetImageFromArray(frac)

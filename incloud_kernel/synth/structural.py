@@ -97,9 +97,10 @@ def region_fractions(participant: Participant, ref: sitk.Image, region: str, wit
 
 
 def region_fractions_both(participant: Participant, ref: sitk.Image, region: str,
-                          with_effects: tuple[bool, ...] = (True, False)) -> list[np.ndarray]:
+                          with_effects: tuple[bool, ...] = (True, False), anatomical: bool = False) -> list[np.ndarray]:
     """``region_fractions`` for each value of ``with_effects``, from one evaluation of the chain (the effects
-    are applied to a copy of the effect-free points)."""
+    are applied to a copy of the effect-free points). ``anatomical``: the region placed as the planted
+    grey-matter loss places it (the affine, then ``head_to_mni.anatomical_mni``; ``synth.atrophy``)."""
     t = load_templates()
     r = REGIONS[region]
     M = np.array(t.head_to_mni.GetMatrix()).reshape(3, 3)
@@ -126,5 +127,9 @@ def region_fractions_both(participant: Participant, ref: sitk.Image, region: str
         if effects and participant.effects:
             pts = plain.copy() if False in with_effects else plain
             participant.apply_effects(pts, to_mni=True)
+        if anatomical:
+            from incloud_kernel.head_to_mni import anatomical_mni
+
+            pts = np.moveaxis(anatomical_mni(np.moveaxis(pts, 0, -1)), -1, 0)
         out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = to_ref(sample(t.region(region), pts))
     return outs
