@@ -1,5 +1,6 @@
 """Issue 15 item 0: the package's one head-to-MNI transform puts the MNI152 tissue maps on the average head's
-own T1 intensities, and the synthetic cohort and the QC landmarks use that one transform.
+own T1 intensities, and the synthetic cohort and the QC landmarks use that one transform; the ANTs residual on
+top of it (where the head's structures lie) brings the MNI template closer to the head's pixels still.
 
 Checked on the pixels of pydeface's average head at 2 mm (the head every synthetic participant is made from):
 white matter brighter than grey matter brighter than CSF under the placed maps, and the placed brain outline
@@ -103,3 +104,31 @@ def test_one_head_to_mni_for_the_synthetic_anatomy_and_qc() -> None:
     assert np.array_equal(m, head_to_mni.HEAD_TO_MNI[:, :3])
     assert "from incloud_kernel.head_to_mni import HEAD_TO_MNI" in inspect.getsource(anatomical._landmark_slices)
     assert not head_to_mni.HEAD_TO_MNI.flags.writeable
+
+
+def test_the_anatomical_residual_puts_the_mni_template_closer_to_the_heads_own_pixels(head2mm) -> None:
+    """``head_to_mni.anatomical_mni`` (an ANTs SyN residual shipped with the package): the MNI152 T1 sampled
+    at the head's points through the affine plus the residual correlates with the head's own intensities
+    better than through the affine alone (measured 0.67 against 0.54 inside the brain; a residual read with
+    the wrong axes or sign lowers it), and grey and white matter under the placed maps separate further (75
+    against 64 intensity units). Far from the brain the residual is 0: the point does not move."""
+    from incloud_kernel.head_to_mni import anatomical_mni
+    from incloud_kernel.synth.anatomy import load_templates, mni_path, physical_grid
+    from incloud_kernel.synth.deform import sample, to_mni
+
+    t = load_templates()
+    head, arr, _ = head2mm
+    affine = to_mni(np.moveaxis(physical_grid(head), -1, 0))
+    anatomical = np.moveaxis(anatomical_mni(np.moveaxis(affine, 0, -1)), -1, 0)
+    mni_t1 = sitk.Cast(sitk.ReadImage(str(mni_path("t1"))), sitk.sitkFloat32)
+    brain = (sample(t.gm + t.wm, affine) > 0.5) | (sample(t.gm + t.wm, anatomical) > 0.5)
+    corr = {name: float(np.corrcoef(arr[brain], sample(mni_t1, q)[brain])[0, 1])
+            for name, q in (("affine", affine), ("anatomical", anatomical))}
+    assert corr["anatomical"] > corr["affine"] + 0.08, corr
+    contrast = {name: float(arr[sample(t.wm, q) > 0.9].mean() - arr[sample(t.gm, q) > 0.9].mean())
+                for name, q in (("affine", affine), ("anatomical", anatomical))}
+    assert contrast["anatomical"] > contrast["affine"] + 5.0, contrast
+    far = np.array([[0.0, 0.0, 300.0], [-5.0, 20.0, 10.0]], np.float32)
+    moved = anatomical_mni(far)
+    assert moved.shape == far.shape and np.array_equal(moved[0], far[0])
+    assert 0.0 < np.linalg.norm(moved[1] - far[1]) < 8.0
