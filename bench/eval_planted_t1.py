@@ -12,7 +12,8 @@ between the two is the registration's share of the error.
   PYTHONPATH=. /opt/incloud/venv/bin/python bench/eval_planted_t1.py [--mm 2] [--out FOLDER] [--margin MM]
 
 ``--demons 40,20`` sets ``T1Features.demons_iterations`` (``none``: affine only). Each row also gives the
-pulled-back region's size over the generator's own, the shift of its centre (mm, RAS) and their Dice: the registration's share of a miss.
+pulled-back region's size over the generator's own, the shift of its centre (mm, RAS) and their Dice: the
+registration's share of a miss.
 ``--margin`` sets ``features.t1.BRAIN_MARGIN_MM`` for the run (the figures must not depend on it: session 8).
 
 Evaluation only: never used by the product; writes only under ``--out`` (default a temporary folder, removed).

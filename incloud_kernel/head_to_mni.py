@@ -9,9 +9,9 @@ numbers and turns them into transforms.
 
 Beyond the affine, ``anatomical_mni`` adds where the head's *structures* lie in MNI152 as ANTs SyN finds them
 (a packaged residual field, ``scripts/gen_head_warp.py``; read on first use): the affine places the brain as a
-whole, not each structure (median 2.3 mm, 95th percentile 4.4 mm, at most 6.7 mm off inside the brain). The planted grey-matter
-loss (``synth.atrophy``) places its regions with it; the tissue maps, volume effects and BOLD/DWI regions of the
-synthetic cohort still use the affine alone.
+whole, not each structure (median 2.3 mm, 95th percentile 4.4 mm, at most 6.7 mm off inside the brain). The
+planted grey-matter loss (``synth.atrophy``) places its regions with it; the tissue maps, volume effects and
+BOLD/DWI regions of the synthetic cohort still use the affine alone.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 synthetic participant rendered without and with regional atrophy and cortical thinning (synth.atrophy), both
 through the whole ``T1Features`` pipeline at 1 mm (the full-size synthetic cohort's T1 grid, ``--small`` being
 2 mm, and a clinical MPRAGE's); the regional GM-volume change must match the planted one within 2 percentage
-points and the regional thickness change the planted thinning within 0.2 mm. ``bench/eval_planted_t1.py`` runs the same case at any grid and says
-why a region misses (the registration's share, the segmentation's)."""
+points and the regional thickness change the planted thinning within 0.2 mm. ``bench/eval_planted_t1.py`` runs
+the same case at any grid and says why a region misses (the registration's share, the segmentation's)."""
 from __future__ import annotations
 
 from pathlib import Path
