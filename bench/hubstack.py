@@ -335,6 +335,39 @@ class HubStack:
         return server in self.hub("GET", f"/users/{name}").json().get("servers", {})
 
     # -- stop ----------------------------------------------------------------------------------------------------
+    def _leftovers(self) -> list[int]:
+        """Processes this stack's hub started in sessions of their own (``start_new_session``: the proxy and the
+        managed services, which a ``killpg`` of the hub misses), found by the environment the hub gave them:
+        this stack's ``INCLOUD_HOME`` (the proxy) or its hub API URL (the services)."""
+        markers = (f"INCLOUD_HOME={self.env.get('INCLOUD_HOME', '?')}".encode(),
+                   f"JUPYTERHUB_API_URL=http://127.0.0.1:{self.ports['hub']}/hub/api".encode())
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(m in environ for m in markers):
+                found.append(int(entry.name))
+        return found
+
+    def _stop_leftovers(self) -> None:
+        """SIGTERM the hub's leftovers, then SIGKILL what is still there after 5 s."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self._leftovers()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if not pids or sig == signal.SIGKILL:
+                return
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self._leftovers():
+                time.sleep(0.2)
+
     def close(self) -> None:
         errors: list[str] = []
         if self.hub_proc is not None and self.hub_proc.poll() is None:
@@ -359,6 +392,7 @@ class HubStack:
             except ProcessLookupError:
                 pass
             self.hub_proc = None
+        self._stop_leftovers()
         try:
             slurm("stop", self.slurm_dir)  # scancel first, then slurmd and slurmctld
         except Exception as exc:  # noqa: BLE001
