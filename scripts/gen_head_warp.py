@@ -10,8 +10,9 @@ disagrees with every good registration. The residual is found by an independent 
 reference implementation of SyN; Avants et al. 2008, Med Image Anal 12:26), never by the pipeline it checks.
 
 Steps: the average head resampled onto nilearn's 2 mm MNI152 2009c grid through the affine (so the residual is
-small and smooth), registered to the 2009c brain template with ``type_of_transform="SyN"`` (metric inside the
-template's brain mask, one thread: the same field every run), then the template's own coordinates pulled back
+small and smooth), registered to the 2009c brain template with ``type_of_transform="SyNCC"`` (metric inside the
+template's brain mask; not bit-reproducible: two runs differed by up to 1.2 mm, so the committed file is the
+reference), then the template's own coordinates pulled back
 through the inverse mapping: for every affine-placed point q the MNI point q + r(q) holding the same anatomy.
 Stored as r (LPS mm, int16 in 0.01 mm steps, on the grid's brain box plus 8 mm, 0 elsewhere) with its grid's
 affine; the product only reads it (``head_to_mni.anatomical_mni``), never computes it.
@@ -38,7 +39,7 @@ MARGIN_MM = 8.0  # around the template brain's bounding box
 
 def anchor(folder: Path) -> None:
     """(anchor venv) SyN of ``moving.nii.gz`` to ``fixed.nii.gz`` inside ``mask.nii.gz``; writes the fixed
-    grid's LPS coordinates pulled onto the moving grid as ``coords.nii.gz`` (x, y, z volumes)."""
+    grid's LPS coordinates pulled onto the moving grid as ``coords.npy`` (x, y, z, 3)."""
     import ants
     import numpy as np
 
@@ -102,8 +103,7 @@ def main() -> None:
     phys = np.asarray(fixed.GetOrigin()) + (idx * np.asarray(fixed.GetSpacing())) @ direction.T
     residual = np.where(coords > -1e5, coords - phys, 0.0)  # -1e6: pulled from outside the grid
     # the brain box (x, y, z index order) plus the margin: the residual is only meaningful near the brain
-    brain_xyz = np.transpose(brain, (0, 1, 2))  # nibabel arrays are x, y, z like SimpleITK's index order
-    pts = np.argwhere(brain_xyz)
+    pts = np.argwhere(brain)  # nibabel arrays are x, y, z like SimpleITK's index order
     pad = int(np.ceil(MARGIN_MM / 2.0))
     lo = np.maximum(pts.min(0) - pad, 0)
     hi = np.minimum(pts.max(0) + pad + 1, size)
@@ -117,7 +117,7 @@ def main() -> None:
     img.header["descrip"] = f"head->MNI residual LPS mm, antspyx {version} SyN"[:79].encode()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, OUT)
-    norm = np.sqrt(np.square(crop).sum(-1))[brain_xyz[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]]
+    norm = np.sqrt(np.square(crop).sum(-1))[brain[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]]
     print(json.dumps({"file": str(OUT), "bytes": OUT.stat().st_size, "antspyx": version,
                       "residual_mm_in_brain": {"median": round(float(np.median(norm)), 2),
                                                "p95": round(float(np.percentile(norm, 95)), 2),

@@ -308,14 +308,14 @@ def planted_truth(participant: "Participant", ref: sitk.Image) -> list[dict[str,
             on_grid = (float(tissue.gm_probability(sample(edited, on_ref)).sum()) / gb - 1.0) * 100.0 if gb else 0.0
             fine = _fine_box(twin, inside)
             pts = participant.points(fine).reshape(3, -1)
-            sub = region_rho(e.region, region_points_mni(pts)) <= 1.0
-            pts = pts[:, sub]
+            mni_pts = region_points_mni(pts)
+            sub = region_rho(e.region, mni_pts) <= 1.0
+            pts, mni_pts = pts[:, sub], mni_pts[sub]
             gm_before = tissue.gm_probability(sample(head, pts)).astype(np.float64)
             gm_after = tissue.gm_probability(sample(edited, pts)).astype(np.float64)
             voxel_ml = float(np.prod(fine.GetSpacing())) / 1000.0
             b, a = float(gm_before.sum()) * voxel_ml, float(gm_after.sum()) * voxel_ml
             depth = np.zeros(pts.shape[1], np.float32)  # overlapping thinnings: the deeper (as edited_head)
-            mni_pts = region_points_mni(pts)
             for other in effects:
                 if other.kind == "thinning":
                     depth = np.maximum(depth, other.amount * taper_weight(region_rho(other.region, mni_pts)))
